@@ -1,0 +1,53 @@
+//! nvmx — L0 of a nested VT-x hypervisor. GRUB enters `boot.rs`; Rust starts
+//! in [`kernel_main`] on the boot core and in `smp::ap_main` on the others.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod apic;
+mod arch;
+mod boot;
+mod bootinfo;
+mod console;
+mod mm;
+mod panic;
+mod percpu;
+mod serial;
+
+use log::{error, info};
+
+/// nvmx's version, printed at boot.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Rust entry on the boot core (from `boot.rs`, long mode, identity map).
+#[unsafe(no_mangle)]
+extern "C" fn kernel_main(magic: u32, mbi: u32) -> ! {
+    serial::init();
+    println!("nvmx {VERSION} booting");
+    if magic != bootinfo::MULTIBOOT2_MAGIC {
+        println!("nvmx: not started by a Multiboot2 loader (magic {magic:#x}); halting");
+        arch::cpu::halt_forever();
+    }
+    // SAFETY: EBX from GRUB, nothing has touched low memory yet.
+    let info = match unsafe { bootinfo::init(u64::from(mbi)) } {
+        Ok(info) => info,
+        Err(e) => {
+            println!("nvmx: {e}; halting");
+            arch::cpu::halt_forever();
+        }
+    };
+    let level = info.arg("log").and_then(console::parse_level).unwrap_or(log::LevelFilter::Info);
+    console::init_log(level);
+    console::CPU_ID_FN.call_once(|| || percpu::try_current_index().unwrap_or(0));
+    mm::init(info);
+    apic::init_this_cpu();
+    let bsp = percpu::init_this_cpu(0, apic::id());
+    bsp.set_state(percpu::CpuState::Online);
+    info!("command line: '{}'", info.cmdline());
+    let f = mm::frames::stats();
+    info!("memory: {} MiB usable, heap {} KiB", f.total_bytes >> 20, mm::heap_stats().1 >> 10);
+    error!("shell not there yet");
+    arch::cpu::halt_forever()
+}
