@@ -11,9 +11,12 @@ mod arch;
 mod boot;
 mod bootinfo;
 mod console;
+mod firmware;
+mod keyboard;
 mod mm;
 mod panic;
 mod percpu;
+mod screen;
 mod serial;
 
 use log::{error, info};
@@ -42,12 +45,17 @@ extern "C" fn kernel_main(magic: u32, mbi: u32) -> ! {
     console::init_log(level);
     console::CPU_ID_FN.call_once(|| || percpu::try_current_index().unwrap_or(0));
     mm::init(info);
+    screen::init(info.framebuffer);
     apic::init_this_cpu();
     let bsp = percpu::init_this_cpu(0, apic::id());
     bsp.set_state(percpu::CpuState::Online);
     info!("command line: '{}'", info.cmdline());
     let f = mm::frames::stats();
     info!("memory: {} MiB usable, heap {} KiB", f.total_bytes >> 20, mm::heap_stats().1 >> 10);
+    match firmware::init(info.acpi) {
+        Ok(acpi) => info!("acpi: {} processors in the MADT", acpi.processors.len()),
+        Err(e) => error!("acpi: {e}; running on the boot core only"),
+    }
     error!("shell not there yet");
     arch::cpu::halt_forever()
 }
