@@ -18,6 +18,8 @@ mod panic;
 mod percpu;
 mod screen;
 mod serial;
+mod smp;
+mod time;
 
 use log::{error, info};
 
@@ -52,10 +54,21 @@ extern "C" fn kernel_main(magic: u32, mbi: u32) -> ! {
     info!("command line: '{}'", info.cmdline());
     let f = mm::frames::stats();
     info!("memory: {} MiB usable, heap {} KiB", f.total_bytes >> 20, mm::heap_stats().1 >> 10);
-    match firmware::init(info.acpi) {
-        Ok(acpi) => info!("acpi: {} processors in the MADT", acpi.processors.len()),
-        Err(e) => error!("acpi: {e}; running on the boot core only"),
-    }
+    let apic_ids: alloc::vec::Vec<u32> = match firmware::init(info.acpi) {
+        Ok(acpi) => acpi.processors.iter().filter(|p| p.enabled).map(|p| p.apic_id).collect(),
+        Err(e) => {
+            error!("acpi: {e}; running on the boot core only");
+            alloc::vec![bsp.apic_id.load(core::sync::atomic::Ordering::Relaxed)]
+        }
+    };
+    smp::start_aps(&apic_ids, ap_idle);
     error!("shell not there yet");
     arch::cpu::halt_forever()
+}
+
+/// What an AP does once up, until it runs an L1.
+fn ap_idle(_cpu: &'static percpu::PerCpu) -> ! {
+    loop {
+        x86_64::instructions::interrupts::enable_and_hlt();
+    }
 }
