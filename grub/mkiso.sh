@@ -10,10 +10,25 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/boot/grub"
 cp "$kernel" "$stage/boot/nvmx"
+# The BIOS copy: the Multiboot2 framebuffer tag (type 5, optional, size 20,
+# 0x0 at 32 bpp) becomes an unknown optional tag that GRUB ignores.
+python3 - "$kernel" "$stage/boot/nvmx-text" <<'PY'
+import struct, sys
+data = bytearray(open(sys.argv[1], "rb").read())
+tag = struct.pack("<HHIIII", 5, 1, 20, 0, 0, 32)
+at = data.find(tag)
+if at < 0 or at > 32768:
+    sys.exit("mkiso: framebuffer tag not found in the Multiboot2 header")
+data[at:at + 2] = struct.pack("<H", 0x8005)
+open(sys.argv[2], "wb").write(data)
+PY
 sed "s|@CMDLINE@|${cmdline//|/\\|}|" "$here/grub.cfg" > "$stage/boot/grub/grub.cfg"
-grub-file --is-x86-multiboot2 "$stage/boot/nvmx" || { echo "mkiso: $kernel is not a Multiboot2 kernel" >&2; exit 1; }
+for k in nvmx nvmx-text; do
+    grub-file --is-x86-multiboot2 "$stage/boot/$k" || { echo "mkiso: $k is not a Multiboot2 kernel" >&2; exit 1; }
+done
 grub-mkrescue -o "$out" \
-    --install-modules="multiboot2 normal iso9660 configfile serial terminal test echo" \
+    --install-modules="multiboot2 normal iso9660 configfile serial terminal test echo all_video" \
     --fonts= --locales= --themes= \
-    "$stage" 2>/dev/null
+    "$stage" 2>"$stage.log" || { cat "$stage.log" >&2; exit 1; }
+rm -f "$stage.log"
 echo "mkiso: wrote $out"

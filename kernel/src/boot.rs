@@ -35,9 +35,12 @@ mb2_header:
     .long mb2_header_end - mb2_header
     .long -(MB2_MAGIC + MB2_ARCH_I386 + (mb2_header_end - mb2_header))
 
-    /* Framebuffer request (type 5), optional: under BIOS grub.cfg keeps the
-       VGA text mode (gfxpayload=text) and GRUB reports it as an EGA text
-       framebuffer; under UEFI GRUB hands over the GOP framebuffer. */
+    /* Framebuffer request (type 5, optional, any mode, 32 bpp preferred).
+       UEFI needs it: without it GRUB reports no framebuffer. But with it
+       GRUB's multiboot2 loader refuses VGA text mode and switches BIOS
+       machines to VBE graphics (an 8-bit mode that crashes GRUB in Bochs), so
+       grub/mkiso.sh also installs a BIOS copy of the kernel in which this tag
+       is turned into an ignored optional tag (type 0x8005). */
     .balign 8
     .short 5, 1
     .long 20

@@ -52,6 +52,11 @@ extern "C" fn kernel_main(magic: u32, mbi: u32) -> ! {
     let bsp = percpu::init_this_cpu(0, apic::id());
     bsp.set_state(percpu::CpuState::Online);
     info!("command line: '{}'", info.cmdline());
+    match info.framebuffer {
+        Some(fb) if fb.text => info!("screen: VGA text {}x{} at {:#x}", fb.width, fb.height, fb.addr),
+        Some(fb) => info!("screen: framebuffer {}x{}x{} at {:#x}", fb.width, fb.height, fb.bpp, fb.addr),
+        None => info!("screen: none reported (VGA text assumed under BIOS)"),
+    }
     let f = mm::frames::stats();
     info!("memory: {} MiB usable, heap {} KiB", f.total_bytes >> 20, mm::heap_stats().1 >> 10);
     let apic_ids: alloc::vec::Vec<u32> = match firmware::init(info.acpi) {

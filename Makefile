@@ -1,0 +1,101 @@
+# nvmx — build, run and test. `make help` lists targets and variables.
+# `make run` and `make test` install what they need (Debian packages, the
+# pinned Rust toolchain) on a fresh machine.
+
+TOOLCHAIN   := nightly-2026-05-19
+CARGO       := cargo +$(TOOLCHAIN)
+PROFILE     ?= release
+CPUS        ?= 2
+MODEL       ?= corei7_haswell_4770
+MEM         ?= 256
+CMDLINE     ?= log=info
+ISO         := build/nvmx.iso
+TARGET_JSON := x86_64-nvmx.json
+BUILD_STD   := -Zbuild-std=core,alloc,compiler_builtins -Zbuild-std-features=compiler-builtins-mem
+KERNEL_ELF  := target/x86_64-nvmx/$(if $(filter dev debug,$(PROFILE)),debug,$(PROFILE))/nvmx
+OVMF        := /usr/share/ovmf/OVMF.fd
+DEB_PKGS    := bochs bochsbios vgabios qemu-system-x86 ovmf grub-pc-bin grub-efi-amd64-bin \
+               grub-common xorriso mtools
+SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: all help deps toolchain kernel iso run run-qemu run-qemu-uefi run-bochs test test-host \
+        test-system clean
+
+all: iso
+
+help:
+	@echo "nvmx make targets:"
+	@echo "  make / make iso    build the kernel and $(ISO) (BIOS+UEFI GRUB ISO)"
+	@echo "  make run           boot with the shell on this terminal: QEMU+KVM -cpu host when"
+	@echo "                     /dev/kvm offers VT-x, else Bochs $(MODEL) with CPUS cores"
+	@echo "  make run-qemu      QEMU (TCG, no VT-x) BIOS, -serial stdio"
+	@echo "  make run-qemu-uefi QEMU with OVMF (UEFI), -serial stdio"
+	@echo "  make run-bochs     Bochs MODEL=... CPUS=..., serial on this terminal"
+	@echo "  make test          host unit tests + system tests (QEMU and Bochs)"
+	@echo "  make test-host     host unit tests only (cargo test)"
+	@echo "  make deps          install the Debian packages and the pinned toolchain"
+	@echo "  make clean"
+	@echo "variables:"
+	@echo "  PROFILE=$(PROFILE)  (release|dev)   CPUS=$(CPUS)   MEM=$(MEM) (MiB)"
+	@echo "  MODEL=$(MODEL)  (Bochs: corei7_ivy_bridge_3770k has no VMCS shadowing)"
+	@echo "  CMDLINE='$(CMDLINE)'  (kernel command line: log=error|warn|info|debug|trace)"
+
+# --- installation -----------------------------------------------------------
+deps: toolchain
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+toolchain:
+	@rustup run $(TOOLCHAIN) rustc --version >/dev/null 2>&1 && \
+	  rustup component list --toolchain $(TOOLCHAIN) --installed | grep -q rust-src || \
+	  rustup toolchain install $(TOOLCHAIN) --profile minimal --component rust-src
+
+# --- build ------------------------------------------------------------------
+kernel: toolchain
+	$(CARGO) build -p nvmx-kernel --target $(TARGET_JSON) $(BUILD_STD) --profile $(PROFILE)
+
+iso: deps kernel
+	@mkdir -p build
+	grub/mkiso.sh $(KERNEL_ELF) $(ISO) $(CMDLINE)
+
+# --- run --------------------------------------------------------------------
+run: iso
+	@if [ -r /dev/kvm ] && grep -qw vmx /proc/cpuinfo; then \
+	  echo "VT-x and /dev/kvm found: QEMU+KVM -cpu host, $(CPUS) cores"; \
+	  qemu-system-x86_64 -enable-kvm -cpu host -cdrom $(ISO) -serial stdio -smp $(CPUS) \
+	    -m $(MEM) -no-reboot -display none; \
+	else \
+	  echo "no VT-x here: Bochs $(MODEL), $(CPUS) cores (screen on VNC :5900)"; \
+	  $(MAKE) --no-print-directory run-bochs-only; \
+	fi
+
+run-qemu: iso
+	qemu-system-x86_64 -cdrom $(ISO) -serial stdio -display none -smp $(CPUS) -m $(MEM) -no-reboot
+
+run-qemu-uefi: iso
+	qemu-system-x86_64 -bios $(OVMF) -cdrom $(ISO) -serial stdio -display none -smp $(CPUS) \
+	  -m $(MEM) -no-reboot
+
+run-bochs: iso run-bochs-only
+
+run-bochs-only:
+	@mkdir -p build
+	tools/bochsrc.sh $(ISO) $(MODEL) $(CPUS) $(MEM) "mode=term, dev=$$(tty)" > build/bochsrc
+	@echo c > build/bochs-cont.rc
+	bochs -q -f build/bochsrc -rc build/bochs-cont.rc
+
+# --- tests ------------------------------------------------------------------
+test: test-host test-system
+
+test-host: toolchain
+	$(CARGO) test
+
+test-system: iso
+	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) test -p nvmx-tests -- --test-threads=2
+
+clean:
+	$(CARGO) clean
+	rm -rf build
