@@ -18,4 +18,5 @@ display_library: rfb, options="timeout=0"
 com1: enabled=1, $com1
 error: action=report
 log: -
+sound: waveoutdrv=dummy, waveindrv=dummy, midioutdrv=dummy
 RC

@@ -62,17 +62,13 @@ pub fn require_file(path: &str, what: &str, package: &str) -> Result<()> {
     if Path::new(path).is_file() {
         Ok(())
     } else {
-        Err(Error::new(format!(
-            "{what} not found at {path}: install the Debian package `{package}`"
-        )))
+        Err(Error::new(format!("{what} not found at {path}: install the Debian package `{package}`")))
     }
 }
 
 /// A file-name-safe version of a test name.
 pub fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-        .collect()
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
 #[cfg(test)]

@@ -1,0 +1,33 @@
+//! Bochs: the reference VT-x (PLATFORM.md). Ivy Bridge has no VMCS shadowing, Haswell has it.
+
+use crate::common::{self, BOCHS};
+use nvmx_tests::{Bochs, Result};
+use std::time::Duration;
+
+/// `corei7_ivy_bridge_3770k` × 2: VMX without VMCS shadowing.
+#[test]
+fn bochs_ivy_2cpu() -> Result<()> {
+    let t = BOCHS;
+    let mut m = Bochs::new("bochs_ivy_2cpu", "corei7_ivy_bridge_3770k")
+        .cpus(2)
+        .hard_limit(Duration::from_secs(240))
+        .start()?;
+    m.boot_to_prompt(t.boot)?;
+    common::cpus_all_online(&mut m, t, 2)?;
+    common::vmx_capabilities(&mut m, t, false)?;
+    common::poweroff(&mut m, t)
+}
+
+/// `corei7_haswell_4770` × 4: VMX with VMCS shadowing.
+#[test]
+fn bochs_haswell_4cpu() -> Result<()> {
+    let t = BOCHS;
+    let mut m = Bochs::new("bochs_haswell_4cpu", "corei7_haswell_4770")
+        .cpus(4)
+        .hard_limit(Duration::from_secs(240))
+        .start()?;
+    m.boot_to_prompt(t.boot)?;
+    common::cpus_all_online(&mut m, t, 4)?;
+    common::vmx_capabilities(&mut m, t, true)?;
+    common::poweroff(&mut m, t)
+}
