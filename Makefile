@@ -12,20 +12,25 @@ CMDLINE     ?= log=info
 ISO         := build/nvmx.iso
 TARGET_JSON := x86_64-nvmx.json
 BUILD_STD   := -Zbuild-std=core,alloc,compiler_builtins -Zbuild-std-features=compiler-builtins-mem
-KERNEL_ELF  := target/x86_64-nvmx/$(if $(filter dev debug,$(PROFILE)),debug,$(PROFILE))/nvmx
+PROFILE_DIR := target/x86_64-nvmx/$(if $(filter dev debug,$(PROFILE)),debug,$(PROFILE))
+KERNEL_ELF  := $(PROFILE_DIR)/nvmx
+L1_ELF      := $(PROFILE_DIR)/nvmx-l1
+L1_ISO      := build/l1-bare.iso
+L1_ARGS     ?= workload=forum
 OVMF        := /usr/share/ovmf/OVMF.fd
 DEB_PKGS    := bochs bochsbios vgabios qemu-system-x86 ovmf grub-pc-bin grub-efi-amd64-bin \
                grub-common xorriso mtools
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all help deps toolchain kernel iso run run-qemu run-qemu-uefi run-bochs test test-host \
+.PHONY: all help deps toolchain guest kernel iso run run-qemu run-qemu-uefi run-bochs test test-host \
         test-system clean
 
 all: iso
 
 help:
 	@echo "nvmx make targets:"
-	@echo "  make / make iso    build the kernel and $(ISO) (BIOS+UEFI GRUB ISO)"
+	@echo "  make / make iso    build the kernel and $(ISO) (BIOS+UEFI GRUB ISO), and the"
+	@echo "                     built-in L1 alone as $(L1_ISO) (bare runs, L1_ARGS)"
 	@echo "  make run           boot with the shell on this terminal: QEMU+KVM -cpu host when"
 	@echo "                     /dev/kvm offers VT-x, else Bochs $(MODEL) with CPUS cores"
 	@echo "  make run-qemu      QEMU (TCG, no VT-x) BIOS, -serial stdio"
@@ -38,7 +43,8 @@ help:
 	@echo "variables:"
 	@echo "  PROFILE=$(PROFILE)  (release|dev)   CPUS=$(CPUS)   MEM=$(MEM) (MiB)"
 	@echo "  MODEL=$(MODEL)  (Bochs: corei7_ivy_bridge_3770k has no VMCS shadowing)"
-	@echo "  CMDLINE='$(CMDLINE)'  (kernel command line: log=error|warn|info|debug|trace)"
+	@echo "  CMDLINE='$(CMDLINE)'  (nvmx command line: log=…, l1mem=<MiB>, l1args=a,b,…)"
+	@echo "  L1_ARGS='$(L1_ARGS)'  (command line of the bare L1 ISO)"
 
 # --- installation -----------------------------------------------------------
 deps: toolchain
@@ -54,12 +60,18 @@ toolchain:
 	  rustup toolchain install $(TOOLCHAIN) --profile minimal --component rust-src
 
 # --- build ------------------------------------------------------------------
-kernel: toolchain
-	$(CARGO) build -p nvmx-kernel --target $(TARGET_JSON) $(BUILD_STD) --profile $(PROFILE)
+# The built-in L1 (guest/) is built first: the kernel embeds it.
+guest: toolchain
+	$(CARGO) build -p nvmx-guest --target $(TARGET_JSON) $(BUILD_STD) --profile $(PROFILE)
+
+kernel: guest
+	NVMX_L1_ELF=$(CURDIR)/$(L1_ELF) $(CARGO) build -p nvmx-kernel --target $(TARGET_JSON) $(BUILD_STD) \
+	  --profile $(PROFILE)
 
 iso: deps kernel
 	@mkdir -p build
 	grub/mkiso.sh $(KERNEL_ELF) $(ISO) $(CMDLINE)
+	grub/mkiso.sh $(L1_ELF) $(L1_ISO) $(L1_ARGS)
 
 # --- run --------------------------------------------------------------------
 run: iso

@@ -11,15 +11,15 @@ trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/boot/grub"
 cp "$kernel" "$stage/boot/nvmx"
 # The BIOS copy: the Multiboot2 framebuffer tag (type 5, optional, size 20,
-# 0x0 at 32 bpp) becomes an unknown optional tag that GRUB ignores.
+# 0x0 at 32 bpp) becomes an unknown optional tag that GRUB ignores. A kernel
+# without that tag (the built-in L1) is copied as it is.
 python3 - "$kernel" "$stage/boot/nvmx-text" <<'PY'
 import struct, sys
 data = bytearray(open(sys.argv[1], "rb").read())
 tag = struct.pack("<HHIIII", 5, 1, 20, 0, 0, 32)
 at = data.find(tag)
-if at < 0 or at > 32768:
-    sys.exit("mkiso: framebuffer tag not found in the Multiboot2 header")
-data[at:at + 2] = struct.pack("<H", 0x8005)
+if 0 <= at < 32768:
+    data[at:at + 2] = struct.pack("<H", 0x8005)
 open(sys.argv[2], "wb").write(data)
 PY
 sed "s|@CMDLINE@|${cmdline//|/\\|}|" "$here/grub.cfg" > "$stage/boot/grub/grub.cfg"

@@ -11,17 +11,23 @@ mod arch;
 mod boot;
 mod bootinfo;
 mod console;
+mod l1;
+mod mailbox;
 mod firmware;
 mod keyboard;
 mod mm;
 mod panic;
 mod percpu;
 mod screen;
+mod shell;
 mod serial;
 mod smp;
+mod stats;
+mod stats_view;
 mod time;
+mod vmx;
 
-use log::{error, info};
+use log::{error, info, warn};
 
 /// nvmx's version, printed at boot.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -48,6 +54,10 @@ extern "C" fn kernel_main(magic: u32, mbi: u32) -> ! {
     console::CPU_ID_FN.call_once(|| || percpu::try_current_index().unwrap_or(0));
     mm::init(info);
     screen::init(info.framebuffer);
+    // The legacy PICs stay masked: nvmx polls its devices, and the local
+    // APIC carries the only interrupt it uses (the shell's IPI).
+    arch::cpu::outb(0x21, 0xFF);
+    arch::cpu::outb(0xA1, 0xFF);
     apic::init_this_cpu();
     let bsp = percpu::init_this_cpu(0, apic::id());
     bsp.set_state(percpu::CpuState::Online);
@@ -66,14 +76,32 @@ extern "C" fn kernel_main(magic: u32, mbi: u32) -> ! {
             alloc::vec![bsp.apic_id.load(core::sync::atomic::Ordering::Relaxed)]
         }
     };
-    smp::start_aps(&apic_ids, ap_idle);
-    error!("shell not there yet");
-    arch::cpu::halt_forever()
+    mailbox::init();
+    mailbox::set_handler(answer);
+    match vmx::probe() {
+        Some(_) => info!("vmx: VT-x usable; starting one L1 per core"),
+        None => warn!("vmx: VT-x not available: {}; no L1 will run", vmx::unavailable_reason()),
+    }
+    smp::start_aps(&apic_ids, ap_main);
+    shell::start();
+    l1::run_forever(0, shell::poll)
 }
 
-/// What an AP does once up, until it runs an L1.
-fn ap_idle(_cpu: &'static percpu::PerCpu) -> ! {
-    loop {
-        x86_64::instructions::interrupts::enable_and_hlt();
+/// An AP's life once up: run its L1.
+fn ap_main(cpu: &'static percpu::PerCpu) -> ! {
+    l1::run_forever(cpu.index, || {})
+}
+
+/// Answers the shell's cross-core requests on this core.
+fn answer(req: mailbox::Request) -> alloc::string::String {
+    let me = percpu::current().index;
+    match req {
+        mailbox::Request::DumpVmcs01 => {
+            if *l1::shared(me).state.lock() == l1::L1State::Running {
+                vmx::dump::dump_current(&alloc::format!("VMCS0-1 of cpu {me}"))
+            } else {
+                alloc::format!("error: cpu {me} runs no L1, so it has no VMCS0-1 loaded\n")
+            }
+        }
     }
 }

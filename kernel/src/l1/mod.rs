@@ -1,0 +1,564 @@
+//! One L1 per core: its memory, its VMCS0-1, and the loop that runs it and
+//! handles its exits. What the shell shows of an L1 (state, console, counters,
+//! trace) lives in [`L1Shared`], readable from any core.
+
+pub mod image;
+pub mod uart;
+
+use alloc::string::String;
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+use log::{info, warn};
+use nvmx_vmx::field::Field as F;
+use spin::Mutex;
+
+use crate::arch::cpu;
+use crate::percpu::{self, MAX_CPUS};
+use crate::stats::{CpuStats, Level};
+use crate::vmx::run::{self, GuestRegs, vmread, vmwrite};
+use crate::vmx::{self, insn};
+use uart::{ConsoleRing, Uart16550};
+
+/// What an L1 is doing, as `l1` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum L1State {
+    /// Not started (no VMX, or not yet).
+    NotStarted,
+    Running,
+    /// Executed HLT with nothing to wake it: finished its work.
+    Halted,
+    /// Stopped by L0: why.
+    Stopped(String),
+}
+
+/// Requests from the shell to an L1's core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Control {
+    None = 0,
+    Stop = 1,
+    Start = 2,
+    Restart = 3,
+}
+
+/// One exit in the trace ring.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TraceEntry {
+    pub tsc: u64,
+    pub reason: u32,
+    pub qualification: u64,
+    pub rip: u64,
+    pub level_l2: bool,
+    pub cycles: u64,
+}
+
+/// Exits kept in the trace ring.
+pub const TRACE_LEN: usize = 64;
+
+/// The trace ring of one core.
+pub struct Trace {
+    entries: [TraceEntry; TRACE_LEN],
+    next: usize,
+    count: u64,
+}
+
+impl Trace {
+    const fn new() -> Self {
+        Trace { entries: [TraceEntry { tsc: 0, reason: 0, qualification: 0, rip: 0, level_l2: false, cycles: 0 }; TRACE_LEN], next: 0, count: 0 }
+    }
+    fn push(&mut self, e: TraceEntry) {
+        self.entries[self.next] = e;
+        self.next = (self.next + 1) % TRACE_LEN;
+        self.count += 1;
+    }
+    /// The newest `n` entries, oldest first.
+    pub fn last(&self, n: usize) -> impl Iterator<Item = &TraceEntry> {
+        let kept = (self.count as usize).min(TRACE_LEN);
+        let n = n.min(kept);
+        (0..n).map(move |i| &self.entries[(self.next + TRACE_LEN - n + i) % TRACE_LEN])
+    }
+}
+
+/// The part of an L1 that other cores (the shell) read.
+pub struct L1Shared {
+    pub state: Mutex<L1State>,
+    pub console: Mutex<Option<ConsoleRing>>,
+    pub stats: CpuStats,
+    pub trace: Mutex<Trace>,
+    pub control: AtomicU8,
+    pub started_tsc: AtomicU64,
+    pub last_reason: AtomicU64,
+    /// L1 command line set from the shell (`l1 restart <cpu> <args>`),
+    /// used instead of the nvmx command line's from the next start on.
+    pub args: Mutex<Option<String>>,
+}
+
+impl L1Shared {
+    const fn new() -> Self {
+        L1Shared {
+            state: Mutex::new(L1State::NotStarted),
+            console: Mutex::new(None),
+            stats: CpuStats::new(),
+            trace: Mutex::new(Trace::new()),
+            control: AtomicU8::new(0),
+            started_tsc: AtomicU64::new(0),
+            last_reason: AtomicU64::new(u64::MAX),
+            args: Mutex::new(None),
+        }
+    }
+    pub fn request(&self, c: Control) {
+        self.control.store(c as u8, Ordering::Release);
+    }
+    fn take_request(&self) -> Control {
+        match self.control.swap(0, Ordering::AcqRel) {
+            1 => Control::Stop,
+            2 => Control::Start,
+            3 => Control::Restart,
+            _ => Control::None,
+        }
+    }
+}
+
+static L1S: [L1Shared; MAX_CPUS] = [const { L1Shared::new() }; MAX_CPUS];
+
+/// The shared state of core `cpu`'s L1.
+pub fn shared(cpu: usize) -> &'static L1Shared {
+    &L1S[cpu]
+}
+
+/// L1 settings from the nvmx command line.
+pub struct L1Config {
+    /// Guest-physical memory per L1 in bytes (`l1mem=<MiB>`, default 32).
+    pub mem_size: u64,
+    /// The L1's own command line (`l1args=a,b,c` → "a b c"), per core
+    /// overrides with `l1args<N>=...`.
+    pub args: String,
+}
+
+impl L1Config {
+    pub fn for_cpu(cpu: usize) -> L1Config {
+        let info = crate::bootinfo::get();
+        let mem_mib = info.arg("l1mem").and_then(|v| v.parse::<u64>().ok()).unwrap_or(32).clamp(4, 4096);
+        let key = alloc::format!("l1args{cpu}");
+        let raw = info.arg(&key).or_else(|| info.arg("l1args")).unwrap_or("workload=forum");
+        let args = L1S[cpu].args.lock().clone().unwrap_or_else(|| raw.replace(',', " "));
+        L1Config { mem_size: (mem_mib << 20).next_multiple_of(2 << 20), args }
+    }
+}
+
+/// The L0-private side of a running L1 (lives on its core's stack).
+struct Vcpu {
+    regs: GuestRegs,
+    launched: bool,
+    uart: Uart16550,
+    cpu: usize,
+    vmcs: u64,
+    mem_base: u64,
+    mem_size: u64,
+}
+
+/// Outcome of handling one exit.
+enum Handled {
+    /// Go back to L1 at the same RIP.
+    Resume,
+    /// The instruction was emulated: advance RIP past it and resume.
+    Skip,
+    /// Inject a hardware exception (vector, error code) and resume.
+    Inject(u8, Option<u32>),
+    /// L1 halted for good.
+    Halt,
+    /// Stop this L1 with a report.
+    Stop(String),
+}
+
+/// A decoded VM exit (SDM Appendix C; qualifications in 28.2.1).
+enum Exit {
+    ExternalInterrupt { vector: u8 },
+    TripleFault,
+    Cpuid,
+    Hlt,
+    Io { port: u16, size: u8, input: bool, string: bool },
+    Rdmsr,
+    Wrmsr,
+    CrAccess { cr: u8, access: u8, gpr: u8 },
+    EptViolation { gpa: u64, qualification: u64 },
+    PreemptionTimer,
+    /// A VMX instruction while L1 has no VMX (CPUID.1:ECX.VMX = 0): #UD.
+    VmxInstruction,
+    Xsetbv,
+    /// Instructions that are harmless to complete by skipping (INVD, WBINVD…).
+    Skippable,
+    EntryFailure { reason: u16, qualification: u64 },
+    Unexpected { reason: u16 },
+}
+
+fn decode(reason: u32, qualification: u64) -> Exit {
+    let basic = (reason & 0xFFFF) as u16;
+    if reason & (1 << 31) != 0 {
+        return Exit::EntryFailure { reason: basic, qualification };
+    }
+    match basic {
+        1 => Exit::ExternalInterrupt { vector: (vmread(F::VM_EXIT_INTR_INFO) & 0xFF) as u8 },
+        2 => Exit::TripleFault,
+        10 => Exit::Cpuid,
+        12 => Exit::Hlt,
+        13 | 54 => Exit::Skippable,
+        18..=27 | 50 | 53 => Exit::VmxInstruction,
+        28 => Exit::CrAccess {
+            cr: (qualification & 0xF) as u8,
+            access: ((qualification >> 4) & 3) as u8,
+            gpr: ((qualification >> 8) & 0xF) as u8,
+        },
+        30 => Exit::Io {
+            size: (qualification & 7) as u8 + 1,
+            input: qualification & 8 != 0,
+            string: qualification & 16 != 0,
+            port: (qualification >> 16) as u16,
+        },
+        31 => Exit::Rdmsr,
+        32 => Exit::Wrmsr,
+        48 => Exit::EptViolation { gpa: vmread(F::GUEST_PHYSICAL_ADDRESS), qualification },
+        52 => Exit::PreemptionTimer,
+        55 => Exit::Xsetbv,
+        _ => Exit::Unexpected { reason: basic },
+    }
+}
+
+/// The IA32_FEATURE_CONTROL value L1 reads: locked, as firmware leaves it.
+/// Without VMX exposed (until the nested issue lands) VMX stays off in it.
+const L1_FEATURE_CONTROL: u64 = 1;
+const EFER: u32 = 0xC000_0080;
+const EFER_LMA: u64 = 1 << 10;
+const PAT: u32 = 0x277;
+const DEBUGCTL: u32 = 0x1D9;
+
+impl Vcpu {
+    fn handle(&mut self, exit: Exit) -> Handled {
+        match exit {
+            Exit::ExternalInterrupt { vector } => {
+                crate::apic::eoi();
+                crate::mailbox::on_ipi(vector);
+                Handled::Resume
+            }
+            Exit::PreemptionTimer => Handled::Resume,
+            Exit::TripleFault => Handled::Stop("triple fault".into()),
+            Exit::Cpuid => {
+                let (leaf, sub) = (self.regs.gpr[0] as u32, self.regs.gpr[1] as u32);
+                let (a, b, mut c, d) = cpu::cpuid(leaf, sub);
+                if leaf == 1 {
+                    c &= !(1 << 5); // VMX hidden from L1 until nested VMX is emulated
+                }
+                self.regs.gpr[0] = a.into();
+                self.regs.gpr[3] = b.into();
+                self.regs.gpr[1] = c.into();
+                self.regs.gpr[2] = d.into();
+                Handled::Skip
+            }
+            Exit::Hlt => Handled::Halt,
+            Exit::Io { port, size, input, string } => {
+                if string {
+                    return Handled::Stop(alloc::format!("string I/O to port {port:#x} is not emulated"));
+                }
+                let console = &L1S[self.cpu].console;
+                let in_uart = (uart::COM1_BASE..uart::COM1_BASE + 8).contains(&port);
+                if input {
+                    let value: u64 = if in_uart && size == 1 {
+                        self.uart.read(port - uart::COM1_BASE).into()
+                    } else {
+                        // No device here: the bus floats high.
+                        (1u64 << (8 * u32::from(size))) - 1
+                    };
+                    let mask = (1u64 << (8 * u32::from(size))) - 1;
+                    self.regs.gpr[0] = (self.regs.gpr[0] & !mask) | value;
+                } else if in_uart && size == 1 {
+                    if let Some(ring) = console.lock().as_mut() {
+                        self.uart.write(port - uart::COM1_BASE, self.regs.gpr[0] as u8, ring);
+                    }
+                }
+                Handled::Skip
+            }
+            Exit::Rdmsr => {
+                let msr = self.regs.gpr[1] as u32;
+                let value = match msr {
+                    0x3A => Some(L1_FEATURE_CONTROL),
+                    // Switched by VMCS0-1 on entry and exit: L1's copies live there.
+                    EFER => Some(vmread(F::GUEST_IA32_EFER)),
+                    PAT => Some(vmread(F::GUEST_IA32_PAT)),
+                    DEBUGCTL => Some(vmread(F::GUEST_IA32_DEBUGCTL)),
+                    // No VMX for L1: its capability MSRs do not exist (#GP).
+                    0x480..=0x492 => None,
+                    _ => cpu::rdmsr_safe(msr),
+                };
+                match value {
+                    Some(v) => {
+                        self.regs.gpr[0] = v & 0xFFFF_FFFF;
+                        self.regs.gpr[2] = v >> 32;
+                        Handled::Skip
+                    }
+                    None => Handled::Inject(13, Some(0)),
+                }
+            }
+            Exit::Wrmsr => {
+                let msr = self.regs.gpr[1] as u32;
+                let value = (self.regs.gpr[2] << 32) | (self.regs.gpr[0] & 0xFFFF_FFFF);
+                match msr {
+                    // Locked: writing it faults on real hardware too.
+                    0x3A => Handled::Inject(13, Some(0)),
+                    0x10 => Handled::Skip, // TSC writes are dropped: L0 owns time
+                    EFER => {
+                        // LMA is the CPU's to set (SDM 10.8.5); keep the current one.
+                        let lma = vmread(F::GUEST_IA32_EFER) & EFER_LMA;
+                        vmwrite(F::GUEST_IA32_EFER, (value & !EFER_LMA) | lma);
+                        Handled::Skip
+                    }
+                    PAT => {
+                        vmwrite(F::GUEST_IA32_PAT, value);
+                        Handled::Skip
+                    }
+                    DEBUGCTL => {
+                        vmwrite(F::GUEST_IA32_DEBUGCTL, value);
+                        Handled::Skip
+                    }
+                    _ => {
+                        log::debug!("l1 cpu {}: WRMSR {msr:#x} = {value:#x} dropped", self.cpu);
+                        Handled::Skip
+                    }
+                }
+            }
+            Exit::CrAccess { cr, access, gpr } => self.cr_access(cr, access, gpr),
+            Exit::EptViolation { gpa, qualification } => Handled::Stop(alloc::format!(
+                "access to guest-physical {gpa:#x} outside its {} MiB (qualification {qualification:#x})",
+                self.mem_size >> 20
+            )),
+            Exit::VmxInstruction => Handled::Inject(6, None),
+            Exit::Xsetbv => {
+                // XCR0 is per core and L0 does not use extended state: let L1 set it.
+                let value = (self.regs.gpr[2] << 32) | (self.regs.gpr[0] & 0xFFFF_FFFF);
+                let ok = self.regs.gpr[1] == 0 && value & 1 != 0;
+                if ok {
+                    // SAFETY: XSETBV of XCR0 with x87 set; CR4.OSXSAVE is set
+                    // in L1's CR4 (the exit only happens then).
+                    unsafe {
+                        core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") value as u32, in("edx") (value >> 32) as u32)
+                    };
+                    Handled::Skip
+                } else {
+                    Handled::Inject(13, Some(0))
+                }
+            }
+            Exit::Skippable => Handled::Skip,
+            Exit::EntryFailure { reason, qualification } => {
+                Handled::Stop(alloc::format!("VM entry failed: reason {reason}, qualification {qualification:#x}"))
+            }
+            Exit::Unexpected { reason } => Handled::Stop(alloc::format!(
+                "unexpected exit {reason} ({})",
+                nvmx_vmx::exit::exit_reason_name(reason)
+            )),
+        }
+    }
+
+    /// MOV to/from CR0/CR4 on bits L0 owns (SDM 28.1.3: only masked bits
+    /// that differ from the read shadow exit).
+    fn cr_access(&mut self, cr: u8, access: u8, gpr: u8) -> Handled {
+        let value = if gpr == 4 { vmread(F::GUEST_RSP) } else { self.regs.gpr[usize::from(gpr)] };
+        match (cr, access) {
+            (0, 0) => {
+                let forced = vmread(F::CR0_GUEST_HOST_MASK);
+                vmwrite(F::CR0_READ_SHADOW, value);
+                vmwrite(F::GUEST_CR0, value | forced);
+                // Entering/leaving long mode: EFER.LMA follows CR0.PG with EFER.LME,
+                // and the VM-entry "IA-32e mode guest" control must match.
+                let efer = vmread(F::GUEST_IA32_EFER);
+                let lma = efer & (1 << 8) != 0 && value & (1 << 31) != 0;
+                let efer = if lma { efer | (1 << 10) } else { efer & !(1 << 10) };
+                vmwrite(F::GUEST_IA32_EFER, efer);
+                let entry = vmread(F::VM_ENTRY_CONTROLS);
+                let ia32e = nvmx_vmx::controls::entry::IA32E_MODE_GUEST as u64;
+                vmwrite(F::VM_ENTRY_CONTROLS, if lma { entry | ia32e } else { entry & !ia32e });
+                Handled::Skip
+            }
+            (4, 0) => {
+                if value & (1 << 13) != 0 {
+                    // CR4.VMXE with CPUID.VMX = 0 is a reserved bit: #GP.
+                    return Handled::Inject(13, Some(0));
+                }
+                let forced = vmread(F::CR4_GUEST_HOST_MASK);
+                vmwrite(F::CR4_READ_SHADOW, value);
+                vmwrite(F::GUEST_CR4, value | forced);
+                Handled::Skip
+            }
+            _ => Handled::Stop(alloc::format!("unexpected CR{cr} access type {access}")),
+        }
+    }
+}
+
+/// Sets up and starts this core's L1; returns it ready to enter.
+fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
+    let cfg = L1Config::for_cpu(cpu);
+    let mem_base = crate::mm::frames::alloc(cfg.mem_size / 4096, 512)
+        .ok_or_else(|| alloc::format!("no {} MiB of contiguous memory for the L1", cfg.mem_size >> 20))?;
+    // SAFETY: the chunk was just allocated for this L1 and is identity mapped.
+    let mem = unsafe { core::slice::from_raw_parts_mut(mem_base as *mut u8, cfg.mem_size as usize) };
+    let entry = image::load_elf(image::BUILTIN_L1, mem).map_err(|e| alloc::format!("{e}"))?;
+    let mbi = image::multiboot_info(cfg.mem_size, &cfg.args);
+    // The boot information goes at 64 KiB, where GRUB-loaded kernels do not live.
+    const MBI_GPA: u64 = 0x1_0000;
+    mem[MBI_GPA as usize..MBI_GPA as usize + mbi.len()].copy_from_slice(&mbi);
+
+    let eptp = run::build_ept01(mem_base, cfg.mem_size).ok_or("no memory for EPT0-1")?;
+    let maps = run::build_bitmaps().ok_or("no memory for the bitmaps")?;
+    let vmcs = crate::mm::frames::alloc(1, 1).ok_or("no memory for VMCS0-1")?;
+    // SAFETY: fresh frame; the revision id goes in its first dword (SDM 25.2).
+    unsafe { (vmcs as *mut u32).write_volatile(caps.revision_id()) };
+    // SAFETY: the VMCS region is ours and initialised.
+    unsafe { insn::vmclear(vmcs).and_then(|()| insn::vmptrld(vmcs)) }.map_err(|e| alloc::format!("VMCS0-1: {e}"))?;
+    let mem_desc = run::L1Memory { host_base: mem_base, size: cfg.mem_size, eptp };
+    run::setup_vmcs01(caps, &mem_desc, &maps, entry, (cpu + 1) as u16)?;
+
+    let mut regs = GuestRegs::default();
+    regs.gpr[0] = 0x36d7_6289; // EAX: Multiboot2 magic
+    regs.gpr[3] = MBI_GPA; // EBX: boot information
+    *L1S[cpu].console.lock() = Some(ConsoleRing::new());
+    L1S[cpu].stats.reset();
+    L1S[cpu].started_tsc.store(cpu::rdtsc(), Ordering::Relaxed);
+    *L1S[cpu].state.lock() = L1State::Running;
+    info!("l1: cpu {cpu}: {} MiB at host {mem_base:#x}, entry {entry:#x}, args '{}'", cfg.mem_size >> 20, cfg.args);
+    Ok(Vcpu { regs, launched: false, uart: Uart16550::default(), cpu, vmcs, mem_base, mem_size: cfg.mem_size })
+}
+
+/// Runs this core's L1 forever (also handling shell requests); `idle` is
+/// called between exits and while no L1 runs — the boot core polls the
+/// shell there.
+pub fn run_forever(cpu: usize, idle: fn()) -> ! {
+    let shared = &L1S[cpu];
+    let Some(caps) = vmx::probe() else {
+        *shared.state.lock() = L1State::Stopped(alloc::format!("no VMX: {}", vmx::unavailable_reason()));
+        loop {
+            idle();
+            crate::mailbox::poll();
+            wait(cpu);
+        }
+    };
+    if let Err(e) = vmx::vmxon_this_cpu(caps) {
+        warn!("vmx: cpu {cpu}: {e}");
+        *shared.state.lock() = L1State::Stopped(e.into());
+    }
+    let mut vcpu: Option<Vcpu> = None;
+    let mut want_running = vmx::enabled();
+    loop {
+        idle();
+        crate::mailbox::poll();
+        match shared.take_request() {
+            Control::Stop => {
+                if vcpu.take().is_some() {
+                    *shared.state.lock() = L1State::Stopped("stopped from the shell".into());
+                }
+                want_running = false;
+            }
+            Control::Start | Control::Restart => {
+                vcpu = None;
+                want_running = vmx::enabled();
+            }
+            Control::None => {}
+        }
+        if want_running && vcpu.is_none() {
+            want_running = false;
+            match create(cpu, caps) {
+                Ok(v) => vcpu = Some(v),
+                Err(e) => {
+                    warn!("l1: cpu {cpu}: {e}");
+                    *shared.state.lock() = L1State::Stopped(e);
+                }
+            }
+        }
+        let Some(v) = vcpu.as_mut() else {
+            wait(cpu);
+            continue;
+        };
+        if let Some(stop) = step(v) {
+            *shared.state.lock() = stop;
+            vcpu = None;
+        }
+    }
+}
+
+/// Waits for something to do: the boot core polls (the shell reads the
+/// serial line without interrupts); the others sleep until the shell kicks
+/// them with an IPI, so idle cores cost nothing (16 spinning cores would
+/// starve QEMU's TCG).
+fn wait(cpu: usize) {
+    if cpu == 0 {
+        core::hint::spin_loop();
+    } else {
+        x86_64::instructions::interrupts::enable_and_hlt();
+        x86_64::instructions::interrupts::disable();
+    }
+}
+
+/// One entry into L1 and the handling of the exit that ends it. `Some` when
+/// the L1 ends (halted or stopped).
+fn step(v: &mut Vcpu) -> Option<L1State> {
+    let shared = &L1S[v.cpu];
+    // Bochs 2.7 may save "blocking by SMI" on exit, which then fails the next
+    // entry; L0 never runs L1 in SMM, so the bit is always clear (PLATFORM.md).
+    let intr = vmread(F::GUEST_INTERRUPTIBILITY_INFO);
+    if intr & 4 != 0 {
+        vmwrite(F::GUEST_INTERRUPTIBILITY_INFO, intr & !4);
+    }
+    vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, run::PREEMPT_TICKS);
+    if let Err(e) = run::enter(&mut v.regs, v.launched) {
+        return Some(L1State::Stopped(alloc::format!("VM entry of VMCS0-1 failed: {e}")));
+    }
+    let start = cpu::rdtsc();
+    v.launched = true;
+    let reason = vmread(F::VM_EXIT_REASON) as u32;
+    let qualification = vmread(F::EXIT_QUALIFICATION);
+    let rip = vmread(F::GUEST_RIP);
+    let handled = v.handle(decode(reason, qualification));
+    let (result, completed) = match handled {
+        Handled::Resume => (None, true),
+        Handled::Skip => {
+            vmwrite(F::GUEST_RIP, rip + vmread(F::VM_EXIT_INSTRUCTION_LEN));
+            (None, true)
+        }
+        Handled::Inject(vector, error) => {
+            // SDM 25.8.3: valid | type 3 (hardware exception) | vector.
+            let mut info = (1u64 << 31) | (3 << 8) | u64::from(vector);
+            if let Some(code) = error {
+                info |= 1 << 11;
+                vmwrite(F::VM_ENTRY_EXCEPTION_ERROR_CODE, code.into());
+            }
+            vmwrite(F::VM_ENTRY_INTR_INFO_FIELD, info);
+            (None, false)
+        }
+        Handled::Halt => (Some(L1State::Halted), true),
+        Handled::Stop(why) => {
+            report_stop(v.cpu, &why, reason, qualification, rip);
+            (Some(L1State::Stopped(why)), false)
+        }
+    };
+    let cycles = cpu::rdtsc() - start;
+    let basic = (reason & 0xFFFF) as u16;
+    shared.stats.record(Level::L1, basic, completed, cycles);
+    shared.last_reason.store(u64::from(reason), Ordering::Relaxed);
+    shared.trace.lock().push(TraceEntry { tsc: start, reason, qualification, rip, level_l2: false, cycles });
+    result
+}
+
+/// A stopped L1's report: on its console and in the log.
+fn report_stop(cpu: usize, why: &str, reason: u32, qualification: u64, rip: u64) {
+    warn!(
+        "l1: cpu {cpu} stopped: {why} (exit reason {reason:#x} {}, qualification {qualification:#x}, rip {rip:#x})",
+        nvmx_vmx::exit::exit_reason_name((reason & 0xFFFF) as u16)
+    );
+    if let Some(ring) = L1S[cpu].console.lock().as_mut() {
+        for b in alloc::format!("\n[nvmx: L1 stopped: {why}; exit reason {reason:#x}, rip {rip:#x}]\n").bytes() {
+            ring.push(b);
+        }
+    }
+}
+
+/// Number of cores whose L1 is running.
+pub fn running_count() -> usize {
+    percpu::all().iter().filter(|c| *L1S[c.index].state.lock() == L1State::Running).count()
+}

@@ -1,0 +1,270 @@
+//! The shell's I/O side on the boot core: bytes from COM1 and the PS/2
+//! keyboard go into the pure line editor (`nvmx_shell`), finished lines are
+//! parsed there, and the commands run here, where the machine is.
+
+use alloc::string::String;
+use core::fmt::Write;
+use core::sync::atomic::Ordering;
+
+use nvmx_shell::format::Table;
+use nvmx_shell::{Command, Context, CpuSel, Event, LineEditor};
+use spin::Mutex;
+
+use crate::l1::{self, L1State};
+use crate::percpu;
+
+const PROMPT: &str = "nvmx> ";
+const HISTORY: usize = 32;
+
+static EDITOR: Mutex<Option<LineEditor>> = Mutex::new(None);
+
+/// Prints the first prompt; input is read by [`poll`].
+pub fn start() {
+    *EDITOR.lock() = Some(LineEditor::new(HISTORY));
+    crate::print!("{PROMPT}");
+}
+
+/// Reads what input there is and runs finished lines. Called by the boot
+/// core between L1 exits and whenever it has nothing else to do.
+pub fn poll() {
+    loop {
+        let Some(byte) = crate::serial::try_read().or_else(crate::keyboard::try_read) else { return };
+        let mut guard = EDITOR.lock();
+        let Some(editor) = guard.as_mut() else { return };
+        let event = editor.feed(byte, &mut |echo| crate::console::write_bytes(echo));
+        drop(guard);
+        match event {
+            Some(Event::Line(line)) => {
+                run(&line);
+                crate::print!("{PROMPT}");
+            }
+            Some(Event::Interrupted) => crate::print!("{PROMPT}"),
+            None => {}
+        }
+    }
+}
+
+fn run(line: &str) {
+    let ctx = Context { ncpus: percpu::count() };
+    match nvmx_shell::parse(line, &ctx) {
+        Ok(None) => {}
+        Ok(Some(cmd)) => {
+            let mut out = String::new();
+            execute(cmd, &mut out);
+            crate::console::write_bytes(out.as_bytes());
+        }
+        Err(e) => crate::println!("error: {e}"),
+    }
+}
+
+/// The CPUs a selection names.
+fn cpus_of(sel: CpuSel) -> core::ops::Range<usize> {
+    match sel {
+        CpuSel::One(c) => c..c + 1,
+        CpuSel::All => 0..percpu::count(),
+    }
+}
+
+fn execute(cmd: Command, out: &mut String) {
+    let _ = match cmd {
+        Command::Help(topic) => {
+            out.push_str(&nvmx_shell::format::help(topic.as_deref()));
+            Ok(())
+        }
+        Command::Cpus => cpus(out),
+        Command::Mem => mem(out),
+        Command::Acpi => crate::firmware::describe(out),
+        Command::Vmx => vmx(out),
+        Command::Log(level) => log_level(level.as_deref(), out),
+        Command::Reboot => {
+            crate::println!("rebooting");
+            crate::firmware::reboot()
+        }
+        Command::Poweroff => {
+            crate::println!("powering off");
+            crate::firmware::power_off()
+        }
+        Command::Stats { cpus, reset, csv } => stats(cpus, reset, csv, out),
+        Command::L1Status(cpu) => l1_status(cpu, out),
+        Command::L1Control { action, cpu, args } => l1_control(action, cpu, args, out),
+        Command::Console(cpu) => console(cpu, out),
+        Command::Vmcs { which, cpu } => vmcs(which, cpu, out),
+        Command::Trace { cpu, count } => trace(cpu, count, out),
+    };
+}
+
+fn cpus(out: &mut String) -> core::fmt::Result {
+    let mut t = Table::new(&["cpu", "apic", "state", ""]);
+    let (mut online, mut failed) = (0, 0);
+    for c in percpu::all() {
+        let state = c.state();
+        match state {
+            percpu::CpuState::Online => online += 1,
+            percpu::CpuState::Failed => failed += 1,
+            _ => {}
+        }
+        let apic = c.apic_id.load(Ordering::Relaxed);
+        t.row(&[
+            &alloc::format!("{}", c.index),
+            &alloc::format!("{apic:#04x}"),
+            state.name(),
+            if c.index == 0 { "(boot)" } else { "" },
+        ]);
+    }
+    out.push_str(&t.render());
+    writeln!(out, "total: {online} online, {failed} failed")
+}
+
+fn mem(out: &mut String) -> core::fmt::Result {
+    use nvmx_shell::format::bytes;
+    let f = crate::mm::frames::stats();
+    let (used, size) = crate::mm::heap_stats();
+    let (k0, k1) = crate::mm::kernel_range();
+    writeln!(out, "frames: {} usable, {} free, {} allocated, {} free ranges",
+        bytes(f.total_bytes), bytes(f.free_bytes), bytes(f.allocated_bytes), f.ranges)?;
+    writeln!(out, "heap: {} used of {}", bytes(used as u64), bytes(size as u64))?;
+    writeln!(out, "kernel image: {k0:#x}-{k1:#x} ({})", bytes(k1 - k0))?;
+    writeln!(out, "memory map:")?;
+    for r in crate::bootinfo::get().regions() {
+        let kind = match r.kind {
+            1 => "usable",
+            3 => "ACPI reclaimable",
+            4 => "ACPI NVS",
+            5 => "bad",
+            _ => "reserved",
+        };
+        writeln!(out, "  {:#014x}-{:#014x} {:>10}  {kind}", r.start, r.end, bytes(r.end - r.start))?;
+    }
+    Ok(())
+}
+
+fn vmx(out: &mut String) -> core::fmt::Result {
+    let Some(caps) = crate::vmx::probe() else {
+        return writeln!(out, "vmx: VT-x not available: {}", crate::vmx::unavailable_reason());
+    };
+    for (key, value) in caps.report() {
+        writeln!(out, "  {key:<22} {value}")?;
+    }
+    Ok(())
+}
+
+fn log_level(level: Option<&str>, out: &mut String) -> core::fmt::Result {
+    match level {
+        None => writeln!(out, "log level: {}", log::max_level().as_str().to_ascii_lowercase()),
+        Some(name) => match crate::console::parse_level(name) {
+            Some(l) => {
+                log::set_max_level(l);
+                writeln!(out, "log level: {name}")
+            }
+            None => writeln!(out, "error: log: unknown level '{name}'"),
+        },
+    }
+}
+
+fn stats(sel: CpuSel, reset: bool, csv: bool, out: &mut String) -> core::fmt::Result {
+    for cpu in cpus_of(sel) {
+        let shared = l1::shared(cpu);
+        if reset {
+            shared.stats.reset();
+            writeln!(out, "cpu {cpu}: counters reset")?;
+            continue;
+        }
+        let now = crate::arch::cpu::rdtsc();
+        out.push_str(&crate::stats_view::render(cpu, &shared.stats, now, csv));
+    }
+    Ok(())
+}
+
+fn l1_status(sel: Option<usize>, out: &mut String) -> core::fmt::Result {
+    let range = sel.map_or(0..percpu::count(), |c| c..c + 1);
+    let now = crate::arch::cpu::rdtsc();
+    for cpu in range {
+        let s = l1::shared(cpu);
+        let state = s.state.lock().clone();
+        let (exits, _) = s.stats.totals();
+        let last = s.last_reason.load(Ordering::Relaxed);
+        let last = if last == u64::MAX {
+            String::from("-")
+        } else {
+            alloc::format!("{} {}", last & 0xFFFF, nvmx_vmx::exit::exit_reason_name((last & 0xFFFF) as u16))
+        };
+        let up = now.saturating_sub(s.started_tsc.load(Ordering::Relaxed));
+        let state = match state {
+            L1State::NotStarted => String::from("not started"),
+            L1State::Running => String::from("running"),
+            L1State::Halted => String::from("halted"),
+            L1State::Stopped(why) => alloc::format!("stopped: {why}"),
+        };
+        writeln!(out, "cpu {cpu}: {state}; exits {exits}; last exit {last}; uptime {up} tsc")?;
+    }
+    Ok(())
+}
+
+fn l1_control(action: nvmx_shell::L1Action, cpu: usize, args: Option<String>, out: &mut String) -> core::fmt::Result {
+    use nvmx_shell::L1Action;
+    if let Some(args) = args {
+        *l1::shared(cpu).args.lock() = Some(args);
+    }
+    let req = match action {
+        L1Action::Stop => l1::Control::Stop,
+        L1Action::Start => l1::Control::Start,
+        L1Action::Restart => l1::Control::Restart,
+    };
+    l1::shared(cpu).request(req);
+    if cpu != percpu::current().index {
+        crate::mailbox::kick(cpu);
+    }
+    writeln!(out, "cpu {cpu}: {action:?} requested")
+}
+
+fn console(cpu: usize, out: &mut String) -> core::fmt::Result {
+    let guard = l1::shared(cpu).console.lock();
+    let Some(ring) = guard.as_ref() else {
+        return writeln!(out, "cpu {cpu}: no L1 console (L1 never started)");
+    };
+    let (a, b) = ring.contents();
+    out.push_str(&String::from_utf8_lossy(a));
+    out.push_str(&String::from_utf8_lossy(b));
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    Ok(())
+}
+
+fn vmcs(which: nvmx_shell::VmcsKind, cpu: usize, out: &mut String) -> core::fmt::Result {
+    use nvmx_shell::VmcsKind;
+    match which {
+        VmcsKind::V01 => match crate::mailbox::call(cpu, crate::mailbox::Request::DumpVmcs01, 2000) {
+            Ok(text) => {
+                out.push_str(&text);
+                Ok(())
+            }
+            Err(e) => writeln!(out, "error: vmcs 01: cpu {cpu}: {e}"),
+        },
+        VmcsKind::V12 | VmcsKind::V02 => {
+            writeln!(out, "error: vmcs {which}: cpu {cpu} has no L2 (nested VMX is not emulated yet)")
+        }
+    }
+}
+
+fn trace(sel: Option<usize>, count: Option<usize>, out: &mut String) -> core::fmt::Result {
+    let n = count.unwrap_or(16).min(l1::TRACE_LEN);
+    let range = sel.map_or(0..percpu::count(), |c| c..c + 1);
+    for cpu in range {
+        writeln!(out, "cpu {cpu}: last {n} exits")?;
+        let mut t = Table::new(&["tsc", "reason", "name", "qualification", "rip", "level", "cycles"]);
+        for e in l1::shared(cpu).trace.lock().last(n) {
+            t.row(&[
+                &alloc::format!("{}", e.tsc),
+                &alloc::format!("{:#x}", e.reason),
+                nvmx_vmx::exit::exit_reason_name((e.reason & 0xFFFF) as u16),
+                &alloc::format!("{:#x}", e.qualification),
+                &alloc::format!("{:#x}", e.rip),
+                if e.level_l2 { "L2" } else { "L1" },
+                &alloc::format!("{}", e.cycles),
+            ]);
+        }
+        out.push_str(&t.render());
+    }
+    Ok(())
+}

@@ -1,0 +1,366 @@
+//! The command table and the parser: a finished line becomes a typed
+//! [`Command`] or a one-line [`ParseError`]. Adding a command is one
+//! [`COMMANDS`] entry, one variant and one arm in [`parse`].
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+/// One entry of the command table.
+#[derive(Debug)]
+pub struct CommandSpec {
+    pub name: &'static str,
+    pub usage: &'static str,
+    pub summary: &'static str,
+    pub help: &'static str,
+}
+
+/// Every command, in the order `help` lists them.
+pub static COMMANDS: &[CommandSpec] = &[
+    CommandSpec { name: "help", usage: "help [<command>]", summary: "list commands, or explain one", help: "Without an argument lists every command; with one prints its usage and help." },
+    CommandSpec { name: "cpus", usage: "cpus", summary: "processors: index, APIC id, state", help: "One line per processor of the MADT: index, APIC id, state (online / failed / offline), then totals." },
+    CommandSpec { name: "mem", usage: "mem", summary: "physical frames, L0 heap, memory map", help: "Frame allocator and heap figures and GRUB's memory map." },
+    CommandSpec { name: "acpi", usage: "acpi", summary: "ACPI tables, MADT and FADT summary", help: "The ACPI tables found, the MADT (processors, I/O APICs) and FADT power management." },
+    CommandSpec { name: "vmx", usage: "vmx", summary: "VT-x capabilities of this CPU", help: "Whether VT-x is usable, and a decode of the IA32_VMX_* capability MSRs." },
+    CommandSpec { name: "l1", usage: "l1 [<cpu>] | l1 stop|start|restart <cpu> [<arg>...]", summary: "L1 state per core; stop/start/restart one", help: "Shows each core's L1: state, exits, last exit, uptime. `start`/`restart` may give the L1 a new command line, e.g. `l1 restart 1 crash=triple`." },
+    CommandSpec { name: "stats", usage: "stats [<cpu>|all] [reset] [--csv]", summary: "exit counters per exit reason", help: "Per core and exit reason: exits (hex and decimal), completed, L0 cycles (sum, min, avg, max), totals and L0's share of the core. `reset` zeroes them, `--csv` prints CSV." },
+    CommandSpec { name: "trace", usage: "trace [<cpu>] [<n>]", summary: "the last exits of a core", help: "The last n (default 16) exits: TSC, reason, qualification, RIP, level, L0 cycles." },
+    CommandSpec { name: "console", usage: "console <cpu>", summary: "an L1's console output", help: "The newest output the L1 of that core wrote to its COM1." },
+    CommandSpec { name: "vmcs", usage: "vmcs 01|12|02 [<cpu>]", summary: "dump a VMCS of a core, live", help: "Dumps VMCS0-1 (runs L1), VMCS1-2 (what L1 asked) or VMCS0-2 (runs L2), read on that core, grouped like Linux dump_vmcs." },
+    CommandSpec { name: "log", usage: "log [error|warn|info|debug|trace]", summary: "show or set the log level", help: "Kernel messages at this level and above are printed." },
+    CommandSpec { name: "reboot", usage: "reboot", summary: "reset the machine", help: "ACPI reset register, then port 0xCF9, then the keyboard controller." },
+    CommandSpec { name: "poweroff", usage: "poweroff", summary: "power off (ACPI S5)", help: "ACPI S5 through the FADT's PM1 control ports and \\_S5; QEMU and Bochs exit." },
+];
+
+/// Which CPUs a command applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuSel {
+    One(usize),
+    All,
+}
+
+/// What `l1` does to a core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L1Action {
+    Stop,
+    Start,
+    Restart,
+}
+
+/// Which of the three VMCSs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmcsKind {
+    /// VMCS0-1: L0 runs L1.
+    V01,
+    /// VMCS1-2: what L1 asked for L2.
+    V12,
+    /// VMCS0-2: L0 runs L2.
+    V02,
+}
+
+impl fmt::Display for VmcsKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VmcsKind::V01 => "01",
+            VmcsKind::V12 => "12",
+            VmcsKind::V02 => "02",
+        })
+    }
+}
+
+/// A parsed command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Help(Option<String>),
+    Cpus,
+    Mem,
+    Acpi,
+    Vmx,
+    Log(Option<String>),
+    Reboot,
+    Poweroff,
+    Stats { cpus: CpuSel, reset: bool, csv: bool },
+    L1Status(Option<usize>),
+    L1Control { action: L1Action, cpu: usize, args: Option<String> },
+    Console(usize),
+    Vmcs { which: VmcsKind, cpu: usize },
+    Trace { cpu: Option<usize>, count: Option<usize> },
+}
+
+/// What the parser needs to know of the machine.
+#[derive(Clone, Copy, Debug)]
+pub struct Context {
+    pub ncpus: usize,
+}
+
+/// Why a line is not a command. `Display` gives one line without "error: ".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    UnknownCommand(String),
+    UnexpectedArgument { cmd: &'static str, arg: String },
+    MissingArgument { cmd: &'static str, what: &'static str },
+    BadNumber { cmd: &'static str, arg: String },
+    NoSuchCpu { cmd: &'static str, cpu: usize, ncpus: usize },
+    BadChoice { cmd: &'static str, arg: String, choices: &'static str },
+    NoSuchHelpTopic(String),
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::UnknownCommand(c) => write!(f, "unknown command '{c}' (try 'help')"),
+            ParseError::UnexpectedArgument { cmd, arg } => write!(f, "{cmd}: unexpected argument '{arg}'"),
+            ParseError::MissingArgument { cmd, what } => write!(f, "{cmd}: missing {what}"),
+            ParseError::BadNumber { cmd, arg } => write!(f, "{cmd}: '{arg}' is not a number"),
+            ParseError::NoSuchCpu { cmd, cpu, ncpus } => {
+                write!(f, "{cmd}: cpu {cpu} does not exist (0-{})", ncpus.saturating_sub(1))
+            }
+            ParseError::BadChoice { cmd, arg, choices } => write!(f, "{cmd}: unknown {arg} ({choices})"),
+            ParseError::NoSuchHelpTopic(t) => write!(f, "help: no command '{t}'"),
+        }
+    }
+}
+
+/// A decimal or 0x-hex number.
+pub fn parse_number(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+fn is_number(s: &str) -> bool {
+    parse_number(s).is_some()
+}
+
+fn cpu_arg(cmd: &'static str, s: &str, ctx: &Context) -> Result<usize, ParseError> {
+    let n = parse_number(s).ok_or_else(|| ParseError::BadNumber { cmd, arg: s.to_string() })?;
+    let cpu = usize::try_from(n).unwrap_or(usize::MAX);
+    if cpu >= ctx.ncpus {
+        return Err(ParseError::NoSuchCpu { cmd, cpu, ncpus: ctx.ncpus });
+    }
+    Ok(cpu)
+}
+
+fn no_more(cmd: &'static str, rest: &[&str]) -> Result<(), ParseError> {
+    match rest.first() {
+        Some(arg) => Err(ParseError::UnexpectedArgument { cmd, arg: arg.to_string() }),
+        None => Ok(()),
+    }
+}
+
+/// Parses one line; `Ok(None)` for a blank line.
+pub fn parse(line: &str, ctx: &Context) -> Result<Option<Command>, ParseError> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let Some((&name, args)) = words.split_first() else { return Ok(None) };
+    let cmd = match name {
+        "help" => match args {
+            [] => Command::Help(None),
+            [topic] if COMMANDS.iter().any(|c| c.name == *topic) => Command::Help(Some(topic.to_string())),
+            [topic] => return Err(ParseError::NoSuchHelpTopic(topic.to_string())),
+            [_, rest @ ..] => return no_more("help", rest).map(|()| None),
+        },
+        "cpus" | "mem" | "acpi" | "vmx" | "reboot" | "poweroff" => {
+            let spec = COMMANDS.iter().find(|c| c.name == name).expect("in the table");
+            no_more(spec.name, args)?;
+            match name {
+                "cpus" => Command::Cpus,
+                "mem" => Command::Mem,
+                "acpi" => Command::Acpi,
+                "vmx" => Command::Vmx,
+                "reboot" => Command::Reboot,
+                _ => Command::Poweroff,
+            }
+        }
+        "log" => match args {
+            [] => Command::Log(None),
+            [level] if matches!(*level, "error" | "warn" | "info" | "debug" | "trace") => {
+                Command::Log(Some(level.to_string()))
+            }
+            [level] => {
+                return Err(ParseError::BadChoice {
+                    cmd: "log",
+                    arg: alloc::format!("level '{level}'"),
+                    choices: "error|warn|info|debug|trace",
+                });
+            }
+            [_, rest @ ..] => return no_more("log", rest).map(|()| None),
+        },
+        "stats" => {
+            let (mut cpus, mut reset, mut csv) = (CpuSel::All, false, false);
+            for (i, &a) in args.iter().enumerate() {
+                match a {
+                    "all" if i == 0 => cpus = CpuSel::All,
+                    "reset" if !reset => reset = true,
+                    "--csv" if !csv => csv = true,
+                    n if i == 0 && is_number(n) => cpus = CpuSel::One(cpu_arg("stats", n, ctx)?),
+                    other => return Err(ParseError::UnexpectedArgument { cmd: "stats", arg: other.to_string() }),
+                }
+            }
+            Command::Stats { cpus, reset, csv }
+        }
+        "l1" => match args {
+            [] => Command::L1Status(None),
+            [action, rest @ ..] if matches!(*action, "stop" | "start" | "restart") => {
+                let action = match *action {
+                    "stop" => L1Action::Stop,
+                    "start" => L1Action::Start,
+                    _ => L1Action::Restart,
+                };
+                let [cpu, extra @ ..] = rest else {
+                    return Err(ParseError::MissingArgument { cmd: "l1", what: "cpu" });
+                };
+                let cpu = cpu_arg("l1", cpu, ctx)?;
+                if action == L1Action::Stop {
+                    no_more("l1", extra)?;
+                }
+                let args = (!extra.is_empty()).then(|| extra.join(" "));
+                Command::L1Control { action, cpu, args }
+            }
+            [cpu] if is_number(cpu) => Command::L1Status(Some(cpu_arg("l1", cpu, ctx)?)),
+            [other, ..] => {
+                return Err(ParseError::BadChoice {
+                    cmd: "l1",
+                    arg: alloc::format!("argument '{other}'"),
+                    choices: "<cpu>|stop|start|restart",
+                });
+            }
+        },
+        "console" => match args {
+            [] => return Err(ParseError::MissingArgument { cmd: "console", what: "cpu" }),
+            [cpu, rest @ ..] => {
+                no_more("console", rest)?;
+                Command::Console(cpu_arg("console", cpu, ctx)?)
+            }
+        },
+        "vmcs" => {
+            let [which, rest @ ..] = args else {
+                return Err(ParseError::MissingArgument { cmd: "vmcs", what: "01|12|02" });
+            };
+            let which = match *which {
+                "01" => VmcsKind::V01,
+                "12" => VmcsKind::V12,
+                "02" => VmcsKind::V02,
+                other => {
+                    return Err(ParseError::BadChoice {
+                        cmd: "vmcs",
+                        arg: alloc::format!("vmcs '{other}'"),
+                        choices: "01|12|02",
+                    });
+                }
+            };
+            let cpu = match rest {
+                [] => 0,
+                [cpu, more @ ..] => {
+                    no_more("vmcs", more)?;
+                    cpu_arg("vmcs", cpu, ctx)?
+                }
+            };
+            Command::Vmcs { which, cpu }
+        }
+        "trace" => {
+            let mut cpu = None;
+            let mut count = None;
+            for (i, &a) in args.iter().enumerate() {
+                match i {
+                    0 => cpu = Some(cpu_arg("trace", a, ctx)?),
+                    1 => {
+                        let n = parse_number(a).ok_or_else(|| ParseError::BadNumber { cmd: "trace", arg: a.to_string() })?;
+                        count = Some(usize::try_from(n).unwrap_or(usize::MAX));
+                    }
+                    _ => return Err(ParseError::UnexpectedArgument { cmd: "trace", arg: a.to_string() }),
+                }
+            }
+            Command::Trace { cpu, count }
+        }
+        other => return Err(ParseError::UnknownCommand(other.to_string())),
+    };
+    Ok(Some(cmd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CTX: Context = Context { ncpus: 4 };
+
+    fn ok(line: &str) -> Command {
+        parse(line, &CTX).unwrap().unwrap()
+    }
+    fn err(line: &str) -> String {
+        parse(line, &CTX).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn blank_lines_are_nothing() {
+        assert_eq!(parse("", &CTX), Ok(None));
+        assert_eq!(parse("   \t ", &CTX), Ok(None));
+    }
+
+    #[test]
+    fn simple_commands() {
+        assert_eq!(ok("cpus"), Command::Cpus);
+        assert_eq!(ok("  mem  "), Command::Mem);
+        assert_eq!(ok("acpi"), Command::Acpi);
+        assert_eq!(ok("vmx"), Command::Vmx);
+        assert_eq!(ok("reboot"), Command::Reboot);
+        assert_eq!(ok("poweroff"), Command::Poweroff);
+        assert_eq!(ok("help"), Command::Help(None));
+        assert_eq!(ok("help stats"), Command::Help(Some("stats".into())));
+        assert_eq!(ok("log"), Command::Log(None));
+        assert_eq!(ok("log debug"), Command::Log(Some("debug".into())));
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        assert_eq!(err("cpuz"), "unknown command 'cpuz' (try 'help')");
+        assert_eq!(err("CPUS"), "unknown command 'CPUS' (try 'help')");
+        assert_eq!(err("cpus x"), "cpus: unexpected argument 'x'");
+        assert_eq!(err("log loud"), "log: unknown level 'loud' (error|warn|info|debug|trace)");
+        assert_eq!(err("stats 9"), "stats: cpu 9 does not exist (0-3)");
+        assert_eq!(err("help foo"), "help: no command 'foo'");
+        assert_eq!(err("console"), "console: missing cpu");
+        assert_eq!(err("console x"), "console: 'x' is not a number");
+        assert_eq!(err("vmcs 03"), "vmcs: unknown vmcs '03' (01|12|02)");
+        assert_eq!(err("l1 stop"), "l1: missing cpu");
+        assert_eq!(err("l1 stop 1 extra"), "l1: unexpected argument 'extra'");
+        assert_eq!(err("trace 0 5 6"), "trace: unexpected argument '6'");
+        assert_eq!(err("stats reset reset"), "stats: unexpected argument 'reset'");
+    }
+
+    #[test]
+    fn stats_forms() {
+        assert_eq!(ok("stats"), Command::Stats { cpus: CpuSel::All, reset: false, csv: false });
+        assert_eq!(ok("stats 2"), Command::Stats { cpus: CpuSel::One(2), reset: false, csv: false });
+        assert_eq!(ok("stats all reset"), Command::Stats { cpus: CpuSel::All, reset: true, csv: false });
+        assert_eq!(ok("stats 0x1 --csv"), Command::Stats { cpus: CpuSel::One(1), reset: false, csv: true });
+    }
+
+    #[test]
+    fn l1_vmcs_trace_console_forms() {
+        assert_eq!(ok("l1"), Command::L1Status(None));
+        assert_eq!(ok("l1 3"), Command::L1Status(Some(3)));
+        assert_eq!(ok("l1 stop 1"), Command::L1Control { action: L1Action::Stop, cpu: 1, args: None });
+        assert_eq!(
+            ok("l1 restart 1 crash=triple workload=plain"),
+            Command::L1Control { action: L1Action::Restart, cpu: 1, args: Some("crash=triple workload=plain".into()) }
+        );
+        assert_eq!(ok("vmcs 01"), Command::Vmcs { which: VmcsKind::V01, cpu: 0 });
+        assert_eq!(ok("vmcs 02 3"), Command::Vmcs { which: VmcsKind::V02, cpu: 3 });
+        assert_eq!(ok("trace"), Command::Trace { cpu: None, count: None });
+        assert_eq!(ok("trace 1 32"), Command::Trace { cpu: Some(1), count: Some(32) });
+        assert_eq!(ok("console 2"), Command::Console(2));
+    }
+
+    #[test]
+    fn every_table_entry_parses() {
+        for spec in COMMANDS {
+            let line = match spec.name {
+                "console" => "console 0",
+                "vmcs" => "vmcs 01",
+                n => n,
+            };
+            assert!(parse(line, &CTX).unwrap().is_some(), "{}", spec.name);
+        }
+    }
+}
