@@ -230,7 +230,7 @@ pub enum Value {
     HexPair(u64, u64),
     /// Preemption timer: present, rate.
     Timer(bool, u32),
-    /// The names whose flag is set, space-separated.
+    /// `yes, ` and the names whose flag is set, space-separated.
     Words([(bool, &'static str); 4]),
 }
 
@@ -244,17 +244,16 @@ impl fmt::Display for Value {
             Value::Timer(false, _) => f.write_str("no"),
             Value::Timer(true, rate) => write!(f, "yes, tick = TSC/{}", 1u64 << rate),
             Value::Words(words) => {
-                let mut first = true;
+                f.write_str("yes")?;
+                let mut sep = ", ";
                 for (on, w) in words {
                     if on {
-                        if !first {
-                            f.write_str(" ")?;
-                        }
+                        f.write_str(sep)?;
                         f.write_str(w)?;
-                        first = false;
+                        sep = " ";
                     }
                 }
-                if first { f.write_str("yes (no types)") } else { Ok(()) }
+                Ok(())
             }
         }
     }
@@ -330,8 +329,8 @@ mod tests {
         assert_eq!(get("vmcs revision id"), "0x2b");
         assert_eq!(get("vmcs shadowing"), "yes");
         assert_eq!(get("preemption timer"), "yes, tick = TSC/32");
-        assert_eq!(get("invept"), "single-context all-context");
-        assert_eq!(get("invvpid"), "individual-address single-context all-context single-context-retaining-globals");
+        assert_eq!(get("invept"), "yes, single-context all-context");
+        assert_eq!(get("invvpid"), "yes, individual-address single-context all-context single-context-retaining-globals");
         assert_eq!(get("vmcs enum max index"), "0x19");
         let ivy = VmxCaps::read(bochs(false));
         assert_eq!(format!("{}", ivy.report()[6].1), "no");
