@@ -366,6 +366,5 @@ fn setup_host_state() {
     vmwrite(F::HOST_IA32_SYSENTER_EIP, 0);
     vmwrite(F::HOST_IA32_EFER, cpu::rdmsr(0xC000_0080));
     vmwrite(F::HOST_IA32_PAT, cpu::rdmsr(0x277));
-    // SAFETY: only the address of the exit stub is taken.
-    vmwrite(F::HOST_RIP, unsafe { &raw const nvmx_vmexit } as u64);
+    vmwrite(F::HOST_RIP, &raw const nvmx_vmexit as u64);
 }

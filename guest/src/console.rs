@@ -1,0 +1,50 @@
+//! COM1 output by raw port I/O: poll the line-status register's "transmit
+//! holding register empty" bit, then write the byte (PC16550D data sheet).
+
+use core::fmt;
+
+const COM1: u16 = 0x3F8;
+
+fn outb(port: u16, v: u8) {
+    // SAFETY: COM1's registers; the L1 owns its (real or virtual) COM1.
+    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack)) };
+}
+
+fn inb(port: u16) -> u8 {
+    let v: u8;
+    // SAFETY: as `outb`.
+    unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack)) };
+    v
+}
+
+/// 115200 8N1, FIFOs on, interrupts off.
+pub fn init() {
+    outb(COM1 + 1, 0x00);
+    outb(COM1 + 3, 0x80);
+    outb(COM1, 0x01);
+    outb(COM1 + 1, 0x00);
+    outb(COM1 + 3, 0x03);
+    outb(COM1 + 2, 0xC7);
+}
+
+fn put(b: u8) {
+    while inb(COM1 + 5) & 0x20 == 0 {
+        core::hint::spin_loop();
+    }
+    outb(COM1, b);
+}
+
+/// The console as a `fmt::Write`; "\n" becomes "\r\n".
+pub struct Console;
+
+impl fmt::Write for Console {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for b in s.bytes() {
+            if b == b'\n' {
+                put(b'\r');
+            }
+            put(b);
+        }
+        Ok(())
+    }
+}

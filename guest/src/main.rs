@@ -1,0 +1,125 @@
+//! nvmx-l1: the built-in L1 guest hypervisor.
+//!
+//! A small Multiboot2 kernel that GRUB can boot bare (then it uses the CPU's
+//! VT-x directly) and that nvmx loads as L1 the way GRUB would. The same image
+//! and arguments give the same output lines bare and nested, which is how
+//! nvmx's nested VMX is checked. Its console is COM1, driven by raw port I/O
+//! (under nvmx that COM1 is a virtual 16550).
+//!
+//! Arguments (Multiboot2 command line): `workload=forum|plain`, `exits=N`
+//! (0 = run forever), `crash=triple`, `novmx`.
+
+#![no_std]
+#![no_main]
+
+mod boot;
+mod console;
+mod forum;
+mod vmx;
+
+use core::fmt::Write;
+
+use console::Console;
+
+/// The parsed command line.
+pub struct Args {
+    pub workload: &'static str,
+    pub exits: u64,
+    pub crash: bool,
+    pub novmx: bool,
+}
+
+fn parse_args(cmdline: &'static str) -> Args {
+    let mut a = Args { workload: "forum", exits: 20_000, crash: false, novmx: false };
+    for w in cmdline.split_ascii_whitespace() {
+        match w.split_once('=') {
+            Some(("workload", v)) => a.workload = v,
+            Some(("exits", v)) => a.exits = v.parse().unwrap_or(a.exits),
+            Some(("crash", "triple")) => a.crash = true,
+            None if w == "novmx" => a.novmx = true,
+            _ => {}
+        }
+    }
+    a
+}
+
+/// The Multiboot2 command line (tag type 1), or "".
+fn cmdline(mbi: u64) -> &'static str {
+    // SAFETY: the loader (GRUB or nvmx) put a valid Multiboot2 information
+    // structure at `mbi`: total size, reserved, then 8-byte aligned tags.
+    unsafe {
+        let total = *(mbi as *const u32) as u64;
+        let mut tag = mbi + 8;
+        while tag < mbi + total {
+            let typ = *(tag as *const u32);
+            let size = *((tag + 4) as *const u32) as u64;
+            if typ == 0 || size < 8 {
+                break;
+            }
+            if typ == 1 {
+                let bytes = core::slice::from_raw_parts((tag + 8) as *const u8, (size - 8) as usize);
+                let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+                return core::str::from_utf8(&bytes[..len]).unwrap_or("");
+            }
+            tag += size.next_multiple_of(8);
+        }
+    }
+    ""
+}
+
+/// Rust entry, from `boot.rs` in long mode.
+#[unsafe(no_mangle)]
+extern "C" fn l1_main(magic: u32, mbi: u32) -> ! {
+    console::init();
+    let mut out = Console;
+    let line = if magic == 0x36d7_6289 { cmdline(mbi.into()) } else { "" };
+    let _ = writeln!(out, "nvmx-l1 {}: {}", env!("CARGO_PKG_VERSION"), line);
+    boot::init_idt();
+    let args = parse_args(line);
+    if args.crash {
+        let _ = writeln!(out, "l1: crash=triple: loading an empty IDT and raising #BP");
+        boot::triple_fault();
+    }
+    let vmx = if args.novmx { Err("novmx on the command line") } else { vmx::probe() };
+    match (args.workload, vmx) {
+        ("forum", Ok(caps)) => forum::run(&caps, &args),
+        (_, Err(reason)) => {
+            let _ = writeln!(out, "l1: no VMX: {reason}");
+            plain(&args);
+        }
+        _ => plain(&args),
+    }
+    let _ = writeln!(out, "l1: done");
+    boot::power_off_emulator();
+    boot::halt()
+}
+
+/// The non-VMX workload: the exits a plain OS kernel causes under a
+/// hypervisor (CPUID, port I/O, RDMSR), in a deterministic count.
+fn plain(args: &Args) {
+    let mut out = Console;
+    let _ = writeln!(out, "l1: plain workload, {} rounds", args.exits);
+    let (mut cpuid, mut io, mut msr) = (0u64, 0u64, 0u64);
+    let mut round = 0u64;
+    while args.exits == 0 || round < args.exits {
+        core::hint::black_box(core::arch::x86_64::__cpuid(0));
+        cpuid += 1;
+        // SAFETY: port 0x80 is the POST diagnostic port; writing it is harmless.
+        unsafe { core::arch::asm!("out 0x80, al", in("al") round as u8) };
+        io += 1;
+        // SAFETY: IA32_TIME_STAMP_COUNTER exists on every x86-64 CPU.
+        unsafe { core::arch::asm!("rdmsr", in("ecx") 0x10u32, out("eax") _, out("edx") _) };
+        msr += 1;
+        round += 1;
+        if args.exits != 0 && round % (args.exits / 4).max(1) == 0 {
+            let _ = writeln!(out, "l1: plain {round}/{}", args.exits);
+        }
+    }
+    let _ = writeln!(out, "l1: summary plain cpuid={cpuid} io={io} rdmsr={msr}");
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    let _ = writeln!(Console, "l1: panic: {info}");
+    boot::halt()
+}

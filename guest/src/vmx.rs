@@ -1,0 +1,190 @@
+//! The L1's own use of VT-x: the checks a hypervisor makes before VMXON
+//! (SDM Vol. 3C 24.6-24.7), and the VMX instructions wrapped so that every
+//! one is counted and its outcome checked (SDM 32.2: CF = VMfailInvalid,
+//! ZF = VMfailValid with the error in VM_INSTRUCTION_ERROR).
+
+use core::arch::asm;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use nvmx_vmx::caps::VmxCaps;
+use nvmx_vmx::field::Field;
+
+/// The VMX instructions the L1 counts, in report order.
+#[derive(Clone, Copy)]
+pub enum Insn {
+    Vmxon,
+    Vmclear,
+    Vmptrld,
+    Vmptrst,
+    Vmread,
+    Vmwrite,
+    Vmlaunch,
+    Vmresume,
+    Vmxoff,
+    Invept,
+    Invvpid,
+}
+
+pub const INSN_NAMES: [&str; 11] =
+    ["vmxon", "vmclear", "vmptrld", "vmptrst", "vmread", "vmwrite", "vmlaunch", "vmresume", "vmxoff", "invept", "invvpid"];
+
+/// How often the L1 executed each instruction.
+pub static INSN_COUNT: [AtomicU64; 11] = [const { AtomicU64::new(0) }; 11];
+/// VMX instructions that did not succeed.
+pub static FAILURES: AtomicU64 = AtomicU64::new(0);
+
+fn count(i: Insn) {
+    INSN_COUNT[i as usize].fetch_add(1, Relaxed);
+}
+
+/// A failed VMX instruction.
+#[derive(Clone, Copy, Debug)]
+pub enum VmFail {
+    Invalid,
+    Valid(u32),
+}
+
+impl core::fmt::Display for VmFail {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            VmFail::Invalid => write!(f, "VMfailInvalid"),
+            VmFail::Valid(n) => write!(f, "VMfailValid({n})"),
+        }
+    }
+}
+
+fn outcome(rflags: u64) -> Result<(), VmFail> {
+    let r = if rflags & 1 != 0 {
+        Err(VmFail::Invalid)
+    } else if rflags & 0x40 != 0 {
+        let mut err: u64;
+        // SAFETY: ZF = 1 means a current VMCS holds the error number.
+        unsafe { asm!("vmread {}, {}", out(reg) err, in(reg) u64::from(Field::VM_INSTRUCTION_ERROR.encoding())) };
+        err &= 0xFFFF_FFFF;
+        Err(VmFail::Valid(err as u32))
+    } else {
+        Ok(())
+    };
+    if r.is_err() {
+        FAILURES.fetch_add(1, Relaxed);
+    }
+    r
+}
+
+fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: only architectural VMX MSRs are read, after CPUID said VMX exists.
+    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Whether VT-x can be used, and its capabilities.
+pub fn probe() -> Result<VmxCaps, &'static str> {
+    let ecx = core::arch::x86_64::__cpuid(1).ecx;
+    if ecx & (1 << 5) == 0 {
+        return Err("CPUID.1:ECX.VMX[bit 5] = 0");
+    }
+    let fc = rdmsr(0x3A);
+    if fc & 1 == 0 {
+        // Unlocked: enable VMX outside SMX and lock, as firmware would.
+        // SAFETY: IA32_FEATURE_CONTROL exists when CPUID reports VMX.
+        unsafe { asm!("wrmsr", in("ecx") 0x3Au32, in("eax") (fc | 5) as u32, in("edx") (fc >> 32) as u32) };
+    } else if fc & 4 == 0 {
+        return Err("IA32_FEATURE_CONTROL locked with VMX disabled");
+    }
+    Ok(VmxCaps::read(|m| Some(rdmsr(m))))
+}
+
+macro_rules! vmx_op {
+    ($insn:literal, $ptr:expr) => {{
+        let rflags: u64;
+        let p: u64 = $ptr;
+        // SAFETY: the operand is a 4 KiB region owned by the L1 for this
+        // purpose; the outcome is checked by the caller.
+        unsafe { asm!(concat!($insn, " [{}]; pushfq; pop {}"), in(reg) &p, lateout(reg) rflags) };
+        outcome(rflags)
+    }};
+}
+
+pub fn vmxon(region: u64) -> Result<(), VmFail> {
+    count(Insn::Vmxon);
+    vmx_op!("vmxon", region)
+}
+pub fn vmclear(vmcs: u64) -> Result<(), VmFail> {
+    count(Insn::Vmclear);
+    vmx_op!("vmclear", vmcs)
+}
+pub fn vmptrld(vmcs: u64) -> Result<(), VmFail> {
+    count(Insn::Vmptrld);
+    vmx_op!("vmptrld", vmcs)
+}
+
+pub fn vmptrst() -> u64 {
+    count(Insn::Vmptrst);
+    let mut p: u64 = 0;
+    // SAFETY: stores the current-VMCS pointer into `p`.
+    unsafe { asm!("vmptrst [{}]", in(reg) &mut p) };
+    p
+}
+
+pub fn vmxoff() -> Result<(), VmFail> {
+    count(Insn::Vmxoff);
+    let rflags: u64;
+    // SAFETY: leaves VMX operation; the L1 does not use VMX afterwards.
+    unsafe { asm!("vmxoff; pushfq; pop {}", lateout(reg) rflags) };
+    outcome(rflags)
+}
+
+pub fn vmread(f: Field) -> u64 {
+    count(Insn::Vmread);
+    let v: u64;
+    let rflags: u64;
+    // SAFETY: reads the current VMCS.
+    unsafe { asm!("vmread {}, {}; pushfq; pop {}", lateout(reg) v, in(reg) u64::from(f.encoding()), lateout(reg) rflags) };
+    match outcome(rflags) {
+        Ok(()) => v,
+        Err(e) => {
+            report("VMREAD", f.name(), e);
+            0
+        }
+    }
+}
+
+pub fn vmwrite(f: Field, v: u64) {
+    count(Insn::Vmwrite);
+    let rflags: u64;
+    // SAFETY: writes the current VMCS.
+    unsafe { asm!("vmwrite {}, {}; pushfq; pop {}", in(reg) u64::from(f.encoding()), in(reg) v, lateout(reg) rflags) };
+    if let Err(e) = outcome(rflags) {
+        report("VMWRITE", f.name(), e);
+    }
+}
+
+pub fn invept_single(eptp: u64) -> Result<(), VmFail> {
+    count(Insn::Invept);
+    let desc = [eptp, 0u64];
+    let rflags: u64;
+    // SAFETY: drops cached EPT translations only.
+    unsafe { asm!("invept {}, [{}]; pushfq; pop {}", in(reg) 1u64, in(reg) &desc, lateout(reg) rflags) };
+    outcome(rflags)
+}
+
+pub fn invvpid_single(vpid: u16) -> Result<(), VmFail> {
+    count(Insn::Invvpid);
+    let desc = [u64::from(vpid), 0u64];
+    let rflags: u64;
+    // SAFETY: drops cached linear translations only.
+    unsafe { asm!("invvpid {}, [{}]; pushfq; pop {}", in(reg) 1u64, in(reg) &desc, lateout(reg) rflags) };
+    outcome(rflags)
+}
+
+/// Prints a failed instruction.
+pub fn report(insn: &str, what: &str, e: VmFail) {
+    use core::fmt::Write;
+    let _ = writeln!(crate::console::Console, "l1: {insn} {what} failed: {e}");
+}
+
+/// Counts a VMLAUNCH or VMRESUME (executed in the entry asm).
+pub fn count_entry(launch: bool) {
+    count(if launch { Insn::Vmlaunch } else { Insn::Vmresume });
+}
