@@ -161,6 +161,7 @@ pub struct Bochs {
     megs: u32,
     ips: u32,
     hard_limit: Duration,
+    iso: Option<PathBuf>,
 }
 
 impl Bochs {
@@ -174,7 +175,15 @@ impl Bochs {
             megs: 256,
             ips: 4_000_000,
             hard_limit: DEFAULT_HARD_LIMIT,
+            iso: None,
         }
+    }
+    /// Boots `build/<file>` instead of nvmx's ISO (e.g. `l1-bare.iso`, the
+    /// built-in L1 alone); missing, it fails like a missing nvmx ISO.
+    #[must_use]
+    pub fn build_iso(mut self, file: &str) -> Self {
+        self.iso = Some(paths::workspace().join("build").join(file));
+        self
     }
     /// Number of processors.
     #[must_use]
@@ -247,7 +256,11 @@ impl Bochs {
 
     /// Starts Bochs and accepts its serial connection.
     pub fn start(&self) -> Result<Machine> {
-        let iso = paths::iso()?;
+        let iso = match &self.iso {
+            Some(p) if p.is_file() => p.clone(),
+            Some(p) => return Err(crate::Error::new(format!("{} not found: run `make iso` first", p.display()))),
+            None => paths::iso()?,
+        };
         paths::require_file(paths::BOCHS_BIOS, "Bochs BIOS", "bochsbios")?;
         paths::require_file(paths::BOCHS_VGABIOS, "VGA BIOS", "vgabios")?;
         let slot = slots::acquire(SLOT_WAIT)?;

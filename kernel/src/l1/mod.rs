@@ -140,7 +140,7 @@ impl L1Config {
         let info = crate::bootinfo::get();
         let mem_mib = info.arg("l1mem").and_then(|v| v.parse::<u64>().ok()).unwrap_or(32).clamp(4, 4096);
         let key = alloc::format!("l1args{cpu}");
-        let raw = info.arg(&key).or_else(|| info.arg("l1args")).unwrap_or("workload=forum");
+        let raw = info.arg(&key).or_else(|| info.arg("l1args")).unwrap_or("workload=forum exits=0");
         let args = L1S[cpu].args.lock().clone().unwrap_or_else(|| raw.replace(',', " "));
         L1Config { mem_size: (mem_mib << 20).next_multiple_of(2 << 20), args }
     }

@@ -7,4 +7,5 @@
 
 mod bochs;
 mod common;
+mod l1;
 mod qemu;

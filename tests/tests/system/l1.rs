@@ -1,0 +1,175 @@
+//! The built-in L1: bare on Bochs' VT-x (the reference), and run by nvmx on
+//! every core (VMX root, VMCS0-1, exits counted, consoles, live dumps, an L1
+//! that triple-faults stopped alone).
+
+use crate::common::BOCHS;
+use nvmx_tests::{Bochs, Machine, Result};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The L2 exit kinds the `forum` workload must produce.
+const FORUM_EXITS: [&str; 7] = ["cpuid", "hlt", "vmcall", "io", "rdmsr", "wrmsr", "ept_violation"];
+
+/// `l1-bare.iso` (`workload=forum`, 20000 L2 exits) on real (emulated) VMX.
+fn bare_forum(name: &str, model: &str) -> Result<()> {
+    let mut m = Bochs::new(name, model).build_iso("l1-bare.iso").hard_limit(Duration::from_secs(180)).start()?;
+    let pattern = regex::Regex::new(r"l1: summary exits=(\d+) failures=(\d+)").expect("valid regex");
+    let summary = m.expect(pattern, Duration::from_secs(150))?;
+    let (exits, failures) = (summary.group(1).to_string(), summary.group(2).to_string());
+    let text = m.serial().transcript();
+    m.check(exits == "20000" && failures == "0", || format!("expected 20000 exits, 0 failures; got {exits}, {failures}"))?;
+    for kind in FORUM_EXITS {
+        let line = text.lines().find(|l| l.starts_with("l1: exit ") && l.split_whitespace().nth(3) == Some(kind));
+        m.check(line.is_some(), || format!("the forum summary has no `{kind}` L2 exits"))?;
+    }
+    for insn in ["vmxon", "vmclear", "vmptrld", "vmread", "vmwrite", "vmlaunch", "vmresume", "invept", "invvpid"] {
+        let n = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("l1: insn {insn} ")))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        m.check(n > 0, || format!("the L1 executed no {insn}"))?;
+    }
+    m.expect("l1: done", Duration::from_secs(10))?;
+    m.wait_exit(Duration::from_secs(30)).map(|_| ())
+}
+
+#[test]
+fn bochs_l1_bare_forum_ivy() -> Result<()> {
+    bare_forum("bochs_l1_bare_forum_ivy", "corei7_ivy_bridge_3770k")
+}
+
+#[test]
+fn bochs_l1_bare_forum_haswell() -> Result<()> {
+    bare_forum("bochs_l1_bare_forum_haswell", "corei7_haswell_4770")
+}
+
+/// `stats <cpu> --csv` → {(from, reason) → (times, completed)}.
+fn stats(m: &mut Machine, cpu: usize) -> Result<BTreeMap<(String, u32), (u64, u64)>> {
+    let out = m.command(&format!("stats {cpu} --csv"), BOCHS.command)?;
+    let mut rows = BTreeMap::new();
+    for line in out.lines().skip(1).filter(|l| !l.trim().is_empty()) {
+        let c: Vec<&str> = line.trim().split(',').collect();
+        let parsed = (c.len() == 11)
+            .then(|| Some(((c[1].to_string(), c[2].parse().ok()?), (c[5].parse().ok()?, c[6].parse().ok()?))))
+            .flatten();
+        match parsed {
+            Some((k, v)) => {
+                rows.insert(k, v);
+            }
+            None => return Err(m.error(&format!("`stats {cpu} --csv`: bad row `{line}`"))),
+        }
+    }
+    Ok(rows)
+}
+
+fn total(rows: &BTreeMap<(String, u32), (u64, u64)>) -> u64 {
+    rows.values().map(|v| v.0).sum()
+}
+
+/// The field `name` in a `vmcs` dump.
+fn field(dump: &str, name: &str) -> Option<u64> {
+    let line = dump.lines().find(|l| l.split_whitespace().next() == Some(name))?;
+    let v = line.split_whitespace().nth(2)?;
+    u64::from_str_radix(v.trim_start_matches("0x"), 16).ok()
+}
+
+/// nvmx runs one L1 per core; the shell shows them.
+fn nested_l1s(name: &str, model: &str, cpus: usize) -> Result<()> {
+    let t = BOCHS;
+    let mut m = Bochs::new(name, model).cpus(cpus as u32).hard_limit(Duration::from_secs(240)).start()?;
+    m.boot_to_prompt(t.boot)?;
+
+    // Every core's L1 runs.
+    let out = m.command("l1", t.command)?;
+    for cpu in 0..cpus {
+        let ok = out.lines().any(|l| l.starts_with(&format!("cpu {cpu}: running")));
+        m.check(ok, || format!("`l1`: cpu {cpu} is not running:\n{out}"))?;
+    }
+
+    // Its console shows the L1 booted (as GRUB would boot it) and working.
+    for cpu in 0..cpus {
+        let out = m.command(&format!("console {cpu}"), t.command)?;
+        m.check(out.contains("nvmx-l1 ") && out.contains("l1: plain workload"), || {
+            format!("`console {cpu}` does not show the L1 running:\n{out}")
+        })?;
+    }
+
+    // Counters grow between two calls and include CPUID, I/O and RDMSR exits
+    // handled successfully.
+    for cpu in 0..cpus {
+        let a = stats(&mut m, cpu)?;
+        let b = stats(&mut m, cpu)?;
+        m.check(total(&b) > total(&a), || format!("cpu {cpu}: counters did not grow: {a:?} then {b:?}"))?;
+        for reason in [10u32, 30, 31] {
+            let row = b.get(&("L1".to_string(), reason)).copied().unwrap_or((0, 0));
+            m.check(row.0 > 0 && row.1 == row.0, || {
+                format!("cpu {cpu}: reason {reason}: expected exits, all completed; got {row:?}")
+            })?;
+        }
+    }
+    let table = m.command("stats 0", t.command)?;
+    m.check(table.contains("cpuid") && table.contains("L0 share"), || format!("`stats 0` table:\n{table}"))?;
+
+    // VMCS0-1 of each core, read on that core: guest RIP inside the L1's
+    // 32 MiB, and the host state nvmx's own (same page tables and exit stub
+    // on every core, a per-core GS base).
+    let mut hosts = Vec::new();
+    for cpu in 0..cpus {
+        let dump = m.command(&format!("vmcs 01 {cpu}"), t.command)?;
+        let rip = field(&dump, "GUEST_RIP");
+        m.check(dump.contains("*** Guest State ***") && rip.is_some_and(|r| r < 32 << 20), || {
+            format!("`vmcs 01 {cpu}`: guest RIP {rip:?} not inside the L1:\n{dump}")
+        })?;
+        m.check(dump.contains(&format!("VMCS0-1 of cpu {cpu}")), || format!("dump not from cpu {cpu}:\n{dump}"))?;
+        hosts.push((field(&dump, "HOST_CR3"), field(&dump, "HOST_RIP"), field(&dump, "HOST_GS_BASE")));
+    }
+    m.check(hosts.iter().all(|h| h.0.is_some() && h.0 == hosts[0].0 && h.1 == hosts[0].1), || {
+        format!("host CR3/RIP differ between cores: {hosts:?}")
+    })?;
+    let mut gs: Vec<_> = hosts.iter().map(|h| h.2).collect();
+    gs.dedup();
+    m.check(gs.len() == cpus, || format!("HOST_GS_BASE (per-CPU block) not distinct: {hosts:?}"))?;
+
+    // `stats reset` zeroes the counters.
+    let before = total(&stats(&mut m, 0)?);
+    m.command("stats all reset", t.command)?;
+    let after = total(&stats(&mut m, 0)?);
+    m.check(after < before, || format!("after `stats all reset`: {after} exits, before {before}"))?;
+
+    // An L1 that triple-faults is stopped; the others go on.
+    let victim = cpus - 1;
+    m.command(&format!("l1 restart {victim} crash=triple"), t.command)?;
+    let mut stopped = String::new();
+    for _ in 0..40 {
+        stopped = m.command(&format!("l1 {victim}"), t.command)?;
+        if stopped.contains("stopped") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    m.check(stopped.contains("stopped: triple fault"), || format!("`l1 {victim}` after crash=triple:\n{stopped}"))?;
+    let console = m.command(&format!("console {victim}"), t.command)?;
+    m.check(console.contains("L1 stopped: triple fault"), || format!("no stop report on the console:\n{console}"))?;
+    let trace = m.command(&format!("trace {victim} 4"), t.command)?;
+    m.check(trace.contains("triple fault"), || format!("`trace {victim}` does not show the triple fault:\n{trace}"))?;
+    let out = m.command("l1", t.command)?;
+    for cpu in 0..victim {
+        let a = stats(&mut m, cpu)?;
+        let b = stats(&mut m, cpu)?;
+        m.check(out.contains(&format!("cpu {cpu}: running")) && total(&b) > total(&a), || {
+            format!("cpu {cpu} stopped running after cpu {victim}'s L1 crashed:\n{out}")
+        })?;
+    }
+    crate::common::poweroff(&mut m, t)
+}
+
+#[test]
+fn bochs_l1_nested_ivy_2cpu() -> Result<()> {
+    nested_l1s("bochs_l1_nested_ivy_2cpu", "corei7_ivy_bridge_3770k", 2)
+}
+
+#[test]
+fn bochs_l1_nested_haswell_4cpu() -> Result<()> {
+    nested_l1s("bochs_l1_nested_haswell_4cpu", "corei7_haswell_4770", 4)
+}
