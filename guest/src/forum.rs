@@ -391,6 +391,9 @@ fn start(caps: &VmxCaps, total: u64, exits: &mut [u64; 80]) -> Result<(), ()> {
         }
         v.launched = true;
         n += 1;
+        if total != u64::MAX && n % (total / 4).max(1) == 0 {
+            let _ = writeln!(Console, "l1: progress {n}/{total} L2 exits");
+        }
         handle_exit(v, &mut ept, exits)?;
     }
     for v in &vcpus {

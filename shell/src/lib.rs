@@ -14,6 +14,7 @@ extern crate alloc;
 pub mod command;
 pub mod editor;
 pub mod format;
+pub mod report;
 
 pub use command::{COMMANDS, Command, CommandSpec, Context, CpuSel, L1Action, ParseError, VmcsKind, parse};
 pub use editor::{Event, LineEditor};

@@ -34,6 +34,17 @@ pub struct Qemu {
     uefi: bool,
     hard_limit: Duration,
     extra: Vec<String>,
+    iso: Option<PathBuf>,
+}
+
+/// The ISO a machine boots: `build/<file>` when one was named (see
+/// `build_iso`), else nvmx's ISO. Missing, it is an error, never a skip.
+fn resolve_iso(named: &Option<PathBuf>) -> Result<PathBuf> {
+    match named {
+        Some(p) if p.is_file() => Ok(p.clone()),
+        Some(p) => Err(Error::new(format!("{} not found: run `make iso` first", p.display()))),
+        None => paths::iso(),
+    }
 }
 
 impl Qemu {
@@ -46,7 +57,14 @@ impl Qemu {
             uefi: false,
             hard_limit: DEFAULT_HARD_LIMIT,
             extra: Vec::new(),
+            iso: None,
         }
+    }
+    /// Boots `build/<file>` instead of nvmx's ISO (e.g. `l1-bare.iso`).
+    #[must_use]
+    pub fn build_iso(mut self, file: &str) -> Self {
+        self.iso = Some(paths::workspace().join("build").join(file));
+        self
     }
     /// Number of processors (`-smp`).
     #[must_use]
@@ -108,7 +126,7 @@ impl Qemu {
 
     /// Starts QEMU and connects to its serial port.
     pub fn start(&self) -> Result<Machine> {
-        let iso = paths::iso()?;
+        let iso = resolve_iso(&self.iso)?;
         if self.uefi {
             paths::require_file(paths::OVMF, "OVMF (UEFI firmware)", "ovmf")?;
         }
@@ -256,11 +274,7 @@ impl Bochs {
 
     /// Starts Bochs and accepts its serial connection.
     pub fn start(&self) -> Result<Machine> {
-        let iso = match &self.iso {
-            Some(p) if p.is_file() => p.clone(),
-            Some(p) => return Err(crate::Error::new(format!("{} not found: run `make iso` first", p.display()))),
-            None => paths::iso()?,
-        };
+        let iso = resolve_iso(&self.iso)?;
         paths::require_file(paths::BOCHS_BIOS, "Bochs BIOS", "bochsbios")?;
         paths::require_file(paths::BOCHS_VGABIOS, "VGA BIOS", "vgabios")?;
         let slot = slots::acquire(SLOT_WAIT)?;

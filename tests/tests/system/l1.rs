@@ -173,3 +173,14 @@ fn bochs_l1_nested_ivy_2cpu() -> Result<()> {
 fn bochs_l1_nested_haswell_4cpu() -> Result<()> {
     nested_l1s("bochs_l1_nested_haswell_4cpu", "corei7_haswell_4770", 4)
 }
+
+/// The bare L1 where there is no VT-x (QEMU TCG): it says so on its console
+/// and runs its plain workload to the end.
+#[test]
+fn qemu_l1_bare_no_vmx() -> Result<()> {
+    let mut m = nvmx_tests::Qemu::new("qemu_l1_bare_no_vmx").build_iso("l1-bare.iso").hard_limit(Duration::from_secs(120)).start()?;
+    m.expect("l1: no VMX: CPUID.1:ECX.VMX[bit 5] = 0", Duration::from_secs(60))?;
+    m.expect("l1: summary plain cpuid=20000 io=20000 rdmsr=20000", Duration::from_secs(60))?;
+    m.expect("l1: done", Duration::from_secs(10))?;
+    m.wait_exit(Duration::from_secs(30)).map(|_| ())
+}

@@ -1,0 +1,133 @@
+//! The hypervisor reports the shell prints — exit counters and VMCS dumps —
+//! as pure functions of the figures, so their layout is host-tested. The
+//! kernel gathers the figures (atomics, VMREADs) and calls these.
+
+use alloc::string::String;
+use core::fmt::Write;
+
+use crate::format::{Table, hex, percent};
+
+/// One exit reason's counters on one core.
+#[derive(Clone, Copy, Debug)]
+pub struct StatRow<'a> {
+    /// Where the exit came from: `L1`, `L2 (L0)` (handled by L0) or `L2 (to L1)` (reflected).
+    pub from: &'a str,
+    pub reason: u16,
+    pub name: &'a str,
+    pub exits: u64,
+    /// Exits whose handling succeeded (for VMX instructions: the emulated
+    /// instruction succeeded).
+    pub completed: u64,
+    /// TSC cycles L0 spent on these exits: sum, min, max.
+    pub cycles: u64,
+    pub min: u64,
+    pub max: u64,
+}
+
+/// The `stats` report of core `cpu`: rows with exits only, the seed thread's
+/// hex count next to the decimal one, totals and L0's share of `elapsed` TSC
+/// cycles; or the same rows as CSV.
+pub fn stats(cpu: usize, rows: &[StatRow], elapsed: u64, csv: bool) -> String {
+    let mut t = Table::new(&["cpu", "from", "vmexit", "name", "times (hex)", "times", "completed", "L0 cycles", "min", "avg", "max"]);
+    let (mut exits, mut completed, mut cycles) = (0u64, 0u64, 0u64);
+    for r in rows.iter().filter(|r| r.exits > 0) {
+        exits += r.exits;
+        completed += r.completed;
+        cycles += r.cycles;
+        t.row(&[
+            &alloc::format!("{cpu}"),
+            r.from,
+            &alloc::format!("{}", r.reason),
+            r.name,
+            &hex(r.exits),
+            &alloc::format!("{}", r.exits),
+            &alloc::format!("{}", r.completed),
+            &alloc::format!("{}", r.cycles),
+            &alloc::format!("{}", r.min),
+            &alloc::format!("{}", r.cycles / r.exits),
+            &alloc::format!("{}", r.max),
+        ]);
+    }
+    if csv {
+        return t.render_csv();
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "cpu {cpu}:");
+    if exits == 0 {
+        let _ = writeln!(out, "  no exits counted");
+        return out;
+    }
+    out.push_str(&t.render());
+    let _ = writeln!(
+        out,
+        "total: {exits} exits ({}), {completed} completed, {cycles} L0 cycles; L0 share {} of {elapsed} tsc",
+        hex(exits),
+        percent(cycles, elapsed.max(1))
+    );
+    out
+}
+
+/// One field of a VMCS dump: name, encoding, value (`None`: the CPU does not
+/// implement it).
+pub type DumpField<'a> = (&'a str, u32, Option<u64>);
+
+/// A VMCS dump: `title`, then each group under its heading, one field a line.
+pub fn vmcs_dump<'a>(title: &str, groups: &[(&str, &[DumpField<'a>])]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{title}");
+    for (heading, fields) in groups {
+        let _ = writeln!(out, "*** {heading} ***");
+        for (name, enc, value) in fields.iter() {
+            match value {
+                Some(v) => {
+                    let _ = writeln!(out, "  {name:<36} {enc:#06x}  {v:#018x}");
+                }
+                None => {
+                    let _ = writeln!(out, "  {name:<36} {enc:#06x}  (not supported by this CPU)");
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(reason: u16, name: &'static str, exits: u64, completed: u64) -> StatRow<'static> {
+        StatRow { from: "L1", reason, name, exits, completed, cycles: exits * 10, min: 8, max: 30 }
+    }
+
+    #[test]
+    fn stats_table_in_the_threads_style() {
+        let rows = [row(23, "vmread", 0x6812BA3, 0x6812BA0), row(10, "cpuid", 0, 0), row(10, "cpuid", 4, 4)];
+        let out = stats(1, &rows, 20_000_000_000, false);
+        assert!(out.starts_with("cpu 1:\n"));
+        let vmread = out.lines().find(|l| l.contains("vmread")).unwrap();
+        assert!(vmread.contains("0x6812BA3") && vmread.contains("109128611") && vmread.contains("109128608"), "{vmread}");
+        assert_eq!(out.lines().filter(|l| l.contains("cpuid")).count(), 1, "zero rows are left out:\n{out}");
+        let total = out.lines().last().unwrap();
+        assert_eq!(total, "total: 109128615 exits (0x6812BA7), 109128612 completed, 1091286150 L0 cycles; L0 share 5.46 % of 20000000000 tsc");
+    }
+
+    #[test]
+    fn stats_csv_and_empty() {
+        let csv = stats(0, &[row(10, "cpuid", 3, 2)], 100, true);
+        assert_eq!(csv, "cpu,from,vmexit,name,times (hex),times,completed,L0 cycles,min,avg,max\n0,L1,10,cpuid,0x3,3,2,30,8,10,30\n");
+        assert_eq!(stats(2, &[], 100, false), "cpu 2:\n  no exits counted\n");
+    }
+
+    #[test]
+    fn vmcs_dump_groups_and_unsupported_fields() {
+        let guest: [DumpField; 2] = [("GUEST_RIP", 0x681E, Some(0x101000)), ("GUEST_PML_INDEX", 0x0812, None)];
+        let host: [DumpField; 1] = [("HOST_RIP", 0x6C16, Some(0x10_2000))];
+        let out = vmcs_dump("VMCS0-1 of cpu 0", &[("Guest State", &guest), ("Host State", &host)]);
+        let lines: alloc::vec::Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "VMCS0-1 of cpu 0");
+        assert_eq!(lines[1], "*** Guest State ***");
+        assert_eq!(lines[2], "  GUEST_RIP                            0x681e  0x0000000000101000");
+        assert!(lines[3].ends_with("(not supported by this CPU)"));
+        assert_eq!(lines[4], "*** Host State ***");
+    }
+}
