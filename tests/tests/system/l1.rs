@@ -74,6 +74,20 @@ fn field(dump: &str, name: &str) -> Option<u64> {
     u64::from_str_radix(v.trim_start_matches("0x"), 16).ok()
 }
 
+/// Runs `cmd` until its output satisfies `done` (at most 40 tries, 250 ms
+/// apart); returns the last output, checked by the caller.
+fn poll(m: &mut Machine, cmd: &str, done: impl Fn(&str) -> bool) -> Result<String> {
+    let mut out = String::new();
+    for _ in 0..40 {
+        out = m.command(cmd, BOCHS.command)?;
+        if done(&out) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Ok(out)
+}
+
 /// nvmx runs one L1 per core; the shell shows them.
 fn nested_l1s(name: &str, model: &str, cpus: usize) -> Result<()> {
     let t = BOCHS;
@@ -88,8 +102,10 @@ fn nested_l1s(name: &str, model: &str, cpus: usize) -> Result<()> {
     }
 
     // Its console shows the L1 booted (as GRUB would boot it) and working.
+    // The L1s are live programs that start as the prompt appears: give each
+    // a few seconds to get there.
     for cpu in 0..cpus {
-        let out = m.command(&format!("console {cpu}"), t.command)?;
+        let out = poll(&mut m, &format!("console {cpu}"), |o| o.contains("l1: plain workload"))?;
         m.check(out.contains("nvmx-l1 ") && out.contains("l1: plain workload"), || {
             format!("`console {cpu}` does not show the L1 running:\n{out}")
         })?;
@@ -140,14 +156,7 @@ fn nested_l1s(name: &str, model: &str, cpus: usize) -> Result<()> {
     // An L1 that triple-faults is stopped; the others go on.
     let victim = cpus - 1;
     m.command(&format!("l1 restart {victim} crash=triple"), t.command)?;
-    let mut stopped = String::new();
-    for _ in 0..40 {
-        stopped = m.command(&format!("l1 {victim}"), t.command)?;
-        if stopped.contains("stopped") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let stopped = poll(&mut m, &format!("l1 {victim}"), |o| o.contains("stopped"))?;
     m.check(stopped.contains("stopped: triple fault"), || format!("`l1 {victim}` after crash=triple:\n{stopped}"))?;
     let console = m.command(&format!("console {victim}"), t.command)?;
     m.check(console.contains("L1 stopped: triple fault"), || format!("no stop report on the console:\n{console}"))?;
