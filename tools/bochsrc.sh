@@ -2,7 +2,7 @@
 # Writes a Bochs configuration for nvmx to stdout.
 #   bochsrc.sh ISO MODEL CPUS MEGS COM1-LINE
 # COM1-LINE is Bochs' com1 option string, e.g. "mode=term, dev=/dev/tty" or
-# "mode=socket-client, dev=127.0.0.1:5555". See ../shared/PLATFORM.md for why
+# "mode=socket-client, dev=127.0.0.1:5555". Bochs logs to build/bochs.log. See ../shared/PLATFORM.md for why
 # each line is here (fastboot BIOS, clock sync=none, no triple-fault reset).
 set -euo pipefail
 iso=$1; model=$2; cpus=$3; megs=$4; com1=$5
@@ -17,6 +17,6 @@ clock: sync=none
 display_library: rfb, options="timeout=0"
 com1: enabled=1, $com1
 error: action=report
-log: -
+log: build/bochs.log
 sound: waveoutdrv=dummy, waveindrv=dummy, midioutdrv=dummy
 RC

@@ -7,7 +7,7 @@
 //! (under nvmx that COM1 is a virtual 16550).
 //!
 //! Arguments (Multiboot2 command line): `workload=forum|plain`, `exits=N`
-//! (0 = run forever), `crash=triple`, `novmx`.
+//! (0 = run forever), `crash=triple|memory`, `novmx`.
 
 #![no_std]
 #![no_main]
@@ -25,17 +25,19 @@ use console::Console;
 pub struct Args {
     pub workload: &'static str,
     pub exits: u64,
-    pub crash: bool,
+    /// `crash=triple`: triple-fault at once; `crash=memory`: write to
+    /// physical memory the L1 was not given (1 GiB - 4 KiB).
+    pub crash: Option<&'static str>,
     pub novmx: bool,
 }
 
 fn parse_args(cmdline: &'static str) -> Args {
-    let mut a = Args { workload: "forum", exits: 20_000, crash: false, novmx: false };
+    let mut a = Args { workload: "forum", exits: 20_000, crash: None, novmx: false };
     for w in cmdline.split_ascii_whitespace() {
         match w.split_once('=') {
             Some(("workload", v)) => a.workload = v,
             Some(("exits", v)) => a.exits = v.parse().unwrap_or(a.exits),
-            Some(("crash", "triple")) => a.crash = true,
+            Some(("crash", v @ ("triple" | "memory"))) => a.crash = Some(v),
             None if w == "novmx" => a.novmx = true,
             _ => {}
         }
@@ -76,9 +78,19 @@ extern "C" fn l1_main(magic: u32, mbi: u32) -> ! {
     let _ = writeln!(out, "nvmx-l1 {}: {}", env!("CARGO_PKG_VERSION"), line);
     boot::init_idt();
     let args = parse_args(line);
-    if args.crash {
-        let _ = writeln!(out, "l1: crash=triple: loading an empty IDT and raising #BP");
-        boot::triple_fault();
+    match args.crash {
+        Some("triple") => {
+            let _ = writeln!(out, "l1: crash=triple: loading an empty IDT and raising #BP");
+            boot::triple_fault();
+        }
+        Some(_) => {
+            let _ = writeln!(out, "l1: crash=memory: writing to physical 0x3ffff000");
+            // SAFETY: the point is to touch memory this L1 may not have;
+            // the address is identity-mapped by the L1's 1 GiB page tables.
+            unsafe { core::ptr::write_volatile(0x3FFF_F000 as *mut u64, 0x5A) };
+            let _ = writeln!(out, "l1: the write went through (no hypervisor stopped it)");
+        }
+        None => {}
     }
     let vmx = if args.novmx { Err("novmx on the command line") } else { vmx::probe() };
     match (args.workload, vmx) {

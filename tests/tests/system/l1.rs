@@ -88,6 +88,19 @@ fn poll(m: &mut Machine, cmd: &str, done: impl Fn(&str) -> bool) -> Result<Strin
     Ok(out)
 }
 
+/// The L1s of `cpus` still run and count exits after `crashed`'s L1 stopped.
+fn still_running(m: &mut Machine, cpus: std::ops::Range<usize>, crashed: usize) -> Result<()> {
+    let out = m.command("l1", BOCHS.command)?;
+    for cpu in cpus {
+        let a = stats(m, cpu)?;
+        let b = stats(m, cpu)?;
+        m.check(out.contains(&format!("cpu {cpu}: running")) && total(&b) > total(&a), || {
+            format!("cpu {cpu} stopped running after cpu {crashed}'s L1 was stopped:\n{out}")
+        })?;
+    }
+    Ok(())
+}
+
 /// nvmx runs one L1 per core; the shell shows them.
 fn nested_l1s(name: &str, model: &str, cpus: usize) -> Result<()> {
     let t = BOCHS;
@@ -162,14 +175,16 @@ fn nested_l1s(name: &str, model: &str, cpus: usize) -> Result<()> {
     m.check(console.contains("L1 stopped: triple fault"), || format!("no stop report on the console:\n{console}"))?;
     let trace = m.command(&format!("trace {victim} 4"), t.command)?;
     m.check(trace.contains("triple fault"), || format!("`trace {victim}` does not show the triple fault:\n{trace}"))?;
-    let out = m.command("l1", t.command)?;
-    for cpu in 0..victim {
-        let a = stats(&mut m, cpu)?;
-        let b = stats(&mut m, cpu)?;
-        m.check(out.contains(&format!("cpu {cpu}: running")) && total(&b) > total(&a), || {
-            format!("cpu {cpu} stopped running after cpu {victim}'s L1 crashed:\n{out}")
-        })?;
-    }
+    still_running(&mut m, 0..victim, victim)?;
+
+    // The boot core's L1 touching memory it was not given is stopped too,
+    // and the shell (on that same core) stays responsive.
+    m.command("l1 restart 0 crash=memory", t.command)?;
+    let stopped = poll(&mut m, "l1 0", |o| o.contains("stopped"))?;
+    m.check(stopped.contains("stopped: access to guest-physical 0x3ffff000 outside its 32 MiB"), || {
+        format!("`l1 0` after crash=memory:\n{stopped}")
+    })?;
+    still_running(&mut m, 1..victim, 0)?;
     crate::common::poweroff(&mut m, t)
 }
 
