@@ -9,3 +9,4 @@ pub mod controls;
 pub mod error;
 pub mod exit;
 pub mod field;
+pub mod walk;
