@@ -3,6 +3,7 @@
 //! trace) lives in [`L1Shared`], readable from any core.
 
 pub mod image;
+mod nested;
 pub mod uart;
 
 use alloc::string::String;
@@ -133,6 +134,8 @@ pub struct L1Config {
     /// The L1's own command line (`l1args=a,b,c` → "a b c"), per core
     /// overrides with `l1args<N>=...`.
     pub args: String,
+    /// Expose VMX to the L1 and emulate it (`nested=on|off`).
+    pub nested: bool,
 }
 
 impl L1Config {
@@ -142,7 +145,8 @@ impl L1Config {
         let key = alloc::format!("l1args{cpu}");
         let raw = info.arg(&key).or_else(|| info.arg("l1args")).unwrap_or("workload=forum exits=0");
         let args = L1S[cpu].args.lock().clone().unwrap_or_else(|| raw.replace(',', " "));
-        L1Config { mem_size: (mem_mib << 20).next_multiple_of(2 << 20), args }
+        let nested = info.arg("nested") != Some("off");
+        L1Config { mem_size: (mem_mib << 20).next_multiple_of(2 << 20), args, nested }
     }
 }
 
@@ -155,6 +159,7 @@ struct Vcpu {
     vmcs: u64,
     mem_base: u64,
     mem_size: u64,
+    nested: nested::Nested,
 }
 
 /// Outcome of handling one exit.
@@ -163,6 +168,11 @@ enum Handled {
     Resume,
     /// The instruction was emulated: advance RIP past it and resume.
     Skip,
+    /// An emulated VMX instruction that failed architecturally (VMfail):
+    /// advance RIP, resume, but count it as not completed.
+    SkipFailed,
+    /// VMLAUNCH/VMRESUME emulated: VMCS0-2 is current, run L2.
+    EnterL2,
     /// Inject a hardware exception (vector, error code) and resume.
     Inject(u8, Option<u32>),
     /// L1 halted for good.
@@ -183,8 +193,8 @@ enum Exit {
     CrAccess { cr: u8, access: u8, gpr: u8 },
     EptViolation { gpa: u64, qualification: u64 },
     PreemptionTimer,
-    /// A VMX instruction while L1 has no VMX (CPUID.1:ECX.VMX = 0): #UD.
-    VmxInstruction,
+    /// A VMX instruction (basic exit reason): emulated, or #UD without nested VMX.
+    VmxInstruction(u16),
     Xsetbv,
     /// Instructions that are harmless to complete by skipping (INVD, WBINVD…).
     Skippable,
@@ -203,7 +213,7 @@ fn decode(reason: u32, qualification: u64) -> Exit {
         10 => Exit::Cpuid,
         12 => Exit::Hlt,
         13 | 54 => Exit::Skippable,
-        18..=27 | 50 | 53 => Exit::VmxInstruction,
+        18..=27 | 50 | 53 => Exit::VmxInstruction(basic),
         28 => Exit::CrAccess {
             cr: (qualification & 0xF) as u8,
             access: ((qualification >> 4) & 3) as u8,
@@ -227,6 +237,8 @@ fn decode(reason: u32, qualification: u64) -> Exit {
 /// The IA32_FEATURE_CONTROL value L1 reads: locked, as firmware leaves it.
 /// Without VMX exposed (until the nested issue lands) VMX stays off in it.
 const L1_FEATURE_CONTROL: u64 = 1;
+/// With nested VMX: locked, VMX outside SMX enabled.
+const L1_FEATURE_CONTROL_VMX: u64 = 5;
 const EFER: u32 = 0xC000_0080;
 const EFER_LMA: u64 = 1 << 10;
 const PAT: u32 = 0x277;
@@ -245,8 +257,8 @@ impl Vcpu {
             Exit::Cpuid => {
                 let (leaf, sub) = (self.regs.gpr[0] as u32, self.regs.gpr[1] as u32);
                 let (a, b, mut c, d) = cpu::cpuid(leaf, sub);
-                if leaf == 1 {
-                    c &= !(1 << 5); // VMX hidden from L1 until nested VMX is emulated
+                if leaf == 1 && !self.nested.enabled {
+                    c &= !(1 << 5); // VMX hidden from L1 (nested=off), as on a CPU without VT-x
                 }
                 self.regs.gpr[0] = a.into();
                 self.regs.gpr[3] = b.into();
@@ -280,12 +292,15 @@ impl Vcpu {
             Exit::Rdmsr => {
                 let msr = self.regs.gpr[1] as u32;
                 let value = match msr {
-                    0x3A => Some(L1_FEATURE_CONTROL),
+                    0x3A => Some(if self.nested.enabled { L1_FEATURE_CONTROL_VMX } else { L1_FEATURE_CONTROL }),
                     // Switched by VMCS0-1 on entry and exit: L1's copies live there.
                     EFER => Some(vmread(F::GUEST_IA32_EFER)),
                     PAT => Some(vmread(F::GUEST_IA32_PAT)),
                     DEBUGCTL => Some(vmread(F::GUEST_IA32_DEBUGCTL)),
-                    // No VMX for L1: its capability MSRs do not exist (#GP).
+                    // Without nested VMX the capability MSRs do not exist (#GP).
+                    0x480..=0x492 if self.nested.enabled => {
+                        vmx::probe().and_then(|caps| nested::l1_vmx_msr(caps, msr))
+                    }
                     0x480..=0x492 => None,
                     _ => cpu::rdmsr_safe(msr),
                 };
@@ -330,7 +345,14 @@ impl Vcpu {
                 "access to guest-physical {gpa:#x} outside its {} MiB (qualification {qualification:#x})",
                 self.mem_size >> 20
             )),
-            Exit::VmxInstruction => Handled::Inject(6, None),
+            Exit::VmxInstruction(_) if !self.nested.enabled => Handled::Inject(6, None),
+            Exit::VmxInstruction(reason) => match self.emulate_vmx(reason) {
+                nested::Emulated::Done { ok: true } => Handled::Skip,
+                nested::Emulated::Done { ok: false } => Handled::SkipFailed,
+                nested::Emulated::Fault(v, e) => Handled::Inject(v, e),
+                nested::Emulated::EnterL2 => Handled::EnterL2,
+                nested::Emulated::Stop(why) => Handled::Stop(why),
+            },
             Exit::Xsetbv => {
                 // XCR0 is per core and L0 does not use extended state: let L1 set it.
                 let value = (self.regs.gpr[2] << 32) | (self.regs.gpr[0] & 0xFFFF_FFFF);
@@ -378,7 +400,7 @@ impl Vcpu {
                 Handled::Skip
             }
             (4, 0) => {
-                if value & (1 << 13) != 0 {
+                if value & (1 << 13) != 0 && !self.nested.enabled {
                     // CR4.VMXE with CPUID.VMX = 0 is a reserved bit: #GP.
                     return Handled::Inject(13, Some(0));
                 }
@@ -423,7 +445,8 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
     L1S[cpu].started_tsc.store(cpu::rdtsc(), Ordering::Relaxed);
     *L1S[cpu].state.lock() = L1State::Running;
     info!("l1: cpu {cpu}: {} MiB at host {mem_base:#x}, entry {entry:#x}, args '{}'", cfg.mem_size >> 20, cfg.args);
-    Ok(Vcpu { regs, launched: false, uart: Uart16550::default(), cpu, vmcs, mem_base, mem_size: cfg.mem_size })
+    let nested = nested::Nested::new(cfg.nested, vmcs);
+    Ok(Vcpu { regs, launched: false, uart: Uart16550::default(), cpu, vmcs, mem_base, mem_size: cfg.mem_size, nested })
 }
 
 /// Runs this core's L1 forever (also handling shell requests); `idle` is
@@ -498,27 +521,48 @@ fn wait(cpu: usize) {
 /// One entry into L1 and the handling of the exit that ends it. `Some` when
 /// the L1 ends (halted or stopped).
 fn step(v: &mut Vcpu) -> Option<L1State> {
-    let shared = &L1S[v.cpu];
     // Bochs 2.7 may save "blocking by SMI" on exit, which then fails the next
-    // entry; L0 never runs L1 in SMM, so the bit is always clear (PLATFORM.md).
+    // entry; L0 never runs a guest in SMM, so the bit is always clear (PLATFORM.md).
     let intr = vmread(F::GUEST_INTERRUPTIBILITY_INFO);
     if intr & 4 != 0 {
         vmwrite(F::GUEST_INTERRUPTIBILITY_INFO, intr & !4);
     }
     vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, run::PREEMPT_TICKS);
-    if let Err(e) = run::enter(&mut v.regs, v.launched) {
-        return Some(L1State::Stopped(alloc::format!("VM entry of VMCS0-1 failed: {e}")));
+    let in_l2 = v.nested.in_l2;
+    let launched = if in_l2 { v.launched02() } else { v.launched };
+    if let Err(e) = run::enter(&mut v.regs, launched) {
+        let which = if in_l2 { "VMCS0-2" } else { "VMCS0-1" };
+        return Some(L1State::Stopped(alloc::format!("VM entry of {which} failed: {e}")));
     }
     let start = cpu::rdtsc();
-    v.launched = true;
     let reason = vmread(F::VM_EXIT_REASON) as u32;
     let qualification = vmread(F::EXIT_QUALIFICATION);
     let rip = vmread(F::GUEST_RIP);
+    if in_l2 {
+        if reason & (1 << 31) == 0 {
+            v.l2_entered();
+        }
+        let (level, result) = match v.l2_exit(reason, qualification) {
+            Ok(true) => (Level::L2InL0, None),
+            Ok(false) => (Level::L2Reflected, None),
+            Err(why) => {
+                report_stop(v.cpu, &why, reason, qualification, rip);
+                (Level::L2InL0, Some(L1State::Stopped(why)))
+            }
+        };
+        record(v.cpu, level, reason, qualification, rip, result.is_none(), start);
+        return result;
+    }
+    v.launched = true;
     let handled = v.handle(decode(reason, qualification));
     let (result, completed) = match handled {
         Handled::Resume => (None, true),
-        Handled::Skip => {
+        Handled::Skip | Handled::SkipFailed => {
             vmwrite(F::GUEST_RIP, rip + vmread(F::VM_EXIT_INSTRUCTION_LEN));
+            (None, matches!(handled, Handled::Skip))
+        }
+        Handled::EnterL2 => {
+            v.nested.in_l2 = true;
             (None, true)
         }
         Handled::Inject(vector, error) => {
@@ -537,12 +581,18 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
             (Some(L1State::Stopped(why)), false)
         }
     };
-    let cycles = cpu::rdtsc() - start;
-    let basic = (reason & 0xFFFF) as u16;
-    shared.stats.record(Level::L1, basic, completed, cycles);
-    shared.last_reason.store(u64::from(reason), Ordering::Relaxed);
-    shared.trace.lock().push(TraceEntry { tsc: start, reason, qualification, rip, level_l2: false, cycles });
+    record(v.cpu, Level::L1, reason, qualification, rip, completed, start);
     result
+}
+
+/// Counts an exit handled since `start` (TSC) and puts it in the trace.
+fn record(cpu: usize, level: Level, reason: u32, qualification: u64, rip: u64, completed: bool, start: u64) {
+    let shared = &L1S[cpu];
+    let cycles = cpu::rdtsc() - start;
+    shared.stats.record(level, (reason & 0xFFFF) as u16, completed, cycles);
+    shared.last_reason.store(u64::from(reason), Ordering::Relaxed);
+    let level_l2 = level != Level::L1;
+    shared.trace.lock().push(TraceEntry { tsc: start, reason, qualification, rip, level_l2, cycles });
 }
 
 /// A stopped L1's report: on its console and in the log.

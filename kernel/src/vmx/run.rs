@@ -342,7 +342,7 @@ pub fn setup_vmcs01(caps: &VmxCaps, mem: &L1Memory, maps: &Bitmaps, entry: u64, 
 }
 
 /// Host state = this core's L0 (SDM 25.5, checked by 27.2.2-27.2.4).
-fn setup_host_state() {
+pub fn setup_host_state() {
     let tables = crate::percpu::current().tables.get().expect("per-CPU tables before VMX");
     let gdtr = x86_64::instructions::tables::sgdt();
     let idtr = x86_64::instructions::tables::sidt();

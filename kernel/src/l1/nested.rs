@@ -1,0 +1,927 @@
+//! Nested VMX: L1's VMX instructions emulated, VMCS1-2 kept in L0, L2 run
+//! on a merged VMCS0-2, L2 exits reflected to L1. KVM's vocabulary
+//! (arch/x86/kvm/vmx/nested.c): `nested_vmx_succeed/fail*`,
+//! `prepare_vmcs02`, `nested_vmx_l1_wants_exit`, `sync_vmcs02_to_vmcs12`,
+//! `load_vmcs12_host_state`. SDM Vol. 3C chapter 32 gives each
+//! instruction's operation; section numbers are cited where implemented.
+//!
+//! VMCS1-2 ("vmcs12") is nvmx's own format: a 4 KiB region in L1 memory with
+//! our revision id, then every field of the one field table at
+//! `16 + index * 8`. L0 caches the current vmcs12 on VMPTRLD and writes it
+//! back on VMCLEAR and when another one is made current, so L1 writing the
+//! region behind L0's back changes nothing (as with a real CPU's VMCS cache).
+
+use alloc::boxed::Box;
+use alloc::vec;
+
+use nvmx_vmx::caps::VmxCaps;
+use nvmx_vmx::controls::{entry, exit as exitc, pin, proc1, proc2};
+use nvmx_vmx::exit::InstructionInfo;
+use nvmx_vmx::field::{self, ALL, Access, EncodingError, Field as F, Group, Kind, Width};
+use nvmx_vmx::walk::{self, GuestMemory};
+
+use super::{Handled, Vcpu};
+use crate::vmx::insn;
+use crate::vmx::run::{vmread, vmwrite};
+
+/// The VMCS revision identifier of nvmx's vmcs12 format, advertised to L1
+/// in IA32_VMX_BASIC ("NVMX" with bit 31 clear).
+pub const VMCS12_REVISION: u32 = 0x4E56_4D58 & 0x7FFF_FFFF;
+/// Offset of field `f` in a vmcs12 region.
+const FIELDS_OFFSET: u64 = 16;
+const RFLAGS_ARITH: u64 = 0x8D5; // CF PF AF ZF SF OF
+const CF: u64 = 1;
+const ZF: u64 = 1 << 6;
+
+/// The nested state of one L1 vCPU.
+pub struct Nested {
+    /// VMX is exposed to this L1 (CPUID.1:ECX.VMX = 1).
+    pub enabled: bool,
+    /// Guest-physical address of the VMXON region while in VMX operation.
+    vmxon: Option<u64>,
+    /// The current vmcs12 and its cached fields.
+    current: Option<Vmcs12>,
+    /// L2 is running (VMCS0-2 current) rather than L1.
+    pub in_l2: bool,
+    /// VMCS0-1 and VMCS0-2 (host-physical).
+    pub vmcs01: u64,
+    vmcs02: u64,
+    launched02: bool,
+    /// Shadow EPT0-2 when L1 uses EPT for L2.
+    ept02: ShadowEpt,
+}
+
+/// A vmcs12 as cached in L0.
+struct Vmcs12 {
+    gpa: u64,
+    fields: Box<[u64]>,
+    launched: bool,
+}
+
+impl Vmcs12 {
+    fn get(&self, f: F) -> u64 {
+        self.fields[f.index()]
+    }
+    fn set(&mut self, f: F, v: u64) {
+        self.fields[f.index()] = v;
+    }
+}
+
+/// L1 memory as the page walks see it.
+struct L1Mem {
+    base: u64,
+    size: u64,
+}
+
+impl GuestMemory for L1Mem {
+    fn read_u64(&self, gpa: u64) -> Option<u64> {
+        if gpa.checked_add(8)? > self.size {
+            return None;
+        }
+        // SAFETY: inside the L1's memory chunk, identity mapped in L0.
+        Some(unsafe { ((self.base + gpa) as *const u64).read_unaligned() })
+    }
+}
+
+impl L1Mem {
+    fn write_u64(&self, gpa: u64, v: u64) -> bool {
+        if gpa.checked_add(8).is_none_or(|e| e > self.size) {
+            return false;
+        }
+        // SAFETY: as `read_u64`.
+        unsafe { ((self.base + gpa) as *mut u64).write_unaligned(v) };
+        true
+    }
+}
+
+/// EPT0-2: L2 guest-physical → host, the composition of L1's EPT1-2 and
+/// EPT0-1, filled on EPT violations and dropped on INVEPT (KVM's "shadow
+/// EPT"). 4 KiB leaves; the tables come from the frame allocator, at most
+/// `MAX_PAGES` before the whole tree is dropped and refilled.
+struct ShadowEpt {
+    root: u64,
+    pages: vec::Vec<u64>,
+}
+
+const MAX_EPT02_PAGES: usize = 512;
+
+impl ShadowEpt {
+    fn new() -> Self {
+        ShadowEpt { root: 0, pages: vec::Vec::new() }
+    }
+    fn page(&mut self) -> Option<u64> {
+        let p = crate::mm::frames::alloc(1, 1)?;
+        self.pages.push(p);
+        Some(p)
+    }
+    fn eptp(&mut self) -> Option<u64> {
+        if self.root == 0 {
+            self.root = self.page()?;
+        }
+        Some(self.root | 6 | (3 << 3))
+    }
+    fn drop_all(&mut self) {
+        for p in self.pages.drain(..) {
+            // SAFETY: the pages were allocated by `page` and are no longer
+            // reachable once the root is forgotten (INVEPT follows).
+            unsafe { crate::mm::frames::free(p, 1) };
+        }
+        self.root = 0;
+    }
+    /// Maps L2 `gpa` (4 KiB page) to host `hpa` with `perms`.
+    fn map(&mut self, gpa: u64, hpa: u64, perms: u64) -> Option<()> {
+        if self.pages.len() + 4 > MAX_EPT02_PAGES {
+            self.drop_all();
+            let _ = insn::invept(2, 0);
+        }
+        self.eptp()?;
+        let mut table = self.root;
+        for shift in [39, 30, 21] {
+            // SAFETY: EPT0-2 tables are frames owned by this struct.
+            let e = unsafe { &mut *((table + 8 * ((gpa >> shift) & 511)) as *mut u64) };
+            if *e & 7 == 0 {
+                *e = self.page()? | 7;
+            }
+            table = *e & !0xFFF;
+        }
+        // SAFETY: as above; leaf with memory type WB.
+        unsafe { *((table + 8 * ((gpa >> 12) & 511)) as *mut u64) = (hpa & !0xFFF) | perms | (6 << 3) };
+        Some(())
+    }
+}
+
+impl Nested {
+    pub fn new(enabled: bool, vmcs01: u64) -> Self {
+        Nested { enabled, vmxon: None, current: None, in_l2: false, vmcs01, vmcs02: 0, launched02: false, ept02: ShadowEpt::new() }
+    }
+}
+
+impl Drop for Nested {
+    fn drop(&mut self) {
+        self.ept02.drop_all();
+    }
+}
+
+/// What L1 reads in the VMX capability MSRs: what nvmx emulates, within what
+/// the CPU can run for L2 (SDM Appendix A). `None` for MSRs not advertised.
+pub fn l1_vmx_msr(host: &VmxCaps, msr: u32) -> Option<u64> {
+    use nvmx_vmx::caps::*;
+    let ctl = |(a0, a1): (u32, u32), allowed: u32| u64::from(a0) | (u64::from(a1 & (allowed | a0)) << 32);
+    let pin_ok = pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING;
+    let proc_ok = proc1::INTERRUPT_WINDOW_EXITING | proc1::USE_TSC_OFFSETTING | proc1::HLT_EXITING
+        | proc1::INVLPG_EXITING | proc1::MWAIT_EXITING | proc1::RDPMC_EXITING | proc1::RDTSC_EXITING
+        | proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING | proc1::MOV_DR_EXITING
+        | proc1::UNCONDITIONAL_IO_EXITING | proc1::USE_IO_BITMAPS | proc1::USE_MSR_BITMAPS
+        | proc1::MONITOR_EXITING | proc1::PAUSE_EXITING | proc1::SECONDARY_CONTROLS;
+    let proc2_ok = proc2::ENABLE_EPT | proc2::ENABLE_VPID | proc2::ENABLE_RDTSCP | proc2::UNRESTRICTED_GUEST
+        | proc2::ENABLE_INVPCID;
+    let exit_ok = exitc::HOST_ADDRESS_SPACE_SIZE | exitc::ACK_INTERRUPT_ON_EXIT | exitc::SAVE_PAT | exitc::LOAD_PAT
+        | exitc::SAVE_EFER | exitc::LOAD_EFER;
+    let entry_ok = entry::IA32E_MODE_GUEST | entry::LOAD_PAT | entry::LOAD_EFER;
+    Some(match msr {
+        // Revision, 4 KiB regions, WB (6) memory type, true controls.
+        IA32_VMX_BASIC => u64::from(VMCS12_REVISION) | (4096 << 32) | (6 << 50) | (1 << 55),
+        IA32_VMX_PINBASED_CTLS | IA32_VMX_TRUE_PINBASED_CTLS => ctl(host.pinbased(), pin_ok),
+        IA32_VMX_PROCBASED_CTLS | IA32_VMX_TRUE_PROCBASED_CTLS => ctl(host.procbased(), proc_ok),
+        IA32_VMX_PROCBASED_CTLS2 => ctl(host.procbased2(), proc2_ok),
+        IA32_VMX_EXIT_CTLS | IA32_VMX_TRUE_EXIT_CTLS => ctl(host.exit(), exit_ok),
+        IA32_VMX_ENTRY_CTLS | IA32_VMX_TRUE_ENTRY_CTLS => ctl(host.entry(), entry_ok),
+        // No preemption timer, activity states HLT only, CR3 targets 0.
+        IA32_VMX_MISC => host.misc & (1 << 6),
+        IA32_VMX_CR0_FIXED0 => host.cr0_fixed0,
+        IA32_VMX_CR0_FIXED1 => host.cr0_fixed1,
+        IA32_VMX_CR4_FIXED0 => host.cr4_fixed0,
+        IA32_VMX_CR4_FIXED1 => host.cr4_fixed1,
+        IA32_VMX_VMCS_ENUM => u64::from(field::highest_index()) << 1,
+        // Walk length 4, WB, 2 MiB pages, INVEPT single/all, INVVPID all four types.
+        IA32_VMX_EPT_VPID_CAP => {
+            (1 << 6) | (1 << 14) | (1 << 16) | (1 << 20) | (1 << 25) | (1 << 26) | (1 << 32) | (0xF << 40)
+        }
+        _ => return None,
+    })
+}
+
+/// Outcome of an emulated VMX instruction for the exit loop.
+pub enum Emulated {
+    /// Done: RFLAGS set, skip the instruction.
+    Done { ok: bool },
+    /// An exception instead of the instruction.
+    Fault(u8, Option<u32>),
+    /// VMLAUNCH/VMRESUME passed the checks: VMCS0-2 is current, enter L2.
+    EnterL2,
+    /// L1 broke something L0 cannot recover from.
+    Stop(alloc::string::String),
+}
+
+impl Vcpu {
+    fn l1mem(&self) -> L1Mem {
+        L1Mem { base: self.mem_base, size: self.mem_size }
+    }
+
+    fn gpr(&self, n: u8) -> u64 {
+        if n == 4 { vmread(F::GUEST_RSP) } else { self.regs.gpr[usize::from(n)] }
+    }
+
+    fn set_gpr(&mut self, n: u8, v: u64) {
+        if n == 4 { vmwrite(F::GUEST_RSP, v) } else { self.regs.gpr[usize::from(n)] = v }
+    }
+
+    /// The guest-physical address of a VMX instruction's memory operand
+    /// (SDM 28.2.5 for the encoding): segment base + offset, then L1's page
+    /// tables. `Err` = the #PF/#GP L1 gets.
+    fn operand_gpa(&self, info: &InstructionInfo) -> Result<u64, (u8, Option<u32>)> {
+        let offset = info.offset(vmread(F::EXIT_QUALIFICATION), |r| self.gpr(r));
+        let seg_base = match info.segment {
+            4 => vmread(F::GUEST_FS_BASE),
+            5 => vmread(F::GUEST_GS_BASE),
+            0 => vmread(F::GUEST_ES_BASE),
+            1 => vmread(F::GUEST_CS_BASE),
+            2 => vmread(F::GUEST_SS_BASE),
+            _ => vmread(F::GUEST_DS_BASE),
+        };
+        let linear = offset.wrapping_add(seg_base);
+        let paging = vmread(F::GUEST_CR0) & (1 << 31) != 0;
+        walk::linear_to_physical(&self.l1mem(), vmread(F::GUEST_CR3), paging, linear).map_err(|_| (14, Some(0)))
+    }
+
+    fn read_operand(&self, info: &InstructionInfo) -> Result<u64, (u8, Option<u32>)> {
+        let gpa = self.operand_gpa(info)?;
+        self.l1mem().read_u64(gpa).ok_or((13, Some(0)))
+    }
+
+    fn set_rflags(&self, set: u64) {
+        let r = vmread(F::GUEST_RFLAGS);
+        vmwrite(F::GUEST_RFLAGS, (r & !RFLAGS_ARITH) | set);
+    }
+
+    /// VMsucceed (SDM 32.2).
+    fn succeed(&mut self) -> Emulated {
+        self.set_rflags(0);
+        Emulated::Done { ok: true }
+    }
+
+    /// VMfailInvalid.
+    fn fail_invalid(&mut self) -> Emulated {
+        self.set_rflags(CF);
+        Emulated::Done { ok: false }
+    }
+
+    /// VMfail(error): VMfailValid with the error number when there is a
+    /// current VMCS, else VMfailInvalid.
+    fn fail(&mut self, error: u32) -> Emulated {
+        match self.nested.current.as_mut() {
+            Some(c) => {
+                c.set(F::VM_INSTRUCTION_ERROR, error.into());
+                self.set_rflags(ZF);
+                Emulated::Done { ok: false }
+            }
+            None => self.fail_invalid(),
+        }
+    }
+
+    /// Writes the cached vmcs12 back to L1 memory (VMCLEAR or switch).
+    fn flush_current(&mut self) {
+        let mem = self.l1mem();
+        if let Some(c) = self.nested.current.take() {
+            for (i, v) in c.fields.iter().enumerate() {
+                mem.write_u64(c.gpa + FIELDS_OFFSET + 8 * i as u64, *v);
+            }
+            mem.write_u64(c.gpa + 8, u64::from(c.launched));
+        }
+    }
+
+    /// Emulates an L1 VMX instruction (exit reasons 18-27, 50, 53).
+    pub(super) fn emulate_vmx(&mut self, reason: u16) -> Emulated {
+        let info = InstructionInfo::decode(vmread(F::VMX_INSTRUCTION_INFO) as u32);
+        // Faults before anything else (SDM 32.3, each instruction's
+        // "Operation"): not in VMX operation → #UD (except VMXON); CPL > 0 → #GP(0).
+        if reason != 27 && self.nested.vmxon.is_none() {
+            return Emulated::Fault(6, None);
+        }
+        if (vmread(F::GUEST_CS_AR_BYTES) >> 5) & 3 != 0 {
+            return Emulated::Fault(13, Some(0));
+        }
+        match reason {
+            18 => Emulated::Fault(6, None), // VMCALL from L1: nothing to call, #UD as with no SMM monitor
+            27 => self.vmxon(&info),
+            26 => {
+                self.flush_current();
+                self.nested.vmxon = None;
+                self.succeed()
+            }
+            19 => self.vmclear(&info),
+            21 => self.vmptrld(&info),
+            22 => {
+                let ptr = self.nested.current.as_ref().map_or(u64::MAX, |c| c.gpa);
+                match self.operand_gpa(&info) {
+                    Ok(gpa) if self.l1mem().write_u64(gpa, ptr) => self.succeed(),
+                    Ok(_) => Emulated::Fault(13, Some(0)),
+                    Err((v, e)) => Emulated::Fault(v, e),
+                }
+            }
+            23 => self.vmread12(&info),
+            25 => self.vmwrite12(&info),
+            20 | 24 => self.vmlaunch12(reason == 20),
+            50 | 53 => self.invalidate(reason, &info),
+            _ => Emulated::Fault(6, None),
+        }
+    }
+
+    /// VMXON (SDM 32.3 "VMXON"): CR4.VMXE, the region aligned, in memory,
+    /// with our revision id.
+    fn vmxon(&mut self, info: &InstructionInfo) -> Emulated {
+        if vmread(F::CR4_READ_SHADOW) & (1 << 13) == 0 {
+            return Emulated::Fault(6, None);
+        }
+        if self.nested.vmxon.is_some() {
+            return self.fail(15);
+        }
+        let ptr = match self.read_operand(info) {
+            Ok(p) => p,
+            Err((v, e)) => return Emulated::Fault(v, e),
+        };
+        if ptr & 0xFFF != 0 || ptr >= self.mem_size {
+            return self.fail_invalid();
+        }
+        if self.l1mem().read_u64(ptr).map(|v| v as u32 & 0x7FFF_FFFF) != Some(VMCS12_REVISION) {
+            return self.fail_invalid();
+        }
+        self.nested.vmxon = Some(ptr);
+        self.nested.current = None;
+        self.succeed()
+    }
+
+    /// VMCLEAR: errors 2 (bad address) and 3 (the VMXON pointer).
+    fn vmclear(&mut self, info: &InstructionInfo) -> Emulated {
+        let ptr = match self.read_operand(info) {
+            Ok(p) => p,
+            Err((v, e)) => return Emulated::Fault(v, e),
+        };
+        if ptr & 0xFFF != 0 || ptr >= self.mem_size {
+            return self.fail(2);
+        }
+        if Some(ptr) == self.nested.vmxon {
+            return self.fail(3);
+        }
+        if self.nested.current.as_ref().is_some_and(|c| c.gpa == ptr) {
+            if let Some(c) = self.nested.current.as_mut() {
+                c.launched = false;
+            }
+            self.flush_current();
+        } else {
+            self.l1mem().write_u64(ptr + 8, 0);
+        }
+        self.succeed()
+    }
+
+    /// VMPTRLD: errors 9 (bad address), 10 (VMXON pointer), 11 (revision).
+    fn vmptrld(&mut self, info: &InstructionInfo) -> Emulated {
+        let ptr = match self.read_operand(info) {
+            Ok(p) => p,
+            Err((v, e)) => return Emulated::Fault(v, e),
+        };
+        if ptr & 0xFFF != 0 || ptr >= self.mem_size {
+            return self.fail(9);
+        }
+        if Some(ptr) == self.nested.vmxon {
+            return self.fail(10);
+        }
+        let mem = self.l1mem();
+        if mem.read_u64(ptr).map(|v| v as u32 & 0x7FFF_FFFF) != Some(VMCS12_REVISION) {
+            return self.fail(11);
+        }
+        if self.nested.current.as_ref().is_some_and(|c| c.gpa == ptr) {
+            return self.succeed();
+        }
+        self.flush_current();
+        let mut fields = vec![0u64; ALL.len()].into_boxed_slice();
+        for (i, f) in fields.iter_mut().enumerate() {
+            *f = mem.read_u64(ptr + FIELDS_OFFSET + 8 * i as u64).unwrap_or(0);
+        }
+        let launched = mem.read_u64(ptr + 8).unwrap_or(0) & 1 != 0;
+        self.nested.current = Some(Vmcs12 { gpa: ptr, fields, launched });
+        self.succeed()
+    }
+
+    /// The field named by the register operand, or the VMfail error.
+    fn field_operand(&self, info: &InstructionInfo) -> Result<(F, Access), u32> {
+        let enc = self.gpr(info.reg2);
+        if enc > u64::from(u32::MAX) {
+            return Err(12);
+        }
+        match field::decode(enc as u32) {
+            Ok(fa) => Ok(fa),
+            Err(EncodingError::ReservedBits | EncodingError::HighOfNon64 | EncodingError::Unknown) => Err(12),
+        }
+    }
+
+    /// VMREAD (SDM 32.3): VMfailInvalid without a current VMCS, error 12
+    /// for unsupported fields; widths and "high" accesses as the SDM says.
+    fn vmread12(&mut self, info: &InstructionInfo) -> Emulated {
+        let Some(cur) = self.nested.current.as_ref() else { return self.fail_invalid() };
+        let (f, access) = match self.field_operand(info) {
+            Ok(fa) => fa,
+            Err(e) => return self.fail(e),
+        };
+        let raw = cur.get(f);
+        let value = match (f.width(), access) {
+            (Width::U16, _) => raw & 0xFFFF,
+            (Width::U32, _) => raw & 0xFFFF_FFFF,
+            (Width::U64, Access::High) => raw >> 32,
+            _ => raw,
+        };
+        if info.is_register {
+            self.set_gpr(info.reg1, value);
+        } else {
+            match self.operand_gpa(info) {
+                Ok(gpa) if self.l1mem().write_u64(gpa, value) => {}
+                Ok(_) => return Emulated::Fault(13, Some(0)),
+                Err((v, e)) => return Emulated::Fault(v, e),
+            }
+        }
+        self.succeed()
+    }
+
+    /// VMWRITE: error 13 for read-only fields (exit information; nvmx does
+    /// not advertise writing them, IA32_VMX_MISC bit 29 = 0).
+    fn vmwrite12(&mut self, info: &InstructionInfo) -> Emulated {
+        if self.nested.current.is_none() {
+            return self.fail_invalid();
+        }
+        let value = if info.is_register {
+            self.gpr(info.reg1)
+        } else {
+            match self.read_operand(info) {
+                Ok(v) => v,
+                Err((v, e)) => return Emulated::Fault(v, e),
+            }
+        };
+        let (f, access) = match self.field_operand(info) {
+            Ok(fa) => fa,
+            Err(e) => return self.fail(e),
+        };
+        if f.kind() == Kind::ReadOnly {
+            return self.fail(13);
+        }
+        let cur = self.nested.current.as_mut().expect("checked above");
+        let old = cur.get(f);
+        let new = match (f.width(), access) {
+            (Width::U16, _) => value & 0xFFFF,
+            (Width::U32, _) => value & 0xFFFF_FFFF,
+            (Width::U64, Access::High) => (old & 0xFFFF_FFFF) | (value << 32),
+            _ => value,
+        };
+        cur.set(f, new);
+        self.succeed()
+    }
+
+    /// INVEPT / INVVPID: type in the register operand, descriptor in memory;
+    /// error 28 for a type not advertised. EPT0-2 is dropped whole (it caches
+    /// EPT1-2), VPID-tagged translations by the mapped L0 VPID.
+    fn invalidate(&mut self, reason: u16, info: &InstructionInfo) -> Emulated {
+        let kind = self.gpr(info.reg2);
+        let ok_types = if reason == 50 { [1u64, 2].as_slice() } else { [0u64, 1, 2, 3].as_slice() };
+        if !ok_types.contains(&kind) {
+            return self.fail(28);
+        }
+        if let Err((v, e)) = self.read_operand(info) {
+            return Emulated::Fault(v, e);
+        }
+        if reason == 50 {
+            self.nested.ept02.drop_all();
+            let _ = insn::invept(2, 0);
+        } else {
+            let _ = insn::invvpid(2, 0, 0);
+        }
+        self.succeed()
+    }
+
+    /// VMLAUNCH/VMRESUME (SDM 32.3, 27.1-27.2): launch state (errors 4, 5),
+    /// control checks (7), host-state checks (8); then prepare_vmcs02.
+    fn vmlaunch12(&mut self, launch: bool) -> Emulated {
+        let Some(cur) = self.nested.current.as_ref() else { return self.fail_invalid() };
+        if launch && cur.launched {
+            return self.fail(4);
+        }
+        if !launch && !cur.launched {
+            return self.fail(5);
+        }
+        if let Err(e) = check_controls(cur) {
+            return self.fail(e);
+        }
+        if let Err(e) = check_host_state(cur) {
+            return self.fail(e);
+        }
+        match self.prepare_vmcs02() {
+            Ok(()) => Emulated::EnterL2,
+            Err(e) => Emulated::Stop(e.into()),
+        }
+    }
+
+    /// Builds VMCS0-2: guest state from vmcs12, host state L0's, controls
+    /// = what L1 asked merged with what L0 needs, and makes it current.
+    fn prepare_vmcs02(&mut self) -> Result<(), &'static str> {
+        let caps = crate::vmx::probe().ok_or("no VMX")?;
+        // Values of L1's own state that vmcs02 may inherit.
+        let l1_efer = vmread(F::GUEST_IA32_EFER);
+        let l1_pat = vmread(F::GUEST_IA32_PAT);
+        let eptp01 = vmread(F::EPT_POINTER);
+        if self.nested.vmcs02 == 0 {
+            let page = crate::mm::frames::alloc(1, 1).ok_or("no memory for VMCS0-2")?;
+            // SAFETY: fresh frame, revision id first (SDM 25.2).
+            unsafe { (page as *mut u32).write_volatile(caps.revision_id()) };
+            // SAFETY: our VMCS region.
+            unsafe { insn::vmclear(page) }.map_err(|_| "VMCLEAR of VMCS0-2 failed")?;
+            self.nested.vmcs02 = page;
+        }
+        // SAFETY: VMCS0-2 is ours and initialised.
+        unsafe { insn::vmptrld(self.nested.vmcs02) }.map_err(|_| "VMPTRLD of VMCS0-2 failed")?;
+        let cur = self.nested.current.as_ref().expect("checked by the caller");
+        for f in ALL.iter().filter(|f| f.group() == Group::GuestState) {
+            // Fields this CPU lacks (PML index, BNDCFGS…) are skipped.
+            let _ = insn::vmwrite(f.encoding(), cur.get(*f));
+        }
+        vmwrite(F::VMCS_LINK_POINTER, u64::MAX);
+        let entry12 = cur.get(F::VM_ENTRY_CONTROLS) as u32;
+        let ia32e = entry12 & entry::IA32E_MODE_GUEST != 0;
+        let efer = if entry12 & entry::LOAD_EFER != 0 {
+            cur.get(F::GUEST_IA32_EFER)
+        } else if ia32e {
+            l1_efer | (1 << 8) | (1 << 10)
+        } else {
+            l1_efer & !((1 << 8) | (1 << 10))
+        };
+        vmwrite(F::GUEST_IA32_EFER, efer);
+        vmwrite(F::GUEST_IA32_PAT, if entry12 & entry::LOAD_PAT != 0 { cur.get(F::GUEST_IA32_PAT) } else { l1_pat });
+
+        let adj = |want: u32, allowed| nvmx_vmx::controls::adjust_controls(want, allowed);
+        let pin12 = cur.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32;
+        let proc12 = cur.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
+        let proc2_12 = if proc12 & proc1::SECONDARY_CONTROLS != 0 { cur.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 } else { 0 };
+        let pass1 = proc1::INTERRUPT_WINDOW_EXITING | proc1::USE_TSC_OFFSETTING | proc1::HLT_EXITING
+            | proc1::INVLPG_EXITING | proc1::MWAIT_EXITING | proc1::RDPMC_EXITING | proc1::RDTSC_EXITING
+            | proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING | proc1::MOV_DR_EXITING
+            | proc1::MONITOR_EXITING | proc1::PAUSE_EXITING;
+        // L0 takes every I/O and MSR access and decides with L1's bitmaps
+        // whether L1 wants it (nested_vmx_l1_wants_exit).
+        let pin02 = adj(pin12 | pin::EXTERNAL_INTERRUPT_EXITING | pin::PREEMPTION_TIMER, caps.pinbased());
+        let proc02 = adj((proc12 & pass1) | proc1::UNCONDITIONAL_IO_EXITING | proc1::SECONDARY_CONTROLS, caps.procbased());
+        let proc2_02 = adj(
+            (proc2_12 & (proc2::ENABLE_VPID | proc2::ENABLE_RDTSCP | proc2::UNRESTRICTED_GUEST | proc2::ENABLE_INVPCID))
+                | proc2::ENABLE_EPT,
+            caps.procbased2(),
+        );
+        let exit02 = adj(
+            exitc::HOST_ADDRESS_SPACE_SIZE | exitc::ACK_INTERRUPT_ON_EXIT | exitc::SAVE_EFER | exitc::LOAD_EFER
+                | exitc::SAVE_PAT | exitc::LOAD_PAT,
+            caps.exit(),
+        );
+        let entry02 = adj((entry12 & entry::IA32E_MODE_GUEST) | entry::LOAD_EFER | entry::LOAD_PAT, caps.entry());
+        let (Ok(pin02), Ok(proc02), Ok(proc2_02), Ok(exit02), Ok(entry02)) = (pin02, proc02, proc2_02, exit02, entry02)
+        else {
+            return Err("VMCS0-2 controls not supported by this CPU");
+        };
+        vmwrite(F::PIN_BASED_VM_EXEC_CONTROL, pin02.into());
+        vmwrite(F::CPU_BASED_VM_EXEC_CONTROL, proc02.into());
+        vmwrite(F::SECONDARY_VM_EXEC_CONTROL, proc2_02.into());
+        vmwrite(F::VM_EXIT_CONTROLS, exit02.into());
+        vmwrite(F::VM_ENTRY_CONTROLS, entry02.into());
+        vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, crate::vmx::run::PREEMPT_TICKS);
+        for f in [
+            F::EXCEPTION_BITMAP,
+            F::PAGE_FAULT_ERROR_CODE_MASK,
+            F::PAGE_FAULT_ERROR_CODE_MATCH,
+            F::VM_ENTRY_INTR_INFO_FIELD,
+            F::VM_ENTRY_EXCEPTION_ERROR_CODE,
+            F::VM_ENTRY_INSTRUCTION_LEN,
+            F::TSC_OFFSET,
+        ] {
+            vmwrite(f, cur.get(f));
+        }
+        vmwrite(F::CR3_TARGET_COUNT, 0);
+        vmwrite(F::VM_EXIT_MSR_STORE_COUNT, 0);
+        vmwrite(F::VM_EXIT_MSR_LOAD_COUNT, 0);
+        vmwrite(F::VM_ENTRY_MSR_LOAD_COUNT, 0);
+        // CR0/CR4: L1's masks plus the bits VMX fixes (SDM 25.6.6).
+        let (cr0_f0, _) = caps.cr0_fixed();
+        let (cr4_f0, _) = caps.cr4_fixed();
+        let unrestricted = proc2_02 & proc2::UNRESTRICTED_GUEST != 0;
+        let cr0_forced = if unrestricted { cr0_f0 & !(1 | (1 << 31)) } else { cr0_f0 };
+        for (mask, shadow, guest, forced) in [
+            (F::CR0_GUEST_HOST_MASK, F::CR0_READ_SHADOW, F::GUEST_CR0, cr0_forced),
+            (F::CR4_GUEST_HOST_MASK, F::CR4_READ_SHADOW, F::GUEST_CR4, cr4_f0),
+        ] {
+            let mask12 = cur.get(mask);
+            let value = cur.get(guest);
+            vmwrite(mask, mask12 | forced);
+            vmwrite(shadow, (cur.get(shadow) & mask12) | (value & !mask12));
+            vmwrite(guest, value | forced);
+        }
+        // VPID: L2's translations tagged apart from L1's (0x100 + core * 64 + VPID12 mod 64).
+        let vpid12 = if proc2_12 & proc2::ENABLE_VPID != 0 { cur.get(F::VIRTUAL_PROCESSOR_ID) } else { 0 };
+        vmwrite(F::VIRTUAL_PROCESSOR_ID, 0x100 + self.cpu as u64 * 64 + (vpid12 % 63) + 1);
+        // EPT0-2: the shadow of EPT1-2 when L1 uses EPT, else L1's own EPT0-1.
+        let l1_ept = proc2_12 & proc2::ENABLE_EPT != 0;
+        let eptp02 = if l1_ept { self.nested.ept02.eptp().ok_or("no memory for EPT0-2")? } else { eptp01 };
+        vmwrite(F::EPT_POINTER, eptp02);
+        crate::vmx::run::setup_host_state();
+        Ok(())
+    }
+
+    /// After VMCS0-2 ran: marks the vmcs12 launched once an entry worked.
+    pub(super) fn l2_entered(&mut self) {
+        self.nested.launched02 = true;
+        if let Some(c) = self.nested.current.as_mut() {
+            c.launched = true;
+        }
+    }
+
+    pub(super) fn launched02(&self) -> bool {
+        self.nested.launched02
+    }
+
+    /// Whether L1 asked for this L2 exit (nested_vmx_l1_wants_exit, SDM
+    /// 26.1-26.2 for what each control makes exit).
+    fn l1_wants_exit(&self, reason: u16, qualification: u64) -> bool {
+        let cur = self.nested.current.as_ref().expect("L2 runs with a current vmcs12");
+        let proc12 = cur.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
+        let mem = self.l1mem();
+        let bit = |bitmap: u64, n: u64| mem.read_u64(bitmap + (n / 64) * 8).is_some_and(|w| w & (1 << (n % 64)) != 0);
+        match reason {
+            1 => cur.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & pin::EXTERNAL_INTERRUPT_EXITING != 0,
+            12 => proc12 & proc1::HLT_EXITING != 0,
+            30 => {
+                if proc12 & proc1::USE_IO_BITMAPS != 0 {
+                    let io = nvmx_vmx::exit::IoQualification::decode(qualification);
+                    (0..u64::from(io.size)).any(|i| {
+                        let port = u64::from(io.port) + i;
+                        let map = if port < 0x8000 { cur.get(F::IO_BITMAP_A) } else { cur.get(F::IO_BITMAP_B) };
+                        bit(map, port & 0x7FFF)
+                    })
+                } else {
+                    proc12 & proc1::UNCONDITIONAL_IO_EXITING != 0
+                }
+            }
+            31 | 32 => {
+                if proc12 & proc1::USE_MSR_BITMAPS == 0 {
+                    return true;
+                }
+                let msr = self.regs.gpr[1] as u32;
+                let base = cur.get(F::MSR_BITMAP) + if reason == 32 { 2048 } else { 0 };
+                match msr {
+                    0..=0x1FFF => bit(base, u64::from(msr)),
+                    0xC000_0000..=0xC000_1FFF => bit(base + 1024, u64::from(msr - 0xC000_0000)),
+                    _ => true,
+                }
+            }
+            52 => false, // the preemption timer is L0's (not advertised to L1)
+            _ => true,
+        }
+    }
+
+    /// Handles an exit of L2. `Ok(true)` = resume L2, `Ok(false)` = the exit
+    /// was reflected and L1 runs next; the level is counted by the caller.
+    pub(super) fn l2_exit(&mut self, reason: u32, qualification: u64) -> Result<bool, alloc::string::String> {
+        let basic = (reason & 0xFFFF) as u16;
+        match basic {
+            1 => {
+                crate::apic::eoi();
+                return Ok(true);
+            }
+            52 => return Ok(true),
+            48 => return self.ept02_violation(reason, qualification),
+            _ => {}
+        }
+        if reason & (1 << 31) == 0 && !self.l1_wants_exit(basic, qualification) {
+            // L0 handles it for L2 the way it would for L1 (its virtual devices).
+            let rip = vmread(F::GUEST_RIP);
+            return match self.handle(super::decode(reason, qualification)) {
+                Handled::Skip => {
+                    vmwrite(F::GUEST_RIP, rip + vmread(F::VM_EXIT_INSTRUCTION_LEN));
+                    Ok(true)
+                }
+                Handled::Resume => Ok(true),
+                _ => {
+                    self.reflect(reason, qualification);
+                    Ok(false)
+                }
+            };
+        }
+        self.reflect(reason, qualification);
+        Ok(false)
+    }
+
+    /// An EPT violation of L2: fill EPT0-2 from EPT1-2 when L1 maps the
+    /// address, else it is L1's violation to handle.
+    fn ept02_violation(&mut self, reason: u32, qualification: u64) -> Result<bool, alloc::string::String> {
+        let gpa2 = vmread(F::GUEST_PHYSICAL_ADDRESS);
+        let cur = self.nested.current.as_ref().expect("L2 runs with a current vmcs12");
+        let proc12 = cur.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
+        let l1_ept = proc12 & proc1::SECONDARY_CONTROLS != 0
+            && cur.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 & proc2::ENABLE_EPT != 0;
+        if !l1_ept {
+            return Err(alloc::format!("L2 accessed guest-physical {gpa2:#x} outside the L1's memory"));
+        }
+        let eptp12 = cur.get(F::EPT_POINTER);
+        let access = qualification & 7;
+        match walk::ept_translate(&self.l1mem(), eptp12, gpa2) {
+            Ok(t) if t.permissions & access == access => {
+                if t.address >= self.mem_size {
+                    return Err(alloc::format!("L1's EPT maps L2 {gpa2:#x} to {:#x}, outside its memory", t.address));
+                }
+                let hpa = self.mem_base + (t.address & !0xFFF);
+                self.nested.ept02.map(gpa2 & !0xFFF, hpa, t.permissions).ok_or("no memory for EPT0-2")?;
+                let _ = insn::invept(1, vmread(F::EPT_POINTER));
+                Ok(true)
+            }
+            Ok(t) => {
+                self.reflect(reason, (qualification & !0x38) | (t.permissions << 3));
+                Ok(false)
+            }
+            Err(_) => {
+                self.reflect(reason, qualification & !0x38);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Reflects the current L2 exit to L1: sync_vmcs02_to_vmcs12, then
+    /// load_vmcs12_host_state into VMCS0-1 (SDM 28.3-28.5 as L1 expects them).
+    fn reflect(&mut self, reason: u32, qualification: u64) {
+        let cur = self.nested.current.as_mut().expect("L2 runs with a current vmcs12");
+        for f in ALL.iter().filter(|f| f.group() == Group::GuestState) {
+            if let Ok(v) = insn::vmread(f.encoding()) {
+                cur.set(*f, v);
+            }
+        }
+        // L1 sees its own CR0/CR4 bits, not the ones L0 forced.
+        for (guest, shadow, mask) in [
+            (F::GUEST_CR0, F::CR0_READ_SHADOW, F::CR0_GUEST_HOST_MASK),
+            (F::GUEST_CR4, F::CR4_READ_SHADOW, F::CR4_GUEST_HOST_MASK),
+        ] {
+            let mask12 = cur.get(mask);
+            let v02 = vmread(guest);
+            let l1_view = cur.get(guest);
+            // Bits L1 owns follow L2; bits only L0 forces keep L1's value.
+            let forced = vmread(mask) & !mask12;
+            cur.set(guest, (v02 & !forced) | (l1_view & forced));
+            let _ = shadow;
+        }
+        cur.set(F::VMCS_LINK_POINTER, cur.get(F::VMCS_LINK_POINTER));
+        for f in [
+            F::VM_EXIT_INTR_INFO,
+            F::VM_EXIT_INTR_ERROR_CODE,
+            F::IDT_VECTORING_INFO_FIELD,
+            F::IDT_VECTORING_ERROR_CODE,
+            F::VM_EXIT_INSTRUCTION_LEN,
+            F::VMX_INSTRUCTION_INFO,
+            F::GUEST_LINEAR_ADDRESS,
+            F::GUEST_PHYSICAL_ADDRESS,
+        ] {
+            cur.set(f, vmread(f));
+        }
+        cur.set(F::VM_EXIT_REASON, reason.into());
+        cur.set(F::EXIT_QUALIFICATION, qualification);
+        // Exits clear the valid bit of the entry-interruption field (SDM 28.2.4)
+        // and store IA32_EFER.LMA into "IA-32e mode guest" (SDM 28.2.1? 28.3).
+        let info = cur.get(F::VM_ENTRY_INTR_INFO_FIELD);
+        cur.set(F::VM_ENTRY_INTR_INFO_FIELD, info & !(1 << 31));
+        let lma = vmread(F::GUEST_IA32_EFER) & (1 << 10) != 0;
+        let e12 = cur.get(F::VM_ENTRY_CONTROLS) & !u64::from(entry::IA32E_MODE_GUEST);
+        cur.set(F::VM_ENTRY_CONTROLS, e12 | if lma { u64::from(entry::IA32E_MODE_GUEST) } else { 0 });
+
+        // load_vmcs12_host_state, into VMCS0-1's guest state.
+        let h = |f: F| cur.get(f);
+        let host64 = h(F::VM_EXIT_CONTROLS) as u32 & exitc::HOST_ADDRESS_SPACE_SIZE != 0;
+        let exit12 = h(F::VM_EXIT_CONTROLS) as u32;
+        let vals = [
+            (F::GUEST_RIP, h(F::HOST_RIP)),
+            (F::GUEST_RSP, h(F::HOST_RSP)),
+            (F::GUEST_CR3, h(F::HOST_CR3)),
+            (F::GUEST_CS_SELECTOR, h(F::HOST_CS_SELECTOR)),
+            (F::GUEST_SS_SELECTOR, h(F::HOST_SS_SELECTOR)),
+            (F::GUEST_DS_SELECTOR, h(F::HOST_DS_SELECTOR)),
+            (F::GUEST_ES_SELECTOR, h(F::HOST_ES_SELECTOR)),
+            (F::GUEST_FS_SELECTOR, h(F::HOST_FS_SELECTOR)),
+            (F::GUEST_GS_SELECTOR, h(F::HOST_GS_SELECTOR)),
+            (F::GUEST_TR_SELECTOR, h(F::HOST_TR_SELECTOR)),
+            (F::GUEST_FS_BASE, h(F::HOST_FS_BASE)),
+            (F::GUEST_GS_BASE, h(F::HOST_GS_BASE)),
+            (F::GUEST_TR_BASE, h(F::HOST_TR_BASE)),
+            (F::GUEST_GDTR_BASE, h(F::HOST_GDTR_BASE)),
+            (F::GUEST_IDTR_BASE, h(F::HOST_IDTR_BASE)),
+            (F::GUEST_SYSENTER_CS, h(F::HOST_IA32_SYSENTER_CS)),
+            (F::GUEST_SYSENTER_ESP, h(F::HOST_IA32_SYSENTER_ESP)),
+            (F::GUEST_SYSENTER_EIP, h(F::HOST_IA32_SYSENTER_EIP)),
+            (F::CR0_READ_SHADOW, h(F::HOST_CR0)),
+            (F::CR4_READ_SHADOW, h(F::HOST_CR4)),
+        ];
+        let (cr0, cr4) = (h(F::HOST_CR0), h(F::HOST_CR4));
+        let efer_l1 = if exit12 & exitc::LOAD_EFER != 0 { Some(h(F::HOST_IA32_EFER)) } else { None };
+        let pat_l1 = (exit12 & exitc::LOAD_PAT != 0).then(|| h(F::HOST_IA32_PAT));
+
+        // SAFETY: VMCS0-1 is ours and was current before the L2 entry.
+        unsafe { insn::vmptrld(self.nested.vmcs01) }.expect("VMPTRLD of VMCS0-1");
+        self.nested.in_l2 = false;
+        for (f, v) in vals {
+            vmwrite(f, v);
+        }
+        vmwrite(F::GUEST_CR0, cr0 | vmread(F::CR0_GUEST_HOST_MASK));
+        vmwrite(F::GUEST_CR4, cr4 | vmread(F::CR4_GUEST_HOST_MASK));
+        vmwrite(F::GUEST_RFLAGS, 0x2);
+        vmwrite(F::GUEST_DR7, 0x400);
+        vmwrite(F::GUEST_IA32_DEBUGCTL, 0);
+        vmwrite(F::GUEST_INTERRUPTIBILITY_INFO, 0);
+        vmwrite(F::GUEST_CS_AR_BYTES, if host64 { 0xA09B } else { 0xC09B });
+        vmwrite(F::GUEST_CS_BASE, 0);
+        vmwrite(F::GUEST_CS_LIMIT, 0xFFFF_FFFF);
+        for (sel, base, limit, ar) in [
+            (F::GUEST_SS_SELECTOR, F::GUEST_SS_BASE, F::GUEST_SS_LIMIT, F::GUEST_SS_AR_BYTES),
+            (F::GUEST_DS_SELECTOR, F::GUEST_DS_BASE, F::GUEST_DS_LIMIT, F::GUEST_DS_AR_BYTES),
+            (F::GUEST_ES_SELECTOR, F::GUEST_ES_BASE, F::GUEST_ES_LIMIT, F::GUEST_ES_AR_BYTES),
+            (F::GUEST_FS_SELECTOR, F::GUEST_FS_BASE, F::GUEST_FS_LIMIT, F::GUEST_FS_AR_BYTES),
+            (F::GUEST_GS_SELECTOR, F::GUEST_GS_BASE, F::GUEST_GS_LIMIT, F::GUEST_GS_AR_BYTES),
+        ] {
+            let unusable = vmread(sel) == 0 && sel != F::GUEST_SS_SELECTOR;
+            vmwrite(ar, if unusable { 1 << 16 } else { 0xC093 });
+            vmwrite(limit, 0xFFFF_FFFF);
+            if !matches!(base, F::GUEST_FS_BASE | F::GUEST_GS_BASE) {
+                vmwrite(base, 0);
+            }
+        }
+        vmwrite(F::GUEST_TR_LIMIT, 0x67);
+        vmwrite(F::GUEST_TR_AR_BYTES, 0x8B);
+        vmwrite(F::GUEST_GDTR_LIMIT, 0xFFFF);
+        vmwrite(F::GUEST_IDTR_LIMIT, 0xFFFF);
+        vmwrite(F::GUEST_LDTR_SELECTOR, 0);
+        vmwrite(F::GUEST_LDTR_AR_BYTES, 1 << 16);
+        let efer = vmread(F::GUEST_IA32_EFER);
+        let efer = efer_l1.unwrap_or(if host64 { efer | (1 << 8) | (1 << 10) } else { efer & !((1 << 8) | (1 << 10)) });
+        vmwrite(F::GUEST_IA32_EFER, efer);
+        if let Some(pat) = pat_l1 {
+            vmwrite(F::GUEST_IA32_PAT, pat);
+        }
+        let e01 = vmread(F::VM_ENTRY_CONTROLS) & !u64::from(entry::IA32E_MODE_GUEST);
+        vmwrite(F::VM_ENTRY_CONTROLS, e01 | if host64 { u64::from(entry::IA32E_MODE_GUEST) } else { 0 });
+    }
+}
+
+/// SDM 27.2.1.1 checks on vmcs12's controls against what nvmx advertises
+/// (error 7).
+fn check_controls(c: &Vmcs12) -> Result<(), u32> {
+    let host = crate::vmx::probe().ok_or(7u32)?;
+    use nvmx_vmx::caps::*;
+    for (f, msr) in [
+        (F::PIN_BASED_VM_EXEC_CONTROL, IA32_VMX_TRUE_PINBASED_CTLS),
+        (F::CPU_BASED_VM_EXEC_CONTROL, IA32_VMX_TRUE_PROCBASED_CTLS),
+        (F::VM_EXIT_CONTROLS, IA32_VMX_TRUE_EXIT_CTLS),
+        (F::VM_ENTRY_CONTROLS, IA32_VMX_TRUE_ENTRY_CTLS),
+    ] {
+        let caps = l1_vmx_msr(host, msr).unwrap_or(0);
+        let (a0, a1) = (caps as u32, (caps >> 32) as u32);
+        let v = c.get(f) as u32;
+        if v & a0 != a0 || v & !a1 != 0 {
+            return Err(7);
+        }
+    }
+    let proc = c.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
+    if proc & proc1::SECONDARY_CONTROLS != 0 {
+        let caps = l1_vmx_msr(host, IA32_VMX_PROCBASED_CTLS2).unwrap_or(0);
+        let v = c.get(F::SECONDARY_VM_EXEC_CONTROL) as u32;
+        if v & !((caps >> 32) as u32) != 0 {
+            return Err(7);
+        }
+        // EPT pointer: WB, walk length 4 (SDM 27.2.1.1).
+        if v & proc2::ENABLE_EPT != 0 && c.get(F::EPT_POINTER) & 0x3F != 0x1E {
+            return Err(7);
+        }
+        if v & proc2::ENABLE_VPID != 0 && c.get(F::VIRTUAL_PROCESSOR_ID) == 0 {
+            return Err(7);
+        }
+    }
+    Ok(())
+}
+
+/// SDM 27.2.2-27.2.4 checks on vmcs12's host state (error 8), the ones L0
+/// relies on when it loads that state into L1.
+fn check_host_state(c: &Vmcs12) -> Result<(), u32> {
+    let host = crate::vmx::probe().ok_or(8u32)?;
+    let (cr0_f0, cr0_f1) = host.cr0_fixed();
+    let (cr4_f0, cr4_f1) = host.cr4_fixed();
+    let cr0 = c.get(F::HOST_CR0);
+    let cr4 = c.get(F::HOST_CR4);
+    let canonical = |v: u64| (v as i64) << 16 >> 16 == v as i64;
+    let ok = cr0 & cr0_f0 == cr0_f0
+        && cr0 & !cr0_f1 == 0
+        && cr4 & cr4_f0 == cr4_f0
+        && cr4 & !cr4_f1 == 0
+        && c.get(F::HOST_CS_SELECTOR) & 0xFFF8 != 0
+        && c.get(F::HOST_TR_SELECTOR) & 0xFFF8 != 0
+        && [F::HOST_CS_SELECTOR, F::HOST_SS_SELECTOR, F::HOST_DS_SELECTOR, F::HOST_ES_SELECTOR, F::HOST_FS_SELECTOR, F::HOST_GS_SELECTOR, F::HOST_TR_SELECTOR]
+            .iter()
+            .all(|f| c.get(*f) & 7 == 0)
+        && [F::HOST_RIP, F::HOST_FS_BASE, F::HOST_GS_BASE, F::HOST_GDTR_BASE, F::HOST_IDTR_BASE, F::HOST_TR_BASE]
+            .iter()
+            .all(|f| canonical(c.get(*f)));
+    if ok { Ok(()) } else { Err(8) }
+}
