@@ -184,7 +184,9 @@ pub fn report(insn: &str, what: &str, e: VmFail) {
     let _ = writeln!(crate::console::Console, "l1: {insn} {what} failed: {e}");
 }
 
-/// Counts a VMLAUNCH or VMRESUME (executed in the entry asm).
+/// Counts what the entry asm executes: a VMWRITE of HOST_RSP, then
+/// VMLAUNCH or VMRESUME.
 pub fn count_entry(launch: bool) {
+    count(Insn::Vmwrite);
     count(if launch { Insn::Vmlaunch } else { Insn::Vmresume });
 }
