@@ -30,7 +30,8 @@ all: iso
 help:
 	@echo "nvmx make targets:"
 	@echo "  make / make iso    build the kernel and $(ISO) (BIOS+UEFI GRUB ISO), and the"
-	@echo "                     built-in L1 alone as $(L1_ISO) (bare runs, L1_ARGS)"
+	@echo "                     built-in L1 alone as $(L1_ISO) (bare runs, L1_ARGS) and"
+	@echo "                     build/l1-selftest.iso (its VMX conformance checks)"
 	@echo "  make run           boot with the shell on this terminal: QEMU+KVM -cpu host when"
 	@echo "                     /dev/kvm offers VT-x, else Bochs $(MODEL) with CPUS cores"
 	@echo "  make run-qemu      QEMU (TCG, no VT-x) BIOS, -serial stdio"
@@ -72,6 +73,7 @@ iso: deps kernel
 	@mkdir -p build
 	grub/mkiso.sh $(KERNEL_ELF) $(ISO) $(CMDLINE)
 	grub/mkiso.sh $(L1_ELF) $(L1_ISO) $(L1_ARGS)
+	grub/mkiso.sh $(L1_ELF) build/l1-selftest.iso workload=selftest
 
 # --- run --------------------------------------------------------------------
 run: iso

@@ -41,7 +41,7 @@ struct L2Stack([u8; 16384]);
 static mut L2_STACKS: [L2Stack; 2] = [const { L2Stack([0; 16384]) }; 2];
 static mut L2_DATA: [Page; DATA_PAGES] = [const { Page([0; 4096]) }; DATA_PAGES];
 
-fn alloc_page() -> u64 {
+pub fn alloc_page() -> u64 {
     // SAFETY: single-threaded; the pool is this module's alone.
     unsafe {
         let i = POOL_NEXT;
@@ -214,6 +214,23 @@ fn read_cr(n: u8) -> u64 {
 
 fn must(what: &str, r: Result<(), VmFail>) -> Result<(), ()> {
     r.map_err(|e| vmx::report(what, "", e))
+}
+
+/// VMLAUNCH (or VMRESUME) of the current VMCS with scratch L2 registers:
+/// `Ok` if an L2 ran and exited, else the failure. For conformance checks.
+pub fn try_enter(launch: bool) -> Result<(), VmFail> {
+    let mut regs = L2Regs::default();
+    vmx::vmwrite(F::HOST_RIP, &raw const l1_vmexit as u64);
+    vmx::count_entry(launch);
+    // SAFETY: HOST_RIP is the exit stub; a successful entry returns through it.
+    let rflags = unsafe { l1_vmentry(&mut regs, u64::from(!launch)) };
+    if rflags == 0 {
+        Ok(())
+    } else if rflags & 1 != 0 {
+        Err(VmFail::Invalid)
+    } else {
+        Err(VmFail::Valid(vmx::try_vmread(F::VM_INSTRUCTION_ERROR.encoding()).unwrap_or(0) as u32))
+    }
 }
 
 /// Fills the current VMCS for an L2 vCPU (SDM 25.3-25.8).

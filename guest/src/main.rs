@@ -6,7 +6,7 @@
 //! nvmx's nested VMX is checked. Its console is COM1, driven by raw port I/O
 //! (under nvmx that COM1 is a virtual 16550).
 //!
-//! Arguments (Multiboot2 command line): `workload=forum|plain`, `exits=N`
+//! Arguments (Multiboot2 command line): `workload=forum|selftest|plain`, `exits=N`
 //! (0 = run forever), `crash=triple|memory`, `novmx`.
 
 #![no_std]
@@ -15,6 +15,7 @@
 mod boot;
 mod console;
 mod forum;
+mod selftest;
 mod vmx;
 
 use core::fmt::Write;
@@ -95,6 +96,7 @@ extern "C" fn l1_main(magic: u32, mbi: u32) -> ! {
     let vmx = if args.novmx { Err("novmx on the command line") } else { vmx::probe() };
     match (args.workload, vmx) {
         ("forum", Ok(caps)) => forum::run(&caps, &args),
+        ("selftest", Ok(caps)) => selftest::run(&caps),
         (_, Err(reason)) => {
             let _ = writeln!(out, "l1: no VMX: {reason}");
             plain(&args);

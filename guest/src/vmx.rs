@@ -190,3 +190,59 @@ pub fn count_entry(launch: bool) {
     count(Insn::Vmwrite);
     count(if launch { Insn::Vmlaunch } else { Insn::Vmresume });
 }
+
+/// VMREAD returning the architectural outcome instead of reporting it.
+pub fn try_vmread(enc: u32) -> Result<u64, VmFail> {
+    count(Insn::Vmread);
+    let v: u64;
+    let rflags: u64;
+    // SAFETY: reads the current VMCS (or fails architecturally).
+    unsafe { asm!("vmread {}, {}; pushfq; pop {}", lateout(reg) v, in(reg) u64::from(enc), lateout(reg) rflags) };
+    outcome_quiet(rflags).map(|()| v)
+}
+
+/// VMWRITE returning the architectural outcome.
+pub fn try_vmwrite(enc: u32, v: u64) -> Result<(), VmFail> {
+    count(Insn::Vmwrite);
+    let rflags: u64;
+    // SAFETY: writes the current VMCS (or fails architecturally).
+    unsafe { asm!("vmwrite {}, {}; pushfq; pop {}", in(reg) u64::from(enc), in(reg) v, lateout(reg) rflags) };
+    outcome_quiet(rflags)
+}
+
+/// INVEPT / INVVPID of any type, for the conformance checks.
+pub fn try_invalidate(invept: bool, kind: u64, desc: [u64; 2]) -> Result<(), VmFail> {
+    count(if invept { Insn::Invept } else { Insn::Invvpid });
+    let rflags: u64;
+    // SAFETY: invalidation only drops cached translations (or fails).
+    unsafe {
+        if invept {
+            asm!("invept {}, [{}]; pushfq; pop {}", in(reg) kind, in(reg) &desc, lateout(reg) rflags);
+        } else {
+            asm!("invvpid {}, [{}]; pushfq; pop {}", in(reg) kind, in(reg) &desc, lateout(reg) rflags);
+        }
+    }
+    outcome_quiet(rflags)
+}
+
+/// `outcome` for checks that expect failures: not counted as failures.
+fn outcome_quiet(rflags: u64) -> Result<(), VmFail> {
+    let r = outcome(rflags);
+    if r.is_err() {
+        FAILURES.fetch_sub(1, Relaxed);
+    }
+    r
+}
+
+/// VMXON/VMCLEAR/VMPTRLD whose failure is expected by a check.
+pub fn try_op(which: &str, ptr: u64) -> Result<(), VmFail> {
+    let r = match which {
+        "vmxon" => vmxon(ptr),
+        "vmclear" => vmclear(ptr),
+        _ => vmptrld(ptr),
+    };
+    if r.is_err() {
+        FAILURES.fetch_sub(1, Relaxed);
+    }
+    r
+}

@@ -186,8 +186,9 @@ pub fn l1_vmx_msr(host: &VmxCaps, msr: u32) -> Option<u64> {
         IA32_VMX_PROCBASED_CTLS2 => ctl(host.procbased2(), proc2_ok),
         IA32_VMX_EXIT_CTLS | IA32_VMX_TRUE_EXIT_CTLS => ctl(host.exit(), exit_ok),
         IA32_VMX_ENTRY_CTLS | IA32_VMX_TRUE_ENTRY_CTLS => ctl(host.entry(), entry_ok),
-        // No preemption timer, activity states HLT only, CR3 targets 0.
-        IA32_VMX_MISC => host.misc & (1 << 6),
+        // No preemption timer, activity state HLT, CR3 targets 0; VMWRITE
+        // to exit-information fields when the CPU allows it (bit 29).
+        IA32_VMX_MISC => host.misc & ((1 << 6) | (1 << 29)),
         IA32_VMX_CR0_FIXED0 => host.cr0_fixed0,
         IA32_VMX_CR0_FIXED1 => host.cr0_fixed1,
         IA32_VMX_CR4_FIXED0 => host.cr4_fixed0,
@@ -442,8 +443,8 @@ impl Vcpu {
         self.succeed()
     }
 
-    /// VMWRITE: error 13 for read-only fields (exit information; nvmx does
-    /// not advertise writing them, IA32_VMX_MISC bit 29 = 0).
+    /// VMWRITE: error 13 for read-only fields (exit information) unless
+    /// IA32_VMX_MISC bit 29 is advertised (it is when the CPU has it).
     fn vmwrite12(&mut self, info: &InstructionInfo) -> Emulated {
         if self.nested.current.is_none() {
             return self.fail_invalid();
@@ -460,7 +461,8 @@ impl Vcpu {
             Ok(fa) => fa,
             Err(e) => return self.fail(e),
         };
-        if f.kind() == Kind::ReadOnly {
+        let misc29 = crate::vmx::probe().is_some_and(|c| c.misc & (1 << 29) != 0);
+        if f.kind() == Kind::ReadOnly && !misc29 {
             return self.fail(13);
         }
         let cur = self.nested.current.as_mut().expect("checked above");
