@@ -18,8 +18,9 @@ pub const IPI_VECTOR: u8 = 0xF0;
 /// What the shell asks of a core.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
-    /// Dump VMCS0-1, grouped like Linux `dump_vmcs`.
-    DumpVmcs01,
+    /// Dump VMCS0-1, VMCS1-2 (L0's cache of it) or VMCS0-2, grouped like
+    /// Linux `dump_vmcs`.
+    DumpVmcs(nvmx_shell::VmcsKind),
 }
 
 struct Slot {

@@ -77,7 +77,7 @@ extern "C" fn kernel_main(magic: u32, mbi: u32) -> ! {
         }
     };
     mailbox::init();
-    mailbox::set_handler(answer);
+    mailbox::set_handler(l1::answer);
     match vmx::probe() {
         Some(_) => info!("vmx: VT-x usable; starting one L1 per core"),
         None => warn!("vmx: VT-x not available: {}; no L1 will run", vmx::unavailable_reason()),
@@ -90,18 +90,4 @@ extern "C" fn kernel_main(magic: u32, mbi: u32) -> ! {
 /// An AP's life once up: run its L1.
 fn ap_main(cpu: &'static percpu::PerCpu) -> ! {
     l1::run_forever(cpu.index, || {})
-}
-
-/// Answers the shell's cross-core requests on this core.
-fn answer(req: mailbox::Request) -> alloc::string::String {
-    let me = percpu::current().index;
-    match req {
-        mailbox::Request::DumpVmcs01 => {
-            if *l1::shared(me).state.lock() == l1::L1State::Running {
-                vmx::dump::dump_current(&alloc::format!("VMCS0-1 of cpu {me}"))
-            } else {
-                alloc::format!("error: cpu {me} runs no L1, so it has no VMCS0-1 loaded\n")
-            }
-        }
-    }
 }

@@ -232,18 +232,12 @@ fn console(cpu: usize, out: &mut String) -> core::fmt::Result {
 }
 
 fn vmcs(which: nvmx_shell::VmcsKind, cpu: usize, out: &mut String) -> core::fmt::Result {
-    use nvmx_shell::VmcsKind;
-    match which {
-        VmcsKind::V01 => match crate::mailbox::call(cpu, crate::mailbox::Request::DumpVmcs01, 2000) {
-            Ok(text) => {
-                out.push_str(&text);
-                Ok(())
-            }
-            Err(e) => writeln!(out, "error: vmcs 01: cpu {cpu}: {e}"),
-        },
-        VmcsKind::V12 | VmcsKind::V02 => {
-            writeln!(out, "error: vmcs {which}: cpu {cpu} has no L2 (nested VMX is not emulated yet)")
+    match crate::mailbox::call(cpu, crate::mailbox::Request::DumpVmcs(which), 2000) {
+        Ok(text) => {
+            out.push_str(&text);
+            Ok(())
         }
+        Err(e) => writeln!(out, "error: vmcs {which}: cpu {cpu}: {e}"),
     }
 }
 

@@ -122,6 +122,25 @@ impl L1Shared {
 
 static L1S: [L1Shared; MAX_CPUS] = [const { L1Shared::new() }; MAX_CPUS];
 
+/// Each core's running vCPU, for the mailbox handler on that same core.
+/// Set by `run_forever` before every point where requests are answered
+/// (between exits, never while `step` holds the vCPU).
+static VCPUS: [core::sync::atomic::AtomicPtr<Vcpu>; MAX_CPUS] =
+    [const { core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+
+/// Answers a shell request on this core (the mailbox handler).
+pub fn answer(req: crate::mailbox::Request) -> String {
+    let me = percpu::current().index;
+    let ptr = VCPUS[me].load(Ordering::Acquire);
+    // SAFETY: only this core sets or reads its slot, and requests are answered
+    // only between exits, when no other reference to the vCPU is live.
+    let Some(v) = (unsafe { ptr.as_mut() }) else {
+        return alloc::format!("error: cpu {me} runs no L1, so it has no VMCS loaded\n");
+    };
+    let crate::mailbox::Request::DumpVmcs(which) = req;
+    v.dump(which)
+}
+
 /// The shared state of core `cpu`'s L1.
 pub fn shared(cpu: usize) -> &'static L1Shared {
     &L1S[cpu]
@@ -469,6 +488,7 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
     let mut vcpu: Option<Vcpu> = None;
     let mut want_running = vmx::enabled();
     loop {
+        VCPUS[cpu].store(vcpu.as_mut().map_or(core::ptr::null_mut(), |v| v as *mut Vcpu), Ordering::Release);
         idle();
         crate::mailbox::poll();
         match shared.take_request() {
@@ -494,6 +514,7 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
                 }
             }
         }
+        VCPUS[cpu].store(vcpu.as_mut().map_or(core::ptr::null_mut(), |v| v as *mut Vcpu), Ordering::Release);
         let Some(v) = vcpu.as_mut() else {
             wait(cpu);
             continue;

@@ -49,6 +49,8 @@ pub struct Nested {
     launched02: bool,
     /// Shadow EPT0-2 when L1 uses EPT for L2.
     ept02: ShadowEpt,
+    /// The VM-entry check that failed last (for `vmcs 12`).
+    last_check: Option<&'static str>,
 }
 
 /// A vmcs12 as cached in L0.
@@ -152,7 +154,7 @@ impl ShadowEpt {
 
 impl Nested {
     pub fn new(enabled: bool, vmcs01: u64) -> Self {
-        Nested { enabled, vmxon: None, current: None, in_l2: false, vmcs01, vmcs02: 0, launched02: false, ept02: ShadowEpt::new() }
+        Nested { enabled, vmxon: None, current: None, in_l2: false, vmcs01, vmcs02: 0, launched02: false, ept02: ShadowEpt::new(), last_check: None }
     }
 }
 
@@ -508,11 +510,15 @@ impl Vcpu {
         if !launch && !cur.launched {
             return self.fail(5);
         }
-        if let Err(e) = check_controls(cur) {
-            return self.fail(e);
+        if let Err(what) = check_controls(cur) {
+            log::debug!("l1 cpu {}: VMfailValid(7): {what}", self.cpu);
+            self.nested.last_check = Some(what);
+            return self.fail(7);
         }
-        if let Err(e) = check_host_state(cur) {
-            return self.fail(e);
+        if let Err(what) = check_host_state(cur) {
+            log::debug!("l1 cpu {}: VMfailValid(8): {what}", self.cpu);
+            self.nested.last_check = Some(what);
+            return self.fail(8);
         }
         match self.prepare_vmcs02() {
             Ok(()) => Emulated::EnterL2,
@@ -870,8 +876,8 @@ impl Vcpu {
 
 /// SDM 27.2.1.1 checks on vmcs12's controls against what nvmx advertises
 /// (error 7).
-fn check_controls(c: &Vmcs12) -> Result<(), u32> {
-    let host = crate::vmx::probe().ok_or(7u32)?;
+fn check_controls(c: &Vmcs12) -> Result<(), &'static str> {
+    let host = crate::vmx::probe().ok_or("no VMX")?;
     use nvmx_vmx::caps::*;
     for (f, msr) in [
         (F::PIN_BASED_VM_EXEC_CONTROL, IA32_VMX_TRUE_PINBASED_CTLS),
@@ -882,8 +888,21 @@ fn check_controls(c: &Vmcs12) -> Result<(), u32> {
         let caps = l1_vmx_msr(host, msr).unwrap_or(0);
         let (a0, a1) = (caps as u32, (caps >> 32) as u32);
         let v = c.get(f) as u32;
-        if v & a0 != a0 || v & !a1 != 0 {
-            return Err(7);
+        if v & a0 != a0 {
+            return Err(match f {
+                F::PIN_BASED_VM_EXEC_CONTROL => "pin-based controls: a must-be-1 bit is 0",
+                F::CPU_BASED_VM_EXEC_CONTROL => "processor-based controls: a must-be-1 bit is 0",
+                F::VM_EXIT_CONTROLS => "VM-exit controls: a must-be-1 bit is 0",
+                _ => "VM-entry controls: a must-be-1 bit is 0",
+            });
+        }
+        if v & !a1 != 0 {
+            return Err(match f {
+                F::PIN_BASED_VM_EXEC_CONTROL => "pin-based controls: a bit set that is not allowed",
+                F::CPU_BASED_VM_EXEC_CONTROL => "processor-based controls: a bit set that is not allowed",
+                F::VM_EXIT_CONTROLS => "VM-exit controls: a bit set that is not allowed",
+                _ => "VM-entry controls: a bit set that is not allowed",
+            });
         }
     }
     let proc = c.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
@@ -891,14 +910,13 @@ fn check_controls(c: &Vmcs12) -> Result<(), u32> {
         let caps = l1_vmx_msr(host, IA32_VMX_PROCBASED_CTLS2).unwrap_or(0);
         let v = c.get(F::SECONDARY_VM_EXEC_CONTROL) as u32;
         if v & !((caps >> 32) as u32) != 0 {
-            return Err(7);
+            return Err("secondary controls: a bit set that is not allowed");
         }
-        // EPT pointer: WB, walk length 4 (SDM 27.2.1.1).
         if v & proc2::ENABLE_EPT != 0 && c.get(F::EPT_POINTER) & 0x3F != 0x1E {
-            return Err(7);
+            return Err("EPT pointer: memory type must be WB and the walk length 4");
         }
         if v & proc2::ENABLE_VPID != 0 && c.get(F::VIRTUAL_PROCESSOR_ID) == 0 {
-            return Err(7);
+            return Err("VPID enabled with VPID 0");
         }
     }
     Ok(())
@@ -906,24 +924,65 @@ fn check_controls(c: &Vmcs12) -> Result<(), u32> {
 
 /// SDM 27.2.2-27.2.4 checks on vmcs12's host state (error 8), the ones L0
 /// relies on when it loads that state into L1.
-fn check_host_state(c: &Vmcs12) -> Result<(), u32> {
-    let host = crate::vmx::probe().ok_or(8u32)?;
+fn check_host_state(c: &Vmcs12) -> Result<(), &'static str> {
+    let host = crate::vmx::probe().ok_or("no VMX")?;
     let (cr0_f0, cr0_f1) = host.cr0_fixed();
     let (cr4_f0, cr4_f1) = host.cr4_fixed();
     let cr0 = c.get(F::HOST_CR0);
     let cr4 = c.get(F::HOST_CR4);
     let canonical = |v: u64| (v as i64) << 16 >> 16 == v as i64;
-    let ok = cr0 & cr0_f0 == cr0_f0
-        && cr0 & !cr0_f1 == 0
-        && cr4 & cr4_f0 == cr4_f0
-        && cr4 & !cr4_f1 == 0
-        && c.get(F::HOST_CS_SELECTOR) & 0xFFF8 != 0
-        && c.get(F::HOST_TR_SELECTOR) & 0xFFF8 != 0
-        && [F::HOST_CS_SELECTOR, F::HOST_SS_SELECTOR, F::HOST_DS_SELECTOR, F::HOST_ES_SELECTOR, F::HOST_FS_SELECTOR, F::HOST_GS_SELECTOR, F::HOST_TR_SELECTOR]
-            .iter()
-            .all(|f| c.get(*f) & 7 == 0)
-        && [F::HOST_RIP, F::HOST_FS_BASE, F::HOST_GS_BASE, F::HOST_GDTR_BASE, F::HOST_IDTR_BASE, F::HOST_TR_BASE]
-            .iter()
-            .all(|f| canonical(c.get(*f)));
-    if ok { Ok(()) } else { Err(8) }
+    let selectors = [F::HOST_CS_SELECTOR, F::HOST_SS_SELECTOR, F::HOST_DS_SELECTOR, F::HOST_ES_SELECTOR, F::HOST_FS_SELECTOR, F::HOST_GS_SELECTOR, F::HOST_TR_SELECTOR];
+    let addresses = [F::HOST_RIP, F::HOST_FS_BASE, F::HOST_GS_BASE, F::HOST_GDTR_BASE, F::HOST_IDTR_BASE, F::HOST_TR_BASE];
+    if cr0 & cr0_f0 != cr0_f0 || cr0 & !cr0_f1 != 0 {
+        Err("host CR0: VMX fixed bits (SDM 27.2.2)")
+    } else if cr4 & cr4_f0 != cr4_f0 || cr4 & !cr4_f1 != 0 {
+        Err("host CR4: VMX fixed bits (SDM 27.2.2)")
+    } else if c.get(F::HOST_CS_SELECTOR) & 0xFFF8 == 0 || c.get(F::HOST_TR_SELECTOR) & 0xFFF8 == 0 {
+        Err("host CS or TR selector is null (SDM 27.2.3)")
+    } else if selectors.iter().any(|f| c.get(*f) & 7 != 0) {
+        Err("host selector with RPL or TI set (SDM 27.2.3)")
+    } else if !addresses.iter().all(|f| canonical(c.get(*f))) {
+        Err("host RIP or base address not canonical (SDM 27.2.3-27.2.4)")
+    } else {
+        Ok(())
+    }
+}
+
+impl Vcpu {
+    /// `vmcs 01|12|02` on this core: VMCS0-1 and VMCS0-2 read with VMREAD
+    /// (made current for the dump, then the running one again), VMCS1-2
+    /// from L0's cache of it.
+    pub(super) fn dump(&mut self, which: nvmx_shell::VmcsKind) -> alloc::string::String {
+        use nvmx_shell::VmcsKind;
+        let cpu = self.cpu;
+        let running = if self.nested.in_l2 { self.nested.vmcs02 } else { self.nested.vmcs01 };
+        let target = match which {
+            VmcsKind::V01 => self.nested.vmcs01,
+            VmcsKind::V02 if self.nested.vmcs02 != 0 => self.nested.vmcs02,
+            VmcsKind::V02 => return alloc::format!("error: cpu {cpu}: no VMCS0-2 yet (L1 has not launched an L2)\n"),
+            VmcsKind::V12 => {
+                let Some(c) = self.nested.current.as_ref() else {
+                    return alloc::format!("error: cpu {cpu}: L1 has no current VMCS1-2\n");
+                };
+                let title = alloc::format!(
+                    "VMCS1-2 of cpu {cpu} at L1 guest-physical {:#x} ({}; L0's cached copy){}",
+                    c.gpa,
+                    if c.launched { "launched" } else { "clear" },
+                    self.nested.last_check.map_or(alloc::string::String::new(), |w| alloc::format!("\nlast failed VM-entry check: {w}"))
+                );
+                return crate::vmx::dump::dump_with(&title, |f| Some(c.get(f)));
+            }
+        };
+        let title = alloc::format!("VMCS0-{} of cpu {cpu}", if which == VmcsKind::V01 { 1 } else { 2 });
+        if target == running {
+            return crate::vmx::dump::dump_current(&title);
+        }
+        // SAFETY: both are L0's VMCS regions; the running one is made current again.
+        unsafe {
+            let _ = insn::vmptrld(target);
+            let text = crate::vmx::dump::dump_current(&title);
+            let _ = insn::vmptrld(running);
+            text
+        }
+    }
 }

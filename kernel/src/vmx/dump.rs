@@ -12,6 +12,11 @@ use nvmx_vmx::field::{ALL, Group};
 /// not implement (VMfailValid(12)) are listed as such rather than as zero.
 pub fn dump_current(title: &str) -> String {
     let title = alloc::format!("{title} at {:#x}", super::insn::vmptrst());
+    dump_with(&title, |f| super::insn::vmread(f.encoding()).ok())
+}
+
+/// Dumps every field of the table with `value`, grouped.
+pub fn dump_with(title: &str, value: impl Fn(nvmx_vmx::field::Field) -> Option<u64>) -> String {
     let groups = [
         (Group::GuestState, "Guest State"),
         (Group::HostState, "Host State"),
@@ -23,10 +28,10 @@ pub fn dump_current(title: &str) -> String {
         .map(|(g, _)| {
             ALL.iter()
                 .filter(|f| f.group() == *g)
-                .map(|f| (f.name(), f.encoding(), super::insn::vmread(f.encoding()).ok()))
+                .map(|f| (f.name(), f.encoding(), value(*f)))
                 .collect()
         })
         .collect();
     let named: Vec<(&str, &[DumpField])> = groups.iter().zip(&fields).map(|((_, h), f)| (*h, f.as_slice())).collect();
-    vmcs_dump(&title, &named)
+    vmcs_dump(title, &named)
 }

@@ -154,6 +154,20 @@ fn nested_l1s(name: &str, model: &str, cpus: usize) -> Result<()> {
         m.check(dump.contains(&format!("VMCS0-1 of cpu {cpu}")), || format!("dump not from cpu {cpu}:\n{dump}"))?;
         hosts.push((field(&dump, "HOST_CR3"), field(&dump, "HOST_RIP"), field(&dump, "HOST_GS_BASE")));
     }
+    // The L1s run their L2s nested: VMCS1-2 is L0's cache of what L1 wrote
+    // (L2's RIP is in the L1's image), VMCS0-2 runs L2 with L0's host state
+    // and its own EPT pointer (the shadow EPT0-2).
+    for cpu in 0..cpus {
+        let d12 = m.command(&format!("vmcs 12 {cpu}"), t.command)?;
+        let d02 = m.command(&format!("vmcs 02 {cpu}"), t.command)?;
+        let d01 = m.command(&format!("vmcs 01 {cpu}"), t.command)?;
+        m.check(d12.contains(&format!("VMCS1-2 of cpu {cpu}")) && field(&d12, "GUEST_RIP").is_some_and(|r| r > 0x10_0000 && r < 32 << 20), || {
+            format!("`vmcs 12 {cpu}`:\n{d12}")
+        })?;
+        m.check(field(&d02, "HOST_RIP") == field(&d01, "HOST_RIP") && field(&d02, "EPT_POINTER") != field(&d01, "EPT_POINTER"), || {
+            format!("`vmcs 02 {cpu}` vs `vmcs 01 {cpu}`:\n{d02}\n{d01}")
+        })?;
+    }
     m.check(hosts.iter().all(|h| h.0.is_some() && h.0 == hosts[0].0 && h.1 == hosts[0].1), || {
         format!("host CR3/RIP differ between cores: {hosts:?}")
     })?;
