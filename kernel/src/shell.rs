@@ -90,6 +90,7 @@ fn execute(cmd: Command, out: &mut String) {
         Command::Console(cpu) => console(cpu, out),
         Command::Vmcs { which, cpu } => vmcs(which, cpu, out),
         Command::Trace { cpu, count } => trace(cpu, count, out),
+        Command::Shadow { on, cpus } => shadow(on, cpus, out),
     };
 }
 
@@ -259,6 +260,54 @@ fn trace(sel: Option<usize>, count: Option<usize>, out: &mut String) -> core::fm
             ]);
         }
         out.push_str(&t.render());
+    }
+    Ok(())
+}
+
+fn shadow(on: Option<bool>, sel: CpuSel, out: &mut String) -> core::fmt::Result {
+    let supported = crate::vmx::probe().is_some_and(|c| c.vmcs_shadowing());
+    if let Some(on) = on {
+        if !supported {
+            let why = match crate::vmx::probe() {
+                Some(_) => "this CPU has no VMCS shadowing (IA32_VMX_PROCBASED_CTLS2: secondary control bit 14 may not be 1)",
+                None => "VT-x is not available here",
+            };
+            return writeln!(out, "error: shadow: {why}; nothing changed");
+        }
+        for cpu in cpus_of(sel) {
+            let s = l1::shared(cpu);
+            s.shadow_want.store(if on { 2 } else { 1 }, Ordering::Release);
+            if cpu != percpu::current().index {
+                crate::mailbox::kick(cpu);
+            }
+        }
+        // The cores switch between two exits; wait for them (bounded).
+        for _ in 0..500 {
+            if cpus_of(sel).all(|c| l1::shared(c).shadow_want.load(Ordering::Acquire) == 0) {
+                break;
+            }
+            l1::apply_shadow_here();
+            crate::time::delay_us(1000);
+        }
+    }
+    for cpu in cpus_of(sel) {
+        let s = l1::shared(cpu);
+        let running = *s.state.lock() == L1State::Running;
+        let state = if !supported {
+            "off (not supported by this CPU)"
+        } else if !running {
+            "off (no L1 running)"
+        } else if s.shadow_on.load(Ordering::Acquire) {
+            "on"
+        } else {
+            "off"
+        };
+        writeln!(
+            out,
+            "cpu {cpu}: vmcs shadowing {state}; supported {}; {} fields shadowed",
+            if supported { "yes" } else { "no" },
+            s.shadow_fields.load(Ordering::Relaxed)
+        )?;
     }
     Ok(())
 }

@@ -27,6 +27,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     CommandSpec { name: "trace", usage: "trace [<cpu>] [<n>]", summary: "the last exits of a core", help: "The last n (default 16) exits: TSC, reason, qualification, RIP, level, L0 cycles." },
     CommandSpec { name: "console", usage: "console <cpu>", summary: "an L1's console output", help: "The newest output the L1 of that core wrote to its COM1." },
     CommandSpec { name: "vmcs", usage: "vmcs 01|12|02 [<cpu>]", summary: "dump a VMCS of a core, live", help: "Dumps VMCS0-1 (runs L1), VMCS1-2 (what L1 asked) or VMCS0-2 (runs L2), read on that core, grouped like Linux dump_vmcs." },
+    CommandSpec { name: "shadow", usage: "shadow [status] | shadow on|off [<cpu>|all]", summary: "VMCS shadowing per core: show, switch live", help: "Shows, per core, whether the CPU has VMCS shadowing, whether it is on for that L1 and how many fields are shadowed; `on`/`off` switch it for a running L1 (default: all cores)." },
     CommandSpec { name: "log", usage: "log [error|warn|info|debug|trace]", summary: "show or set the log level", help: "Kernel messages at this level and above are printed." },
     CommandSpec { name: "reboot", usage: "reboot", summary: "reset the machine", help: "ACPI reset register, then port 0xCF9, then the keyboard controller." },
     CommandSpec { name: "poweroff", usage: "poweroff", summary: "power off (ACPI S5)", help: "ACPI S5 through the FADT's PM1 control ports and \\_S5; QEMU and Bochs exit." },
@@ -85,6 +86,8 @@ pub enum Command {
     Console(usize),
     Vmcs { which: VmcsKind, cpu: usize },
     Trace { cpu: Option<usize>, count: Option<usize> },
+    /// `None`: show the status.
+    Shadow { on: Option<bool>, cpus: CpuSel },
 }
 
 /// What the parser needs to know of the machine.
@@ -273,6 +276,28 @@ pub fn parse(line: &str, ctx: &Context) -> Result<Option<Command>, ParseError> {
             }
             Command::Trace { cpu, count }
         }
+        "shadow" => {
+            let (on, rest) = match args {
+                [] => (None, args),
+                ["status", rest @ ..] => (None, rest),
+                ["on", rest @ ..] => (Some(true), rest),
+                ["off", rest @ ..] => (Some(false), rest),
+                [other, ..] if !is_number(other) && *other != "all" => {
+                    return Err(ParseError::BadChoice {
+                        cmd: "shadow",
+                        arg: alloc::format!("argument '{other}'"),
+                        choices: "status|on|off",
+                    });
+                }
+                _ => (None, args),
+            };
+            let cpus = match rest {
+                [] | ["all"] => CpuSel::All,
+                [cpu] => CpuSel::One(cpu_arg("shadow", cpu, ctx)?),
+                [_, extra, ..] => return Err(ParseError::UnexpectedArgument { cmd: "shadow", arg: extra.to_string() }),
+            };
+            Command::Shadow { on, cpus }
+        }
         other => return Err(ParseError::UnknownCommand(other.to_string())),
     };
     Ok(Some(cmd))
@@ -350,6 +375,12 @@ mod tests {
         assert_eq!(ok("trace"), Command::Trace { cpu: None, count: None });
         assert_eq!(ok("trace 1 32"), Command::Trace { cpu: Some(1), count: Some(32) });
         assert_eq!(ok("console 2"), Command::Console(2));
+        assert_eq!(ok("shadow"), Command::Shadow { on: None, cpus: CpuSel::All });
+        assert_eq!(ok("shadow status 1"), Command::Shadow { on: None, cpus: CpuSel::One(1) });
+        assert_eq!(ok("shadow on"), Command::Shadow { on: Some(true), cpus: CpuSel::All });
+        assert_eq!(ok("shadow off 3"), Command::Shadow { on: Some(false), cpus: CpuSel::One(3) });
+        assert_eq!(err("shadow maybe"), "shadow: unknown argument 'maybe' (status|on|off)");
+        assert_eq!(err("shadow on 7"), "shadow: cpu 7 does not exist (0-3)");
     }
 
     #[test]

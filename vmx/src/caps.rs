@@ -50,6 +50,24 @@ fn split(msr: u64) -> (u32, u32) {
 }
 
 impl VmxCaps {
+    /// No capabilities at all (every MSR absent).
+    pub const NONE: VmxCaps = VmxCaps {
+        basic: 0,
+        pinbased: 0,
+        procbased: 0,
+        exit: 0,
+        entry: 0,
+        misc: 0,
+        cr0_fixed0: 0,
+        cr0_fixed1: 0,
+        cr4_fixed0: 0,
+        cr4_fixed1: 0,
+        vmcs_enum: 0,
+        procbased2: 0,
+        ept_vpid: 0,
+        vmfunc: 0,
+    };
+
     /// Reads the MSRs with `rdmsr` (`None` = the MSR faulted). The TRUE_*
     /// MSRs replace the plain ones when IA32_VMX_BASIC bit 55 says they exist
     /// (A.1); secondary controls, EPT/VPID and VMFUNC are read only when the

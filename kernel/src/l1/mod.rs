@@ -4,6 +4,7 @@
 
 pub mod image;
 mod nested;
+mod shadow;
 pub mod uart;
 
 use alloc::string::String;
@@ -89,6 +90,11 @@ pub struct L1Shared {
     pub control: AtomicU8,
     pub started_tsc: AtomicU64,
     pub last_reason: AtomicU64,
+    /// Shadowing wanted by the shell: 0 no change, 1 off, 2 on.
+    pub shadow_want: AtomicU8,
+    /// Shadowing state as the core last applied it, and its field count.
+    pub shadow_on: core::sync::atomic::AtomicBool,
+    pub shadow_fields: core::sync::atomic::AtomicUsize,
     /// L1 command line set from the shell (`l1 restart <cpu> <args>`),
     /// used instead of the nvmx command line's from the next start on.
     pub args: Mutex<Option<String>>,
@@ -105,6 +111,9 @@ impl L1Shared {
             started_tsc: AtomicU64::new(0),
             last_reason: AtomicU64::new(u64::MAX),
             args: Mutex::new(None),
+            shadow_want: AtomicU8::new(0),
+            shadow_on: core::sync::atomic::AtomicBool::new(false),
+            shadow_fields: core::sync::atomic::AtomicUsize::new(0),
         }
     }
     pub fn request(&self, c: Control) {
@@ -127,6 +136,33 @@ static L1S: [L1Shared; MAX_CPUS] = [const { L1Shared::new() }; MAX_CPUS];
 /// (between exits, never while `step` holds the vCPU).
 static VCPUS: [core::sync::atomic::AtomicPtr<Vcpu>; MAX_CPUS] =
     [const { core::sync::atomic::AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+
+/// Applies a shadowing switch the shell asked for, between two exits.
+fn apply_shadow(cpu: usize, v: &mut Vcpu) {
+    let shared = &L1S[cpu];
+    match shared.shadow_want.swap(0, Ordering::AcqRel) {
+        0 => {}
+        want => {
+            if let Err(e) = v.set_shadowing(want == 2) {
+                warn!("l1: cpu {cpu}: shadow: {e}");
+            }
+            shared.shadow_on.store(v.nested.shadow.on, Ordering::Release);
+        }
+    }
+}
+
+/// The shell runs on the boot core between its L1's exits: it applies that
+/// core's switch itself (the other cores do it in their loops).
+pub fn apply_shadow_here() {
+    let me = percpu::current().index;
+    let ptr = VCPUS[me].load(Ordering::Acquire);
+    // SAFETY: as in `answer`: this core's own vCPU, between exits.
+    if let Some(v) = unsafe { ptr.as_mut() } {
+        apply_shadow(me, v);
+    } else {
+        L1S[me].shadow_want.store(0, Ordering::Release);
+    }
+}
 
 /// Answers a shell request on this core (the mailbox handler).
 pub fn answer(req: crate::mailbox::Request) -> String {
@@ -462,9 +498,16 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
     *L1S[cpu].console.lock() = Some(ConsoleRing::new());
     L1S[cpu].stats.reset();
     L1S[cpu].started_tsc.store(cpu::rdtsc(), Ordering::Relaxed);
+    let nested = nested::Nested::new(cfg.nested, vmcs, caps);
+    L1S[cpu].shadow_fields.store(nested.shadow.field_count(), Ordering::Relaxed);
+    // Shadowing from the start where the CPU has it, unless `shadow=off`.
+    let shadow_default = crate::bootinfo::get().arg("shadow") != Some("off");
+    L1S[cpu].shadow_on.store(false, Ordering::Relaxed);
+    if shadow_default && nested.shadow.supported() {
+        L1S[cpu].shadow_want.store(2, Ordering::Release);
+    }
     *L1S[cpu].state.lock() = L1State::Running;
     info!("l1: cpu {cpu}: {} MiB at host {mem_base:#x}, entry {entry:#x}, args '{}'", cfg.mem_size >> 20, cfg.args);
-    let nested = nested::Nested::new(cfg.nested, vmcs);
     Ok(Vcpu { regs, launched: false, uart: Uart16550::default(), cpu, vmcs, mem_base, mem_size: cfg.mem_size, nested })
 }
 
@@ -519,6 +562,7 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
             wait(cpu);
             continue;
         };
+        apply_shadow(cpu, v);
         if let Some(stop) = step(v) {
             *shared.state.lock() = stop;
             vcpu = None;

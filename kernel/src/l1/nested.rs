@@ -51,6 +51,8 @@ pub struct Nested {
     ept02: ShadowEpt,
     /// The VM-entry check that failed last (for `vmcs 12`).
     last_check: Option<&'static str>,
+    /// VMCS shadowing for L1's VMREAD/VMWRITE.
+    pub shadow: super::shadow::Shadow,
 }
 
 /// A vmcs12 as cached in L0.
@@ -153,8 +155,20 @@ impl ShadowEpt {
 }
 
 impl Nested {
-    pub fn new(enabled: bool, vmcs01: u64) -> Self {
-        Nested { enabled, vmxon: None, current: None, in_l2: false, vmcs01, vmcs02: 0, launched02: false, ept02: ShadowEpt::new(), last_check: None }
+    pub fn new(enabled: bool, vmcs01: u64, caps: &VmxCaps) -> Self {
+        let shadow = super::shadow::Shadow::new(if enabled { caps } else { &VmxCaps::NONE });
+        Nested {
+            enabled,
+            vmxon: None,
+            current: None,
+            in_l2: false,
+            vmcs01,
+            vmcs02: 0,
+            launched02: false,
+            ept02: ShadowEpt::new(),
+            last_check: None,
+            shadow,
+        }
     }
 }
 
@@ -293,8 +307,68 @@ impl Vcpu {
         }
     }
 
-    /// Emulates an L1 VMX instruction (exit reasons 18-27, 50, 53).
+    fn running_vmcs(&self) -> u64 {
+        if self.nested.in_l2 { self.nested.vmcs02 } else { self.nested.vmcs01 }
+    }
+
+    /// Shadow VMCS → vmcs12 cache (before L0 reads or changes the cache).
+    pub(super) fn shadow_pull(&mut self) {
+        let running = self.running_vmcs();
+        if let (true, Some(c)) = (self.nested.shadow.on, self.nested.current.as_mut()) {
+            self.nested.shadow.to_vmcs12(running, |f, v| c.set(f, v));
+        }
+    }
+
+    /// vmcs12 cache → shadow VMCS, and VMCS0-1's link pointer (when it is current).
+    fn shadow_push(&mut self) {
+        if !self.nested.shadow.on {
+            return;
+        }
+        let running = self.running_vmcs();
+        if let Some(c) = self.nested.current.as_ref() {
+            self.nested.shadow.from_vmcs12(running, |f| c.get(f));
+        }
+        if !self.nested.in_l2 {
+            self.nested.shadow.link(self.nested.current.is_some());
+        }
+    }
+
+    /// Switches VMCS shadowing for this L1, live. `Err` where the CPU has none.
+    pub(super) fn set_shadowing(&mut self, on: bool) -> Result<(), &'static str> {
+        if !self.nested.shadow.supported() {
+            return Err("this CPU has no VMCS shadowing");
+        }
+        if on == self.nested.shadow.on {
+            return Ok(());
+        }
+        if !on {
+            self.shadow_pull();
+        }
+        let running = self.running_vmcs();
+        // SAFETY: VMCS0-1 and the running VMCS are L0's regions.
+        unsafe { insn::vmptrld(self.nested.vmcs01) }.expect("VMPTRLD of VMCS0-1");
+        self.nested.shadow.set(on);
+        self.nested.shadow.link(self.nested.current.is_some());
+        // SAFETY: as above.
+        unsafe { insn::vmptrld(running) }.expect("VMPTRLD back");
+        if on {
+            self.shadow_push();
+        }
+        Ok(())
+    }
+
+    /// Emulates an L1 VMX instruction (exit reasons 18-27, 50, 53), with the
+    /// shadow VMCS synced around it.
     pub(super) fn emulate_vmx(&mut self, reason: u16) -> Emulated {
+        self.shadow_pull();
+        let r = self.emulate_vmx_inner(reason);
+        if !matches!(r, Emulated::EnterL2) {
+            self.shadow_push();
+        }
+        r
+    }
+
+    fn emulate_vmx_inner(&mut self, reason: u16) -> Emulated {
         let info = InstructionInfo::decode(vmread(F::VMX_INSTRUCTION_INFO) as u32);
         // Faults before anything else (SDM 32.3, each instruction's
         // "Operation"): not in VMX operation → #UD (except VMXON); CPL > 0 → #GP(0).
@@ -757,6 +831,8 @@ impl Vcpu {
     /// load_vmcs12_host_state into VMCS0-1 (SDM 28.3-28.5 as L1 expects them).
     fn reflect(&mut self, reason: u32, qualification: u64) {
         let cur = self.nested.current.as_mut().expect("L2 runs with a current vmcs12");
+        // (The shadow was pulled when L1 executed VMLAUNCH/VMRESUME and L1
+        // has not run since: the cache is current.)
         for f in ALL.iter().filter(|f| f.group() == Group::GuestState) {
             if let Ok(v) = insn::vmread(f.encoding()) {
                 cur.set(*f, v);
@@ -871,6 +947,7 @@ impl Vcpu {
         }
         let e01 = vmread(F::VM_ENTRY_CONTROLS) & !u64::from(entry::IA32E_MODE_GUEST);
         vmwrite(F::VM_ENTRY_CONTROLS, e01 | if host64 { u64::from(entry::IA32E_MODE_GUEST) } else { 0 });
+        self.shadow_push();
     }
 }
 
@@ -961,6 +1038,7 @@ impl Vcpu {
             VmcsKind::V02 if self.nested.vmcs02 != 0 => self.nested.vmcs02,
             VmcsKind::V02 => return alloc::format!("error: cpu {cpu}: no VMCS0-2 yet (L1 has not launched an L2)\n"),
             VmcsKind::V12 => {
+                self.shadow_pull();
                 let Some(c) = self.nested.current.as_ref() else {
                     return alloc::format!("error: cpu {cpu}: L1 has no current VMCS1-2\n");
                 };

@@ -1,0 +1,167 @@
+//! VMCS shadowing (SDM Vol. 3C 25.10, 26.3? 24.10 "VMCS types"): with the
+//! "VMCS shadowing" control on in VMCS0-1 and a shadow VMCS linked to it,
+//! L1's VMREAD/VMWRITE of the fields whose bits are clear in the VMREAD /
+//! VMWRITE bitmaps go to the shadow VMCS without a VM exit.
+//!
+//! L0's cached vmcs12 stays the reference copy; the shadow VMCS holds the
+//! shadowed fields while L1 runs. They are synced exactly where L0 needs the
+//! cache or changes it: shadow → vmcs12 before L0 emulates any VMX
+//! instruction, reflects an L2 exit or dumps vmcs12; vmcs12 → shadow after
+//! it, and when shadowing is switched on. Switched off, the shadow is copied
+//! back first, so no L1 write is lost.
+
+use nvmx_vmx::caps::VmxCaps;
+use nvmx_vmx::controls::proc2;
+use nvmx_vmx::field::{Field as F, Kind};
+
+use crate::vmx::insn;
+use crate::vmx::run::{vmread, vmwrite};
+
+/// Fields L1 reads on every exit. Chosen by running the built-in L1's forum
+/// workload (a VMware-like exit handler) and counting its VMREADs per field:
+/// each of these is read once per L2 exit; everything else is read a few
+/// times in all. Exit-information fields can only be shadowed where the CPU
+/// lets the shadow VMCS be written (IA32_VMX_MISC bit 29).
+pub const READ_FIELDS: &[F] = &[
+    F::VM_INSTRUCTION_ERROR,
+    F::VM_EXIT_REASON,
+    F::EXIT_QUALIFICATION,
+    F::VM_EXIT_INSTRUCTION_LEN,
+    F::VM_EXIT_INTR_INFO,
+    F::IDT_VECTORING_INFO_FIELD,
+    F::GUEST_PHYSICAL_ADDRESS,
+    F::GUEST_RIP,
+    F::GUEST_RSP,
+    F::GUEST_RFLAGS,
+    F::GUEST_INTERRUPTIBILITY_INFO,
+    F::VM_ENTRY_INTR_INFO_FIELD,
+];
+
+/// Fields L1 writes on every exit or entry: advancing RIP, interruptibility,
+/// event injection, and HOST_RSP (a hypervisor's entry code rewrites it
+/// before every VMRESUME).
+pub const WRITE_FIELDS: &[F] = &[
+    F::GUEST_RIP,
+    F::GUEST_RSP,
+    F::GUEST_RFLAGS,
+    F::GUEST_INTERRUPTIBILITY_INFO,
+    F::VM_ENTRY_INTR_INFO_FIELD,
+    F::VM_ENTRY_EXCEPTION_ERROR_CODE,
+    F::VM_ENTRY_INSTRUCTION_LEN,
+    F::HOST_RSP,
+];
+
+/// Bit of a field in the VMREAD/VMWRITE bitmaps: encoding bits 14:0 (SDM 25.6.15).
+pub fn bitmap_bit(f: F) -> u32 {
+    f.encoding() & 0x7FFF
+}
+
+/// The fields a CPU with `caps` can shadow for reading and for writing.
+pub fn field_sets(caps: &VmxCaps) -> (impl Iterator<Item = F>, impl Iterator<Item = F>) {
+    let misc29 = caps.misc & (1 << 29) != 0;
+    (
+        READ_FIELDS.iter().copied().filter(move |f| misc29 || f.kind() != Kind::ReadOnly),
+        WRITE_FIELDS.iter().copied(),
+    )
+}
+
+/// A core's shadow VMCS and bitmaps.
+pub struct Shadow {
+    /// The shadow VMCS (host-physical), 0 where the CPU has no shadowing.
+    pub vmcs: u64,
+    read_bitmap: u64,
+    write_bitmap: u64,
+    /// Shadowing is on in VMCS0-1.
+    pub on: bool,
+    /// Fields synced (the union of the read and write sets).
+    fields: alloc::vec::Vec<F>,
+}
+
+impl Shadow {
+    /// Allocates the shadow VMCS and bitmaps when the CPU has shadowing.
+    pub fn new(caps: &VmxCaps) -> Shadow {
+        let mut s = Shadow { vmcs: 0, read_bitmap: 0, write_bitmap: 0, on: false, fields: alloc::vec::Vec::new() };
+        if !caps.vmcs_shadowing() {
+            return s;
+        }
+        let alloc = || crate::mm::frames::alloc(1, 1);
+        let (Some(vmcs), Some(rb), Some(wb)) = (alloc(), alloc(), alloc()) else { return s };
+        let (reads, writes) = field_sets(caps);
+        // SAFETY: three fresh frames: the shadow VMCS (revision id with the
+        // shadow-VMCS indicator, bit 31, SDM 25.2) and the two bitmaps.
+        unsafe {
+            (vmcs as *mut u32).write_volatile(caps.revision_id() | (1 << 31));
+            core::ptr::write_bytes(rb as *mut u8, 0xFF, 4096);
+            core::ptr::write_bytes(wb as *mut u8, 0xFF, 4096);
+            for (bitmap, f) in reads.map(|f| (rb, f)).chain(writes.map(|f| (wb, f))) {
+                let bit = bitmap_bit(f);
+                *((bitmap + u64::from(bit / 8)) as *mut u8) &= !(1 << (bit % 8));
+                if !s.fields.contains(&f) {
+                    s.fields.push(f);
+                }
+            }
+            if insn::vmclear(vmcs).is_err() {
+                return s;
+            }
+        }
+        s.vmcs = vmcs;
+        s.read_bitmap = rb;
+        s.write_bitmap = wb;
+        s
+    }
+
+    pub fn supported(&self) -> bool {
+        self.vmcs != 0
+    }
+
+    pub fn field_count(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// Turns shadowing on or off in VMCS0-1, which must be current. The
+    /// caller syncs the fields.
+    pub fn set(&mut self, on: bool) {
+        let p2 = vmread(F::SECONDARY_VM_EXEC_CONTROL);
+        if on {
+            vmwrite(F::VMREAD_BITMAP, self.read_bitmap);
+            vmwrite(F::VMWRITE_BITMAP, self.write_bitmap);
+            vmwrite(F::SECONDARY_VM_EXEC_CONTROL, p2 | u64::from(proc2::VMCS_SHADOWING));
+        } else {
+            vmwrite(F::SECONDARY_VM_EXEC_CONTROL, p2 & !u64::from(proc2::VMCS_SHADOWING));
+            vmwrite(F::VMCS_LINK_POINTER, u64::MAX);
+        }
+        self.on = on;
+    }
+
+    /// Points VMCS0-1 (current) at the shadow when L1 has a current vmcs12,
+    /// else at nothing: L1's VMREAD/VMWRITE then fail as without a VMCS.
+    pub fn link(&self, has_current: bool) {
+        if self.on {
+            vmwrite(F::VMCS_LINK_POINTER, if has_current { self.vmcs } else { u64::MAX });
+        }
+    }
+
+    /// Copies the shadowed fields out of the shadow VMCS; `running` is made
+    /// current again afterwards.
+    pub fn to_vmcs12(&self, running: u64, mut set: impl FnMut(F, u64)) {
+        // SAFETY: the shadow VMCS and `running` are L0's VMCS regions.
+        unsafe { insn::vmptrld(self.vmcs) }.expect("VMPTRLD of the shadow VMCS");
+        for &f in &self.fields {
+            set(f, vmread(f));
+        }
+        // SAFETY: as above.
+        unsafe { insn::vmptrld(running) }.expect("VMPTRLD back after the shadow");
+    }
+
+    /// Copies the shadowed fields into the shadow VMCS.
+    pub fn from_vmcs12(&self, running: u64, get: impl Fn(F) -> u64) {
+        // SAFETY: as in `to_vmcs12`.
+        unsafe { insn::vmptrld(self.vmcs) }.expect("VMPTRLD of the shadow VMCS");
+        for &f in &self.fields {
+            // Read-only fields are in the set only where the CPU allows writing them.
+            let _ = insn::vmwrite(f.encoding(), get(f));
+        }
+        // SAFETY: as above.
+        unsafe { insn::vmptrld(running) }.expect("VMPTRLD back after the shadow");
+    }
+}
