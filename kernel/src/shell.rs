@@ -277,12 +277,14 @@ fn shadow(on: Option<bool>, sel: CpuSel, out: &mut String) -> core::fmt::Result 
         for cpu in cpus_of(sel) {
             let s = l1::shared(cpu);
             s.shadow_want.store(if on { 2 } else { 1 }, Ordering::Release);
+            s.shadow_pref.store(if on { 2 } else { 1 }, Ordering::Release);
             if cpu != percpu::current().index {
                 crate::mailbox::kick(cpu);
             }
         }
-        // The cores switch between two exits; wait for them (bounded).
-        for _ in 0..500 {
+        // The cores switch between two exits; wait for them (bounded: a
+        // nested exit in Bochs takes tens of thousands of instructions).
+        for _ in 0..5000 {
             if cpus_of(sel).all(|c| l1::shared(c).shadow_want.load(Ordering::Acquire) == 0) {
                 break;
             }
@@ -295,6 +297,8 @@ fn shadow(on: Option<bool>, sel: CpuSel, out: &mut String) -> core::fmt::Result 
         let running = *s.state.lock() == L1State::Running;
         let state = if !supported {
             "off (not supported by this CPU)"
+        } else if s.shadow_want.load(Ordering::Acquire) != 0 {
+            "switch pending (the core has not reached an exit yet)"
         } else if !running {
             "off (no L1 running)"
         } else if s.shadow_on.load(Ordering::Acquire) {

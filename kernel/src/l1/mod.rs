@@ -92,6 +92,9 @@ pub struct L1Shared {
     pub last_reason: AtomicU64,
     /// Shadowing wanted by the shell: 0 no change, 1 off, 2 on.
     pub shadow_want: AtomicU8,
+    /// The shell's last choice (0 none: the command line's), kept for
+    /// L1 restarts.
+    pub shadow_pref: AtomicU8,
     /// Shadowing state as the core last applied it, and its field count.
     pub shadow_on: core::sync::atomic::AtomicBool,
     pub shadow_fields: core::sync::atomic::AtomicUsize,
@@ -112,6 +115,7 @@ impl L1Shared {
             last_reason: AtomicU64::new(u64::MAX),
             args: Mutex::new(None),
             shadow_want: AtomicU8::new(0),
+            shadow_pref: AtomicU8::new(0),
             shadow_on: core::sync::atomic::AtomicBool::new(false),
             shadow_fields: core::sync::atomic::AtomicUsize::new(0),
         }
@@ -140,15 +144,17 @@ static VCPUS: [core::sync::atomic::AtomicPtr<Vcpu>; MAX_CPUS] =
 /// Applies a shadowing switch the shell asked for, between two exits.
 fn apply_shadow(cpu: usize, v: &mut Vcpu) {
     let shared = &L1S[cpu];
-    match shared.shadow_want.swap(0, Ordering::AcqRel) {
-        0 => {}
-        want => {
-            if let Err(e) = v.set_shadowing(want == 2) {
-                warn!("l1: cpu {cpu}: shadow: {e}");
-            }
-            shared.shadow_on.store(v.nested.shadow.on, Ordering::Release);
-        }
+    let want = shared.shadow_want.load(Ordering::Acquire);
+    if want == 0 {
+        return;
     }
+    if let Err(e) = v.set_shadowing(want == 2) {
+        warn!("l1: cpu {cpu}: shadow: {e}");
+    }
+    shared.shadow_on.store(v.nested.shadow.on, Ordering::Release);
+    // Cleared only now, so the shell, which waits for 0, reads the new state;
+    // a newer request (another value) stays pending.
+    let _ = shared.shadow_want.compare_exchange(want, 0, Ordering::AcqRel, Ordering::Acquire);
 }
 
 /// The shell runs on the boot core between its L1's exits: it applies that
@@ -500,10 +506,15 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
     L1S[cpu].started_tsc.store(cpu::rdtsc(), Ordering::Relaxed);
     let nested = nested::Nested::new(cfg.nested, vmcs, caps);
     L1S[cpu].shadow_fields.store(nested.shadow.field_count(), Ordering::Relaxed);
-    // Shadowing from the start where the CPU has it, unless `shadow=off`.
-    let shadow_default = crate::bootinfo::get().arg("shadow") != Some("off");
+    // Shadowing from the start where the CPU has it, unless `shadow=off` or
+    // the shell switched it off for this core.
+    let shadow_on = match L1S[cpu].shadow_pref.load(Ordering::Acquire) {
+        1 => false,
+        2 => true,
+        _ => crate::bootinfo::get().arg("shadow") != Some("off"),
+    };
     L1S[cpu].shadow_on.store(false, Ordering::Relaxed);
-    if shadow_default && nested.shadow.supported() {
+    if shadow_on && nested.shadow.supported() {
         L1S[cpu].shadow_want.store(2, Ordering::Release);
     }
     *L1S[cpu].state.lock() = L1State::Running;

@@ -15,6 +15,13 @@ fn bochs_ivy_2cpu() -> Result<()> {
     m.boot_to_prompt(t.boot)?;
     common::cpus_all_online(&mut m, t, 2)?;
     common::vmx_capabilities(&mut m, t, false)?;
+    // No VMCS shadowing on Ivy Bridge: `shadow on` says why, nothing changes.
+    let out = m.command("shadow on", t.command)?;
+    m.check(out.starts_with("error: shadow: this CPU has no VMCS shadowing") && out.lines().count() == 1, || {
+        format!("`shadow on` on ivy:\n{out}")
+    })?;
+    let out = m.command("shadow", t.command)?;
+    m.check(out.lines().all(|l| l.contains("off (not supported by this CPU)")), || format!("`shadow` on ivy:\n{out}"))?;
     common::poweroff(&mut m, t)
 }
 

@@ -239,7 +239,21 @@ fn forum_lines(text: &str) -> Vec<String> {
 /// The core differential test: the same L1 image and arguments bare on the
 /// CPU and nested under nvmx print the same counters line for line, and
 /// nvmx's per-reason counts of the L1's VMX instructions equal the L1's own.
+/// How VMCS shadowing is set while the nested L1 runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ShadowMode {
+    /// nvmx's default: on where the CPU has it.
+    Default,
+    Off,
+    /// Switched on and off repeatedly on cores 0 and 2 while the L1 runs.
+    Toggle,
+}
+
 fn differential(name: &str, model: &str, workload: &str) -> Result<()> {
+    differential_with(name, model, workload, ShadowMode::Default, 1)
+}
+
+fn differential_with(name: &str, model: &str, workload: &str, shadow: ShadowMode, cpus: u32) -> Result<()> {
     let (iso, args) = match workload {
         "forum" => ("l1-bare.iso", "workload=forum exits=20000"),
         _ => ("l1-selftest.iso", "workload=selftest"),
@@ -250,18 +264,40 @@ fn differential(name: &str, model: &str, workload: &str) -> Result<()> {
         forum_lines(&b.serial().transcript())
     };
     let t = BOCHS;
-    let mut m = Bochs::new(name, model).cpus(1).hard_limit(Duration::from_secs(400)).start()?;
+    let mut m = Bochs::new(name, model).cpus(cpus).hard_limit(Duration::from_secs(500)).start()?;
     m.boot_to_prompt(t.boot)?;
+    if shadow == ShadowMode::Off {
+        let out = m.command("shadow off", t.command)?;
+        m.check(out.lines().all(|l| l.contains("shadowing off")), || format!("`shadow off`:\n{out}"))?;
+    }
+    if shadow == ShadowMode::Toggle {
+        // Cores 1 and 3 stop (their time goes to the cores under test); 2
+        // keeps its L1 running while its shadowing is switched too.
+        for cpu in [1, 3] {
+            m.command(&format!("l1 stop {cpu}"), t.command)?;
+        }
+    }
     m.command(&format!("l1 restart 0 {args}"), t.command)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let deadline = std::time::Instant::now() + Duration::from_secs(400);
     let mut console = String::new();
+    let mut toggles = 0;
     while std::time::Instant::now() < deadline {
         console = m.command("console 0", t.command)?;
         if console.contains("l1: done") {
             break;
         }
-        std::thread::sleep(Duration::from_secs(2));
+        if shadow == ShadowMode::Toggle {
+            let on = toggles % 2 == 1;
+            for cpu in [0, 2] {
+                let out = m.command(&format!("shadow {} {cpu}", if on { "on" } else { "off" }), t.command)?;
+                let want = format!("cpu {cpu}: vmcs shadowing {}", if on { "on" } else { "off" });
+                m.check(out.contains(&want), || format!("`shadow` switch on cpu {cpu}:\n{out}"))?;
+            }
+            toggles += 1;
+        }
+        std::thread::sleep(Duration::from_secs(if shadow == ShadowMode::Toggle { 1 } else { 2 }));
     }
+    m.check(shadow != ShadowMode::Toggle || toggles >= 4, || format!("only {toggles} shadowing switches during the run"))?;
     let nested = forum_lines(&console);
     m.check(bare.len() > 20 && bare.last().map(String::as_str) == Some("l1: done"), || format!("bare run incomplete: {bare:#?}"))?;
     m.check(nested == bare, || {
@@ -278,6 +314,28 @@ fn differential(name: &str, model: &str, workload: &str) -> Result<()> {
         m.check(bare.iter().any(|l| l.ends_with(" passed, 0 failed")), || format!("selftest failures bare:\n{}", bare.join("\n")))?;
         let (exits, completed) = rows.get(&("L1".to_string(), 23)).copied().unwrap_or((0, 0));
         m.check(exits > completed && completed > 0, || format!("vmread: {exits} exits, {completed} completed"))?;
+        return crate::common::poweroff(&mut m, t);
+    }
+    if shadow == ShadowMode::Toggle {
+        // Part of the run was shadowed: fewer VMREAD exits than VMREADs,
+        // but not none; core 2's L1 survived the switches.
+        let own: u64 = nested.iter().find_map(|l| l.strip_prefix("l1: insn vmread ")).and_then(|n| n.parse().ok()).unwrap_or(0);
+        let exits = rows.get(&("L1".to_string(), 23)).map_or(0, |r| r.0);
+        m.check(exits > 0 && exits < own, || format!("vmread while toggling: L1 {own}, nvmx {exits} exits"))?;
+        let out = m.command("l1 2", t.command)?;
+        m.check(out.contains("cpu 2: running"), || format!("core 2's L1 after the switches:\n{out}"))?;
+        return crate::common::poweroff(&mut m, t);
+    }
+    if shadow == ShadowMode::Default && model.contains("haswell") {
+        // With shadowing, the L1's per-exit VMREAD/VMWRITEs do not exit:
+        // only set-up and the few unshadowed fields reach L0.
+        let own = |insn: &str| nested.iter().find_map(|l| l.strip_prefix(&format!("l1: insn {insn} "))).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        for (insn, reason) in [("vmread", 23u32), ("vmwrite", 25)] {
+            let exits = rows.get(&("L1".to_string(), reason)).map_or(0, |r| r.0);
+            m.check(own(insn) > 10_000 && exits * 50 < own(insn), || {
+                format!("{insn} with shadowing: the L1 executed {}, nvmx saw {exits} exits", own(insn))
+            })?;
+        }
         return crate::common::poweroff(&mut m, t);
     }
     for (insn, reason) in [
@@ -307,9 +365,24 @@ fn bochs_nested_forum_differential_ivy() -> Result<()> {
     differential("bochs_nested_forum_differential_ivy", "corei7_ivy_bridge_3770k", "forum")
 }
 
+/// Haswell has VMCS shadowing: on by default, so this is the shadowed run.
 #[test]
 fn bochs_nested_forum_differential_haswell() -> Result<()> {
     differential("bochs_nested_forum_differential_haswell", "corei7_haswell_4770", "forum")
+}
+
+/// Haswell with shadowing switched off: every VMREAD/VMWRITE exits and nvmx's
+/// counts equal the L1's.
+#[test]
+fn bochs_nested_forum_differential_haswell_noshadow() -> Result<()> {
+    differential_with("bochs_nested_forum_differential_haswell_noshadow", "corei7_haswell_4770", "forum", ShadowMode::Off, 1)
+}
+
+/// Haswell ×4, shadowing switched on and off repeatedly on cores 0 and 2
+/// while core 0's L1 runs: its results stay identical to bare.
+#[test]
+fn bochs_nested_forum_shadow_toggling_haswell_4cpu() -> Result<()> {
+    differential_with("bochs_nested_forum_shadow_toggling_haswell_4cpu", "corei7_haswell_4770", "forum", ShadowMode::Toggle, 4)
 }
 
 /// The VMX conformance checks (every instruction's success and failure
@@ -323,4 +396,9 @@ fn bochs_nested_selftest_differential_ivy() -> Result<()> {
 #[test]
 fn bochs_nested_selftest_differential_haswell() -> Result<()> {
     differential("bochs_nested_selftest_differential_haswell", "corei7_haswell_4770", "selftest")
+}
+
+#[test]
+fn bochs_nested_selftest_differential_haswell_noshadow() -> Result<()> {
+    differential_with("bochs_nested_selftest_differential_haswell_noshadow", "corei7_haswell_4770", "selftest", ShadowMode::Off, 1)
 }
