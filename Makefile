@@ -22,7 +22,7 @@ DEB_PKGS    := bochs bochsbios vgabios qemu-system-x86 ovmf grub-pc-bin grub-efi
                grub-common xorriso mtools
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all help deps toolchain guest kernel iso run run-qemu run-qemu-uefi run-bochs test test-host \
+.PHONY: all help deps toolchain guest kernel iso bench run run-qemu run-qemu-uefi run-bochs test test-host \
         test-system clean
 
 all: iso
@@ -39,6 +39,7 @@ help:
 	@echo "  make run-bochs     Bochs MODEL=... CPUS=..., serial on this terminal"
 	@echo "  make test          host unit tests + system tests (QEMU and Bochs)"
 	@echo "  make test-host     host unit tests only (cargo test)"
+	@echo "  make bench         Bochs haswell: forum workload, VMCS shadowing off vs on (BENCH_EXITS, CPUS)"
 	@echo "  make deps          install the Debian packages and the pinned toolchain"
 	@echo "  make clean"
 	@echo "variables:"
@@ -109,6 +110,10 @@ test-host: toolchain
 
 test-system: iso
 	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) test -p nvmx-tests -- --test-threads=2
+
+BENCH_EXITS ?= 4000
+bench: iso
+	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) run -q -p nvmx-tests --bin bench -- $(BENCH_EXITS) $(CPUS)
 
 clean:
 	$(CARGO) clean

@@ -27,7 +27,11 @@ pub fn start() {
 /// Reads what input there is and runs finished lines. Called by the boot
 /// core between L1 exits and whenever it has nothing else to do.
 pub fn poll() {
+    bench_step();
     loop {
+        if BENCH.lock().is_some() {
+            return; // input waits until the benchmark is done
+        }
         let Some(byte) = crate::serial::try_read().or_else(crate::keyboard::try_read) else { return };
         let mut guard = EDITOR.lock();
         let Some(editor) = guard.as_mut() else { return };
@@ -36,7 +40,9 @@ pub fn poll() {
         match event {
             Some(Event::Line(line)) => {
                 run(&line);
-                crate::print!("{PROMPT}");
+                if BENCH.lock().is_none() {
+                    crate::print!("{PROMPT}");
+                }
             }
             Some(Event::Interrupted) => crate::print!("{PROMPT}"),
             None => {}
@@ -91,6 +97,7 @@ fn execute(cmd: Command, out: &mut String) {
         Command::Vmcs { which, cpu } => vmcs(which, cpu, out),
         Command::Trace { cpu, count } => trace(cpu, count, out),
         Command::Shadow { on, cpus } => shadow(on, cpus, out),
+        Command::Bench { exits, csv } => bench_start(exits, csv, out),
     };
 }
 
@@ -314,4 +321,81 @@ fn shadow(on: Option<bool>, sel: CpuSel, out: &mut String) -> core::fmt::Result 
         )?;
     }
     Ok(())
+}
+
+/// A `bench` in progress: the boot core runs its own L1 between shell polls,
+/// so the benchmark advances from `poll` instead of blocking the shell.
+struct Bench {
+    exits: u64,
+    csv: bool,
+    /// false: the shadowing-off run; true: the shadowing-on run.
+    shadowed: bool,
+    /// Each core's L1 start time when its current run was requested.
+    started: alloc::vec::Vec<u64>,
+    off: alloc::vec::Vec<(alloc::vec::Vec<nvmx_shell::report::StatRow<'static>>, u64)>,
+}
+
+static BENCH: Mutex<Option<Bench>> = Mutex::new(None);
+
+fn bench_start(exits: u64, csv: bool, out: &mut String) -> core::fmt::Result {
+    if !crate::vmx::probe().is_some_and(|c| c.vmcs_shadowing()) {
+        return writeln!(out, "error: bench: needs VT-x with VMCS shadowing (e.g. Bochs corei7_haswell_4770)");
+    }
+    let started = restart_all(exits, false);
+    *BENCH.lock() = Some(Bench { exits, csv, shadowed: false, started, off: alloc::vec::Vec::new() });
+    writeln!(out, "bench: forum workload, {exits} L2 exits on each of {} cores, shadowing off then on…", percpu::count())
+}
+
+/// Restarts every core's L1 with the forum workload and shadowing `on`;
+/// returns their start times before the restart.
+fn restart_all(exits: u64, on: bool) -> alloc::vec::Vec<u64> {
+    (0..percpu::count())
+        .map(|cpu| {
+            let s = l1::shared(cpu);
+            let before = s.started_tsc.load(Ordering::Acquire);
+            s.shadow_pref.store(if on { 2 } else { 1 }, Ordering::Release);
+            *s.args.lock() = Some(alloc::format!("workload=forum exits={exits}"));
+            s.request(l1::Control::Restart);
+            if cpu != percpu::current().index {
+                crate::mailbox::kick(cpu);
+            }
+            before
+        })
+        .collect()
+}
+
+/// Advances a running benchmark: when every core's L1 has finished its run,
+/// takes its counters; after both runs prints the report.
+fn bench_step() {
+    let mut guard = BENCH.lock();
+    let Some(b) = guard.as_mut() else { return };
+    let done = (0..percpu::count()).all(|cpu| {
+        let s = l1::shared(cpu);
+        s.started_tsc.load(Ordering::Acquire) != b.started[cpu] && *s.state.lock() != L1State::Running
+    });
+    if !done {
+        return;
+    }
+    let snaps: alloc::vec::Vec<_> = (0..percpu::count())
+        .map(|cpu| {
+            let s = l1::shared(cpu);
+            let last = s.trace.lock().last(1).next().map_or(0, |e| e.tsc + e.cycles);
+            (crate::stats_view::rows(&s.stats), last.saturating_sub(s.stats.since.load(Ordering::Relaxed)))
+        })
+        .collect();
+    if !b.shadowed {
+        b.off = snaps;
+        b.shadowed = true;
+        b.started = restart_all(b.exits, true);
+        return;
+    }
+    let mut out = String::new();
+    for (cpu, (off, on)) in b.off.iter().zip(&snaps).enumerate() {
+        use nvmx_shell::report::{BenchRun, bench};
+        out.push_str(&bench(cpu, &BenchRun { rows: &off.0, elapsed: off.1 }, &BenchRun { rows: &on.0, elapsed: on.1 }, b.csv));
+    }
+    *guard = None;
+    drop(guard);
+    crate::console::write_bytes(out.as_bytes());
+    crate::print!("{PROMPT}");
 }

@@ -18,6 +18,11 @@ fn level_name(level: Level) -> &'static str {
 
 /// The `stats` output of one core; `now` is the current TSC.
 pub fn render(cpu: usize, stats: &CpuStats, now: u64, csv: bool) -> String {
+    report::stats(cpu, &rows(stats), now.saturating_sub(stats.since.load(Relaxed)), csv)
+}
+
+/// A copy of a core's counters, every reason of every level.
+pub fn rows(stats: &CpuStats) -> Vec<StatRow<'static>> {
     let mut rows = Vec::new();
     for level in [Level::L1, Level::L2InL0, Level::L2Reflected] {
         for reason in 0..REASONS {
@@ -34,5 +39,5 @@ pub fn render(cpu: usize, stats: &CpuStats, now: u64, csv: bool) -> String {
             });
         }
     }
-    report::stats(cpu, &rows, now.saturating_sub(stats.since.load(Relaxed)), csv)
+    rows
 }

@@ -28,6 +28,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     CommandSpec { name: "console", usage: "console <cpu>", summary: "an L1's console output", help: "The newest output the L1 of that core wrote to its COM1." },
     CommandSpec { name: "vmcs", usage: "vmcs 01|12|02 [<cpu>]", summary: "dump a VMCS of a core, live", help: "Dumps VMCS0-1 (runs L1), VMCS1-2 (what L1 asked) or VMCS0-2 (runs L2), read on that core, grouped like Linux dump_vmcs." },
     CommandSpec { name: "shadow", usage: "shadow [status] | shadow on|off [<cpu>|all]", summary: "VMCS shadowing per core: show, switch live", help: "Shows, per core, whether the CPU has VMCS shadowing, whether it is on for that L1 and how many fields are shadowed; `on`/`off` switch it for a running L1 (default: all cores)." },
+    CommandSpec { name: "bench", usage: "bench [<exits>] [--csv]", summary: "forum workload, shadowing off vs on, on every core", help: "Restarts every core's L1 with the forum workload for <exits> L2 exits (default 4000), first with VMCS shadowing off, then on, and prints per core the VMX-instruction exits side by side in the seed thread's format, the exit multiplication, L0 cycles per reflected exit and per emulated VMREAD/VMWRITE/VMPTRLD, and L0's share; --csv adds CSV lines." },
     CommandSpec { name: "log", usage: "log [error|warn|info|debug|trace]", summary: "show or set the log level", help: "Kernel messages at this level and above are printed." },
     CommandSpec { name: "reboot", usage: "reboot", summary: "reset the machine", help: "ACPI reset register, then port 0xCF9, then the keyboard controller." },
     CommandSpec { name: "poweroff", usage: "poweroff", summary: "power off (ACPI S5)", help: "ACPI S5 through the FADT's PM1 control ports and \\_S5; QEMU and Bochs exit." },
@@ -88,6 +89,7 @@ pub enum Command {
     Trace { cpu: Option<usize>, count: Option<usize> },
     /// `None`: show the status.
     Shadow { on: Option<bool>, cpus: CpuSel },
+    Bench { exits: u64, csv: bool },
 }
 
 /// What the parser needs to know of the machine.
@@ -276,6 +278,19 @@ pub fn parse(line: &str, ctx: &Context) -> Result<Option<Command>, ParseError> {
             }
             Command::Trace { cpu, count }
         }
+        "bench" => {
+            let (mut exits, mut csv) = (4000, false);
+            for (i, &a) in args.iter().enumerate() {
+                match a {
+                    "--csv" if !csv => csv = true,
+                    n if i == 0 && is_number(n) => {
+                        exits = parse_number(n).filter(|&n| n > 0).ok_or_else(|| ParseError::BadNumber { cmd: "bench", arg: n.to_string() })?;
+                    }
+                    other => return Err(ParseError::UnexpectedArgument { cmd: "bench", arg: other.to_string() }),
+                }
+            }
+            Command::Bench { exits, csv }
+        }
         "shadow" => {
             let (on, rest) = match args {
                 [] => (None, args),
@@ -375,6 +390,9 @@ mod tests {
         assert_eq!(ok("trace"), Command::Trace { cpu: None, count: None });
         assert_eq!(ok("trace 1 32"), Command::Trace { cpu: Some(1), count: Some(32) });
         assert_eq!(ok("console 2"), Command::Console(2));
+        assert_eq!(ok("bench"), Command::Bench { exits: 4000, csv: false });
+        assert_eq!(ok("bench 100 --csv"), Command::Bench { exits: 100, csv: true });
+        assert_eq!(err("bench 0"), "bench: '0' is not a number");
         assert_eq!(ok("shadow"), Command::Shadow { on: None, cpus: CpuSel::All });
         assert_eq!(ok("shadow status 1"), Command::Shadow { on: None, cpus: CpuSel::One(1) });
         assert_eq!(ok("shadow on"), Command::Shadow { on: Some(true), cpus: CpuSel::All });

@@ -64,6 +64,100 @@ pub fn stats(cpu: usize, rows: &[StatRow], elapsed: u64, csv: bool) -> String {
         hex(exits),
         percent(cycles, elapsed.max(1))
     );
+    let reflected: u64 = rows.iter().filter(|r| r.from == REFLECTED).map(|r| r.exits).sum();
+    if reflected > 0 {
+        let _ = writeln!(out, "exit multiplication: {} L0 exits per L2 exit handled by L1", ratio(exits, reflected));
+    }
+    out
+}
+
+/// The `from` of L2 exits L0 reflected to L1.
+pub const REFLECTED: &str = "L2 (to L1)";
+
+/// `a / b` with two decimals (integer arithmetic).
+pub fn ratio(a: u64, b: u64) -> String {
+    if b == 0 {
+        return String::from("-");
+    }
+    let hundredths = (u128::from(a) * 100 + u128::from(b) / 2) / u128::from(b);
+    alloc::format!("{}.{:02}", hundredths / 100, hundredths % 100)
+}
+
+/// One side of a benchmark: a core's counters after a run.
+pub struct BenchRun<'a> {
+    pub rows: &'a [StatRow<'a>],
+    /// TSC cycles from the start of the run to its last exit.
+    pub elapsed: u64,
+}
+
+fn sum(rows: &[StatRow], pred: impl Fn(&StatRow) -> bool) -> (u64, u64) {
+    rows.iter().filter(|r| pred(r)).fold((0, 0), |(e, c), r| (e + r.exits, c + r.cycles))
+}
+
+/// The `bench` report of one core: its VMX-instruction exit counts with
+/// shadowing off and on side by side in the seed thread's format, then the
+/// derived figures; `csv` adds the same as CSV lines prefixed `bench,`.
+pub fn bench(cpu: usize, off: &BenchRun, on: &BenchRun, csv: bool) -> String {
+    let mut out = String::new();
+    let mut t = Table::new(&["cpu", "shadowing off", "", "", "", "shadowing on", "", "", ""]);
+    let vmx_reasons = [19u16, 20, 21, 22, 23, 24, 25, 26, 27, 50, 53];
+    let find = |run: &BenchRun, reason: u16| {
+        run.rows.iter().find(|r| r.from == "L1" && r.reason == reason).map_or((0, 0), |r| (r.exits, r.cycles))
+    };
+    for &reason in &vmx_reasons {
+        let name = off.rows.iter().chain(on.rows).find(|r| r.reason == reason).map_or("?", |r| r.name);
+        let (a, _) = find(off, reason);
+        let (b, _) = find(on, reason);
+        t.row(&[
+            &alloc::format!("{cpu}"),
+            &alloc::format!("vmexit {reason} {name}"),
+            &hex(a),
+            "times",
+            &alloc::format!("({a})"),
+            &alloc::format!("vmexit {reason} {name}"),
+            &hex(b),
+            "times",
+            &alloc::format!("({b})"),
+        ]);
+    }
+    out.push_str(&t.render());
+    let figures = |run: &BenchRun| {
+        let (all, all_cycles) = sum(run.rows, |_| true);
+        let (reflected, reflected_cycles) = sum(run.rows, |r| r.from == REFLECTED);
+        let per = |reason: u16| {
+            let (e, c) = find(run, reason);
+            if e == 0 { String::from("-") } else { alloc::format!("{}", c / e) }
+        };
+        [
+            ratio(all, reflected),
+            if reflected == 0 { String::from("-") } else { alloc::format!("{}", reflected_cycles / reflected) },
+            per(23),
+            per(25),
+            per(21),
+            percent(all_cycles, run.elapsed.max(1)),
+        ]
+    };
+    let (a, b) = (figures(off), figures(on));
+    let names = [
+        "exit multiplication (L0 exits per L2 exit handled by L1)",
+        "L0 cycles per reflected L2 exit",
+        "L0 cycles per emulated VMREAD",
+        "L0 cycles per emulated VMWRITE",
+        "L0 cycles per emulated VMPTRLD",
+        "L0 share of the core's cycles",
+    ];
+    let mut f = Table::new(&["cpu", "figure", "shadowing off", "shadowing on"]);
+    for (i, name) in names.iter().enumerate() {
+        f.row(&[&alloc::format!("{cpu}"), name, &a[i], &b[i]]);
+    }
+    out.push_str(&f.render());
+    if csv {
+        for (mode, run) in [("off", off), ("on", on)] {
+            for r in run.rows.iter().filter(|r| r.exits > 0) {
+                let _ = writeln!(out, "bench,{cpu},{mode},{},{},{},{},{}", r.from, r.reason, r.name, r.exits, r.cycles);
+            }
+        }
+    }
     out
 }
 
@@ -109,6 +203,22 @@ mod tests {
         assert_eq!(out.lines().filter(|l| l.contains("cpuid")).count(), 1, "zero rows are left out:\n{out}");
         let total = out.lines().last().unwrap();
         assert_eq!(total, "total: 109128615 exits (0x6812BA7), 109128612 completed, 1091286150 L0 cycles; L0 share 5.46 % of 20000000000 tsc");
+    }
+
+    #[test]
+    fn exit_multiplication_and_bench() {
+        let mut reflected = row(10, "cpuid", 100, 100);
+        reflected.from = REFLECTED;
+        let rows = [row(23, "vmread", 1900, 1900), row(24, "vmresume", 100, 100), reflected];
+        let out = stats(0, &rows, 1_000_000, false);
+        assert!(out.contains("exit multiplication: 21.00 L0 exits per L2 exit handled by L1"), "{out}");
+        let on_rows = [row(24, "vmresume", 100, 100), reflected];
+        let b = bench(0, &BenchRun { rows: &rows, elapsed: 100_000 }, &BenchRun { rows: &on_rows, elapsed: 50_000 }, true);
+        let vmread: alloc::vec::Vec<&str> = b.lines().find(|l| l.contains("vmexit 23 vmread")).unwrap().split_whitespace().collect();
+        assert_eq!(vmread.join(" "), "0 vmexit 23 vmread 0x76C times (1900) vmexit 23 vmread 0x0 times (0)");
+        assert!(b.contains("21.00") && b.contains("2.00"), "{b}");
+        assert!(b.lines().any(|l| l == "bench,0,on,L1,24,vmresume,100,1000"), "{b}");
+        assert_eq!(ratio(1, 3), "0.33");
     }
 
     #[test]
