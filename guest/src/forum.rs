@@ -53,69 +53,10 @@ pub fn alloc_page() -> u64 {
     }
 }
 
-/// L2's general registers (SDM register numbering, RSP unused).
-#[repr(C)]
-#[derive(Default)]
-struct L2Regs([u64; 16]);
+use nvmx_vmx::entry::GuestRegs as L2Regs;
 
 global_asm!(
     r#"
-    .global l1_vmentry
-    .global l1_vmexit
-/* u64 l1_vmentry(L2Regs *regs, u64 launched): 0 after a VM exit, else RFLAGS. */
-l1_vmentry:
-    push rbp
-    push rbx
-    push r12
-    push r13
-    push r14
-    push r15
-    push rdi
-    mov rax, 0x6C14
-    vmwrite rax, rsp
-    cmp rsi, 0
-    mov rax, [rdi + 0]
-    mov rcx, [rdi + 8]
-    mov rdx, [rdi + 16]
-    mov rbx, [rdi + 24]
-    mov rbp, [rdi + 40]
-    mov rsi, [rdi + 48]
-    mov rdi, [rdi + 56]
-    jne 1f
-    vmlaunch
-    jmp 2f
-1:  vmresume
-2:  pushfq
-    pop rax
-    add rsp, 8
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop rbx
-    pop rbp
-    ret
-l1_vmexit:
-    push rdi
-    mov rdi, [rsp + 8]
-    mov [rdi + 0], rax
-    mov [rdi + 8], rcx
-    mov [rdi + 16], rdx
-    mov [rdi + 24], rbx
-    mov [rdi + 40], rbp
-    mov [rdi + 48], rsi
-    pop rax
-    mov [rdi + 56], rax
-    add rsp, 8
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop rbx
-    pop rbp
-    xor eax, eax
-    ret
-
     /* The L2 guest: an endless mix of exiting instructions.
        RBX walks the data pages (its start in RSI, their count in RDI). */
     .global l2_entry
@@ -143,8 +84,6 @@ l2_entry:
 );
 
 unsafe extern "C" {
-    fn l1_vmentry(regs: *mut L2Regs, launched: u64) -> u64;
-    static l1_vmexit: u8;
     static l2_entry: u8;
 }
 
@@ -220,10 +159,10 @@ fn must(what: &str, r: Result<(), VmFail>) -> Result<(), ()> {
 /// `Ok` if an L2 ran and exited, else the failure. For conformance checks.
 pub fn try_enter(launch: bool) -> Result<(), VmFail> {
     let mut regs = L2Regs::default();
-    vmx::vmwrite(F::HOST_RIP, &raw const l1_vmexit as u64);
+    vmx::vmwrite(F::HOST_RIP, nvmx_vmx::entry::exit_rip());
     vmx::count_entry(launch);
-    // SAFETY: HOST_RIP is the exit stub; a successful entry returns through it.
-    let rflags = unsafe { l1_vmentry(&mut regs, u64::from(!launch)) };
+    // SAFETY: HOST_RIP is the exit stub and the host state the L1's own.
+    let rflags = unsafe { nvmx_vmx::entry::enter(&mut regs, !launch) };
     if rflags == 0 {
         Ok(())
     } else if rflags & 1 != 0 {
@@ -317,7 +256,7 @@ fn setup_vmcs(caps: &VmxCaps, ept: &Ept, vpid: u16, stack_top: u64) -> Result<()
     vmx::vmwrite(F::HOST_IA32_SYSENTER_CS, 0);
     vmx::vmwrite(F::HOST_IA32_SYSENTER_ESP, 0);
     vmx::vmwrite(F::HOST_IA32_SYSENTER_EIP, 0);
-    vmx::vmwrite(F::HOST_RIP, &raw const l1_vmexit as u64);
+    vmx::vmwrite(F::HOST_RIP, nvmx_vmx::entry::exit_rip());
     Ok(())
 }
 
@@ -365,7 +304,7 @@ fn start(caps: &VmxCaps, total: u64, exits: &mut [u64; 80]) -> Result<(), ()> {
         // SAFETY: a pool page; revision id first.
         unsafe { *(vmcs as *mut u32) = rev };
         let mut regs = L2Regs::default();
-        regs.0[6] = data; // RSI: the data pages
+        regs.gpr[6] = data; // RSI: the data pages
         L2Vcpu { vmcs, launched: false, regs }
     });
     for (i, v) in vcpus.iter().enumerate() {
@@ -398,8 +337,8 @@ fn start(caps: &VmxCaps, total: u64, exits: &mut [u64; 80]) -> Result<(), ()> {
         }
         let v = &mut vcpus[cur];
         vmx::count_entry(!v.launched);
-        // SAFETY: the current VMCS is fully set up with HOST_RIP = l1_vmexit.
-        let rflags = unsafe { l1_vmentry(&mut v.regs, u64::from(v.launched)) };
+        // SAFETY: the current VMCS is fully set up with HOST_RIP = exit_rip().
+        let rflags = unsafe { nvmx_vmx::entry::enter(&mut v.regs, v.launched) };
         if rflags != 0 {
             let e = if rflags & 1 != 0 { VmFail::Invalid } else { VmFail::Valid(vmx::vmread(F::VM_INSTRUCTION_ERROR) as u32) };
             vmx::FAILURES.fetch_add(1, Relaxed);
@@ -440,21 +379,21 @@ fn handle_exit(v: &mut L2Vcpu, ept: &mut Ept, exits: &mut [u64; 80]) -> Result<(
     let skip = match basic {
         10 => {
             // CPUID: a fixed, hypervisor-chosen answer.
-            v.regs.0[0] = 0xD;
-            v.regs.0[3] = 0x756e_6547;
-            v.regs.0[1] = 0x6c65_746e;
-            v.regs.0[2] = 0x4965_6e69;
+            v.regs.gpr[0] = 0xD;
+            v.regs.gpr[3] = 0x756e_6547;
+            v.regs.gpr[1] = 0x6c65_746e;
+            v.regs.gpr[2] = 0x4965_6e69;
             true
         }
         30 => {
             if qual & 8 != 0 {
-                v.regs.0[0] |= 0xFF; // IN from a port with no device
+                v.regs.gpr[0] |= 0xFF; // IN from a port with no device
             }
             true
         }
         31 => {
-            v.regs.0[0] = 0;
-            v.regs.0[2] = 0;
+            v.regs.gpr[0] = 0;
+            v.regs.gpr[2] = 0;
             true
         }
         32 | 12 | 18 => true,

@@ -37,34 +37,15 @@ fn count(i: Insn) {
     INSN_COUNT[i as usize].fetch_add(1, Relaxed);
 }
 
-/// A failed VMX instruction.
-#[derive(Clone, Copy, Debug)]
-pub enum VmFail {
-    Invalid,
-    Valid(u32),
-}
-
-impl core::fmt::Display for VmFail {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            VmFail::Invalid => write!(f, "VMfailInvalid"),
-            VmFail::Valid(n) => write!(f, "VMfailValid({n})"),
-        }
-    }
-}
+pub use nvmx_vmx::error::VmFail;
 
 fn outcome(rflags: u64) -> Result<(), VmFail> {
-    let r = if rflags & 1 != 0 {
-        Err(VmFail::Invalid)
-    } else if rflags & 0x40 != 0 {
-        let mut err: u64;
+    let r = VmFail::from_rflags(rflags, || {
+        let err: u64;
         // SAFETY: ZF = 1 means a current VMCS holds the error number.
         unsafe { asm!("vmread {}, {}", out(reg) err, in(reg) u64::from(Field::VM_INSTRUCTION_ERROR.encoding())) };
-        err &= 0xFFFF_FFFF;
-        Err(VmFail::Valid(err as u32))
-    } else {
-        Ok(())
-    };
+        err as u32
+    });
     if r.is_err() {
         FAILURES.fetch_add(1, Relaxed);
     }

@@ -1,5 +1,39 @@
 //! VM-instruction error numbers (SDM Vol. 3C 32.4, table 32-1).
 
+/// The outcome of a failed VMX instruction (SDM 32.2, "Conventions").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmFail {
+    /// CF = 1: no current VMCS, or the operand was rejected before one mattered.
+    Invalid,
+    /// ZF = 1: the VM-instruction error number from the current VMCS.
+    Valid(u32),
+}
+
+impl VmFail {
+    /// The outcome encoded in RFLAGS after a VMX instruction; `error` reads
+    /// VM_INSTRUCTION_ERROR (only called for VMfailValid).
+    pub fn from_rflags(rflags: u64, error: impl FnOnce() -> u32) -> Result<(), VmFail> {
+        if rflags & 1 != 0 {
+            Err(VmFail::Invalid)
+        } else if rflags & (1 << 6) != 0 {
+            Err(VmFail::Valid(error()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl core::fmt::Display for VmFail {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            VmFail::Invalid => write!(f, "VMfailInvalid"),
+            VmFail::Valid(n) => {
+                write!(f, "VMfailValid({n}: {})", VmInstructionError::from_u32(*n).map_or("?", |e| e.name()))
+            }
+        }
+    }
+}
+
 /// An error number VMfailValid writes into VM_INSTRUCTION_ERROR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VmInstructionError(u32);
@@ -89,5 +123,13 @@ mod tests {
 
     fn alloc_free_format(e: VmInstructionError) -> String {
         format!("{e}")
+    }
+
+    #[test]
+    fn vmfail_from_rflags() {
+        assert_eq!(VmFail::from_rflags(0x2, || unreachable!()), Ok(()));
+        assert_eq!(VmFail::from_rflags(0x3, || unreachable!()), Err(VmFail::Invalid));
+        assert_eq!(VmFail::from_rflags(0x42, || 12), Err(VmFail::Valid(12)));
+        assert_eq!(format!("{}", VmFail::Valid(12)), "VMfailValid(12: VMREAD/VMWRITE from/to unsupported VMCS component)");
     }
 }

@@ -6,6 +6,8 @@
 
 pub mod caps;
 pub mod controls;
+#[cfg(target_arch = "x86_64")]
+pub mod entry;
 pub mod error;
 pub mod exit;
 pub mod field;

@@ -5,41 +5,15 @@
 
 use core::arch::asm;
 
-/// A failed VMX instruction (SDM 32.2, "Conventions").
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VmFail {
-    /// CF = 1: no current VMCS, or the operand was rejected before one mattered.
-    Invalid,
-    /// ZF = 1: with the VM-instruction error number read from the current VMCS.
-    Valid(u32),
-}
-
-impl core::fmt::Display for VmFail {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            VmFail::Invalid => write!(f, "VMfailInvalid"),
-            VmFail::Valid(n) => write!(
-                f,
-                "VMfailValid({n}: {})",
-                nvmx_vmx::error::VmInstructionError::from_u32(*n).map_or("?", |e| e.name())
-            ),
-        }
-    }
-}
+pub use nvmx_vmx::error::VmFail;
 
 /// VM_INSTRUCTION_ERROR encoding (read-only data field, SDM Appendix B.3.3).
 const VM_INSTRUCTION_ERROR: u32 = 0x4400;
 
 /// Turns RFLAGS after a VMX instruction into its outcome.
 fn outcome(rflags: u64) -> Result<(), VmFail> {
-    if rflags & 1 != 0 {
-        Err(VmFail::Invalid)
-    } else if rflags & (1 << 6) != 0 {
-        // SAFETY: ZF = 1 means there is a current VMCS holding the error.
-        Err(VmFail::Valid(unsafe { vmread_raw(VM_INSTRUCTION_ERROR) }.unwrap_or(0) as u32))
-    } else {
-        Ok(())
-    }
+    // SAFETY: ZF = 1 means there is a current VMCS holding the error.
+    VmFail::from_rflags(rflags, || unsafe { vmread_raw(VM_INSTRUCTION_ERROR) }.unwrap_or(0) as u32)
 }
 
 /// VMXON with the physical address of a prepared VMXON region.

@@ -6,8 +6,6 @@
 //! guest-physical 0. Every exit is decoded into [`Exit`], handled by one
 //! `match`, and counted per basic exit reason with the TSC cycles L0 spent.
 
-use core::arch::global_asm;
-
 use nvmx_vmx::caps::VmxCaps;
 use nvmx_vmx::controls::adjust_controls;
 use nvmx_vmx::controls::{entry, exit as exitc, pin, proc1, proc2};
@@ -16,103 +14,7 @@ use nvmx_vmx::field::Field as F;
 use super::insn::{self, VmFail};
 use crate::arch::{cpu, gdt};
 
-/// L1's general registers, indexed by the SDM register numbers used in exit
-/// qualifications and instruction information (0 RAX, 1 RCX, 2 RDX, 3 RBX,
-/// 4 RSP — unused here, RSP lives in the VMCS — 5 RBP, 6 RSI, 7 RDI, 8-15).
-#[repr(C)]
-#[derive(Default, Clone, Copy, Debug)]
-pub struct GuestRegs {
-    pub gpr: [u64; 16],
-}
-
-global_asm!(
-    r#"
-    .global nvmx_vmentry
-    .global nvmx_vmexit
-/* u64 nvmx_vmentry(GuestRegs *regs, u64 launched)
-   Returns 0 after a VM exit, or RFLAGS of a failed VMLAUNCH/VMRESUME. */
-nvmx_vmentry:
-    /* 1. Save L0's callee-saved registers and the GuestRegs pointer. */
-    push rbp
-    push rbx
-    push r12
-    push r13
-    push r14
-    push r15
-    push rdi
-    /* 2. HOST_RSP = this stack, so the exit lands right here. */
-    mov rax, 0x6C14
-    vmwrite rax, rsp
-    /* 3. Load L1's registers (flags for the launch choice set first). */
-    cmp rsi, 0
-    mov rax, [rdi + 0]
-    mov rcx, [rdi + 8]
-    mov rdx, [rdi + 16]
-    mov rbx, [rdi + 24]
-    mov rbp, [rdi + 40]
-    mov rsi, [rdi + 48]
-    mov r8,  [rdi + 64]
-    mov r9,  [rdi + 72]
-    mov r10, [rdi + 80]
-    mov r11, [rdi + 88]
-    mov r12, [rdi + 96]
-    mov r13, [rdi + 104]
-    mov r14, [rdi + 112]
-    mov r15, [rdi + 120]
-    mov rdi, [rdi + 56]
-    /* 4. Enter: VMRESUME once launched, else VMLAUNCH. */
-    jne 1f
-    vmlaunch
-    jmp 2f
-1:  vmresume
-2:  /* 5. Still here: the entry failed (CF or ZF set). Return RFLAGS. */
-    pushfq
-    pop rax
-    add rsp, 8
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop rbx
-    pop rbp
-    ret
-
-nvmx_vmexit:
-    /* HOST_RIP. RSP = HOST_RSP: [rsp] is the GuestRegs pointer. */
-    push rdi
-    mov rdi, [rsp + 8]
-    mov [rdi + 0], rax
-    mov [rdi + 8], rcx
-    mov [rdi + 16], rdx
-    mov [rdi + 24], rbx
-    mov [rdi + 40], rbp
-    mov [rdi + 48], rsi
-    mov [rdi + 64], r8
-    mov [rdi + 72], r9
-    mov [rdi + 80], r10
-    mov [rdi + 88], r11
-    mov [rdi + 96], r12
-    mov [rdi + 104], r13
-    mov [rdi + 112], r14
-    mov [rdi + 120], r15
-    pop rax
-    mov [rdi + 56], rax
-    add rsp, 8
-    pop r15
-    pop r14
-    pop r13
-    pop r12
-    pop rbx
-    pop rbp
-    xor eax, eax
-    ret
-    "#
-);
-
-unsafe extern "C" {
-    fn nvmx_vmentry(regs: *mut GuestRegs, launched: u64) -> u64;
-    static nvmx_vmexit: u8;
-}
+pub use nvmx_vmx::entry::GuestRegs;
 
 /// VMREAD of a field L0 knows exists in its own VMCS; a failure here is an
 /// L0 bug, reported loudly rather than hidden behind a default value.
@@ -129,10 +31,9 @@ pub fn vmwrite(field: F, value: u64) {
 
 /// Enters the guest of the current VMCS with `regs`; `Ok` after a VM exit.
 pub fn enter(regs: &mut GuestRegs, launched: bool) -> Result<(), VmFail> {
-    // SAFETY: the current VMCS was set up by L0 with HOST_RIP = nvmx_vmexit
-    // and host state equal to this core's; the asm saves and restores every
-    // register the Rust ABI expects preserved.
-    let rflags = unsafe { nvmx_vmentry(regs, u64::from(launched)) };
+    // SAFETY: the current VMCS was set up by L0 with HOST_RIP = exit_rip()
+    // and a host state equal to this core's (setup_host_state).
+    let rflags = unsafe { nvmx_vmx::entry::enter(regs, launched) };
     if rflags == 0 {
         Ok(())
     } else if rflags & 1 != 0 {
@@ -366,5 +267,5 @@ pub fn setup_host_state() {
     vmwrite(F::HOST_IA32_SYSENTER_EIP, 0);
     vmwrite(F::HOST_IA32_EFER, cpu::rdmsr(0xC000_0080));
     vmwrite(F::HOST_IA32_PAT, cpu::rdmsr(0x277));
-    vmwrite(F::HOST_RIP, &raw const nvmx_vmexit as u64);
+    vmwrite(F::HOST_RIP, nvmx_vmx::entry::exit_rip());
 }
