@@ -71,11 +71,6 @@ pub fn id() -> u32 {
     if X2APIC.load(Ordering::Relaxed) { read(REG_ID) } else { read(REG_ID) >> 24 }
 }
 
-/// Whether the APIC runs in x2APIC mode.
-pub fn is_x2apic() -> bool {
-    X2APIC.load(Ordering::Relaxed)
-}
-
 /// End of interrupt.
 pub fn eoi() {
     write(REG_EOI, 0);
@@ -85,7 +80,6 @@ pub fn eoi() {
 #[derive(Clone, Copy)]
 pub enum Ipi {
     Fixed(u8),
-    Nmi,
     Init,
     InitDeassert,
     Startup(u8),
@@ -96,7 +90,6 @@ pub fn send_ipi(dest: u32, ipi: Ipi) {
     // SDM Vol. 3A 12.6.1: delivery mode bits 10:8, level bit 14, trigger bit 15.
     let low = match ipi {
         Ipi::Fixed(v) => u32::from(v) | (1 << 14),
-        Ipi::Nmi => 0x400 | (1 << 14),
         Ipi::Init => 0x500 | (1 << 14),
         Ipi::InitDeassert => 0x500 | (1 << 15),
         Ipi::Startup(page) => 0x600 | u32::from(page) | (1 << 14),

@@ -38,7 +38,7 @@ pub fn start_aps(apic_ids: &[u32], work: fn(&'static percpu::PerCpu) -> !) -> us
     unsafe {
         core::ptr::copy_nonoverlapping(tramp.as_ptr(), boot::AP_TRAMPOLINE as *mut u8, tramp.len());
         param(boot::AP_PARAM_CR3).write_volatile(crate::arch::cpu::read_cr3());
-        param(boot::AP_PARAM_ENTRY).write_volatile(ap_entry as usize as u64);
+        param(boot::AP_PARAM_ENTRY).write_volatile(ap_entry as *const () as u64);
     }
 
     let mut online = 1;

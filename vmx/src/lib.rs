@@ -11,4 +11,5 @@ pub mod entry;
 pub mod error;
 pub mod exit;
 pub mod field;
+pub mod shadow;
 pub mod walk;

@@ -160,10 +160,6 @@ pub fn outb(port: u16, v: u8) {
     // SAFETY: callers use ports of devices L0 owns (PIC, PIT, ACPI, QEMU/Bochs exits).
     unsafe { x86_64::instructions::port::Port::new(port).write(v) }
 }
-pub fn outw(port: u16, v: u16) {
-    // SAFETY: as outb.
-    unsafe { x86_64::instructions::port::Port::new(port).write(v) }
-}
 pub fn inb(port: u16) -> u8 {
     // SAFETY: as outb.
     unsafe { x86_64::instructions::port::Port::new(port).read() }

@@ -20,9 +20,9 @@ pub const KERNEL_CS: u16 = 0x08;
 pub const KERNEL_DS: u16 = 0x10;
 pub const KERNEL_TR: u16 = 0x18;
 
-/// What a core keeps of its descriptor tables.
+/// What a core keeps of its descriptor tables (the GDT itself is leaked:
+/// loaded once, it lives forever).
 pub struct CpuTables {
-    pub gdt: &'static GlobalDescriptorTable,
     pub tss: &'static TaskStateSegment,
 }
 
@@ -51,5 +51,5 @@ pub fn init_this_cpu() -> CpuTables {
         ES::set_reg(SegmentSelector(KERNEL_DS));
         load_tss(SegmentSelector(KERNEL_TR));
     }
-    CpuTables { gdt, tss }
+    CpuTables { tss }
 }

@@ -217,7 +217,6 @@ struct Vcpu {
     launched: bool,
     uart: Uart16550,
     cpu: usize,
-    vmcs: u64,
     mem_base: u64,
     mem_size: u64,
     nested: nested::Nested,
@@ -495,8 +494,7 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
     unsafe { (vmcs as *mut u32).write_volatile(caps.revision_id()) };
     // SAFETY: the VMCS region is ours and initialised.
     unsafe { insn::vmclear(vmcs).and_then(|()| insn::vmptrld(vmcs)) }.map_err(|e| alloc::format!("VMCS0-1: {e}"))?;
-    let mem_desc = run::L1Memory { host_base: mem_base, size: cfg.mem_size, eptp };
-    run::setup_vmcs01(caps, &mem_desc, &maps, entry, (cpu + 1) as u16)?;
+    run::setup_vmcs01(caps, eptp, &maps, entry, (cpu + 1) as u16)?;
 
     let mut regs = GuestRegs::default();
     regs.gpr[0] = 0x36d7_6289; // EAX: Multiboot2 magic
@@ -519,7 +517,7 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
     }
     *L1S[cpu].state.lock() = L1State::Running;
     info!("l1: cpu {cpu}: {} MiB at host {mem_base:#x}, entry {entry:#x}, args '{}'", cfg.mem_size >> 20, cfg.args);
-    Ok(Vcpu { regs, launched: false, uart: Uart16550::default(), cpu, vmcs, mem_base, mem_size: cfg.mem_size, nested })
+    Ok(Vcpu { regs, launched: false, uart: Uart16550::default(), cpu, mem_base, mem_size: cfg.mem_size, nested })
 }
 
 /// Runs this core's L1 forever (also handling shell requests); `idle` is
@@ -684,7 +682,3 @@ fn report_stop(cpu: usize, why: &str, reason: u32, qualification: u64, rip: u64)
     }
 }
 
-/// Number of cores whose L1 is running.
-pub fn running_count() -> usize {
-    percpu::all().iter().filter(|c| *L1S[c.index].state.lock() == L1State::Running).count()
-}

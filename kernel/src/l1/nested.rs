@@ -379,7 +379,9 @@ impl Vcpu {
             return Emulated::Fault(13, Some(0));
         }
         match reason {
-            18 => Emulated::Fault(6, None), // VMCALL from L1: nothing to call, #UD as with no SMM monitor
+            // VMCALL in VMX root operation without the dual-monitor treatment
+            // of SMM: VMfail(1) (SDM 32.3 "VMCALL").
+            18 => self.fail(1),
             27 => self.vmxon(&info),
             26 => {
                 self.flush_current();

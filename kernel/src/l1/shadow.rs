@@ -12,58 +12,12 @@
 
 use nvmx_vmx::caps::VmxCaps;
 use nvmx_vmx::controls::proc2;
-use nvmx_vmx::field::{Field as F, Kind};
+use nvmx_vmx::field::Field as F;
 
 use crate::vmx::insn;
 use crate::vmx::run::{vmread, vmwrite};
 
-/// Fields L1 reads on every exit. Chosen by running the built-in L1's forum
-/// workload (a VMware-like exit handler) and counting its VMREADs per field:
-/// each of these is read once per L2 exit; everything else is read a few
-/// times in all. Exit-information fields can only be shadowed where the CPU
-/// lets the shadow VMCS be written (IA32_VMX_MISC bit 29).
-pub const READ_FIELDS: &[F] = &[
-    F::VM_INSTRUCTION_ERROR,
-    F::VM_EXIT_REASON,
-    F::EXIT_QUALIFICATION,
-    F::VM_EXIT_INSTRUCTION_LEN,
-    F::VM_EXIT_INTR_INFO,
-    F::IDT_VECTORING_INFO_FIELD,
-    F::GUEST_PHYSICAL_ADDRESS,
-    F::GUEST_RIP,
-    F::GUEST_RSP,
-    F::GUEST_RFLAGS,
-    F::GUEST_INTERRUPTIBILITY_INFO,
-    F::VM_ENTRY_INTR_INFO_FIELD,
-];
-
-/// Fields L1 writes on every exit or entry: advancing RIP, interruptibility,
-/// event injection, and HOST_RSP (a hypervisor's entry code rewrites it
-/// before every VMRESUME).
-pub const WRITE_FIELDS: &[F] = &[
-    F::GUEST_RIP,
-    F::GUEST_RSP,
-    F::GUEST_RFLAGS,
-    F::GUEST_INTERRUPTIBILITY_INFO,
-    F::VM_ENTRY_INTR_INFO_FIELD,
-    F::VM_ENTRY_EXCEPTION_ERROR_CODE,
-    F::VM_ENTRY_INSTRUCTION_LEN,
-    F::HOST_RSP,
-];
-
-/// Bit of a field in the VMREAD/VMWRITE bitmaps: encoding bits 14:0 (SDM 25.6.15).
-pub fn bitmap_bit(f: F) -> u32 {
-    f.encoding() & 0x7FFF
-}
-
-/// The fields a CPU with `caps` can shadow for reading and for writing.
-pub fn field_sets(caps: &VmxCaps) -> (impl Iterator<Item = F>, impl Iterator<Item = F>) {
-    let misc29 = caps.misc & (1 << 29) != 0;
-    (
-        READ_FIELDS.iter().copied().filter(move |f| misc29 || f.kind() != Kind::ReadOnly),
-        WRITE_FIELDS.iter().copied(),
-    )
-}
+use nvmx_vmx::shadow::{bitmap_bit, field_sets};
 
 /// A core's shadow VMCS and bitmaps.
 pub struct Shadow {

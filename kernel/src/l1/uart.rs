@@ -37,13 +37,6 @@ impl ConsoleRing {
         self.buf[(self.total % len) as usize] = byte;
         self.total += 1;
     }
-    pub fn clear(&mut self) {
-        self.total = 0;
-    }
-    /// Total bytes written since the L1 started.
-    pub fn total(&self) -> u64 {
-        self.total
-    }
     /// The kept bytes, oldest first, as (older part, newer part).
     pub fn contents(&self) -> (&[u8], &[u8]) {
         let len = self.buf.len() as u64;

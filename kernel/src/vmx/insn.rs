@@ -28,17 +28,6 @@ pub unsafe fn vmxon(region: u64) -> Result<(), VmFail> {
     outcome(rflags)
 }
 
-/// VMXOFF.
-///
-/// # Safety
-/// The core is in VMX root operation and nothing depends on it staying there.
-pub unsafe fn vmxoff() -> Result<(), VmFail> {
-    let rflags: u64;
-    // SAFETY: forwarded to the caller.
-    unsafe { asm!("vmxoff; pushfq; pop {}", lateout(reg) rflags) };
-    outcome(rflags)
-}
-
 /// VMCLEAR of the VMCS at physical address `vmcs`.
 ///
 /// # Safety

@@ -43,15 +43,6 @@ pub fn enter(regs: &mut GuestRegs, launched: bool) -> Result<(), VmFail> {
     }
 }
 
-/// Where the L1's memory lives and what L0 built around it.
-pub struct L1Memory {
-    /// Host-physical base of the L1's guest-physical 0.
-    pub host_base: u64,
-    pub size: u64,
-    /// EPT pointer of EPT0-1.
-    pub eptp: u64,
-}
-
 /// Builds EPT0-1: guest-physical [0, size) → host [base, base+size) with
 /// 2 MiB pages, write-back, RWX; nothing else is mapped (SDM 29.3.2).
 pub fn build_ept01(host_base: u64, size: u64) -> Option<u64> {
@@ -135,7 +126,7 @@ pub const PREEMPT_TICKS: u64 = 1 << 12;
 
 /// Initialises the current VMCS as VMCS0-1 for an L1 entered like a
 /// Multiboot2 kernel at `entry`.
-pub fn setup_vmcs01(caps: &VmxCaps, mem: &L1Memory, maps: &Bitmaps, entry: u64, vpid: u16) -> Result<(), &'static str> {
+pub fn setup_vmcs01(caps: &VmxCaps, eptp01: u64, maps: &Bitmaps, entry: u64, vpid: u16) -> Result<(), &'static str> {
     // --- Controls (SDM 25.6-25.8), adjusted to what the CPU allows (A.3). ---
     let pin_ctl = adjust_controls(
         pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING | pin::PREEMPTION_TIMER,
@@ -173,7 +164,7 @@ pub fn setup_vmcs01(caps: &VmxCaps, mem: &L1Memory, maps: &Bitmaps, entry: u64, 
     vmwrite(F::IO_BITMAP_A, maps.io_a);
     vmwrite(F::IO_BITMAP_B, maps.io_b);
     vmwrite(F::MSR_BITMAP, maps.msr);
-    vmwrite(F::EPT_POINTER, mem.eptp);
+    vmwrite(F::EPT_POINTER, eptp01);
     vmwrite(F::VIRTUAL_PROCESSOR_ID, vpid.into());
     vmwrite(F::VMCS_LINK_POINTER, u64::MAX);
     vmwrite(F::VM_EXIT_MSR_STORE_COUNT, 0);
