@@ -220,6 +220,22 @@ struct Vcpu {
     mem_base: u64,
     mem_size: u64,
     nested: nested::Nested,
+    /// Every frame built for this L1, freed when it is dropped (last field:
+    /// dropped after the VMCSs were cleared in `drop`).
+    _owned: crate::mm::frames::Owned,
+}
+
+impl Drop for Vcpu {
+    /// Makes the L1's VMCSs inactive before their frames go back (SDM 25.11.1:
+    /// VMCLEAR before a VMCS region is reused).
+    fn drop(&mut self) {
+        for vmcs in [self.nested.vmcs01, self.nested.vmcs02(), self.nested.shadow.vmcs] {
+            if vmcs != 0 {
+                // SAFETY: L0's own VMCS regions, about to be freed.
+                let _ = unsafe { insn::vmclear(vmcs) };
+            }
+        }
+    }
 }
 
 /// Outcome of handling one exit.
@@ -477,7 +493,9 @@ impl Vcpu {
 /// Sets up and starts this core's L1; returns it ready to enter.
 fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
     let cfg = L1Config::for_cpu(cpu);
-    let mem_base = crate::mm::frames::alloc(cfg.mem_size / 4096, 512)
+    let mut owned = crate::mm::frames::Owned::default();
+    let mem_base = owned
+        .alloc(cfg.mem_size / 4096, 512)
         .ok_or_else(|| alloc::format!("no {} MiB of contiguous memory for the L1", cfg.mem_size >> 20))?;
     // SAFETY: the chunk was just allocated for this L1 and is identity mapped.
     let mem = unsafe { core::slice::from_raw_parts_mut(mem_base as *mut u8, cfg.mem_size as usize) };
@@ -487,9 +505,13 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
     const MBI_GPA: u64 = 0x1_0000;
     mem[MBI_GPA as usize..MBI_GPA as usize + mbi.len()].copy_from_slice(&mbi);
 
-    let eptp = run::build_ept01(mem_base, cfg.mem_size).ok_or("no memory for EPT0-1")?;
-    let maps = run::build_bitmaps().ok_or("no memory for the bitmaps")?;
-    let vmcs = crate::mm::frames::alloc(1, 1).ok_or("no memory for VMCS0-1")?;
+    let eptp = run::build_ept01(&mut owned, mem_base, cfg.mem_size).ok_or("no memory for EPT0-1")?;
+    let maps = run::build_bitmaps(&mut owned).ok_or("no memory for the bitmaps")?;
+    let vmcs = owned.alloc(1, 1).ok_or("no memory for VMCS0-1")?;
+    // A restarted L1 reuses this core's VPID and possibly frames of its
+    // predecessor: drop whatever translations the CPU still caches for them.
+    let _ = insn::invept(2, 0);
+    let _ = insn::invvpid(2, 0, 0);
     // SAFETY: fresh frame; the revision id goes in its first dword (SDM 25.2).
     unsafe { (vmcs as *mut u32).write_volatile(caps.revision_id()) };
     // SAFETY: the VMCS region is ours and initialised.
@@ -502,7 +524,7 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
     *L1S[cpu].console.lock() = Some(ConsoleRing::new());
     L1S[cpu].stats.reset();
     L1S[cpu].started_tsc.store(cpu::rdtsc(), Ordering::Relaxed);
-    let nested = nested::Nested::new(cfg.nested, vmcs, caps);
+    let nested = nested::Nested::new(cfg.nested, vmcs, caps, &mut owned);
     L1S[cpu].shadow_fields.store(nested.shadow.field_count(), Ordering::Relaxed);
     // Shadowing from the start where the CPU has it, unless `shadow=off` or
     // the shell switched it off for this core.
@@ -517,7 +539,7 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
     }
     *L1S[cpu].state.lock() = L1State::Running;
     info!("l1: cpu {cpu}: {} MiB at host {mem_base:#x}, entry {entry:#x}, args '{}'", cfg.mem_size >> 20, cfg.args);
-    Ok(Vcpu { regs, launched: false, uart: Uart16550::default(), cpu, mem_base, mem_size: cfg.mem_size, nested })
+    Ok(Vcpu { regs, launched: false, uart: Uart16550::default(), cpu, mem_base, mem_size: cfg.mem_size, nested, _owned: owned })
 }
 
 /// Runs this core's L1 forever (also handling shell requests); `idle` is

@@ -53,6 +53,8 @@ pub struct Nested {
     last_check: Option<&'static str>,
     /// VMCS shadowing for L1's VMREAD/VMWRITE.
     pub shadow: super::shadow::Shadow,
+    /// Frames allocated while running (VMCS0-2).
+    owned: crate::mm::frames::Owned,
 }
 
 /// A vmcs12 as cached in L0.
@@ -155,8 +157,8 @@ impl ShadowEpt {
 }
 
 impl Nested {
-    pub fn new(enabled: bool, vmcs01: u64, caps: &VmxCaps) -> Self {
-        let shadow = super::shadow::Shadow::new(if enabled { caps } else { &VmxCaps::NONE });
+    pub fn new(enabled: bool, vmcs01: u64, caps: &VmxCaps, owned: &mut crate::mm::frames::Owned) -> Self {
+        let shadow = super::shadow::Shadow::new(if enabled { caps } else { &VmxCaps::NONE }, owned);
         Nested {
             enabled,
             vmxon: None,
@@ -168,7 +170,13 @@ impl Nested {
             ept02: ShadowEpt::new(),
             last_check: None,
             shadow,
+            owned: crate::mm::frames::Owned::default(),
         }
+    }
+
+    /// VMCS0-2's region, 0 before L1's first VMLAUNCH.
+    pub fn vmcs02(&self) -> u64 {
+        self.vmcs02
     }
 }
 
@@ -611,7 +619,7 @@ impl Vcpu {
         let l1_pat = vmread(F::GUEST_IA32_PAT);
         let eptp01 = vmread(F::EPT_POINTER);
         if self.nested.vmcs02 == 0 {
-            let page = crate::mm::frames::alloc(1, 1).ok_or("no memory for VMCS0-2")?;
+            let page = self.nested.owned.alloc(1, 1).ok_or("no memory for VMCS0-2")?;
             // SAFETY: fresh frame, revision id first (SDM 25.2).
             unsafe { (page as *mut u32).write_volatile(caps.revision_id()) };
             // SAFETY: our VMCS region.

@@ -33,12 +33,12 @@ pub struct Shadow {
 
 impl Shadow {
     /// Allocates the shadow VMCS and bitmaps when the CPU has shadowing.
-    pub fn new(caps: &VmxCaps) -> Shadow {
+    pub fn new(caps: &VmxCaps, owned: &mut crate::mm::frames::Owned) -> Shadow {
         let mut s = Shadow { vmcs: 0, read_bitmap: 0, write_bitmap: 0, on: false, fields: alloc::vec::Vec::new() };
         if !caps.vmcs_shadowing() {
             return s;
         }
-        let alloc = || crate::mm::frames::alloc(1, 1);
+        let mut alloc = || owned.alloc(1, 1);
         let (Some(vmcs), Some(rb), Some(wb)) = (alloc(), alloc(), alloc()) else { return s };
         let (reads, writes) = field_sets(caps);
         // SAFETY: three fresh frames: the shadow VMCS (revision id with the

@@ -134,3 +134,27 @@ pub fn stats() -> FrameStats {
         ranges: f.n,
     }
 }
+
+/// Frames owned by one user (an L1 and everything built for it), given
+/// back together when it is dropped, so restarting an L1 does not leak.
+#[derive(Default)]
+pub struct Owned(alloc::vec::Vec<(u64, u64)>);
+
+impl Owned {
+    /// [`alloc`], remembered for the drop.
+    pub fn alloc(&mut self, pages: u64, align_pages: u64) -> Option<u64> {
+        let addr = alloc(pages, align_pages)?;
+        self.0.push((addr, pages));
+        Some(addr)
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        for &(addr, pages) in &self.0 {
+            // SAFETY: allocated by `Owned::alloc`; the owner is gone, and its
+            // users (VMCSs, EPT tables) were released before (see l1::Vcpu's drop).
+            unsafe { free(addr, pages) };
+        }
+    }
+}

@@ -45,8 +45,8 @@ pub fn enter(regs: &mut GuestRegs, launched: bool) -> Result<(), VmFail> {
 
 /// Builds EPT0-1: guest-physical [0, size) → host [base, base+size) with
 /// 2 MiB pages, write-back, RWX; nothing else is mapped (SDM 29.3.2).
-pub fn build_ept01(host_base: u64, size: u64) -> Option<u64> {
-    use crate::mm::frames::alloc;
+pub fn build_ept01(owned: &mut crate::mm::frames::Owned, host_base: u64, size: u64) -> Option<u64> {
+    let mut alloc = |p, a| owned.alloc(p, a);
     const RWX: u64 = 0x7;
     const WB_2M: u64 = (6 << 3) | (1 << 7) | RWX; // memory type WB, PS
     let pml4 = alloc(1, 1)?;
@@ -91,8 +91,8 @@ const PASSTHROUGH_MSRS: &[u32] = &[
 
 /// I/O bitmaps with every port trapped (L1 has no real devices), MSR bitmap
 /// with everything trapped but [`PASSTHROUGH_MSRS`] (SDM 25.6.4, 25.6.9).
-pub fn build_bitmaps() -> Option<Bitmaps> {
-    use crate::mm::frames::alloc;
+pub fn build_bitmaps(owned: &mut crate::mm::frames::Owned) -> Option<Bitmaps> {
+    let mut alloc = |p, a| owned.alloc(p, a);
     let io_a = alloc(1, 1)?;
     let io_b = alloc(1, 1)?;
     let msr = alloc(1, 1)?;

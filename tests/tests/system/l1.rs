@@ -402,3 +402,41 @@ fn bochs_nested_selftest_differential_haswell() -> Result<()> {
 fn bochs_nested_selftest_differential_haswell_noshadow() -> Result<()> {
     differential_with("bochs_nested_selftest_differential_haswell_noshadow", "corei7_haswell_4770", "selftest", ShadowMode::Off, 1)
 }
+
+/// Nested forum on every core of Bochs haswell ×4, shadowing off, to the
+/// end: for each core and VMX instruction, nvmx's exit count equals the
+/// count the L1 itself kept, and every one completed.
+#[test]
+fn bochs_nested_forum_every_core_haswell_4cpu() -> Result<()> {
+    let t = BOCHS;
+    let cpus = 4;
+    let mut m = Bochs::new("bochs_nested_forum_every_core_haswell_4cpu", "corei7_haswell_4770")
+        .cpus(cpus as u32)
+        .hard_limit(Duration::from_secs(500))
+        .start()?;
+    m.boot_to_prompt(t.boot)?;
+    m.command("shadow off", t.command)?;
+    for cpu in 0..cpus {
+        m.command(&format!("l1 restart {cpu} workload=forum exits=5000"), t.command)?;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(400);
+    for cpu in 0..cpus {
+        let mut console = String::new();
+        while std::time::Instant::now() < deadline {
+            console = m.command(&format!("console {cpu}"), t.command)?;
+            if console.contains("l1: done") {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        let lines = forum_lines(&console);
+        m.check(lines.iter().any(|l| l == "l1: summary exits=5000 failures=0"), || format!("cpu {cpu}:\n{console}"))?;
+        let rows = stats(&mut m, cpu)?;
+        for (insn, reason) in [("vmclear", 19u32), ("vmptrld", 21), ("vmread", 23), ("vmwrite", 25), ("vmlaunch", 20), ("vmresume", 24), ("invept", 50), ("invvpid", 53)] {
+            let own: u64 = lines.iter().find_map(|l| l.strip_prefix(&format!("l1: insn {insn} "))).and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);
+            let (exits, completed) = rows.get(&("L1".to_string(), reason)).copied().unwrap_or((0, 0));
+            m.check(exits == own && completed == own, || format!("cpu {cpu} {insn}: L1 {own}, nvmx {exits} ({completed} completed)"))?;
+        }
+    }
+    crate::common::poweroff(&mut m, t)
+}
