@@ -11,5 +11,6 @@ pub mod entry;
 pub mod error;
 pub mod exit;
 pub mod field;
+pub mod nested;
 pub mod shadow;
 pub mod walk;

@@ -375,7 +375,7 @@ impl Vcpu {
                     DEBUGCTL => Some(vmread(F::GUEST_IA32_DEBUGCTL)),
                     // Without nested VMX the capability MSRs do not exist (#GP).
                     0x480..=0x492 if self.nested.enabled => {
-                        vmx::probe().and_then(|caps| nested::l1_vmx_msr(caps, msr))
+                        vmx::probe().and_then(|caps| nvmx_vmx::nested::l1_vmx_msr(caps, msr))
                     }
                     0x480..=0x492 => None,
                     _ => cpu::rdmsr_safe(msr),

@@ -24,9 +24,7 @@ use super::{Handled, Vcpu};
 use crate::vmx::insn;
 use crate::vmx::run::{vmread, vmwrite};
 
-/// The VMCS revision identifier of nvmx's vmcs12 format, advertised to L1
-/// in IA32_VMX_BASIC ("NVMX" with bit 31 clear).
-pub const VMCS12_REVISION: u32 = 0x4E56_4D58 & 0x7FFF_FFFF;
+use nvmx_vmx::nested::VMCS12_REVISION;
 /// Offset of field `f` in a vmcs12 region.
 const FIELDS_OFFSET: u64 = 16;
 const RFLAGS_ARITH: u64 = 0x8D5; // CF PF AF ZF SF OF
@@ -184,46 +182,6 @@ impl Drop for Nested {
     fn drop(&mut self) {
         self.ept02.drop_all();
     }
-}
-
-/// What L1 reads in the VMX capability MSRs: what nvmx emulates, within what
-/// the CPU can run for L2 (SDM Appendix A). `None` for MSRs not advertised.
-pub fn l1_vmx_msr(host: &VmxCaps, msr: u32) -> Option<u64> {
-    use nvmx_vmx::caps::*;
-    let ctl = |(a0, a1): (u32, u32), allowed: u32| u64::from(a0) | (u64::from(a1 & (allowed | a0)) << 32);
-    let pin_ok = pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING;
-    let proc_ok = proc1::INTERRUPT_WINDOW_EXITING | proc1::USE_TSC_OFFSETTING | proc1::HLT_EXITING
-        | proc1::INVLPG_EXITING | proc1::MWAIT_EXITING | proc1::RDPMC_EXITING | proc1::RDTSC_EXITING
-        | proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING | proc1::MOV_DR_EXITING
-        | proc1::UNCONDITIONAL_IO_EXITING | proc1::USE_IO_BITMAPS | proc1::USE_MSR_BITMAPS
-        | proc1::MONITOR_EXITING | proc1::PAUSE_EXITING | proc1::SECONDARY_CONTROLS;
-    let proc2_ok = proc2::ENABLE_EPT | proc2::ENABLE_VPID | proc2::ENABLE_RDTSCP | proc2::UNRESTRICTED_GUEST
-        | proc2::ENABLE_INVPCID;
-    let exit_ok = exitc::HOST_ADDRESS_SPACE_SIZE | exitc::ACK_INTERRUPT_ON_EXIT | exitc::SAVE_PAT | exitc::LOAD_PAT
-        | exitc::SAVE_EFER | exitc::LOAD_EFER;
-    let entry_ok = entry::IA32E_MODE_GUEST | entry::LOAD_PAT | entry::LOAD_EFER;
-    Some(match msr {
-        // Revision, 4 KiB regions, WB (6) memory type, true controls.
-        IA32_VMX_BASIC => u64::from(VMCS12_REVISION) | (4096 << 32) | (6 << 50) | (1 << 55),
-        IA32_VMX_PINBASED_CTLS | IA32_VMX_TRUE_PINBASED_CTLS => ctl(host.pinbased(), pin_ok),
-        IA32_VMX_PROCBASED_CTLS | IA32_VMX_TRUE_PROCBASED_CTLS => ctl(host.procbased(), proc_ok),
-        IA32_VMX_PROCBASED_CTLS2 => ctl(host.procbased2(), proc2_ok),
-        IA32_VMX_EXIT_CTLS | IA32_VMX_TRUE_EXIT_CTLS => ctl(host.exit(), exit_ok),
-        IA32_VMX_ENTRY_CTLS | IA32_VMX_TRUE_ENTRY_CTLS => ctl(host.entry(), entry_ok),
-        // No preemption timer, activity state HLT, CR3 targets 0; VMWRITE
-        // to exit-information fields when the CPU allows it (bit 29).
-        IA32_VMX_MISC => host.misc & ((1 << 6) | (1 << 29)),
-        IA32_VMX_CR0_FIXED0 => host.cr0_fixed0,
-        IA32_VMX_CR0_FIXED1 => host.cr0_fixed1,
-        IA32_VMX_CR4_FIXED0 => host.cr4_fixed0,
-        IA32_VMX_CR4_FIXED1 => host.cr4_fixed1,
-        IA32_VMX_VMCS_ENUM => u64::from(field::highest_index()) << 1,
-        // Walk length 4, WB, 2 MiB pages, INVEPT single/all, INVVPID all four types.
-        IA32_VMX_EPT_VPID_CAP => {
-            (1 << 6) | (1 << 14) | (1 << 16) | (1 << 20) | (1 << 25) | (1 << 26) | (1 << 32) | (0xF << 40)
-        }
-        _ => return None,
-    })
 }
 
 /// Outcome of an emulated VMX instruction for the exit loop.
@@ -594,12 +552,14 @@ impl Vcpu {
         if !launch && !cur.launched {
             return self.fail(5);
         }
-        if let Err(what) = check_controls(cur) {
+        let host = crate::vmx::probe().expect("nested VMX runs on VMX");
+        let l1_caps = |msr| nvmx_vmx::nested::l1_vmx_msr(host, msr).unwrap_or(0);
+        if let Err(what) = nvmx_vmx::nested::check_controls(|f| cur.get(f), l1_caps) {
             log::debug!("l1 cpu {}: VMfailValid(7): {what}", self.cpu);
             self.nested.last_check = Some(what);
             return self.fail(7);
         }
-        if let Err(what) = check_host_state(cur) {
+        if let Err(what) = nvmx_vmx::nested::check_host_state(|f| cur.get(f), host.cr0_fixed(), host.cr4_fixed()) {
             log::debug!("l1 cpu {}: VMfailValid(8): {what}", self.cpu);
             self.nested.last_check = Some(what);
             return self.fail(8);
@@ -732,43 +692,12 @@ impl Vcpu {
         self.nested.launched02
     }
 
-    /// Whether L1 asked for this L2 exit (nested_vmx_l1_wants_exit, SDM
-    /// 26.1-26.2 for what each control makes exit).
+    /// Whether L1 asked for this L2 exit (`nvmx_vmx::nested::l1_wants_exit`).
     fn l1_wants_exit(&self, reason: u16, qualification: u64) -> bool {
         let cur = self.nested.current.as_ref().expect("L2 runs with a current vmcs12");
-        let proc12 = cur.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
         let mem = self.l1mem();
         let bit = |bitmap: u64, n: u64| mem.read_u64(bitmap + (n / 64) * 8).is_some_and(|w| w & (1 << (n % 64)) != 0);
-        match reason {
-            1 => cur.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & pin::EXTERNAL_INTERRUPT_EXITING != 0,
-            12 => proc12 & proc1::HLT_EXITING != 0,
-            30 => {
-                if proc12 & proc1::USE_IO_BITMAPS != 0 {
-                    let io = nvmx_vmx::exit::IoQualification::decode(qualification);
-                    (0..u64::from(io.size)).any(|i| {
-                        let port = u64::from(io.port) + i;
-                        let map = if port < 0x8000 { cur.get(F::IO_BITMAP_A) } else { cur.get(F::IO_BITMAP_B) };
-                        bit(map, port & 0x7FFF)
-                    })
-                } else {
-                    proc12 & proc1::UNCONDITIONAL_IO_EXITING != 0
-                }
-            }
-            31 | 32 => {
-                if proc12 & proc1::USE_MSR_BITMAPS == 0 {
-                    return true;
-                }
-                let msr = self.regs.gpr[1] as u32;
-                let base = cur.get(F::MSR_BITMAP) + if reason == 32 { 2048 } else { 0 };
-                match msr {
-                    0..=0x1FFF => bit(base, u64::from(msr)),
-                    0xC000_0000..=0xC000_1FFF => bit(base + 1024, u64::from(msr - 0xC000_0000)),
-                    _ => true,
-                }
-            }
-            52 => false, // the preemption timer is L0's (not advertised to L1)
-            _ => true,
-        }
+        nvmx_vmx::nested::l1_wants_exit(reason, qualification, self.regs.gpr[1] as u32, |f| cur.get(f), bit)
     }
 
     /// Handles an exit of L2. `Ok(true)` = resume L2, `Ok(false)` = the exit
@@ -961,79 +890,6 @@ impl Vcpu {
     }
 }
 
-/// SDM 27.2.1.1 checks on vmcs12's controls against what nvmx advertises
-/// (error 7).
-fn check_controls(c: &Vmcs12) -> Result<(), &'static str> {
-    let host = crate::vmx::probe().ok_or("no VMX")?;
-    use nvmx_vmx::caps::*;
-    for (f, msr) in [
-        (F::PIN_BASED_VM_EXEC_CONTROL, IA32_VMX_TRUE_PINBASED_CTLS),
-        (F::CPU_BASED_VM_EXEC_CONTROL, IA32_VMX_TRUE_PROCBASED_CTLS),
-        (F::VM_EXIT_CONTROLS, IA32_VMX_TRUE_EXIT_CTLS),
-        (F::VM_ENTRY_CONTROLS, IA32_VMX_TRUE_ENTRY_CTLS),
-    ] {
-        let caps = l1_vmx_msr(host, msr).unwrap_or(0);
-        let (a0, a1) = (caps as u32, (caps >> 32) as u32);
-        let v = c.get(f) as u32;
-        if v & a0 != a0 {
-            return Err(match f {
-                F::PIN_BASED_VM_EXEC_CONTROL => "pin-based controls: a must-be-1 bit is 0",
-                F::CPU_BASED_VM_EXEC_CONTROL => "processor-based controls: a must-be-1 bit is 0",
-                F::VM_EXIT_CONTROLS => "VM-exit controls: a must-be-1 bit is 0",
-                _ => "VM-entry controls: a must-be-1 bit is 0",
-            });
-        }
-        if v & !a1 != 0 {
-            return Err(match f {
-                F::PIN_BASED_VM_EXEC_CONTROL => "pin-based controls: a bit set that is not allowed",
-                F::CPU_BASED_VM_EXEC_CONTROL => "processor-based controls: a bit set that is not allowed",
-                F::VM_EXIT_CONTROLS => "VM-exit controls: a bit set that is not allowed",
-                _ => "VM-entry controls: a bit set that is not allowed",
-            });
-        }
-    }
-    let proc = c.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-    if proc & proc1::SECONDARY_CONTROLS != 0 {
-        let caps = l1_vmx_msr(host, IA32_VMX_PROCBASED_CTLS2).unwrap_or(0);
-        let v = c.get(F::SECONDARY_VM_EXEC_CONTROL) as u32;
-        if v & !((caps >> 32) as u32) != 0 {
-            return Err("secondary controls: a bit set that is not allowed");
-        }
-        if v & proc2::ENABLE_EPT != 0 && c.get(F::EPT_POINTER) & 0x3F != 0x1E {
-            return Err("EPT pointer: memory type must be WB and the walk length 4");
-        }
-        if v & proc2::ENABLE_VPID != 0 && c.get(F::VIRTUAL_PROCESSOR_ID) == 0 {
-            return Err("VPID enabled with VPID 0");
-        }
-    }
-    Ok(())
-}
-
-/// SDM 27.2.2-27.2.4 checks on vmcs12's host state (error 8), the ones L0
-/// relies on when it loads that state into L1.
-fn check_host_state(c: &Vmcs12) -> Result<(), &'static str> {
-    let host = crate::vmx::probe().ok_or("no VMX")?;
-    let (cr0_f0, cr0_f1) = host.cr0_fixed();
-    let (cr4_f0, cr4_f1) = host.cr4_fixed();
-    let cr0 = c.get(F::HOST_CR0);
-    let cr4 = c.get(F::HOST_CR4);
-    let canonical = |v: u64| (v as i64) << 16 >> 16 == v as i64;
-    let selectors = [F::HOST_CS_SELECTOR, F::HOST_SS_SELECTOR, F::HOST_DS_SELECTOR, F::HOST_ES_SELECTOR, F::HOST_FS_SELECTOR, F::HOST_GS_SELECTOR, F::HOST_TR_SELECTOR];
-    let addresses = [F::HOST_RIP, F::HOST_FS_BASE, F::HOST_GS_BASE, F::HOST_GDTR_BASE, F::HOST_IDTR_BASE, F::HOST_TR_BASE];
-    if cr0 & cr0_f0 != cr0_f0 || cr0 & !cr0_f1 != 0 {
-        Err("host CR0: VMX fixed bits (SDM 27.2.2)")
-    } else if cr4 & cr4_f0 != cr4_f0 || cr4 & !cr4_f1 != 0 {
-        Err("host CR4: VMX fixed bits (SDM 27.2.2)")
-    } else if c.get(F::HOST_CS_SELECTOR) & 0xFFF8 == 0 || c.get(F::HOST_TR_SELECTOR) & 0xFFF8 == 0 {
-        Err("host CS or TR selector is null (SDM 27.2.3)")
-    } else if selectors.iter().any(|f| c.get(*f) & 7 != 0) {
-        Err("host selector with RPL or TI set (SDM 27.2.3)")
-    } else if !addresses.iter().all(|f| canonical(c.get(*f))) {
-        Err("host RIP or base address not canonical (SDM 27.2.3-27.2.4)")
-    } else {
-        Ok(())
-    }
-}
 
 impl Vcpu {
     /// `vmcs 01|12|02` on this core: VMCS0-1 and VMCS0-2 read with VMREAD

@@ -1,0 +1,288 @@
+//! The pure decisions of nested VMX, host-tested: what L1 is told about
+//! VMX (capability MSRs), the VM-entry checks L0 makes on a vmcs12 before
+//! VMLAUNCH/VMRESUME, and which L2 exits L1 asked for. vmcs12 is read
+//! through a closure, so the kernel passes its cache and the tests a table.
+
+use crate::caps::VmxCaps;
+use crate::controls::{entry, exit as exitc, pin, proc1, proc2};
+use crate::field::Field as F;
+
+/// The VMCS revision identifier of nvmx's vmcs12 format, advertised to L1
+/// in IA32_VMX_BASIC ("NVMX" with bit 31 clear).
+pub const VMCS12_REVISION: u32 = 0x4E56_4D58 & 0x7FFF_FFFF;
+
+/// What L1 reads in the VMX capability MSRs: what nvmx emulates, within what
+/// the CPU can run for L2 (SDM Appendix A). `None` for MSRs not advertised.
+pub fn l1_vmx_msr(host: &VmxCaps, msr: u32) -> Option<u64> {
+    use crate::caps::*;
+    let ctl = |(a0, a1): (u32, u32), allowed: u32| u64::from(a0) | (u64::from(a1 & (allowed | a0)) << 32);
+    let pin_ok = pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING;
+    let proc_ok = proc1::INTERRUPT_WINDOW_EXITING | proc1::USE_TSC_OFFSETTING | proc1::HLT_EXITING
+        | proc1::INVLPG_EXITING | proc1::MWAIT_EXITING | proc1::RDPMC_EXITING | proc1::RDTSC_EXITING
+        | proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING | proc1::MOV_DR_EXITING
+        | proc1::UNCONDITIONAL_IO_EXITING | proc1::USE_IO_BITMAPS | proc1::USE_MSR_BITMAPS
+        | proc1::MONITOR_EXITING | proc1::PAUSE_EXITING | proc1::SECONDARY_CONTROLS;
+    let proc2_ok = proc2::ENABLE_EPT | proc2::ENABLE_VPID | proc2::ENABLE_RDTSCP | proc2::UNRESTRICTED_GUEST
+        | proc2::ENABLE_INVPCID;
+    let exit_ok = exitc::HOST_ADDRESS_SPACE_SIZE | exitc::ACK_INTERRUPT_ON_EXIT | exitc::SAVE_PAT | exitc::LOAD_PAT
+        | exitc::SAVE_EFER | exitc::LOAD_EFER;
+    let entry_ok = entry::IA32E_MODE_GUEST | entry::LOAD_PAT | entry::LOAD_EFER;
+    Some(match msr {
+        // Revision, 4 KiB regions, WB (6) memory type, true controls.
+        IA32_VMX_BASIC => u64::from(VMCS12_REVISION) | (4096 << 32) | (6 << 50) | (1 << 55),
+        IA32_VMX_PINBASED_CTLS | IA32_VMX_TRUE_PINBASED_CTLS => ctl(host.pinbased(), pin_ok),
+        IA32_VMX_PROCBASED_CTLS | IA32_VMX_TRUE_PROCBASED_CTLS => ctl(host.procbased(), proc_ok),
+        IA32_VMX_PROCBASED_CTLS2 => ctl(host.procbased2(), proc2_ok),
+        IA32_VMX_EXIT_CTLS | IA32_VMX_TRUE_EXIT_CTLS => ctl(host.exit(), exit_ok),
+        IA32_VMX_ENTRY_CTLS | IA32_VMX_TRUE_ENTRY_CTLS => ctl(host.entry(), entry_ok),
+        // No preemption timer, activity state HLT, CR3 targets 0; VMWRITE
+        // to exit-information fields when the CPU allows it (bit 29).
+        IA32_VMX_MISC => host.misc & ((1 << 6) | (1 << 29)),
+        IA32_VMX_CR0_FIXED0 => host.cr0_fixed0,
+        IA32_VMX_CR0_FIXED1 => host.cr0_fixed1,
+        IA32_VMX_CR4_FIXED0 => host.cr4_fixed0,
+        IA32_VMX_CR4_FIXED1 => host.cr4_fixed1,
+        IA32_VMX_VMCS_ENUM => u64::from(crate::field::highest_index()) << 1,
+        // Walk length 4, WB, 2 MiB pages, INVEPT single/all, INVVPID all four types.
+        IA32_VMX_EPT_VPID_CAP => {
+            (1 << 6) | (1 << 14) | (1 << 16) | (1 << 20) | (1 << 25) | (1 << 26) | (1 << 32) | (0xF << 40)
+        }
+        _ => return None,
+    })
+}
+
+/// SDM 27.2.1.1 checks on vmcs12's controls against what nvmx advertises
+/// (error 7).
+pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64) -> Result<(), &'static str> {
+    use crate::caps::*;
+    for (f, msr) in [
+        (F::PIN_BASED_VM_EXEC_CONTROL, IA32_VMX_TRUE_PINBASED_CTLS),
+        (F::CPU_BASED_VM_EXEC_CONTROL, IA32_VMX_TRUE_PROCBASED_CTLS),
+        (F::VM_EXIT_CONTROLS, IA32_VMX_TRUE_EXIT_CTLS),
+        (F::VM_ENTRY_CONTROLS, IA32_VMX_TRUE_ENTRY_CTLS),
+    ] {
+        let caps = l1_caps(msr);
+        let (a0, a1) = (caps as u32, (caps >> 32) as u32);
+        let v = get(f) as u32;
+        if v & a0 != a0 {
+            return Err(match f {
+                F::PIN_BASED_VM_EXEC_CONTROL => "pin-based controls: a must-be-1 bit is 0",
+                F::CPU_BASED_VM_EXEC_CONTROL => "processor-based controls: a must-be-1 bit is 0",
+                F::VM_EXIT_CONTROLS => "VM-exit controls: a must-be-1 bit is 0",
+                _ => "VM-entry controls: a must-be-1 bit is 0",
+            });
+        }
+        if v & !a1 != 0 {
+            return Err(match f {
+                F::PIN_BASED_VM_EXEC_CONTROL => "pin-based controls: a bit set that is not allowed",
+                F::CPU_BASED_VM_EXEC_CONTROL => "processor-based controls: a bit set that is not allowed",
+                F::VM_EXIT_CONTROLS => "VM-exit controls: a bit set that is not allowed",
+                _ => "VM-entry controls: a bit set that is not allowed",
+            });
+        }
+    }
+    let proc = get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
+    if proc & proc1::SECONDARY_CONTROLS != 0 {
+        let caps = l1_caps(IA32_VMX_PROCBASED_CTLS2);
+        let v = get(F::SECONDARY_VM_EXEC_CONTROL) as u32;
+        if v & !((caps >> 32) as u32) != 0 {
+            return Err("secondary controls: a bit set that is not allowed");
+        }
+        if v & proc2::ENABLE_EPT != 0 && get(F::EPT_POINTER) & 0x3F != 0x1E {
+            return Err("EPT pointer: memory type must be WB and the walk length 4");
+        }
+        if v & proc2::ENABLE_VPID != 0 && get(F::VIRTUAL_PROCESSOR_ID) == 0 {
+            return Err("VPID enabled with VPID 0");
+        }
+    }
+    Ok(())
+}
+
+/// SDM 27.2.2-27.2.4 checks on vmcs12's host state (error 8), the ones L0
+/// relies on when it loads that state into L1.
+pub fn check_host_state(get: impl Fn(F) -> u64, (cr0_f0, cr0_f1): (u64, u64), (cr4_f0, cr4_f1): (u64, u64)) -> Result<(), &'static str> {
+    let cr0 = get(F::HOST_CR0);
+    let cr4 = get(F::HOST_CR4);
+    let canonical = |v: u64| (v as i64) << 16 >> 16 == v as i64;
+    let selectors = [F::HOST_CS_SELECTOR, F::HOST_SS_SELECTOR, F::HOST_DS_SELECTOR, F::HOST_ES_SELECTOR, F::HOST_FS_SELECTOR, F::HOST_GS_SELECTOR, F::HOST_TR_SELECTOR];
+    let addresses = [F::HOST_RIP, F::HOST_FS_BASE, F::HOST_GS_BASE, F::HOST_GDTR_BASE, F::HOST_IDTR_BASE, F::HOST_TR_BASE];
+    if cr0 & cr0_f0 != cr0_f0 || cr0 & !cr0_f1 != 0 {
+        Err("host CR0: VMX fixed bits (SDM 27.2.2)")
+    } else if cr4 & cr4_f0 != cr4_f0 || cr4 & !cr4_f1 != 0 {
+        Err("host CR4: VMX fixed bits (SDM 27.2.2)")
+    } else if get(F::HOST_CS_SELECTOR) & 0xFFF8 == 0 || get(F::HOST_TR_SELECTOR) & 0xFFF8 == 0 {
+        Err("host CS or TR selector is null (SDM 27.2.3)")
+    } else if selectors.iter().any(|f| get(*f) & 7 != 0) {
+        Err("host selector with RPL or TI set (SDM 27.2.3)")
+    } else if !addresses.iter().all(|f| canonical(get(*f))) {
+        Err("host RIP or base address not canonical (SDM 27.2.3-27.2.4)")
+    } else {
+        Ok(())
+    }
+}
+
+/// Whether L1 asked for an L2 exit with basic `reason` (KVM's
+/// nested_vmx_l1_wants_exit; SDM 26.1-26.2 for what each control makes
+/// exit). `msr` is ECX for RDMSR/WRMSR; `bitmap_bit(gpa, n)` reads bit `n`
+/// of L1's bitmap at `gpa`.
+pub fn l1_wants_exit(
+    reason: u16,
+    qualification: u64,
+    msr: u32,
+    get: impl Fn(F) -> u64,
+    bitmap_bit: impl Fn(u64, u64) -> bool,
+) -> bool {
+    let proc12 = get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
+    match reason {
+        1 => get(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & pin::EXTERNAL_INTERRUPT_EXITING != 0,
+        12 => proc12 & proc1::HLT_EXITING != 0,
+        30 => {
+            if proc12 & proc1::USE_IO_BITMAPS != 0 {
+                let io = crate::exit::IoQualification::decode(qualification);
+                (0..u64::from(io.size)).any(|i| {
+                    let port = u64::from(io.port) + i;
+                    let map = if port < 0x8000 { get(F::IO_BITMAP_A) } else { get(F::IO_BITMAP_B) };
+                    bitmap_bit(map, port & 0x7FFF)
+                })
+            } else {
+                proc12 & proc1::UNCONDITIONAL_IO_EXITING != 0
+            }
+        }
+        31 | 32 => {
+            if proc12 & proc1::USE_MSR_BITMAPS == 0 {
+                return true;
+            }
+            let base = get(F::MSR_BITMAP) + if reason == 32 { 2048 } else { 0 };
+            match msr {
+                0..=0x1FFF => bitmap_bit(base, u64::from(msr)),
+                0xC000_0000..=0xC000_1FFF => bitmap_bit(base + 1024, u64::from(msr - 0xC000_0000)),
+                _ => true,
+            }
+        }
+        52 => false, // the preemption timer is L0's (not advertised to L1)
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn host() -> VmxCaps {
+        VmxCaps {
+            basic: 0x2B | (1 << 55),
+            pinbased: 0x16 | (0x7F << 32),
+            procbased: 0x0401_E172 | (0xFFF9_FFFE << 32),
+            exit: 0x36DFF | (0x3FFFFF << 32),
+            entry: 0x11FF | (0xFFFF << 32),
+            procbased2: 0xFFFF << 32,
+            cr0_fixed0: 0x8000_0021,
+            cr0_fixed1: 0xFFFF_FFFF,
+            cr4_fixed0: 0x2000,
+            cr4_fixed1: 0x3F_FFFF,
+            ..VmxCaps::NONE
+        }
+    }
+
+    /// A vmcs12 with every must-be-1 control bit and a valid 64-bit host state.
+    fn good() -> HashMap<F, u64> {
+        let h = host();
+        let caps = |m| l1_vmx_msr(&h, m).unwrap() as u32 as u64;
+        use crate::caps::*;
+        HashMap::from([
+            (F::PIN_BASED_VM_EXEC_CONTROL, caps(IA32_VMX_TRUE_PINBASED_CTLS)),
+            (F::CPU_BASED_VM_EXEC_CONTROL, caps(IA32_VMX_TRUE_PROCBASED_CTLS)),
+            (F::VM_EXIT_CONTROLS, caps(IA32_VMX_TRUE_EXIT_CTLS) | u64::from(exitc::HOST_ADDRESS_SPACE_SIZE)),
+            (F::VM_ENTRY_CONTROLS, caps(IA32_VMX_TRUE_ENTRY_CTLS)),
+            (F::HOST_CR0, 0x8000_0031),
+            (F::HOST_CR4, 0x2020),
+            (F::HOST_CS_SELECTOR, 0x08),
+            (F::HOST_TR_SELECTOR, 0x18),
+            (F::HOST_SS_SELECTOR, 0x10),
+            (F::HOST_RIP, 0x10_1000),
+        ])
+    }
+
+    fn checks(v: &HashMap<F, u64>) -> (Result<(), &'static str>, Result<(), &'static str>) {
+        let h = host();
+        let get = |f| v.get(&f).copied().unwrap_or(0);
+        (
+            check_controls(get, |m| l1_vmx_msr(&h, m).unwrap_or(0)),
+            check_host_state(get, h.cr0_fixed(), h.cr4_fixed()),
+        )
+    }
+
+    #[test]
+    fn advertised_capabilities() {
+        let h = host();
+        let basic = l1_vmx_msr(&h, crate::caps::IA32_VMX_BASIC).unwrap();
+        assert_eq!(basic as u32, VMCS12_REVISION);
+        assert_ne!(basic & (1 << 55), 0, "true controls");
+        let p2 = l1_vmx_msr(&h, crate::caps::IA32_VMX_PROCBASED_CTLS2).unwrap() >> 32;
+        assert_ne!(p2 as u32 & proc2::ENABLE_EPT, 0);
+        assert_eq!(p2 as u32 & proc2::VMCS_SHADOWING, 0, "shadowing is not offered to L1");
+        assert_eq!(l1_vmx_msr(&h, crate::caps::IA32_VMX_VMFUNC), None);
+    }
+
+    #[test]
+    fn each_entry_check_trips_on_its_own() {
+        assert_eq!(checks(&good()), (Ok(()), Ok(())));
+        let mut v = good();
+        v.insert(F::PIN_BASED_VM_EXEC_CONTROL, 0);
+        assert_eq!(checks(&v).0, Err("pin-based controls: a must-be-1 bit is 0"));
+        let mut v = good();
+        *v.get_mut(&F::PIN_BASED_VM_EXEC_CONTROL).unwrap() |= u64::from(pin::POSTED_INTERRUPTS);
+        assert_eq!(checks(&v).0, Err("pin-based controls: a bit set that is not allowed"));
+        let mut v = good();
+        *v.get_mut(&F::CPU_BASED_VM_EXEC_CONTROL).unwrap() |= u64::from(proc1::SECONDARY_CONTROLS);
+        v.insert(F::SECONDARY_VM_EXEC_CONTROL, u64::from(proc2::ENABLE_EPT));
+        v.insert(F::EPT_POINTER, 0x1000 | 0x18);
+        assert_eq!(checks(&v).0, Err("EPT pointer: memory type must be WB and the walk length 4"));
+        v.insert(F::EPT_POINTER, 0x1000 | 0x1E);
+        assert_eq!(checks(&v).0, Ok(()));
+        v.insert(F::SECONDARY_VM_EXEC_CONTROL, u64::from(proc2::ENABLE_VPID));
+        assert_eq!(checks(&v).0, Err("VPID enabled with VPID 0"));
+        let mut v = good();
+        v.insert(F::HOST_CR0, 0);
+        assert_eq!(checks(&v).1, Err("host CR0: VMX fixed bits (SDM 27.2.2)"));
+        let mut v = good();
+        v.insert(F::HOST_CR4, 0);
+        assert_eq!(checks(&v).1, Err("host CR4: VMX fixed bits (SDM 27.2.2)"));
+        let mut v = good();
+        v.insert(F::HOST_TR_SELECTOR, 0);
+        assert_eq!(checks(&v).1, Err("host CS or TR selector is null (SDM 27.2.3)"));
+        let mut v = good();
+        v.insert(F::HOST_SS_SELECTOR, 0x13);
+        assert_eq!(checks(&v).1, Err("host selector with RPL or TI set (SDM 27.2.3)"));
+        let mut v = good();
+        v.insert(F::HOST_RIP, 0x8000_0000_0000_0000);
+        assert_eq!(checks(&v).1, Err("host RIP or base address not canonical (SDM 27.2.3-27.2.4)"));
+    }
+
+    #[test]
+    fn reflection_follows_l1s_controls_and_bitmaps() {
+        let io_port_80 = 0x0080_0000; // OUT to port 0x80, size 1
+        let v = HashMap::from([(F::CPU_BASED_VM_EXEC_CONTROL, u64::from(proc1::HLT_EXITING))]);
+        let get = |f| v.get(&f).copied().unwrap_or(0);
+        let none = |_, _| false;
+        assert!(l1_wants_exit(10, 0, 0, get, none), "CPUID always exits to L1");
+        assert!(l1_wants_exit(12, 0, 0, get, none), "HLT exiting on");
+        assert!(!l1_wants_exit(30, io_port_80, 0, get, none), "no I/O exiting");
+        assert!(l1_wants_exit(31, 0, 0x10, get, none), "no MSR bitmaps: every RDMSR exits");
+        assert!(!l1_wants_exit(52, 0, 0, get, none), "the preemption timer is L0's");
+        assert!(!l1_wants_exit(1, 0, 0, get, none), "no external-interrupt exiting");
+        let v = HashMap::from([
+            (F::CPU_BASED_VM_EXEC_CONTROL, u64::from(proc1::USE_IO_BITMAPS | proc1::USE_MSR_BITMAPS)),
+            (F::IO_BITMAP_A, 0x5000),
+            (F::MSR_BITMAP, 0x7000),
+        ]);
+        let get = |f| v.get(&f).copied().unwrap_or(0);
+        let bits = |map: u64, n: u64| (map, n) == (0x5000, 0x80) || (map, n) == (0x7000 + 2048 + 1024, 0x80);
+        assert!(l1_wants_exit(30, io_port_80, 0, get, bits), "port 0x80 set in bitmap A");
+        assert!(!l1_wants_exit(30, 0x0081_0000, 0, get, bits), "port 0x81 clear");
+        assert!(l1_wants_exit(32, 0, 0xC000_0080, get, bits), "WRMSR EFER set in the high write bitmap");
+        assert!(!l1_wants_exit(31, 0, 0xC000_0080, get, bits), "RDMSR EFER clear");
+        assert!(l1_wants_exit(31, 0, 0x4000_0000, get, bits), "MSRs outside both ranges always exit");
+    }
+}
