@@ -158,7 +158,9 @@ fn nested_l1s(name: &str, model: &str, cpus: usize) -> Result<()> {
     // (L2's RIP is in the L1's image), VMCS0-2 runs L2 with L0's host state
     // and its own EPT pointer (the shadow EPT0-2).
     for cpu in 0..cpus {
-        let d12 = m.command(&format!("vmcs 12 {cpu}"), t.command)?;
+        // Between VMCLEAR of one L2 vCPU's VMCS and VMPTRLD of the other the
+        // L1 has no current VMCS1-2 for a moment: ask again then.
+        let d12 = poll(&mut m, &format!("vmcs 12 {cpu}"), |o| o.contains("VMCS1-2 of cpu"))?;
         let d02 = m.command(&format!("vmcs 02 {cpu}"), t.command)?;
         let d01 = m.command(&format!("vmcs 01 {cpu}"), t.command)?;
         m.check(d12.contains(&format!("VMCS1-2 of cpu {cpu}")) && field(&d12, "GUEST_RIP").is_some_and(|r| r > 0x10_0000 && r < 32 << 20), || {
