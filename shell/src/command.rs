@@ -128,10 +128,15 @@ impl fmt::Display for ParseError {
 
 /// A decimal or 0x-hex number.
 pub fn parse_number(s: &str) -> Option<u64> {
-    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => s.parse().ok(),
+    let (digits, radix) = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => (hex, 16),
+        None => (s, 10),
+    };
+    // `from_str_radix` also takes a leading '+': `stats +1`, `0x+5` are typos, not numbers.
+    if !digits.bytes().all(|b| char::from(b).is_digit(radix)) {
+        return None;
     }
+    u64::from_str_radix(digits, radix).ok()
 }
 
 fn is_number(s: &str) -> bool {
@@ -399,6 +404,18 @@ mod tests {
         assert_eq!(ok("shadow off 3"), Command::Shadow { on: Some(false), cpus: CpuSel::One(3) });
         assert_eq!(err("shadow maybe"), "shadow: unknown argument 'maybe' (status|on|off)");
         assert_eq!(err("shadow on 7"), "shadow: cpu 7 does not exist (0-3)");
+    }
+
+    #[test]
+    fn numbers_are_decimal_or_0x_hex_only() {
+        assert_eq!(parse_number("109128611"), Some(109_128_611));
+        assert_eq!(parse_number("0x6812BA3"), Some(0x0681_2BA3));
+        assert_eq!(parse_number("0X6812ba3"), Some(0x0681_2BA3));
+        assert_eq!(parse_number("18446744073709551615"), Some(u64::MAX));
+        for bad in ["", "+1", "-1", "0x", "0x+5", "0xg", "12a", "1_000", "18446744073709551616"] {
+            assert_eq!(parse_number(bad), None, "{bad:?}");
+        }
+        assert_eq!(err("console +1"), "console: '+1' is not a number");
     }
 
     #[test]
