@@ -107,17 +107,63 @@ l1_trap_stubs:
     .set vec, 0
     .rept 32
     .balign 16
+    xorl %edx, %edx
     .if (vec == 8) || (vec == 10) || (vec == 11) || (vec == 12) || (vec == 13) || (vec == 14) || (vec == 17)
-    addq $8, %rsp
+    popq %rdx
     .endif
     movl $vec, %edi
     jmp l1_trap_common
     .set vec, vec + 1
     .endr
 l1_trap_common:
-    movq (%rsp), %rsi
+    /* Inside l1_probe: record the fault and return 1 from the probe. */
+    movq l1_probe_rsp, %rax
+    testq %rax, %rax
+    jz 1f
+    movq %rdi, l1_probe_vector
+    movq %rdx, l1_probe_error
+    movq %cr2, %rcx
+    movq %rcx, l1_probe_cr2
+    movq %rax, %rsp
+    movl $1, %eax
+    jmp l1_probe_out
+1:  movq (%rsp), %rsi
     andq $-16, %rsp
     call l1_trap
+
+    /* u64 l1_probe(fn(u64), u64 arg): calls fn(arg); 0 if it returned,
+       1 if it faulted (vector, error code, CR2 in l1_probe_*). */
+    .global l1_probe
+l1_probe:
+    pushq %rbx
+    pushq %rbp
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, l1_probe_rsp
+    movq %rdi, %rax
+    movq %rsi, %rdi
+    call *%rax
+    xorl %eax, %eax
+l1_probe_out:
+    movq $0, l1_probe_rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbp
+    popq %rbx
+    ret
+
+    .section .data
+    .balign 8
+l1_probe_rsp: .quad 0
+    .global l1_probe_vector, l1_probe_error, l1_probe_cr2
+l1_probe_vector: .quad 0
+l1_probe_error: .quad 0
+l1_probe_cr2: .quad 0
+    .section .text
     "#,
     options(att_syntax)
 );
@@ -132,6 +178,31 @@ unsafe extern "C" {
 extern "C" fn l1_trap(vector: u64, rip: u64) -> ! {
     let _ = writeln!(crate::console::Console, "l1: exception {vector} at rip {rip:#x}; halting");
     halt()
+}
+
+unsafe extern "C" {
+    fn l1_probe(f: extern "C" fn(u64), arg: u64) -> u64;
+    static l1_probe_vector: u64;
+    static l1_probe_error: u64;
+    static l1_probe_cr2: u64;
+}
+
+/// An exception caught by [`probe`]: vector, error code (0 if none), CR2.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Fault {
+    pub vector: u64,
+    pub error: u64,
+    pub cr2: u64,
+}
+
+/// Calls `f(arg)`; an exception in it returns here instead of halting.
+/// `f` must leave nothing half-done that matters if it is cut short.
+pub fn probe(f: extern "C" fn(u64), arg: u64) -> Option<Fault> {
+    // SAFETY: l1_probe saves the callee-saved registers and the stack
+    // pointer; the trap path restores them and returns 1.
+    let faulted = unsafe { l1_probe(f, arg) } != 0;
+    // SAFETY: written by the trap path before it returned 1.
+    faulted.then(|| unsafe { Fault { vector: l1_probe_vector, error: l1_probe_error, cr2: l1_probe_cr2 } })
 }
 
 #[repr(C, align(16))]

@@ -95,19 +95,23 @@ struct L2Vcpu {
 }
 
 /// The L1's EPT for its L2: identity, 4 KiB pages, filled on demand.
-struct Ept {
-    pml4: u64,
+pub struct Ept {
+    pub pml4: u64,
 }
 
 impl Ept {
-    fn eptp(&self) -> u64 {
+    pub fn eptp(&self) -> u64 {
         self.pml4 | 6 | (3 << 3)
     }
     fn entry(table: u64, index: u64) -> *mut u64 {
         (table + 8 * (index & 511)) as *mut u64
     }
     /// Maps the 4 KiB page at `gpa` to itself, read/write/execute, WB.
-    fn map(&mut self, gpa: u64) {
+    pub fn map(&mut self, gpa: u64) {
+        self.map_to(gpa, gpa);
+    }
+    /// Maps the 4 KiB page at `gpa` to L1 page `to`, read/write/execute, WB.
+    pub fn map_to(&mut self, gpa: u64, to: u64) {
         let mut table = self.pml4;
         for shift in [39, 30, 21] {
             let e = Self::entry(table, gpa >> shift);
@@ -120,7 +124,7 @@ impl Ept {
             }
         }
         // SAFETY: as above; leaf entry: RWX, memory type WB (6 << 3).
-        unsafe { *Self::entry(table, gpa >> 12) = (gpa & !0xFFF) | 7 | (6 << 3) };
+        unsafe { *Self::entry(table, gpa >> 12) = (to & !0xFFF) | 7 | (6 << 3) };
     }
     /// Removes the mapping of the page at `gpa` (if any).
     fn unmap(&mut self, gpa: u64) {
@@ -138,7 +142,7 @@ impl Ept {
     }
 }
 
-fn read_cr(n: u8) -> u64 {
+pub fn read_cr(n: u8) -> u64 {
     let v: u64;
     // SAFETY: reading control registers has no side effects.
     unsafe {
@@ -172,8 +176,8 @@ pub fn try_enter(launch: bool) -> Result<(), VmFail> {
     }
 }
 
-/// Fills the current VMCS for an L2 vCPU (SDM 25.3-25.8).
-fn setup_vmcs(caps: &VmxCaps, ept: &Ept, vpid: u16, stack_top: u64) -> Result<(), ()> {
+/// Fills the current VMCS for an L2 vCPU that starts at `rip` (SDM 25.3-25.8).
+pub fn setup_vmcs(caps: &VmxCaps, ept: &Ept, vpid: u16, stack_top: u64, rip: u64) -> Result<(), ()> {
     let ctl = |want, allowed| adjust_controls(want, allowed).map_err(|bits| {
         let _ = writeln!(Console, "l1: control bits {bits:#x} not supported");
     });
@@ -230,7 +234,7 @@ fn setup_vmcs(caps: &VmxCaps, ept: &Ept, vpid: u16, stack_top: u64) -> Result<()
     vmx::vmwrite(F::GUEST_DR7, 0x400);
     vmx::vmwrite(F::GUEST_RFLAGS, 0x2);
     vmx::vmwrite(F::GUEST_RSP, stack_top);
-    vmx::vmwrite(F::GUEST_RIP, &raw const l2_entry as u64);
+    vmx::vmwrite(F::GUEST_RIP, rip);
     vmx::vmwrite(F::GUEST_IA32_DEBUGCTL, 0);
     vmx::vmwrite(F::GUEST_SYSENTER_CS, 0);
     vmx::vmwrite(F::GUEST_SYSENTER_ESP, 0);
@@ -310,7 +314,7 @@ fn start(caps: &VmxCaps, total: u64, exits: &mut [u64; 80]) -> Result<(), ()> {
     for (i, v) in vcpus.iter().enumerate() {
         must("VMCLEAR", vmx::vmclear(v.vmcs))?;
         must("VMPTRLD", vmx::vmptrld(v.vmcs))?;
-        setup_vmcs(caps, &ept, i as u16 + 1, stacks + 16384 * (i as u64 + 1))?;
+        setup_vmcs(caps, &ept, i as u16 + 1, stacks + 16384 * (i as u64 + 1), &raw const l2_entry as u64)?;
     }
     if vmx::vmptrst() != vcpus[1].vmcs {
         let _ = writeln!(Console, "l1: VMPTRST does not name the VMCS just loaded");

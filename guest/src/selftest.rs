@@ -4,13 +4,16 @@
 //! instruction must do. Run bare, the CPU answers; run under nvmx, nvmx
 //! must answer the same, line for line.
 
+use core::arch::global_asm;
 use core::fmt::Write;
 
 use nvmx_vmx::caps::VmxCaps;
 use nvmx_vmx::field::Field as F;
 
+use crate::boot;
 use crate::console::Console;
-use crate::forum::{alloc_page, try_enter};
+use crate::forum::{alloc_page, read_cr, setup_vmcs, try_enter, Ept};
+use nvmx_vmx::entry::GuestRegs as L2Regs;
 use crate::vmx::{self, VmFail};
 
 /// What a check expects.
@@ -35,6 +38,7 @@ fn show(w: Want) -> &'static str {
         Want::FailInvalid => "VMfailInvalid",
         Want::FailValid(2) => "VMfailValid(2)",
         Want::FailValid(3) => "VMfailValid(3)",
+        Want::FailValid(4) => "VMfailValid(4)",
         Want::FailValid(5) => "VMfailValid(5)",
         Want::FailValid(7) => "VMfailValid(7)",
         Want::FailValid(8) => "VMfailValid(8)",
@@ -49,7 +53,7 @@ fn show(w: Want) -> &'static str {
     }
 }
 
-struct Tally {
+pub(crate) struct Tally {
     passed: u32,
     failed: u32,
 }
@@ -67,6 +71,10 @@ impl Tally {
             self.failed += 1;
             let _ = writeln!(Console, "l1: selftest {name}: FAIL (expected {want}, got {got})");
         }
+    }
+    /// A check whose outcome is a yes/no against `want`.
+    fn expect(&mut self, name: &str, want: &str, ok: bool) {
+        self.value(name, want, if ok { "as expected" } else { "something else" }, ok);
     }
     fn equal(&mut self, name: &str, want: u64, got: Result<u64, VmFail>) {
         match got {
@@ -148,9 +156,334 @@ pub fn run(caps: &VmxCaps) {
     t.check("invvpid with an unsupported type", Want::FailValid(28), vmx::try_invalidate(false, 4, desc));
     t.check("invept all-context", Want::Succeed, vmx::try_invalidate(true, 2, desc));
     t.check("invvpid all-context", Want::Succeed, vmx::try_invalidate(false, 2, desc));
+    l2_checks(&mut t, caps, page(rev));
+    t.check("vmptrld back", Want::Succeed, vmx::try_op("vmptrld", a));
     t.check("vmclear of the current VMCS", Want::Succeed, vmx::try_op("vmclear", a));
     t.check("vmread after it", Want::FailInvalid, vmx::try_vmread(F::GUEST_RIP.encoding()).map(|_| ()));
     t.value("vmptrst after it", "no current VMCS", "all ones", vmx::vmptrst() == u64::MAX);
     t.check("vmxoff", Want::Succeed, vmx::vmxoff());
     let _ = writeln!(Console, "l1: selftest {} passed, {} failed", t.passed, t.failed);
+}
+
+// L2 code for the checks below: each snippet starts with the instruction
+// whose exit is checked; loads and stores end in VMCALL.
+global_asm!(
+    r#"
+    .global st_cpuid, st_hlt, st_out, st_rdmsr, st_wrmsr, st_vmcall, st_ud2, st_load, st_store
+st_cpuid:  cpuid
+st_hlt:    hlt
+st_out:    out 0x80, al
+st_rdmsr:  rdmsr
+st_wrmsr:  wrmsr
+st_vmcall: vmcall
+st_ud2:    ud2
+st_load:   mov rax, [rsi]
+           vmcall
+st_store:  mov byte ptr [rsi], 1
+           vmcall
+
+    /* For the operand-fault checks (L1 code, called through boot::probe). */
+    .global st_vmptrld_at, st_vmptrst_at
+st_vmptrld_at: vmptrld [rdi]
+               ret
+st_vmptrst_at: vmptrst [rdi]
+               ret
+    "#
+);
+
+unsafe extern "C" {
+    static st_cpuid: u8;
+    static st_hlt: u8;
+    static st_out: u8;
+    static st_rdmsr: u8;
+    static st_wrmsr: u8;
+    static st_vmcall: u8;
+    static st_ud2: u8;
+    static st_load: u8;
+    static st_store: u8;
+    fn st_vmptrld_at(operand: u64);
+    fn st_vmptrst_at(operand: u64);
+}
+
+/// What an L2 exit left in the VMCS.
+struct L2Exit {
+    reason: u64,
+    qualification: u64,
+    intr_info: u64,
+    len: u64,
+    gpa: u64,
+    rax: u64,
+}
+
+/// One L2 vCPU on the current VMCS; its EPT maps pages on demand except
+/// the `hole`.
+struct L2 {
+    ept: Ept,
+    launched: bool,
+    hole: u64,
+}
+
+impl L2 {
+    /// Runs the L2 at `rip` with RCX/RSI = `rcx`/`rsi` until an exit other
+    /// than an EPT violation L1 fills. `None` if VMLAUNCH/VMRESUME failed.
+    fn run(&mut self, rip: u64, rcx: u64, rsi: u64) -> Option<L2Exit> {
+        let mut regs = L2Regs::default();
+        regs.gpr[1] = rcx;
+        regs.gpr[6] = rsi;
+        vmx::vmwrite(F::GUEST_RIP, rip);
+        loop {
+            vmx::vmwrite(F::GUEST_INTERRUPTIBILITY_INFO, 0);
+            vmx::count_entry(!self.launched);
+            // SAFETY: the current VMCS is set up with HOST_RIP = exit_rip().
+            if unsafe { nvmx_vmx::entry::enter(&mut regs, self.launched) } != 0 {
+                return None;
+            }
+            let e = L2Exit {
+                reason: vmx::vmread(F::VM_EXIT_REASON),
+                qualification: vmx::vmread(F::EXIT_QUALIFICATION),
+                intr_info: vmx::vmread(F::VM_EXIT_INTR_INFO),
+                len: vmx::vmread(F::VM_EXIT_INSTRUCTION_LEN),
+                gpa: vmx::vmread(F::GUEST_PHYSICAL_ADDRESS),
+                rax: regs.gpr[0],
+            };
+            if e.reason & (1 << 31) != 0 {
+                return Some(e); // a VM-entry failure: the launch state is unchanged
+            }
+            self.launched = true;
+            if e.reason == 48 && e.gpa & !0xFFF != self.hole {
+                self.ept.map(e.gpa);
+                let _ = vmx::invept_single(self.ept.eptp());
+                continue;
+            }
+            return Some(e);
+        }
+    }
+}
+
+fn page_with(value: u64) -> u64 {
+    let p = alloc_page();
+    // SAFETY: a fresh page of the L1's pool.
+    unsafe { *(p as *mut u64) = value };
+    p
+}
+
+/// Checks with an L2 running (SDM 26.1-26.2 exits, 27.3 guest-state
+/// checks, 27.4/28.4/28.6 MSR lists, 29.4.3 INVEPT, 29.4.1 INVVPID), on the
+/// fresh VMCS `vmcs`.
+fn l2_checks(t: &mut Tally, caps: &VmxCaps, vmcs: u64) {
+    let _ = vmx::try_op("vmclear", vmcs);
+    let _ = vmx::try_op("vmptrld", vmcs);
+    let hole = alloc_page();
+    let mut l2 = L2 { ept: Ept { pml4: alloc_page() }, launched: false, hole };
+    let stack = alloc_page() + 4096;
+    if setup_vmcs(caps, &l2.ept, 5, stack, 0).is_err() {
+        t.value("l2 vmcs setup", "controls", "unsupported controls", false);
+        return;
+    }
+    // HLT and I/O exit by the forum's controls; every MSR access exits
+    // without MSR bitmaps; #UD exits through the exception bitmap.
+    vmx::vmwrite(F::EXCEPTION_BITMAP, 1 << 6);
+    let rip = |s: &u8| s as *const u8 as u64;
+    let exit_is = |t: &mut Tally, name: &str, e: Option<L2Exit>, reason: u64, extra: &dyn Fn(&L2Exit) -> bool| {
+        match e {
+            Some(e) if e.reason == reason && extra(&e) => t.expect(name, "", true),
+            Some(e) => {
+                let _ = writeln!(Console, "l1: selftest {name}: exit {:#x} qualification {:#x} info {:#x} len {}", e.reason, e.qualification, e.intr_info, e.len);
+                t.value(name, "another exit", "", false)
+            }
+            None => t.value(name, "an L2 exit", "VMfail", false),
+        }
+    };
+    // SAFETY (all `rip(&st_…)`): addresses of the L2 snippets above, only taken.
+    unsafe {
+        exit_is(t, "l2 cpuid exits (reason 10, length 2)", l2.run(rip(&st_cpuid), 0, 0), 10, &|e| e.len == 2);
+        t.check("vmlaunch of a launched VMCS", Want::FailValid(4), crate::forum::try_enter(true));
+        exit_is(t, "l2 hlt exits (12)", l2.run(rip(&st_hlt), 0, 0), 12, &|e| e.len == 1);
+        exit_is(t, "l2 out 0x80 exits (30, port/size/immediate)", l2.run(rip(&st_out), 0, 0), 30, &|e| e.qualification == 0x0080_0040);
+        exit_is(t, "l2 rdmsr exits (31)", l2.run(rip(&st_rdmsr), 0x10, 0), 31, &|e| e.len == 2);
+        exit_is(t, "l2 wrmsr exits (32)", l2.run(rip(&st_wrmsr), 0x277, 0), 32, &|e| e.len == 2);
+        exit_is(t, "l2 vmcall exits (18)", l2.run(rip(&st_vmcall), 0, 0), 18, &|e| e.len == 3);
+        exit_is(t, "l2 #UD exits by the exception bitmap (0, info 0x80000306)", l2.run(rip(&st_ud2), 0, 0), 0, &|e| {
+            e.intr_info & 0x8000_07FF == 0x8000_0306
+        });
+        // EPT violation: a write to a page L1's EPT does not map.
+        exit_is(t, "l2 write to an unmapped page: EPT violation (48)", l2.run(rip(&st_store), 0, hole + 8), 48, &|e| {
+            e.gpa == hole + 8 && e.qualification & 0x3F == 0x2 && e.qualification & 0x80 != 0
+        });
+        // INVEPT: remap the page behind `hole`, invalidate, L2 sees the new page.
+        let (old, new) = (page_with(0x1111), page_with(0x2222));
+        l2.ept.map_to(hole, old);
+        let _ = vmx::invept_single(l2.ept.eptp());
+        exit_is(t, "l2 reads the page L1's EPT maps", l2.run(rip(&st_load), 0, hole), 18, &|e| e.rax == 0x1111);
+        l2.ept.map_to(hole, new);
+        t.check("invept single-context", Want::Succeed, vmx::try_invalidate(true, 1, [l2.ept.eptp(), 0]));
+        exit_is(t, "after invept l2 reads the remapped page", l2.run(rip(&st_load), 0, hole), 18, &|e| e.rax == 0x2222);
+        // INVVPID: L2 runs on L1's page tables; change a 4 KiB translation
+        // L2 has used, invalidate its VPID, L2 sees the new page.
+        let linear = invvpid_window(old);
+        exit_is(t, "l2 reads through a 4 KiB mapping", l2.run(rip(&st_load), 0, linear), 18, &|e| e.rax == 0x1111);
+        set_window(new);
+        t.check("invvpid single-context", Want::Succeed, vmx::try_invalidate(false, 1, [5, 0]));
+        exit_is(t, "after invvpid l2 reads the new page", l2.run(rip(&st_load), 0, linear), 18, &|e| e.rax == 0x2222);
+    }
+    operand_faults(t, 1 << 39, vmcs);
+
+    // VM-entry failures on guest state (SDM 27.3.1, exit reason 33 | bit 31).
+    let failure = |t: &mut Tally, name: &str, l2: &mut L2, reason: u64, qualification: u64| {
+        // SAFETY: as above.
+        let e = l2.run(unsafe { rip(&st_cpuid) }, 0, 0);
+        match e {
+            Some(e) if e.reason == reason | (1 << 31) && e.qualification == qualification => {
+                t.expect(name, "", true)
+            }
+            Some(e) => {
+                let _ = writeln!(Console, "l1: selftest {name}: exit {:#x} qualification {:#x}", e.reason, e.qualification);
+                t.value(name, "a VM-entry failure", "another exit", false)
+            }
+            None => t.value(name, "a VM-entry failure", "VMfail", false),
+        }
+    };
+    vmx::vmwrite(F::GUEST_RFLAGS, 0);
+    failure(t, "entry with RFLAGS bit 1 clear fails (33, qualification 0)", &mut l2, 33, 0);
+    vmx::vmwrite(F::GUEST_RFLAGS, 2);
+    vmx::vmwrite(F::GUEST_ACTIVITY_STATE, 5);
+    failure(t, "entry with activity state 5 fails (33)", &mut l2, 33, 0);
+    vmx::vmwrite(F::GUEST_ACTIVITY_STATE, 0);
+    vmx::vmwrite(F::VMCS_LINK_POINTER, 0x1001);
+    failure(t, "entry with a misaligned VMCS link pointer fails (33, qualification 4)", &mut l2, 33, 4);
+    vmx::vmwrite(F::VMCS_LINK_POINTER, u64::MAX);
+    let cr0 = vmx::vmread(F::GUEST_CR0);
+    vmx::vmwrite(F::GUEST_CR0, cr0 & !(1 << 31));
+    failure(t, "entry of a 64-bit guest with CR0.PG clear fails (33)", &mut l2, 33, 0);
+    vmx::vmwrite(F::GUEST_CR0, cr0);
+
+    // MSR lists (SDM 27.4, 28.4, 28.6): entry MSR-load, exit MSR-store and
+    // exit MSR-load of IA32_KERNEL_GS_BASE, then two refused entries.
+    const KERNEL_GS_BASE: u64 = 0xC000_0102;
+    let (entry_list, store_list, exit_list) = (alloc_page(), alloc_page(), alloc_page());
+    let list = |p: u64, entries: &[(u64, u64)]| {
+        for (i, (head, value)) in entries.iter().enumerate() {
+            // SAFETY: pool pages, 16-byte entries (SDM 25.7.2).
+            unsafe {
+                *((p + 16 * i as u64) as *mut u64) = *head;
+                *((p + 16 * i as u64 + 8) as *mut u64) = *value;
+            }
+        }
+    };
+    list(entry_list, &[(KERNEL_GS_BASE, 0x2222_0000)]);
+    list(store_list, &[(KERNEL_GS_BASE, 0)]);
+    list(exit_list, &[(KERNEL_GS_BASE, 0x3333_0000)]);
+    wrmsr(KERNEL_GS_BASE as u32, 0x1111_0000);
+    for (f, v) in [
+        (F::VM_ENTRY_MSR_LOAD_ADDR, entry_list),
+        (F::VM_ENTRY_MSR_LOAD_COUNT, 1),
+        (F::VM_EXIT_MSR_STORE_ADDR, store_list),
+        (F::VM_EXIT_MSR_STORE_COUNT, 1),
+        (F::VM_EXIT_MSR_LOAD_ADDR, exit_list),
+        (F::VM_EXIT_MSR_LOAD_COUNT, 1),
+    ] {
+        vmx::vmwrite(f, v);
+    }
+    // SAFETY: as above.
+    exit_is(t, "l2 runs with MSR lists", l2.run(unsafe { rip(&st_cpuid) }, 0, 0), 10, &|_| true);
+    // SAFETY: the store list's first value, written by the exit.
+    let stored = unsafe { *((store_list + 8) as *const u64) };
+    t.expect("exit MSR-store saw the entry MSR-load value", "0x22220000", stored == 0x2222_0000);
+    t.expect("exit MSR-load set L1's value", "0x33330000", rdmsr(KERNEL_GS_BASE as u32) == 0x3333_0000);
+    vmx::vmwrite(F::VM_EXIT_MSR_STORE_COUNT, 0);
+    vmx::vmwrite(F::VM_EXIT_MSR_LOAD_COUNT, 0);
+    list(entry_list, &[(0xC000_0100, 0)]);
+    failure(t, "entry MSR-load of IA32_FS_BASE fails (34, qualification 1)", &mut l2, 34, 1);
+    list(entry_list, &[(KERNEL_GS_BASE, 0x4444_0000), (KERNEL_GS_BASE | (1 << 32), 0)]);
+    vmx::vmwrite(F::VM_ENTRY_MSR_LOAD_COUNT, 2);
+    failure(t, "entry MSR-load entry 2 with reserved bits fails (34, qualification 2)", &mut l2, 34, 2);
+    t.expect("the entries before the failing one were loaded", "0x44440000", rdmsr(KERNEL_GS_BASE as u32) == 0x4444_0000);
+    vmx::vmwrite(F::VM_ENTRY_MSR_LOAD_ADDR, entry_list | 8);
+    t.check("vmresume with a misaligned MSR-load address", Want::FailValid(7), crate::forum::try_enter(false));
+    vmx::vmwrite(F::VM_ENTRY_MSR_LOAD_COUNT, 0);
+    t.check("vmclear of the L2's VMCS", Want::Succeed, vmx::try_op("vmclear", vmcs));
+}
+
+/// A VMX instruction's memory operand is accessed like any other (SDM 32.3,
+/// each instruction's "Operation"): a not-present page or a write to a
+/// read-only one with CR0.WP=1 is a #PF with CR2 = the operand's address.
+/// Uses the 4 KiB window at `linear` (`invvpid_window`); `vmcs` is current.
+fn operand_faults(t: &mut Tally, linear: u64, vmcs: u64) {
+    let fault_is = |t: &mut Tally, name: &str, got: Option<boot::Fault>, want: boot::Fault| {
+        if got != Some(want) {
+            if let Some(f) = got {
+                let _ = writeln!(Console, "l1: selftest {name}: exception {} error {:#x} cr2 {:#x}", f.vector, f.error, f.cr2);
+            }
+        }
+        t.expect(name, "that exception", got == Some(want));
+    };
+    let absent = linear + 0x1000;
+    fault_is(t, "vmptrld of an operand on a not-present page: #PF(0), CR2", boot::probe(vmptrld_at, absent), boot::Fault {
+        vector: 14,
+        error: 0,
+        cr2: absent,
+    });
+    let target = alloc_page();
+    // SAFETY: PT entry 2 of the window, never used before: read-only page.
+    unsafe { *((WINDOW_PTE + 16) as *mut u64) = target | 1 };
+    let read_only = linear + 0x2000;
+    let cr0 = read_cr(0);
+    // SAFETY: CR0.WP only changes how supervisor writes to read-only pages fault.
+    unsafe { core::arch::asm!("mov cr0, {}", in(reg) cr0 | (1 << 16)) };
+    let got = boot::probe(vmptrst_at, read_only);
+    // SAFETY: as above, back to the L1's own CR0.
+    unsafe { core::arch::asm!("mov cr0, {}", in(reg) cr0) };
+    fault_is(t, "vmptrst to a read-only page with CR0.WP=1: #PF(3), CR2", got, boot::Fault { vector: 14, error: 3, cr2: read_only });
+    let got = boot::probe(vmptrst_at, read_only);
+    // SAFETY: `target` is a pool page, the one the window maps.
+    let stored = unsafe { *(target as *const u64) };
+    t.expect("vmptrst to a read-only page with CR0.WP=0 stores", "the VMCS pointer stored", got.is_none() && stored == vmcs);
+}
+
+extern "C" fn vmptrld_at(operand: u64) {
+    // SAFETY: VMPTRLD of the pointer stored at `operand`; the check
+    // expects a fault before anything is loaded.
+    unsafe { st_vmptrld_at(operand) }
+}
+
+extern "C" fn vmptrst_at(operand: u64) {
+    // SAFETY: VMPTRST stores 8 bytes at `operand` (or faults).
+    unsafe { st_vmptrst_at(operand) }
+}
+
+/// Linear address 512 GiB (PML4 entry 1, unused by the L1's identity map)
+/// mapped with a 4 KiB page to `page`, for the INVVPID check.
+fn invvpid_window(page: u64) -> u64 {
+    let (pdpt, pd, pt) = (alloc_page(), alloc_page(), alloc_page());
+    // SAFETY: fresh pool pages become paging structures under PML4[1],
+    // which the L1 does not use otherwise.
+    unsafe {
+        *(pdpt as *mut u64) = pd | 3;
+        *(pd as *mut u64) = pt | 3;
+        *(pt as *mut u64) = page | 3;
+        WINDOW_PTE = pt;
+        *((read_cr(3) & !0xFFF) as *mut u64).add(1) = pdpt | 3;
+    }
+    1 << 39
+}
+
+static mut WINDOW_PTE: u64 = 0;
+
+/// Points the INVVPID window at `page` (L1 itself never touched it, so
+/// only the L2's VPID-tagged translation can be stale).
+fn set_window(page: u64) {
+    // SAFETY: the page-table entry created by `invvpid_window`.
+    unsafe { *(WINDOW_PTE as *mut u64) = page | 3 };
+}
+
+fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: IA32_KERNEL_GS_BASE exists on every 64-bit CPU.
+    unsafe { core::arch::asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+fn wrmsr(msr: u32, v: u64) {
+    // SAFETY: as `rdmsr`; the L1 does not use KERNEL_GS_BASE (no SWAPGS).
+    unsafe { core::arch::asm!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32) };
 }

@@ -635,9 +635,14 @@ pub fn describe(w: &mut dyn core::fmt::Write) -> core::fmt::Result {
 
     let enabled = info.processors.iter().filter(|p| p.enabled).count();
     let x2 = info.processors.iter().filter(|p| p.x2apic).count();
-    write!(w, "MADT: {enabled}/{} processors enabled, APIC ids", info.processors.len())?;
+    write!(w, "MADT: {enabled}/{} processors enabled, APIC id/ACPI uid", info.processors.len())?;
     for p in &info.processors {
-        write!(w, " {}{}", p.apic_id, if p.enabled { "" } else { "(off)" })?;
+        let state = match (p.enabled, p.online_capable) {
+            (true, _) => "",
+            (false, true) => "(off, online-capable)",
+            (false, false) => "(off)",
+        };
+        write!(w, " {}/{}{state}", p.apic_id, p.uid)?;
     }
     match info.bsp_apic_id {
         Some(b) => write!(w, " (BSP {b})")?,

@@ -11,6 +11,7 @@ pub mod entry;
 pub mod error;
 pub mod exit;
 pub mod field;
+pub mod guest_state;
 pub mod nested;
 pub mod shadow;
 pub mod walk;

@@ -51,6 +51,10 @@ pub fn l1_vmx_msr(host: &VmxCaps, msr: u32) -> Option<u64> {
     })
 }
 
+/// The physical-address width L0 checks vmcs12 addresses against (the
+/// architectural maximum; L1's memory is far smaller and checked on use).
+const MAX_PHYS_BITS: u32 = 52;
+
 /// SDM 27.2.1.1 checks on vmcs12's controls against what nvmx advertises
 /// (error 7).
 pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64) -> Result<(), &'static str> {
@@ -82,6 +86,26 @@ pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64) -> R
         }
     }
     let proc = get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
+    // SDM 27.2.1.1: bitmaps 4 KiB aligned (addresses beyond L1's memory
+    // are caught when L0 reads them).
+    if proc & proc1::USE_IO_BITMAPS != 0 && (get(F::IO_BITMAP_A) | get(F::IO_BITMAP_B)) & 0xFFF != 0 {
+        return Err("I/O bitmap address not 4 KiB aligned");
+    }
+    if proc & proc1::USE_MSR_BITMAPS != 0 && get(F::MSR_BITMAP) & 0xFFF != 0 {
+        return Err("MSR bitmap address not 4 KiB aligned");
+    }
+    // SDM 27.2.1.2-27.2.1.3: MSR lists 16-byte aligned, inside the
+    // physical-address space, when their count is not zero.
+    for (addr, count, what) in [
+        (F::VM_EXIT_MSR_STORE_ADDR, F::VM_EXIT_MSR_STORE_COUNT, "VM-exit MSR-store address misaligned or too high"),
+        (F::VM_EXIT_MSR_LOAD_ADDR, F::VM_EXIT_MSR_LOAD_COUNT, "VM-exit MSR-load address misaligned or too high"),
+        (F::VM_ENTRY_MSR_LOAD_ADDR, F::VM_ENTRY_MSR_LOAD_COUNT, "VM-entry MSR-load address misaligned or too high"),
+    ] {
+        let (a, n) = (get(addr), get(count) & 0xFFFF_FFFF);
+        if n != 0 && (a & 0xF != 0 || (a + n * 16 - 1) >> MAX_PHYS_BITS != 0) {
+            return Err(what);
+        }
+    }
     if proc & proc1::SECONDARY_CONTROLS != 0 {
         let caps = l1_caps(IA32_VMX_PROCBASED_CTLS2);
         let v = get(F::SECONDARY_VM_EXEC_CONTROL) as u32;
@@ -243,6 +267,21 @@ mod tests {
         assert_eq!(checks(&v).0, Ok(()));
         v.insert(F::SECONDARY_VM_EXEC_CONTROL, u64::from(proc2::ENABLE_VPID));
         assert_eq!(checks(&v).0, Err("VPID enabled with VPID 0"));
+        let mut v = good();
+        v.insert(F::VM_ENTRY_MSR_LOAD_COUNT, 1);
+        v.insert(F::VM_ENTRY_MSR_LOAD_ADDR, 0x5008);
+        assert_eq!(checks(&v).0, Err("VM-entry MSR-load address misaligned or too high"));
+        v.insert(F::VM_ENTRY_MSR_LOAD_ADDR, 0x5010);
+        assert_eq!(checks(&v).0, Ok(()));
+        v.insert(F::VM_EXIT_MSR_STORE_COUNT, 2);
+        v.insert(F::VM_EXIT_MSR_STORE_ADDR, (1 << 52) - 16);
+        assert_eq!(checks(&v).0, Err("VM-exit MSR-store address misaligned or too high"));
+        v.insert(F::VM_EXIT_MSR_STORE_COUNT, 0);
+        assert_eq!(checks(&v).0, Ok(()), "a count of 0 makes the address irrelevant");
+        let mut v = good();
+        *v.get_mut(&F::CPU_BASED_VM_EXEC_CONTROL).unwrap() |= u64::from(proc1::USE_MSR_BITMAPS);
+        v.insert(F::MSR_BITMAP, 0x7800);
+        assert_eq!(checks(&v).0, Err("MSR bitmap address not 4 KiB aligned"));
         let mut v = good();
         v.insert(F::HOST_CR0, 0);
         assert_eq!(checks(&v).1, Err("host CR0: VMX fixed bits (SDM 27.2.2)"));

@@ -249,12 +249,28 @@ enum Handled {
     SkipFailed,
     /// VMLAUNCH/VMRESUME emulated: VMCS0-2 is current, run L2.
     EnterL2,
+    /// VMLAUNCH/VMRESUME ended in a VM-entry failure: L1 resumes at its
+    /// host RIP (already in VMCS0-1); not a completion.
+    EntryFailed,
     /// Inject a hardware exception (vector, error code) and resume.
     Inject(u8, Option<u32>),
     /// L1 halted for good.
     Halt,
     /// Stop this L1 with a report.
     Stop(String),
+}
+
+/// MSRs the VMCS switches as guest-state fields (SDM 25.4.1): while L0
+/// runs, the CPU holds L0's values, the guest's are in the current VMCS.
+fn vmcs_msr(msr: u32) -> Option<F> {
+    Some(match msr {
+        0x174 => F::GUEST_SYSENTER_CS,
+        0x175 => F::GUEST_SYSENTER_ESP,
+        0x176 => F::GUEST_SYSENTER_EIP,
+        0xC000_0100 => F::GUEST_FS_BASE,
+        0xC000_0101 => F::GUEST_GS_BASE,
+        _ => return None,
+    })
 }
 
 /// A decoded VM exit (SDM Appendix C; qualifications in 28.2.1).
@@ -365,56 +381,17 @@ impl Vcpu {
                 }
                 Handled::Skip
             }
-            Exit::Rdmsr => {
-                let msr = self.regs.gpr[1] as u32;
-                let value = match msr {
-                    0x3A => Some(if self.nested.enabled { L1_FEATURE_CONTROL_VMX } else { L1_FEATURE_CONTROL }),
-                    // Switched by VMCS0-1 on entry and exit: L1's copies live there.
-                    EFER => Some(vmread(F::GUEST_IA32_EFER)),
-                    PAT => Some(vmread(F::GUEST_IA32_PAT)),
-                    DEBUGCTL => Some(vmread(F::GUEST_IA32_DEBUGCTL)),
-                    // Without nested VMX the capability MSRs do not exist (#GP).
-                    0x480..=0x492 if self.nested.enabled => {
-                        vmx::probe().and_then(|caps| nvmx_vmx::nested::l1_vmx_msr(caps, msr))
-                    }
-                    0x480..=0x492 => None,
-                    _ => cpu::rdmsr_safe(msr),
-                };
-                match value {
-                    Some(v) => {
-                        self.regs.gpr[0] = v & 0xFFFF_FFFF;
-                        self.regs.gpr[2] = v >> 32;
-                        Handled::Skip
-                    }
-                    None => Handled::Inject(13, Some(0)),
+            Exit::Rdmsr => match self.l1_rdmsr(self.regs.gpr[1] as u32) {
+                Some(v) => {
+                    self.regs.gpr[0] = v & 0xFFFF_FFFF;
+                    self.regs.gpr[2] = v >> 32;
+                    Handled::Skip
                 }
-            }
+                None => Handled::Inject(13, Some(0)),
+            },
             Exit::Wrmsr => {
-                let msr = self.regs.gpr[1] as u32;
                 let value = (self.regs.gpr[2] << 32) | (self.regs.gpr[0] & 0xFFFF_FFFF);
-                match msr {
-                    // Locked: writing it faults on real hardware too.
-                    0x3A => Handled::Inject(13, Some(0)),
-                    0x10 => Handled::Skip, // TSC writes are dropped: L0 owns time
-                    EFER => {
-                        // LMA is the CPU's to set (SDM 10.8.5); keep the current one.
-                        let lma = vmread(F::GUEST_IA32_EFER) & EFER_LMA;
-                        vmwrite(F::GUEST_IA32_EFER, (value & !EFER_LMA) | lma);
-                        Handled::Skip
-                    }
-                    PAT => {
-                        vmwrite(F::GUEST_IA32_PAT, value);
-                        Handled::Skip
-                    }
-                    DEBUGCTL => {
-                        vmwrite(F::GUEST_IA32_DEBUGCTL, value);
-                        Handled::Skip
-                    }
-                    _ => {
-                        log::debug!("l1 cpu {}: WRMSR {msr:#x} = {value:#x} dropped", self.cpu);
-                        Handled::Skip
-                    }
-                }
+                if self.l1_wrmsr(self.regs.gpr[1] as u32, value) { Handled::Skip } else { Handled::Inject(13, Some(0)) }
             }
             Exit::CrAccess { cr, access, gpr } => self.cr_access(cr, access, gpr),
             Exit::EptViolation { gpa, qualification } => Handled::Stop(alloc::format!(
@@ -427,6 +404,7 @@ impl Vcpu {
                 nested::Emulated::Done { ok: false } => Handled::SkipFailed,
                 nested::Emulated::Fault(v, e) => Handled::Inject(v, e),
                 nested::Emulated::EnterL2 => Handled::EnterL2,
+                nested::Emulated::EntryFailed => Handled::EntryFailed,
                 nested::Emulated::Stop(why) => Handled::Stop(why),
             },
             Exit::Xsetbv => {
@@ -452,6 +430,68 @@ impl Vcpu {
                 "unexpected exit {reason} ({})",
                 nvmx_vmx::exit::exit_reason_name(reason)
             )),
+        }
+    }
+
+    /// RDMSR as L1 (or, on behalf of L1, its L2) sees it: `None` = #GP.
+    /// EFER, PAT and DEBUGCTL come from the current VMCS (VMCS0-1 for L1,
+    /// VMCS0-2 while an L2 exit is handled), which switches them.
+    pub(super) fn l1_rdmsr(&self, msr: u32) -> Option<u64> {
+        match msr {
+            0x3A => Some(if self.nested.enabled { L1_FEATURE_CONTROL_VMX } else { L1_FEATURE_CONTROL }),
+            EFER => Some(vmread(F::GUEST_IA32_EFER)),
+            PAT => Some(vmread(F::GUEST_IA32_PAT)),
+            DEBUGCTL => Some(vmread(F::GUEST_IA32_DEBUGCTL)),
+            m if vmcs_msr(m).is_some() => vmcs_msr(m).map(vmread),
+            // Without nested VMX the capability MSRs do not exist (#GP).
+            0x480..=0x492 if self.nested.enabled => {
+                vmx::probe().and_then(|caps| nvmx_vmx::nested::l1_vmx_msr(caps, msr))
+            }
+            0x480..=0x492 => None,
+            _ => cpu::rdmsr_safe(msr),
+        }
+    }
+
+    /// WRMSR as L1 sees it (also the VM-entry/exit MSR-load lists of a
+    /// nested entry, as KVM does): `false` = #GP. MSRs the bitmap passes
+    /// through go to the CPU; others L0 keeps from the hardware: the write
+    /// is dropped, but only for an MSR that exists (a missing one faults,
+    /// as on the CPU).
+    pub(super) fn l1_wrmsr(&mut self, msr: u32, value: u64) -> bool {
+        match msr {
+            // Locked: writing it faults on real hardware too.
+            0x3A => false,
+            EFER => {
+                // LMA is the CPU's to set (SDM 10.8.5); keep the current one.
+                let lma = vmread(F::GUEST_IA32_EFER) & EFER_LMA;
+                vmwrite(F::GUEST_IA32_EFER, (value & !EFER_LMA) | lma);
+                true
+            }
+            PAT => {
+                vmwrite(F::GUEST_IA32_PAT, value);
+                true
+            }
+            DEBUGCTL => {
+                vmwrite(F::GUEST_IA32_DEBUGCTL, value);
+                true
+            }
+            // Addresses must be canonical (WRMSR #GPs otherwise).
+            m if vmcs_msr(m).is_some() => {
+                let canonical = (value as i64) << 16 >> 16 == value as i64;
+                if m != 0x174 && !canonical {
+                    return false;
+                }
+                vmcs_msr(m).into_iter().for_each(|f| vmwrite(f, value));
+                true
+            }
+            // SAFETY: these MSRs are L1's alone (never used by L0); a bad
+            // value faults and is reported as such.
+            m if run::PASSTHROUGH_MSRS.contains(&m) => unsafe { cpu::wrmsr_safe(m, value) },
+            _ if cpu::rdmsr_safe(msr).is_none() => false,
+            _ => {
+                log::debug!("l1 cpu {}: WRMSR {msr:#x} = {value:#x} dropped", self.cpu);
+                true
+            }
         }
     }
 
@@ -653,6 +693,7 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
     let handled = v.handle(decode(reason, qualification));
     let (result, completed) = match handled {
         Handled::Resume => (None, true),
+        Handled::EntryFailed => (None, false),
         Handled::Skip | Handled::SkipFailed => {
             vmwrite(F::GUEST_RIP, rip + vmread(F::VM_EXIT_INSTRUCTION_LEN));
             (None, matches!(handled, Handled::Skip))

@@ -29,6 +29,12 @@ use nvmx_vmx::nested::VMCS12_REVISION;
 const FIELDS_OFFSET: u64 = 16;
 const RFLAGS_ARITH: u64 = 0x8D5; // CF PF AF ZF SF OF
 const CF: u64 = 1;
+/// Basic exit reasons of VM-entry failures (SDM Appendix C).
+const EXIT_REASON_INVALID_STATE: u32 = 33;
+const EXIT_REASON_MSR_LOADING: u32 = 34;
+/// MSR-list entries processed at most: 512 * (IA32_VMX_MISC[27:25] + 1),
+/// the recommended maximum nvmx advertises (SDM A.6).
+const MAX_MSR_LIST: u64 = 512;
 const ZF: u64 = 1 << 6;
 
 /// The nested state of one L1 vCPU.
@@ -192,6 +198,9 @@ pub enum Emulated {
     Fault(u8, Option<u32>),
     /// VMLAUNCH/VMRESUME passed the checks: VMCS0-2 is current, enter L2.
     EnterL2,
+    /// VMLAUNCH/VMRESUME failed after the checks that VMfail (a VM-entry
+    /// failure, SDM 27.8): vmcs12's host state is loaded, L1 resumes there.
+    EntryFailed,
     /// L1 broke something L0 cannot recover from.
     Stop(alloc::string::String),
 }
@@ -211,8 +220,10 @@ impl Vcpu {
 
     /// The guest-physical address of a VMX instruction's memory operand
     /// (SDM 28.2.5 for the encoding): segment base + offset, then L1's page
-    /// tables. `Err` = the #PF/#GP L1 gets.
-    fn operand_gpa(&self, info: &InstructionInfo) -> Result<u64, (u8, Option<u32>)> {
+    /// tables in whatever paging mode L1 uses. `Err` = the exception L1
+    /// gets: #PF (with CR2 set, as the CPU would) or #GP for memory L1
+    /// does not have.
+    fn operand_gpa(&self, info: &InstructionInfo, write: bool) -> Result<u64, (u8, Option<u32>)> {
         let offset = info.offset(vmread(F::EXIT_QUALIFICATION), |r| self.gpr(r));
         let seg_base = match info.segment {
             4 => vmread(F::GUEST_FS_BASE),
@@ -223,12 +234,32 @@ impl Vcpu {
             _ => vmread(F::GUEST_DS_BASE),
         };
         let linear = offset.wrapping_add(seg_base);
-        let paging = vmread(F::GUEST_CR0) & (1 << 31) != 0;
-        walk::linear_to_physical(&self.l1mem(), vmread(F::GUEST_CR3), paging, linear).map_err(|_| (14, Some(0)))
+        let cr0 = vmread(F::GUEST_CR0);
+        // The PDPTE registers of a PAE L1 are in VMCS0-1 (L1 runs with EPT).
+        let (cr4, efer) = (vmread(F::GUEST_CR4), vmread(F::GUEST_IA32_EFER));
+        let pae = cr4 & (1 << 5) != 0 && efer & (1 << 10) == 0;
+        let pdptes = if pae {
+            [F::GUEST_PDPTR0, F::GUEST_PDPTR1, F::GUEST_PDPTR2, F::GUEST_PDPTR3].map(vmread)
+        } else {
+            [0; 4]
+        };
+        let mode = walk::PagingMode::from_regs(cr0, cr4, efer, pdptes);
+        let access = walk::Access { write, wp: cr0 & (1 << 16) != 0 };
+        walk::linear_to_physical(&self.l1mem(), mode, vmread(F::GUEST_CR3), linear, access).map_err(|e| {
+            match e.page_fault_code(access) {
+                Some(code) => {
+                    // SAFETY: CR2 is L1's (VM entry does not switch it) and
+                    // L0 takes no page faults before the entry.
+                    unsafe { core::arch::asm!("mov cr2, {}", in(reg) linear) };
+                    (14, Some(code))
+                }
+                None => (13, Some(0)),
+            }
+        })
     }
 
     fn read_operand(&self, info: &InstructionInfo) -> Result<u64, (u8, Option<u32>)> {
-        let gpa = self.operand_gpa(info)?;
+        let gpa = self.operand_gpa(info, false)?;
         self.l1mem().read_u64(gpa).ok_or((13, Some(0)))
     }
 
@@ -328,7 +359,7 @@ impl Vcpu {
     pub(super) fn emulate_vmx(&mut self, reason: u16) -> Emulated {
         self.shadow_pull();
         let r = self.emulate_vmx_inner(reason);
-        if !matches!(r, Emulated::EnterL2) {
+        if !matches!(r, Emulated::EnterL2 | Emulated::EntryFailed) {
             self.shadow_push();
         }
         r
@@ -358,7 +389,7 @@ impl Vcpu {
             21 => self.vmptrld(&info),
             22 => {
                 let ptr = self.nested.current.as_ref().map_or(u64::MAX, |c| c.gpa);
-                match self.operand_gpa(&info) {
+                match self.operand_gpa(&info, true) {
                     Ok(gpa) if self.l1mem().write_u64(gpa, ptr) => self.succeed(),
                     Ok(_) => Emulated::Fault(13, Some(0)),
                     Err((v, e)) => Emulated::Fault(v, e),
@@ -478,7 +509,7 @@ impl Vcpu {
         if info.is_register {
             self.set_gpr(info.reg1, value);
         } else {
-            match self.operand_gpa(info) {
+            match self.operand_gpa(info, true) {
                 Ok(gpa) if self.l1mem().write_u64(gpa, value) => {}
                 Ok(_) => return Emulated::Fault(13, Some(0)),
                 Err((v, e)) => return Emulated::Fault(v, e),
@@ -564,10 +595,82 @@ impl Vcpu {
             self.nested.last_check = Some(what);
             return self.fail(8);
         }
-        match self.prepare_vmcs02() {
-            Ok(()) => Emulated::EnterL2,
-            Err(e) => Emulated::Stop(e.into()),
+        // L1 sees the CPU's physical-address width (CPUID passes it through).
+        let phys_bits = core::arch::x86_64::__cpuid(0x8000_0008).eax & 0xFF;
+        let mem = self.l1mem();
+        let vmxon = self.nested.vmxon;
+        let link_ok = |p: u64| {
+            Some(p) != vmxon && mem.read_u64(p).is_some_and(|v| v as u32 == VMCS12_REVISION)
+        };
+        let (cr0_fixed, cr4_fixed) = (host.cr0_fixed(), host.cr4_fixed());
+        if let Err(e) = nvmx_vmx::guest_state::check_guest_state(|f| cur.get(f), cr0_fixed, cr4_fixed, phys_bits, link_ok) {
+            return self.entry_failure(EXIT_REASON_INVALID_STATE, e.qualification, e.check);
         }
+        if let Err(e) = self.prepare_vmcs02() {
+            return Emulated::Stop(e.into());
+        }
+        // SDM 27.4: the VM-entry MSR-load list, after the guest state.
+        let cur = self.nested.current.as_ref().expect("checked above");
+        let list = (cur.get(F::VM_ENTRY_MSR_LOAD_ADDR), cur.get(F::VM_ENTRY_MSR_LOAD_COUNT));
+        if let Err(n) = self.load_msr_list(list) {
+            return self.entry_failure(EXIT_REASON_MSR_LOADING, n, "VM-entry MSR-load list: entry refused (SDM 27.4)");
+        }
+        Emulated::EnterL2
+    }
+
+    /// A VM-entry failure during or after loading guest state (SDM 27.8):
+    /// exit reason with bit 31, the qualification, no guest state saved,
+    /// then vmcs12's host state loaded into L1 as on a VM exit.
+    fn entry_failure(&mut self, reason: u32, qualification: u64, check: &'static str) -> Emulated {
+        log::debug!("l1 cpu {}: VM-entry failure {reason}: {check}", self.cpu);
+        self.nested.last_check = Some(check);
+        let cur = self.nested.current.as_mut().expect("entry needs a current vmcs12");
+        cur.set(F::VM_EXIT_REASON, u64::from(reason | (1 << 31)));
+        cur.set(F::EXIT_QUALIFICATION, qualification);
+        cur.set(F::VM_EXIT_INTR_INFO, 0);
+        cur.set(F::IDT_VECTORING_INFO_FIELD, 0);
+        match self.load_vmcs12_host_state() {
+            Ok(()) => Emulated::EntryFailed,
+            Err(e) => Emulated::Stop(e),
+        }
+    }
+
+    /// Processes an MSR-load list of vmcs12 (SDM 27.4 on entry, 28.6 on
+    /// exit) with L1's WRMSR semantics, entry by entry: `Err(n)` names the
+    /// 1-based entry that failed (the MSRs before it stay loaded).
+    fn load_msr_list(&mut self, (addr, count): (u64, u64)) -> Result<(), u64> {
+        let mem = self.l1mem();
+        for n in 0..count.min(MAX_MSR_LIST) {
+            let (Some(head), Some(value)) = (mem.read_u64(addr + 16 * n), mem.read_u64(addr + 16 * n + 8)) else {
+                return Err(n + 1);
+            };
+            let msr = head as u32;
+            // Bits 63:32 reserved; FS/GS base only through the guest-state
+            // fields; the x2APIC range never (SDM 27.4).
+            let refused = head >> 32 != 0 || (0xC000_0100..=0xC000_0101).contains(&msr) || msr >> 8 == 0x8;
+            if refused || !self.l1_wrmsr(msr, value) {
+                return Err(n + 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// The VM-exit MSR-store list (SDM 28.4): L2's values, read while
+    /// VMCS0-2 is current. `Err(n)` = entry n failed (a VMX abort).
+    fn store_msr_list(&mut self, (addr, count): (u64, u64)) -> Result<(), u64> {
+        let mem = self.l1mem();
+        for n in 0..count.min(MAX_MSR_LIST) {
+            let Some(head) = mem.read_u64(addr + 16 * n) else { return Err(n + 1) };
+            let msr = head as u32;
+            if head >> 32 != 0 || msr >> 8 == 0x8 {
+                return Err(n + 1);
+            }
+            match self.l1_rdmsr(msr) {
+                Some(v) if mem.write_u64(addr + 16 * n + 8, v) => {}
+                _ => return Err(n + 1),
+            }
+        }
+        Ok(())
     }
 
     /// Builds VMCS0-2: guest state from vmcs12, host state L0's, controls
@@ -704,6 +807,15 @@ impl Vcpu {
     /// was reflected and L1 runs next; the level is counted by the caller.
     pub(super) fn l2_exit(&mut self, reason: u32, qualification: u64) -> Result<bool, alloc::string::String> {
         let basic = (reason & 0xFFFF) as u16;
+        if reason & (1 << 31) != 0 {
+            // The CPU refused VMCS0-2 although vmcs12 passed nvmx's checks:
+            // L1 gets the same VM-entry failure (no guest state saved).
+            let check = "the CPU's VM-entry checks on VMCS0-2 (nvmx's own checks passed)";
+            return match self.entry_failure(reason & 0xFFFF, qualification, check) {
+                Emulated::Stop(why) => Err(why),
+                _ => Ok(false),
+            };
+        }
         match basic {
             1 => {
                 crate::apic::eoi();
@@ -713,7 +825,7 @@ impl Vcpu {
             48 => return self.ept02_violation(reason, qualification),
             _ => {}
         }
-        if reason & (1 << 31) == 0 && !self.l1_wants_exit(basic, qualification) {
+        if !self.l1_wants_exit(basic, qualification) {
             // L0 handles it for L2 the way it would for L1 (its virtual devices).
             let rip = vmread(F::GUEST_RIP);
             return match self.handle(super::decode(reason, qualification)) {
@@ -722,14 +834,10 @@ impl Vcpu {
                     Ok(true)
                 }
                 Handled::Resume => Ok(true),
-                _ => {
-                    self.reflect(reason, qualification);
-                    Ok(false)
-                }
+                _ => self.reflect(reason, qualification).map(|()| false),
             };
         }
-        self.reflect(reason, qualification);
-        Ok(false)
+        self.reflect(reason, qualification).map(|()| false)
     }
 
     /// An EPT violation of L2: fill EPT0-2 from EPT1-2 when L1 maps the
@@ -755,20 +863,26 @@ impl Vcpu {
                 let _ = insn::invept(1, vmread(F::EPT_POINTER));
                 Ok(true)
             }
-            Ok(t) => {
-                self.reflect(reason, (qualification & !0x38) | (t.permissions << 3));
-                Ok(false)
-            }
-            Err(_) => {
-                self.reflect(reason, qualification & !0x38);
-                Ok(false)
-            }
+            Ok(t) => self.reflect(reason, (qualification & !0x38) | (t.permissions << 3)).map(|()| false),
+            Err(_) => self.reflect(reason, qualification & !0x38).map(|()| false),
         }
     }
 
-    /// Reflects the current L2 exit to L1: sync_vmcs02_to_vmcs12, then
-    /// load_vmcs12_host_state into VMCS0-1 (SDM 28.3-28.5 as L1 expects them).
-    fn reflect(&mut self, reason: u32, qualification: u64) {
+    /// Reflects the current L2 exit to L1: sync_vmcs02_to_vmcs12, the
+    /// VM-exit MSR-store list, then load_vmcs12_host_state into VMCS0-1
+    /// (SDM 28.3-28.6 as L1 expects them). `Err` = a VMX abort (SDM 28.7).
+    fn reflect(&mut self, reason: u32, qualification: u64) -> Result<(), alloc::string::String> {
+        self.sync_vmcs02_to_vmcs12(reason, qualification);
+        let cur = self.nested.current.as_ref().expect("L2 runs with a current vmcs12");
+        let list = (cur.get(F::VM_EXIT_MSR_STORE_ADDR), cur.get(F::VM_EXIT_MSR_STORE_COUNT));
+        if let Err(n) = self.store_msr_list(list) {
+            return Err(alloc::format!("VMX abort: VM-exit MSR-store list entry {n} refused (SDM 28.7)"));
+        }
+        self.load_vmcs12_host_state()
+    }
+
+    /// VMCS0-2 → vmcs12: guest state and exit information (SDM 28.2-28.3).
+    fn sync_vmcs02_to_vmcs12(&mut self, reason: u32, qualification: u64) {
         let cur = self.nested.current.as_mut().expect("L2 runs with a current vmcs12");
         // (The shadow was pulled when L1 executed VMLAUNCH/VMRESUME and L1
         // has not run since: the cache is current.)
@@ -812,8 +926,13 @@ impl Vcpu {
         let lma = vmread(F::GUEST_IA32_EFER) & (1 << 10) != 0;
         let e12 = cur.get(F::VM_ENTRY_CONTROLS) & !u64::from(entry::IA32E_MODE_GUEST);
         cur.set(F::VM_ENTRY_CONTROLS, e12 | if lma { u64::from(entry::IA32E_MODE_GUEST) } else { 0 });
+    }
 
-        // load_vmcs12_host_state, into VMCS0-1's guest state.
+    /// vmcs12's host state → VMCS0-1's guest state, so L1 resumes as after
+    /// a VM exit (SDM 28.5), then the VM-exit MSR-load list (28.6). Makes
+    /// VMCS0-1 current. `Err` = a VMX abort (SDM 28.7).
+    fn load_vmcs12_host_state(&mut self) -> Result<(), alloc::string::String> {
+        let cur = self.nested.current.as_ref().expect("exits need a current vmcs12");
         let h = |f: F| cur.get(f);
         let host64 = h(F::VM_EXIT_CONTROLS) as u32 & exitc::HOST_ADDRESS_SPACE_SIZE != 0;
         let exit12 = h(F::VM_EXIT_CONTROLS) as u32;
@@ -886,7 +1005,12 @@ impl Vcpu {
         }
         let e01 = vmread(F::VM_ENTRY_CONTROLS) & !u64::from(entry::IA32E_MODE_GUEST);
         vmwrite(F::VM_ENTRY_CONTROLS, e01 | if host64 { u64::from(entry::IA32E_MODE_GUEST) } else { 0 });
+        let list = (h(F::VM_EXIT_MSR_LOAD_ADDR), h(F::VM_EXIT_MSR_LOAD_COUNT));
+        if let Err(n) = self.load_msr_list(list) {
+            return Err(alloc::format!("VMX abort: VM-exit MSR-load list entry {n} refused (SDM 28.7)"));
+        }
         self.shadow_push();
+        Ok(())
     }
 }
 

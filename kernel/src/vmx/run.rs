@@ -82,7 +82,7 @@ pub struct Bitmaps {
 
 /// MSRs L1 may read and write directly: they are either switched by the
 /// VMCS (SYSENTER, FS/GS base) or unused by L0 (SYSCALL MSRs, TSC_AUX).
-const PASSTHROUGH_MSRS: &[u32] = &[
+pub const PASSTHROUGH_MSRS: &[u32] = &[
     0x174, 0x175, 0x176, // IA32_SYSENTER_CS/ESP/EIP (guest-state fields)
     0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084, // STAR, LSTAR, CSTAR, FMASK
     0xC000_0100, 0xC000_0101, 0xC000_0102, // FS_BASE, GS_BASE (guest-state), KERNEL_GS_BASE

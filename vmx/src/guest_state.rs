@@ -1,0 +1,691 @@
+//! SDM 27.3.1 checks on vmcs12's guest-state area ("Checks on the Guest
+//! State Area", Intel SDM Vol. 3C 27.3.1.1-27.3.1.5). A failure is a VM-entry
+//! failure (exit reason 33 with bit 31 set) with the exit qualification of
+//! SDM 27.8, not a VMfail.
+//!
+//! nvmx's system tests run one L1 bare on Bochs 2.7 and nested under nvmx and
+//! compare, so the checks come in the order of Bochs' own guest-state check
+//! (RFLAGS, control registers, CS..GS, GDTR/IDTR, LDTR/TR, MSRs, RIP,
+//! non-register state) and under its conditions. Where Bochs departs from the
+//! SDM, the SDM is followed and a "Bochs:" comment names the difference.
+//! Every register-state failure has qualification 0, so their order only
+//! changes the text; what L1 sees depends on where the non-zero ones (link
+//! pointer 4, NMI into STI blocking 3) sit, and they sit where Bochs has them.
+//!
+//! Not checked: the PDPTEs (qualification 2, SDM 27.3.1.6). They matter only
+//! for a PAE guest outside IA-32e mode, and without EPT they are read from
+//! guest memory at CR3, which this pure function cannot reach; the CPU still
+//! checks vmcs02's copies. Also not checked: state for controls nvmx does not
+//! offer L1 (entry to SMM, virtual NMIs, load PERF_GLOBAL_CTRL, CET state,
+//! PKRS or BNDCFGS), which `check_controls` already rejects.
+
+use crate::controls::{entry, proc1, proc2};
+use crate::field::Field as F;
+
+/// Why a vmcs12 guest state fails VM entry: the check's text and the exit
+/// qualification of the VM-entry failure (exit reason 33 with bit 31 set):
+/// 0 normally, 4 for the VMCS link pointer (SDM 27.8 / 26.8).
+/// Also 3 when an NMI is injected into blocking by STI (SDM 27.8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestStateError {
+    pub check: &'static str,
+    pub qualification: u64,
+}
+
+
+const CR0_PE: u64 = 1;
+const CR0_WP: u64 = 1 << 16;
+const CR0_NW: u64 = 1 << 29;
+const CR0_CD: u64 = 1 << 30;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const CR4_PCIDE: u64 = 1 << 17;
+const CR4_CET: u64 = 1 << 23;
+const RF_TF: u64 = 1 << 8;
+const RF_IF: u64 = 1 << 9;
+const RF_VM: u64 = 1 << 17;
+/// RFLAGS bits 63:22, 15, 5 and 3.
+const RFLAGS_RESERVED: u64 = 0xFFFF_FFFF_FFC0_8028;
+/// IA32_DEBUGCTL bits 0-1 (LBR, BTF) and 15:6 exist; bit 2 (bus-lock
+/// detection) only on CPUs Bochs does not model.
+const DEBUGCTL_RESERVED: u64 = !0xFFC3;
+/// IA32_EFER on Intel: SCE, LME, LMA, NXE.
+const EFER_RESERVED: u64 = !0xD01;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+/// Segment access-rights bits 11:8 and 31:17 (SDM 25.4.1, table 25-2).
+const AR_RESERVED: u64 = !0x1_F0FF;
+/// Activity states (SDM 25.4.2) and interruptibility bits (table 25-3).
+const ACTIVE: u64 = 0;
+const HLT: u64 = 1;
+const SHUTDOWN: u64 = 2;
+const WAIT_FOR_SIPI: u64 = 3;
+const BLOCK_STI: u64 = 1;
+const BLOCK_MOV_SS: u64 = 1 << 1;
+const BLOCK_SMI: u64 = 1 << 2;
+
+/// The six segment registers in encoding order, and their indices.
+const SEGS: [[F; 4]; 6] = [
+    [F::GUEST_ES_SELECTOR, F::GUEST_ES_BASE, F::GUEST_ES_LIMIT, F::GUEST_ES_AR_BYTES],
+    [F::GUEST_CS_SELECTOR, F::GUEST_CS_BASE, F::GUEST_CS_LIMIT, F::GUEST_CS_AR_BYTES],
+    [F::GUEST_SS_SELECTOR, F::GUEST_SS_BASE, F::GUEST_SS_LIMIT, F::GUEST_SS_AR_BYTES],
+    [F::GUEST_DS_SELECTOR, F::GUEST_DS_BASE, F::GUEST_DS_LIMIT, F::GUEST_DS_AR_BYTES],
+    [F::GUEST_FS_SELECTOR, F::GUEST_FS_BASE, F::GUEST_FS_LIMIT, F::GUEST_FS_AR_BYTES],
+    [F::GUEST_GS_SELECTOR, F::GUEST_GS_BASE, F::GUEST_GS_LIMIT, F::GUEST_GS_AR_BYTES],
+];
+const CS: usize = 1;
+const SS: usize = 2;
+const FS: usize = 4;
+
+/// One check's text for ES, CS, SS, DS, FS, GS, indexed like [`SEGS`].
+macro_rules! each_seg {
+    ($what:literal) => {
+        [
+            concat!("guest ES: ", $what, " (SDM 27.3.1.2)"),
+            concat!("guest CS: ", $what, " (SDM 27.3.1.2)"),
+            concat!("guest SS: ", $what, " (SDM 27.3.1.2)"),
+            concat!("guest DS: ", $what, " (SDM 27.3.1.2)"),
+            concat!("guest FS: ", $what, " (SDM 27.3.1.2)"),
+            concat!("guest GS: ", $what, " (SDM 27.3.1.2)"),
+        ]
+    };
+}
+
+/// A segment register's vmcs12 fields; access rights as in table 25-2.
+#[derive(Clone, Copy)]
+struct Seg {
+    sel: u64,
+    base: u64,
+    limit: u64,
+    ar: u64,
+}
+
+impl Seg {
+    fn read(get: &impl Fn(F) -> u64, [sel, base, limit, ar]: [F; 4]) -> Seg {
+        Seg { sel: get(sel), base: get(base), limit: get(limit), ar: get(ar) }
+    }
+    fn typ(self) -> u64 { self.ar & 0xF }
+    fn s(self) -> bool { self.ar & (1 << 4) != 0 }
+    fn dpl(self) -> u64 { (self.ar >> 5) & 3 }
+    fn present(self) -> bool { self.ar & (1 << 7) != 0 }
+    fn long(self) -> bool { self.ar & (1 << 13) != 0 }
+    fn unusable(self) -> bool { self.ar & (1 << 16) != 0 }
+    fn rpl(self) -> u64 { self.sel & 3 }
+    fn ti(self) -> bool { self.sel & 4 != 0 }
+    /// Limit bits 11:0 not all ones need G=0; limit bits 31:20 set need G=1.
+    fn granularity_fits(self) -> bool {
+        if self.ar & (1 << 15) != 0 { self.limit & 0xFFF == 0xFFF } else { self.limit & 0xFFF0_0000 == 0 }
+    }
+}
+
+fn canonical(v: u64) -> bool {
+    (v as i64) << 16 >> 16 == v as i64
+}
+
+/// What several groups of checks share.
+struct Guest {
+    entry: u32,
+    ia32e: bool,
+    unrestricted: bool,
+    cr0: u64,
+    rflags: u64,
+    segs: [Seg; 6],
+}
+
+/// `get` reads vmcs12 fields; cr0_fixed/cr4_fixed are (FIXED0, FIXED1) as advertised to L1.
+///
+/// `phys_bits` is the CPU's physical-address width (CPUID.80000008H:EAX[7:0];
+/// Bochs 2.7 reports 40 on every model). `link_region_ok(p)` answers for a page-aligned VMCS link pointer other
+/// than all ones: whether `p` is in L1's memory, is not its VMXON region and
+/// starts with the vmcs12 revision id with bit 31 clear (nvmx offers L1 no
+/// VMCS shadowing, so no shadow-VMCS indicator).
+pub fn check_guest_state(
+    get: impl Fn(F) -> u64,
+    cr0_fixed: (u64, u64),
+    cr4_fixed: (u64, u64),
+    phys_bits: u32,
+    link_region_ok: impl Fn(u64) -> bool,
+) -> Result<(), GuestStateError> {
+    let entry = get(F::VM_ENTRY_CONTROLS) as u32;
+    let proc2 = if get(F::CPU_BASED_VM_EXEC_CONTROL) as u32 & proc1::SECONDARY_CONTROLS != 0 {
+        get(F::SECONDARY_VM_EXEC_CONTROL) as u32
+    } else {
+        0
+    };
+    let g = Guest {
+        entry,
+        ia32e: entry & entry::IA32E_MODE_GUEST != 0,
+        unrestricted: proc2 & proc2::UNRESTRICTED_GUEST != 0,
+        cr0: get(F::GUEST_CR0),
+        rflags: get(F::GUEST_RFLAGS),
+        segs: SEGS.map(|f| Seg::read(&get, f)),
+    };
+    let registers = check_rflags(&g)
+        .and_then(|()| check_control_regs(&g, &get, cr0_fixed, cr4_fixed, phys_bits))
+        .and_then(|()| check_segments(&g))
+        .and_then(|()| check_descriptor_tables(&get))
+        .and_then(|()| check_ldtr_tr(&g, &get))
+        .and_then(|()| check_msrs(&g, &get))
+        .and_then(|()| check_rip(&g, &get));
+    registers.map_err(|check| GuestStateError { check, qualification: 0 })?;
+    check_non_register(&g, &get, link_region_ok)
+}
+
+/// SDM 27.3.1.4, RFLAGS (first in Bochs). IF for external-interrupt
+/// injection is checked with the other injection rules below.
+fn check_rflags(g: &Guest) -> Result<(), &'static str> {
+    if g.rflags & RFLAGS_RESERVED != 0 {
+        Err("guest RFLAGS: reserved bits 63:22, 15, 5 and 3 must be 0 (SDM 27.3.1.4)")
+    } else if g.rflags & 2 == 0 {
+        Err("guest RFLAGS: reserved bit 1 must be 1 (SDM 27.3.1.4)")
+    } else if g.rflags & RF_VM != 0 && (g.ia32e || g.cr0 & CR0_PE == 0) {
+        // Bochs: only the IA-32e half; it takes PE=0 with VM=1 as virtual-8086.
+        Err("guest RFLAGS: VM must be 0 in IA-32e mode or with CR0.PE=0 (SDM 27.3.1.4)")
+    } else {
+        Ok(())
+    }
+}
+
+/// SDM 27.3.1.1, control and debug registers.
+fn check_control_regs(
+    g: &Guest,
+    get: &impl Fn(F) -> u64,
+    (cr0_f0, cr0_f1): (u64, u64),
+    (cr4_f0, cr4_f1): (u64, u64),
+    phys_bits: u32,
+) -> Result<(), &'static str> {
+    let (cr0, cr3, cr4) = (g.cr0, get(F::GUEST_CR3), get(F::GUEST_CR4));
+    // CD and NW are never checked; PE and PG not with unrestricted guest.
+    let exempt = CR0_CD | CR0_NW | if g.unrestricted { CR0_PE | CR0_PG } else { 0 };
+    let debug = g.entry & entry::LOAD_DEBUG_CONTROLS != 0;
+    if cr0 & cr0_f0 & !exempt != cr0_f0 & !exempt {
+        Err("guest CR0: a bit IA32_VMX_CR0_FIXED0 fixes to 1 is 0 (SDM 27.3.1.1)")
+    } else if cr0 & !(cr0_f1 | exempt) != 0 {
+        Err("guest CR0: a bit IA32_VMX_CR0_FIXED1 fixes to 0 is 1 (SDM 27.3.1.1)")
+    } else if cr0 & CR0_PG != 0 && cr0 & CR0_PE == 0 {
+        Err("guest CR0: PG=1 requires PE=1 (SDM 27.3.1.1)")
+    } else if cr3 >> phys_bits != 0 {
+        Err("guest CR3: bits beyond the physical-address width must be 0 (SDM 27.3.1.1)")
+    } else if cr4 & cr4_f0 != cr4_f0 {
+        Err("guest CR4: a bit IA32_VMX_CR4_FIXED0 fixes to 1 is 0 (SDM 27.3.1.1)")
+    } else if cr4 & !cr4_f1 != 0 {
+        Err("guest CR4: a bit IA32_VMX_CR4_FIXED1 fixes to 0 is 1 (SDM 27.3.1.1)")
+    // Bochs: no PG check (PG is FIXED0 unless unrestricted guest).
+    } else if g.ia32e && cr0 & CR0_PG == 0 {
+        Err("guest CR0: PG must be 1 for an IA-32e mode guest (SDM 27.3.1.1)")
+    } else if g.ia32e && cr4 & CR4_PAE == 0 {
+        Err("guest CR4: PAE must be 1 for an IA-32e mode guest (SDM 27.3.1.1)")
+    } else if !g.ia32e && cr4 & CR4_PCIDE != 0 {
+        Err("guest CR4: PCIDE must be 0 outside IA-32e mode (SDM 27.3.1.1)")
+    } else if cr4 & CR4_CET != 0 && cr0 & CR0_WP == 0 {
+        Err("guest CR4: CET=1 requires CR0.WP=1 (SDM 27.3.1.1)")
+    // Bochs: does not check DEBUGCTL.
+    } else if debug && get(F::GUEST_IA32_DEBUGCTL) & DEBUGCTL_RESERVED != 0 {
+        Err("guest IA32_DEBUGCTL: reserved bits must be 0 with load debug controls (SDM 27.3.1.1)")
+    } else if debug && get(F::GUEST_DR7) >> 32 != 0 {
+        Err("guest DR7: bits 63:32 must be 0 with load debug controls (SDM 27.3.1.1)")
+    } else {
+        Ok(())
+    }
+}
+
+/// SDM 27.3.1.2 for CS, SS, DS, ES, FS and GS, in the three cases:
+/// virtual-8086, unrestricted guest, and protected or 64-bit mode.
+fn check_segments(g: &Guest) -> Result<(), &'static str> {
+    let v86 = g.rflags & RF_VM != 0;
+    let (cs, ss) = (g.segs[CS], g.segs[SS]);
+    for (i, &s) in g.segs.iter().enumerate() {
+        if v86 {
+            if s.base != s.sel << 4 {
+                return Err(each_seg!("virtual-8086 base must be the selector times 16")[i]);
+            } else if s.limit != 0xFFFF {
+                return Err(each_seg!("virtual-8086 limit must be 0xFFFF")[i]);
+            } else if s.ar != 0xF3 {
+                return Err(each_seg!("virtual-8086 access rights must be 0xF3")[i]);
+            }
+            continue;
+        }
+        if i >= FS && !canonical(s.base) {
+            return Err(each_seg!("base must be canonical")[i]);
+        }
+        // Checks below apply to CS and to usable registers.
+        // Bochs: also skips them for SS with RPL 0 when CS.L=1 in IA-32e mode.
+        if i != CS && s.unusable() {
+            continue;
+        }
+        if i < FS && s.base >> 32 != 0 {
+            return Err(each_seg!("base bits 63:32 must be 0")[i]);
+        } else if !s.s() {
+            return Err(each_seg!("S (bit 4) must be 1")[i]);
+        } else if !s.present() {
+            return Err(each_seg!("P (bit 7) must be 1")[i]);
+        } else if s.ar & AR_RESERVED != 0 {
+            return Err(each_seg!("access-rights bits 11:8 and 31:17 are reserved")[i]);
+        } else if !s.granularity_fits() {
+            return Err(each_seg!("G (bit 15) does not fit the limit")[i]);
+        }
+        match i {
+            CS => check_cs(g, cs, ss)?,
+            SS if !matches!(s.typ(), 3 | 7) => return Err("guest SS: type must be 3 or 7 (SDM 27.3.1.2)"),
+            SS => {}
+            _ if s.typ() & 1 == 0 => return Err(each_seg!("type must be accessed (bit 0 set)")[i]),
+            _ if s.typ() & 8 != 0 && s.typ() & 2 == 0 => return Err(each_seg!("a code segment must be readable")[i]),
+            // Bochs: types 0-10 only, so a type-11 segment escapes this check.
+            _ if !g.unrestricted && s.typ() <= 11 && s.dpl() < s.rpl() => {
+                return Err(each_seg!("DPL must not be below the selector's RPL (types 0-11)")[i]);
+            }
+            _ => {}
+        }
+    }
+    if v86 {
+        Ok(())
+    } else if !g.unrestricted && ss.rpl() != cs.rpl() {
+        Err("guest SS: selector RPL must equal CS's RPL (SDM 27.3.1.2)")
+    } else if !g.unrestricted && ss.dpl() != ss.rpl() {
+        Err("guest SS: DPL must equal the selector's RPL (SDM 27.3.1.2)")
+    } else if g.unrestricted && (g.cr0 & CR0_PE == 0 || cs.typ() == 3) && ss.dpl() != 0 {
+        Err("guest SS: DPL must be 0 with CR0.PE=0 or a type-3 CS (SDM 27.3.1.2)")
+    } else {
+        Ok(())
+    }
+}
+
+/// CS type, DPL and L/D (SDM 27.3.1.2). Bochs compares CS.DPL with CS.RPL,
+/// the wording of older SDMs; the two differ only with unrestricted guest.
+fn check_cs(g: &Guest, cs: Seg, ss: Seg) -> Result<(), &'static str> {
+    let t = cs.typ();
+    if !(matches!(t, 9 | 11 | 13 | 15) || t == 3 && g.unrestricted) {
+        Err("guest CS: type must be 9, 11, 13 or 15 (or 3 with unrestricted guest) (SDM 27.3.1.2)")
+    } else if t == 3 && cs.dpl() != 0 {
+        Err("guest CS: a type-3 CS must have DPL 0 (SDM 27.3.1.2)")
+    } else if matches!(t, 9 | 11) && cs.dpl() != ss.dpl() {
+        Err("guest CS: non-conforming code needs DPL = SS.DPL (SDM 27.3.1.2)")
+    } else if matches!(t, 13 | 15) && cs.dpl() > ss.dpl() {
+        Err("guest CS: conforming code needs DPL <= SS.DPL (SDM 27.3.1.2)")
+    } else if g.ia32e && cs.long() && cs.ar & (1 << 14) != 0 {
+        Err("guest CS: D/B must be 0 when L=1 in IA-32e mode (SDM 27.3.1.2)")
+    } else {
+        Ok(())
+    }
+}
+
+/// SDM 27.3.1.3, GDTR and IDTR.
+fn check_descriptor_tables(get: &impl Fn(F) -> u64) -> Result<(), &'static str> {
+    if !canonical(get(F::GUEST_GDTR_BASE)) {
+        Err("guest GDTR: base must be canonical (SDM 27.3.1.3)")
+    } else if !canonical(get(F::GUEST_IDTR_BASE)) {
+        Err("guest IDTR: base must be canonical (SDM 27.3.1.3)")
+    } else if get(F::GUEST_GDTR_LIMIT) >> 16 != 0 {
+        Err("guest GDTR: limit bits 31:16 must be 0 (SDM 27.3.1.3)")
+    } else if get(F::GUEST_IDTR_LIMIT) >> 16 != 0 {
+        Err("guest IDTR: limit bits 31:16 must be 0 (SDM 27.3.1.3)")
+    } else {
+        Ok(())
+    }
+}
+
+/// SDM 27.3.1.2 for LDTR (only if usable) and TR (always).
+fn check_ldtr_tr(g: &Guest, get: &impl Fn(F) -> u64) -> Result<(), &'static str> {
+    let ldtr = Seg::read(get, [F::GUEST_LDTR_SELECTOR, F::GUEST_LDTR_BASE, F::GUEST_LDTR_LIMIT, F::GUEST_LDTR_AR_BYTES]);
+    let tr = Seg::read(get, [F::GUEST_TR_SELECTOR, F::GUEST_TR_BASE, F::GUEST_TR_LIMIT, F::GUEST_TR_AR_BYTES]);
+    if !ldtr.unusable() {
+        check_system_segment(ldtr, 0)?;
+        if ldtr.typ() != 2 {
+            return Err("guest LDTR: type must be 2 (LDT) (SDM 27.3.1.2)");
+        }
+    }
+    if tr.unusable() {
+        return Err("guest TR: must be usable (SDM 27.3.1.2)");
+    }
+    check_system_segment(tr, 1)?;
+    if tr.typ() == 11 || tr.typ() == 3 && !g.ia32e {
+        Ok(())
+    } else {
+        Err("guest TR: type must be 11 (busy TSS), or 3 outside IA-32e mode (SDM 27.3.1.2)")
+    }
+}
+
+/// What LDTR (`i` = 0) and TR (`i` = 1) share. The SDM checks TR's base
+/// even when TR is unusable, but an unusable TR fails anyway.
+fn check_system_segment(s: Seg, i: usize) -> Result<(), &'static str> {
+    macro_rules! text {
+        ($what:literal) => {
+            [concat!("guest LDTR: ", $what, " (SDM 27.3.1.2)"), concat!("guest TR: ", $what, " (SDM 27.3.1.2)")][i]
+        };
+    }
+    if s.ti() {
+        Err(text!("selector TI must be 0"))
+    } else if s.s() {
+        Err(text!("S (bit 4) must be 0"))
+    } else if !s.present() {
+        Err(text!("P (bit 7) must be 1"))
+    } else if s.ar & AR_RESERVED != 0 {
+        Err(text!("access-rights bits 11:8 and 31:17 are reserved"))
+    } else if !s.granularity_fits() {
+        Err(text!("G (bit 15) does not fit the limit"))
+    } else if !canonical(s.base) {
+        Err(text!("base must be canonical"))
+    } else {
+        Ok(())
+    }
+}
+
+/// SDM 27.3.1.1, MSRs.
+fn check_msrs(g: &Guest, get: &impl Fn(F) -> u64) -> Result<(), &'static str> {
+    let pat = get(F::GUEST_IA32_PAT);
+    let efer = get(F::GUEST_IA32_EFER);
+    let (lme, lma) = (efer & EFER_LME != 0, efer & EFER_LMA != 0);
+    let load_pat = g.entry & entry::LOAD_PAT != 0;
+    let load_efer = g.entry & entry::LOAD_EFER != 0;
+    if !canonical(get(F::GUEST_SYSENTER_ESP)) {
+        Err("guest IA32_SYSENTER_ESP: must be canonical (SDM 27.3.1.1)")
+    } else if !canonical(get(F::GUEST_SYSENTER_EIP)) {
+        Err("guest IA32_SYSENTER_EIP: must be canonical (SDM 27.3.1.1)")
+    } else if load_pat && pat.to_le_bytes().iter().any(|t| !matches!(t, 0 | 1 | 4 | 5 | 6 | 7)) {
+        Err("guest IA32_PAT: every byte must be 0, 1, 4, 5, 6 or 7 with load IA32_PAT (SDM 27.3.1.1)")
+    } else if load_efer && efer & EFER_RESERVED != 0 {
+        Err("guest IA32_EFER: reserved bits must be 0 with load IA32_EFER (SDM 27.3.1.1)")
+    } else if load_efer && lma != g.ia32e {
+        Err("guest IA32_EFER: LMA must equal the IA-32e mode guest control (SDM 27.3.1.1)")
+    } else if load_efer && g.cr0 & CR0_PG != 0 && lme != lma {
+        Err("guest IA32_EFER: LME must equal LMA when CR0.PG=1 (SDM 27.3.1.1)")
+    } else {
+        Ok(())
+    }
+}
+
+/// SDM 27.3.1.4, RIP.
+fn check_rip(g: &Guest, get: &impl Fn(F) -> u64) -> Result<(), &'static str> {
+    let rip = get(F::GUEST_RIP);
+    if !(g.ia32e && g.segs[CS].long()) {
+        if rip >> 32 != 0 {
+            return Err("guest RIP: bits 63:32 must be 0 outside 64-bit mode (SDM 27.3.1.4)");
+        }
+    } else if !canonical(rip) {
+        // Bochs: does not check this; the guest then faults on its first fetch.
+        return Err("guest RIP: must be canonical in 64-bit mode (SDM 27.3.1.4)");
+    }
+    Ok(())
+}
+
+/// SDM 27.3.1.5, non-register state: the link pointer first, as in Bochs.
+fn check_non_register(g: &Guest, get: &impl Fn(F) -> u64, link_region_ok: impl Fn(u64) -> bool) -> Result<(), GuestStateError> {
+    let err = |check| Err(GuestStateError { check, qualification: 0 });
+    let link = get(F::VMCS_LINK_POINTER);
+    if link != u64::MAX && (link & 0xFFF != 0 || !link_region_ok(link)) {
+        return Err(GuestStateError {
+            check: "VMCS link pointer: not all ones, and not an aligned vmcs12 region (SDM 27.3.1.5)",
+            qualification: 4,
+        });
+    }
+    let pending = get(F::GUEST_PENDING_DBG_EXCEPTIONS);
+    let activity = get(F::GUEST_ACTIVITY_STATE);
+    let intr = get(F::GUEST_INTERRUPTIBILITY_INFO);
+    let info = get(F::VM_ENTRY_INTR_INFO_FIELD);
+    let (injecting, kind, vector) = (info & (1 << 31) != 0, (info >> 8) & 7, info & 0xFF);
+    let (nmi, mc, db) = (kind == 2, kind == 3 && vector == 18, kind == 3 && vector == 1);
+    // Bit 16 (RTM) counts as reserved: the Bochs models have no RTM.
+    // Bochs: checks only bits 31:0.
+    if pending & !0x500F != 0 {
+        return err("guest pending debug exceptions: bits 11:4, 13 and 63:15 must be 0 (SDM 27.3.1.5)");
+    }
+    // 0-3 as Bochs accepts; nvmx's IA32_VMX_MISC offers L1 only HLT, which by
+    // the SDM would make 2 (shutdown) and 3 (wait-for-SIPI) fail too.
+    if activity > WAIT_FOR_SIPI {
+        return err("guest activity state: must be 0-3 (SDM 27.3.1.5)");
+    } else if activity == HLT && g.segs[SS].dpl() != 0 {
+        return err("guest activity state: HLT requires SS.DPL=0 (SDM 27.3.1.5)");
+    }
+    // Bit 4 (enclave interruption) needs SGX, which the Bochs models lack.
+    if intr & !0xF != 0 {
+        return err("guest interruptibility state: bits 31:4 must be 0 (SDM 27.3.1.5)");
+    } else if intr & (BLOCK_STI | BLOCK_MOV_SS) != 0 && activity != ACTIVE {
+        return err("guest activity state: must be active with blocking by STI or MOV SS (SDM 27.3.1.5)");
+    } else if intr & BLOCK_STI != 0 && intr & BLOCK_MOV_SS != 0 {
+        return err("guest interruptibility state: blocking by STI and by MOV SS both set (SDM 27.3.1.5)");
+    } else if intr & BLOCK_STI != 0 && g.rflags & RF_IF == 0 {
+        return err("guest interruptibility state: blocking by STI requires RFLAGS.IF=1 (SDM 27.3.1.5)");
+    }
+    if injecting {
+        if kind == 0 && g.rflags & RF_IF == 0 {
+            return err("guest RFLAGS: IF must be 1 to inject an external interrupt (SDM 27.3.1.4)");
+        } else if kind == 0 && intr & (BLOCK_STI | BLOCK_MOV_SS) != 0 {
+            return err("guest interruptibility state: blocking by STI or MOV SS while injecting an external interrupt (SDM 27.3.1.5)");
+        } else if nmi && intr & BLOCK_MOV_SS != 0 {
+            return err("guest interruptibility state: blocking by MOV SS while injecting an NMI (SDM 27.3.1.5)");
+        } else if nmi && intr & BLOCK_STI != 0 {
+            // Optional in the SDM; Bochs makes it, but with qualification 0.
+            return Err(GuestStateError {
+                check: "guest interruptibility state: blocking by STI while injecting an NMI (SDM 27.3.1.5, 27.8)",
+                qualification: 3,
+            });
+        }
+        // Bochs: no HLT rule; in shutdown it accepts any type with vector 18.
+        let allowed = match activity {
+            HLT => kind == 0 || nmi || db || mc || (kind == 7 && vector == 0),
+            SHUTDOWN => nmi || mc,
+            WAIT_FOR_SIPI => false,
+            _ => true,
+        };
+        if !allowed {
+            return err("guest activity state: blocks the event being injected (SDM 27.3.1.5)");
+        }
+    }
+    if intr & BLOCK_SMI != 0 {
+        return err("guest interruptibility state: blocking by SMI outside SMM (SDM 27.3.1.5)");
+    }
+    // Bochs: no BS check.
+    if intr & (BLOCK_STI | BLOCK_MOV_SS) != 0 || activity == HLT {
+        let single_step = g.rflags & RF_TF != 0 && get(F::GUEST_IA32_DEBUGCTL) & 2 == 0;
+        if single_step != (pending & (1 << 14) != 0) {
+            return err("guest pending debug exceptions: BS must be 1 exactly when RFLAGS.TF=1 and DEBUGCTL.BTF=0 (SDM 27.3.1.5)");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const CR0_FIXED: (u64, u64) = (0x8000_0021, 0xFFFF_FFFF);
+    const CR4_FIXED: (u64, u64) = (0x2000, 0x3F_FFFF);
+
+    /// The 64-bit guest state the built-in L1 gives its L2 (guest/src/forum.rs
+    /// `setup_vmcs`), with typical CR values and load IA32_EFER.
+    fn good_64bit() -> HashMap<F, u64> {
+        let mut v = HashMap::from([
+            (F::VM_ENTRY_CONTROLS, u64::from(entry::IA32E_MODE_GUEST | entry::LOAD_EFER)),
+            (F::CPU_BASED_VM_EXEC_CONTROL, u64::from(proc1::SECONDARY_CONTROLS)),
+            (F::SECONDARY_VM_EXEC_CONTROL, u64::from(proc2::ENABLE_EPT | proc2::ENABLE_VPID)),
+            (F::GUEST_CR0, 0x8001_0031),
+            (F::GUEST_CR3, 0x10_0000),
+            (F::GUEST_CR4, 0x2020),
+            (F::GUEST_IA32_EFER, EFER_LME | EFER_LMA),
+            (F::GUEST_CS_SELECTOR, 0x08),
+            (F::GUEST_CS_LIMIT, 0xFFFF_FFFF),
+            (F::GUEST_CS_AR_BYTES, 0xA09B),
+            (F::GUEST_TR_SELECTOR, 0x18),
+            (F::GUEST_TR_BASE, 0x10_2000),
+            (F::GUEST_TR_LIMIT, 103),
+            (F::GUEST_TR_AR_BYTES, 0x8B),
+            (F::GUEST_LDTR_AR_BYTES, 1 << 16),
+            (F::GUEST_GDTR_BASE, 0x10_3000),
+            (F::GUEST_GDTR_LIMIT, 39),
+            (F::GUEST_IDTR_BASE, 0x10_4000),
+            (F::GUEST_IDTR_LIMIT, 32 * 16 - 1),
+            (F::GUEST_DR7, 0x400),
+            (F::GUEST_RFLAGS, 0x2),
+            (F::GUEST_RIP, 0x10_1000),
+            (F::VMCS_LINK_POINTER, u64::MAX),
+        ]);
+        for [sel, _, limit, ar] in [SEGS[0], SEGS[2], SEGS[3], SEGS[4], SEGS[5]] {
+            v.extend([(sel, 0x10), (limit, 0xFFFF_FFFF), (ar, 0xC093)]);
+        }
+        v
+    }
+
+    /// Unrestricted guest at the reset vector: real mode, paging off.
+    fn good_real_mode() -> HashMap<F, u64> {
+        let mut v = HashMap::from([
+            (F::CPU_BASED_VM_EXEC_CONTROL, u64::from(proc1::SECONDARY_CONTROLS)),
+            (F::SECONDARY_VM_EXEC_CONTROL, u64::from(proc2::ENABLE_EPT | proc2::UNRESTRICTED_GUEST)),
+            (F::GUEST_CR0, 0x30),
+            (F::GUEST_CR4, 0x2000),
+            (F::GUEST_TR_LIMIT, 0xFFFF),
+            (F::GUEST_TR_AR_BYTES, 0x8B),
+            (F::GUEST_LDTR_AR_BYTES, 1 << 16),
+            (F::GUEST_GDTR_LIMIT, 0xFFFF),
+            (F::GUEST_IDTR_LIMIT, 0x3FF),
+            (F::GUEST_RFLAGS, 0x2),
+            (F::GUEST_RIP, 0xFFF0),
+            (F::VMCS_LINK_POINTER, u64::MAX),
+        ]);
+        for [_, _, limit, ar] in SEGS {
+            v.extend([(limit, 0xFFFF), (ar, 0x93)]);
+        }
+        v.extend([(F::GUEST_CS_SELECTOR, 0xF000), (F::GUEST_CS_BASE, 0xF_0000), (F::GUEST_CS_AR_BYTES, 0x9B)]);
+        v
+    }
+
+    fn check(v: &HashMap<F, u64>) -> Result<(), GuestStateError> {
+        // A fake L1 with one valid vmcs12 region at 0x30_0000.
+        check_guest_state(|f| v.get(&f).copied().unwrap_or(0), CR0_FIXED, CR4_FIXED, 40, |p| p == 0x30_0000)
+    }
+
+    /// `base` with `changes` applied fails `check` with qualification 0.
+    fn fails(base: fn() -> HashMap<F, u64>, changes: &[(F, u64)], check_text: &'static str) {
+        let mut v = base();
+        v.extend(changes.iter().copied());
+        assert_eq!(check(&v), Err(GuestStateError { check: check_text, qualification: 0 }), "{changes:x?}");
+    }
+
+    #[test]
+    fn the_built_in_l1s_guest_and_a_real_mode_guest_pass() {
+        assert_eq!(check(&good_64bit()), Ok(()));
+        assert_eq!(check(&good_real_mode()), Ok(()));
+    }
+
+    #[test]
+    fn rflags() {
+        fails(good_64bit, &[(F::GUEST_RFLAGS, 0)], "guest RFLAGS: reserved bit 1 must be 1 (SDM 27.3.1.4)");
+        fails(good_64bit, &[(F::GUEST_RFLAGS, 0x8002)], "guest RFLAGS: reserved bits 63:22, 15, 5 and 3 must be 0 (SDM 27.3.1.4)");
+        fails(good_64bit, &[(F::GUEST_RFLAGS, RF_VM | 2)], "guest RFLAGS: VM must be 0 in IA-32e mode or with CR0.PE=0 (SDM 27.3.1.4)");
+        fails(good_real_mode, &[(F::GUEST_RFLAGS, RF_VM | 2)], "guest RFLAGS: VM must be 0 in IA-32e mode or with CR0.PE=0 (SDM 27.3.1.4)");
+    }
+
+    #[test]
+    fn control_registers() {
+        fails(good_64bit, &[(F::GUEST_CR0, 0x8001_0011)], "guest CR0: a bit IA32_VMX_CR0_FIXED0 fixes to 1 is 0 (SDM 27.3.1.1)");
+        fails(good_64bit, &[(F::GUEST_CR0, 0x1_8001_0031)], "guest CR0: a bit IA32_VMX_CR0_FIXED1 fixes to 0 is 1 (SDM 27.3.1.1)");
+        fails(good_real_mode, &[(F::GUEST_CR0, 0x8000_0030)], "guest CR0: PG=1 requires PE=1 (SDM 27.3.1.1)");
+        fails(good_64bit, &[(F::GUEST_CR3, 1 << 40)], "guest CR3: bits beyond the physical-address width must be 0 (SDM 27.3.1.1)");
+        fails(good_64bit, &[(F::GUEST_CR4, 0x20)], "guest CR4: a bit IA32_VMX_CR4_FIXED0 fixes to 1 is 0 (SDM 27.3.1.1)");
+        fails(good_64bit, &[(F::GUEST_CR4, 0x40_2020)], "guest CR4: a bit IA32_VMX_CR4_FIXED1 fixes to 0 is 1 (SDM 27.3.1.1)");
+        fails(good_64bit, &[(F::GUEST_CR4, 0x2000)], "guest CR4: PAE must be 1 for an IA-32e mode guest (SDM 27.3.1.1)");
+        fails(good_real_mode, &[(F::GUEST_CR4, 0x2_2000)], "guest CR4: PCIDE must be 0 outside IA-32e mode (SDM 27.3.1.1)");
+        let debug = u64::from(entry::IA32E_MODE_GUEST | entry::LOAD_EFER | entry::LOAD_DEBUG_CONTROLS);
+        fails(good_64bit, &[(F::VM_ENTRY_CONTROLS, debug), (F::GUEST_IA32_DEBUGCTL, 1 << 3)], "guest IA32_DEBUGCTL: reserved bits must be 0 with load debug controls (SDM 27.3.1.1)");
+        fails(good_64bit, &[(F::VM_ENTRY_CONTROLS, debug), (F::GUEST_DR7, 1 << 32 | 0x400)], "guest DR7: bits 63:32 must be 0 with load debug controls (SDM 27.3.1.1)");
+        // Unrestricted guest lifts PE and PG from FIXED0, not IA-32e's need for PG.
+        let mut v = good_real_mode();
+        v.extend([(F::VM_ENTRY_CONTROLS, u64::from(entry::IA32E_MODE_GUEST)), (F::GUEST_CR0, 0x31), (F::GUEST_CR4, 0x2020)]);
+        assert_eq!(check(&v).unwrap_err().check, "guest CR0: PG must be 1 for an IA-32e mode guest (SDM 27.3.1.1)");
+        let v = HashMap::from([(F::GUEST_CR0, 0x8000_0031), (F::GUEST_CR4, 0x80_2020), (F::GUEST_RFLAGS, 2)]);
+        let r = check_guest_state(|f| v.get(&f).copied().unwrap_or(0), CR0_FIXED, (0x2000, 0xFF_FFFF), 40, |_| false);
+        assert_eq!(r.unwrap_err().check, "guest CR4: CET=1 requires CR0.WP=1 (SDM 27.3.1.1)");
+    }
+
+    #[test]
+    fn segments() {
+        fails(good_64bit, &[(F::GUEST_SS_SELECTOR, 0x13)], "guest SS: selector RPL must equal CS's RPL (SDM 27.3.1.2)");
+        fails(good_64bit, &[(F::GUEST_CS_AR_BYTES, 0xE09B)], "guest CS: D/B must be 0 when L=1 in IA-32e mode (SDM 27.3.1.2)");
+        fails(good_64bit, &[(F::GUEST_CS_AR_BYTES, 0xA093)], "guest CS: type must be 9, 11, 13 or 15 (or 3 with unrestricted guest) (SDM 27.3.1.2)");
+        fails(good_64bit, &[(F::GUEST_CS_AR_BYTES, 0xA0FB)], "guest CS: non-conforming code needs DPL = SS.DPL (SDM 27.3.1.2)");
+        fails(good_64bit, &[(F::GUEST_DS_AR_BYTES, 0xC013)], "guest DS: P (bit 7) must be 1 (SDM 27.3.1.2)");
+        fails(good_64bit, &[(F::GUEST_ES_AR_BYTES, 0xC193)], "guest ES: access-rights bits 11:8 and 31:17 are reserved (SDM 27.3.1.2)");
+        fails(good_64bit, &[(F::GUEST_GS_LIMIT, 0xFFFF_F000)], "guest GS: G (bit 15) does not fit the limit (SDM 27.3.1.2)");
+        fails(good_64bit, &[(F::GUEST_FS_BASE, 1 << 47)], "guest FS: base must be canonical (SDM 27.3.1.2)");
+        fails(good_64bit, &[(F::GUEST_DS_BASE, 1 << 32)], "guest DS: base bits 63:32 must be 0 (SDM 27.3.1.2)");
+        // A type-11 data register with DPL 0 < RPL 3 (Bochs lets it pass).
+        fails(good_64bit, &[(F::GUEST_DS_SELECTOR, 0x13), (F::GUEST_DS_AR_BYTES, 0xC09B)], "guest DS: DPL must not be below the selector's RPL (types 0-11) (SDM 27.3.1.2)");
+        fails(good_real_mode, &[(F::GUEST_SS_AR_BYTES, 0xF3), (F::GUEST_CS_AR_BYTES, 0xFB)], "guest SS: DPL must be 0 with CR0.PE=0 or a type-3 CS (SDM 27.3.1.2)");
+        // Unusable data registers are skipped, except for the FS/GS base.
+        let mut v = good_64bit();
+        v.extend([(F::GUEST_DS_AR_BYTES, 1 << 16), (F::GUEST_DS_BASE, 1 << 40), (F::GUEST_SS_AR_BYTES, 1 << 16)]);
+        assert_eq!(check(&v), Ok(()));
+        fails(good_64bit, &[(F::GUEST_GS_AR_BYTES, 1 << 16), (F::GUEST_GS_BASE, 1 << 63)], "guest GS: base must be canonical (SDM 27.3.1.2)");
+        fails(good_64bit, &[(F::GUEST_TR_AR_BYTES, 0x83)], "guest TR: type must be 11 (busy TSS), or 3 outside IA-32e mode (SDM 27.3.1.2)");
+        fails(good_64bit, &[(F::GUEST_TR_AR_BYTES, 1 << 16 | 0x8B)], "guest TR: must be usable (SDM 27.3.1.2)");
+        fails(good_64bit, &[(F::GUEST_LDTR_AR_BYTES, 0x82), (F::GUEST_LDTR_SELECTOR, 0x24)], "guest LDTR: selector TI must be 0 (SDM 27.3.1.2)");
+        fails(good_64bit, &[(F::GUEST_LDTR_AR_BYTES, 0x80)], "guest LDTR: type must be 2 (LDT) (SDM 27.3.1.2)");
+    }
+
+    #[test]
+    fn virtual_8086_segments() {
+        let mut v = good_64bit();
+        v.extend([(F::VM_ENTRY_CONTROLS, 0), (F::GUEST_CR0, 0x8000_0031), (F::GUEST_CR4, 0x2000)]);
+        v.extend([(F::GUEST_RFLAGS, RF_VM | 2), (F::GUEST_RIP, 0x100)]);
+        for [sel, base, limit, ar] in SEGS {
+            v.extend([(sel, 0x1234), (base, 0x12340), (limit, 0xFFFF), (ar, 0xF3)]);
+        }
+        assert_eq!(check(&v), Ok(()));
+        v.insert(F::GUEST_SS_BASE, 0);
+        assert_eq!(check(&v).unwrap_err().check, "guest SS: virtual-8086 base must be the selector times 16 (SDM 27.3.1.2)");
+    }
+
+    #[test]
+    fn descriptor_tables_msrs_and_rip() {
+        fails(good_64bit, &[(F::GUEST_GDTR_LIMIT, 0x1_0000)], "guest GDTR: limit bits 31:16 must be 0 (SDM 27.3.1.3)");
+        fails(good_64bit, &[(F::GUEST_IDTR_BASE, 0x8000_0000_0000)], "guest IDTR: base must be canonical (SDM 27.3.1.3)");
+        fails(good_64bit, &[(F::GUEST_SYSENTER_EIP, 1 << 50)], "guest IA32_SYSENTER_EIP: must be canonical (SDM 27.3.1.1)");
+        let pat = u64::from(entry::IA32E_MODE_GUEST | entry::LOAD_PAT);
+        fails(good_64bit, &[(F::VM_ENTRY_CONTROLS, pat), (F::GUEST_IA32_PAT, 0x0007_0406_0002_0106)], "guest IA32_PAT: every byte must be 0, 1, 4, 5, 6 or 7 with load IA32_PAT (SDM 27.3.1.1)");
+        fails(good_64bit, &[(F::GUEST_IA32_EFER, EFER_LME)], "guest IA32_EFER: LMA must equal the IA-32e mode guest control (SDM 27.3.1.1)");
+        fails(good_64bit, &[(F::GUEST_IA32_EFER, EFER_LMA)], "guest IA32_EFER: LME must equal LMA when CR0.PG=1 (SDM 27.3.1.1)");
+        fails(good_64bit, &[(F::GUEST_IA32_EFER, EFER_LME | EFER_LMA | 1 << 12)], "guest IA32_EFER: reserved bits must be 0 with load IA32_EFER (SDM 27.3.1.1)");
+        fails(good_64bit, &[(F::GUEST_RIP, 0x8000_0000_0000)], "guest RIP: must be canonical in 64-bit mode (SDM 27.3.1.4)");
+        // Compatibility mode (CS.L=0, D=1): RIP is 32 bits.
+        fails(good_64bit, &[(F::GUEST_CS_AR_BYTES, 0xC09B), (F::GUEST_RIP, 1 << 32)], "guest RIP: bits 63:32 must be 0 outside 64-bit mode (SDM 27.3.1.4)");
+    }
+
+    #[test]
+    fn non_register_state() {
+        fails(good_64bit, &[(F::GUEST_ACTIVITY_STATE, 4)], "guest activity state: must be 0-3 (SDM 27.3.1.5)");
+        fails(good_64bit, &[(F::GUEST_PENDING_DBG_EXCEPTIONS, 1 << 13)], "guest pending debug exceptions: bits 11:4, 13 and 63:15 must be 0 (SDM 27.3.1.5)");
+        fails(good_64bit, &[(F::GUEST_INTERRUPTIBILITY_INFO, 1)], "guest interruptibility state: blocking by STI requires RFLAGS.IF=1 (SDM 27.3.1.5)");
+        fails(good_64bit, &[(F::GUEST_INTERRUPTIBILITY_INFO, 3), (F::GUEST_RFLAGS, 0x202)], "guest interruptibility state: blocking by STI and by MOV SS both set (SDM 27.3.1.5)");
+        fails(good_64bit, &[(F::GUEST_INTERRUPTIBILITY_INFO, 2), (F::GUEST_ACTIVITY_STATE, 1)], "guest activity state: must be active with blocking by STI or MOV SS (SDM 27.3.1.5)");
+        fails(good_64bit, &[(F::GUEST_INTERRUPTIBILITY_INFO, 1 << 5)], "guest interruptibility state: bits 31:4 must be 0 (SDM 27.3.1.5)");
+        fails(good_64bit, &[(F::GUEST_INTERRUPTIBILITY_INFO, 1 << 2)], "guest interruptibility state: blocking by SMI outside SMM (SDM 27.3.1.5)");
+        let ext_int = (1 << 31) | 0x20;
+        fails(good_64bit, &[(F::VM_ENTRY_INTR_INFO_FIELD, ext_int)], "guest RFLAGS: IF must be 1 to inject an external interrupt (SDM 27.3.1.4)");
+        fails(good_64bit, &[(F::VM_ENTRY_INTR_INFO_FIELD, (1 << 31) | (3 << 8) | 13), (F::GUEST_ACTIVITY_STATE, 1)], "guest activity state: blocks the event being injected (SDM 27.3.1.5)");
+        // Blocking by STI with TF=1 is a pending single step: BS must say so.
+        fails(good_64bit, &[(F::GUEST_INTERRUPTIBILITY_INFO, 1), (F::GUEST_RFLAGS, 0x302)], "guest pending debug exceptions: BS must be 1 exactly when RFLAGS.TF=1 and DEBUGCTL.BTF=0 (SDM 27.3.1.5)");
+        let mut v = good_64bit();
+        v.extend([(F::GUEST_INTERRUPTIBILITY_INFO, 1), (F::GUEST_RFLAGS, 0x302), (F::GUEST_PENDING_DBG_EXCEPTIONS, 1 << 14)]);
+        assert_eq!(check(&v), Ok(()));
+        // NMI into STI blocking: qualification 3.
+        v.extend([(F::VM_ENTRY_INTR_INFO_FIELD, (1 << 31) | (2 << 8) | 2), (F::GUEST_PENDING_DBG_EXCEPTIONS, 1 << 14)]);
+        assert_eq!(check(&v).unwrap_err().qualification, 3);
+    }
+
+    #[test]
+    fn link_pointer_fails_with_qualification_4_after_register_checks() {
+        let link = "VMCS link pointer: not all ones, and not an aligned vmcs12 region (SDM 27.3.1.5)";
+        let mut v = good_64bit();
+        v.insert(F::VMCS_LINK_POINTER, 0x30_0000);
+        assert_eq!(check(&v), Ok(()), "a valid region is accepted");
+        v.insert(F::VMCS_LINK_POINTER, 0x30_0010);
+        assert_eq!(check(&v), Err(GuestStateError { check: link, qualification: 4 }), "misaligned");
+        v.insert(F::VMCS_LINK_POINTER, 0x20_0000);
+        assert_eq!(check(&v), Err(GuestStateError { check: link, qualification: 4 }));
+        // Wins over non-register failures, loses to register-state ones.
+        v.insert(F::GUEST_ACTIVITY_STATE, 7);
+        assert_eq!(check(&v).unwrap_err().qualification, 4);
+        v.insert(F::GUEST_RIP, 1 << 60);
+        assert_eq!(check(&v).unwrap_err().qualification, 0);
+    }
+}
