@@ -204,6 +204,9 @@ fn l1_status(sel: Option<usize>, out: &mut String) -> core::fmt::Result {
             L1State::Stopped(why) => alloc::format!("stopped: {why}"),
         };
         writeln!(out, "cpu {cpu}: {state}; exits {exits}; last exit {last}; uptime {up} tsc")?;
+        if let Some(check) = *s.last_check.lock() {
+            writeln!(out, "cpu {cpu}: last failed VM-entry check: {check}")?;
+        }
     }
     Ok(())
 }
@@ -254,7 +257,7 @@ fn trace(sel: Option<usize>, count: Option<usize>, out: &mut String) -> core::fm
     let range = sel.map_or(0..percpu::count(), |c| c..c + 1);
     for cpu in range {
         writeln!(out, "cpu {cpu}: last {n} exits")?;
-        let mut t = Table::new(&["tsc", "reason", "name", "qualification", "rip", "level", "cycles"]);
+        let mut t = Table::new(&["tsc", "reason", "name", "qualification", "rip", "level", "cycles", "outcome"]);
         for e in l1::shared(cpu).trace.lock().last(n) {
             t.row(&[
                 &alloc::format!("{}", e.tsc),
@@ -264,6 +267,7 @@ fn trace(sel: Option<usize>, count: Option<usize>, out: &mut String) -> core::fm
                 &alloc::format!("{:#x}", e.rip),
                 if e.level_l2 { "L2" } else { "L1" },
                 &alloc::format!("{}", e.cycles),
+                e.note.unwrap_or(""),
             ]);
         }
         out.push_str(&t.render());

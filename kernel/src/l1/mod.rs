@@ -52,6 +52,8 @@ pub struct TraceEntry {
     pub rip: u64,
     pub level_l2: bool,
     pub cycles: u64,
+    /// How an emulated VMX instruction ended when it did not succeed.
+    pub note: Option<&'static str>,
 }
 
 /// Exits kept in the trace ring.
@@ -66,7 +68,7 @@ pub struct Trace {
 
 impl Trace {
     const fn new() -> Self {
-        Trace { entries: [TraceEntry { tsc: 0, reason: 0, qualification: 0, rip: 0, level_l2: false, cycles: 0 }; TRACE_LEN], next: 0, count: 0 }
+        Trace { entries: [TraceEntry { tsc: 0, reason: 0, qualification: 0, rip: 0, level_l2: false, cycles: 0, note: None }; TRACE_LEN], next: 0, count: 0 }
     }
     fn push(&mut self, e: TraceEntry) {
         self.entries[self.next] = e;
@@ -101,6 +103,9 @@ pub struct L1Shared {
     /// L1 command line set from the shell (`l1 restart <cpu> <args>`),
     /// used instead of the nvmx command line's from the next start on.
     pub args: Mutex<Option<String>>,
+    /// The nested VM-entry check that failed last (VMfailValid 7/8 or a
+    /// VM-entry failure), for `l1 <cpu>`.
+    pub last_check: Mutex<Option<&'static str>>,
 }
 
 impl L1Shared {
@@ -114,6 +119,7 @@ impl L1Shared {
             started_tsc: AtomicU64::new(0),
             last_reason: AtomicU64::new(u64::MAX),
             args: Mutex::new(None),
+            last_check: Mutex::new(None),
             shadow_want: AtomicU8::new(0),
             shadow_pref: AtomicU8::new(0),
             shadow_on: core::sync::atomic::AtomicBool::new(false),
@@ -564,6 +570,7 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
     *L1S[cpu].console.lock() = Some(ConsoleRing::new());
     L1S[cpu].stats.reset();
     L1S[cpu].started_tsc.store(cpu::rdtsc(), Ordering::Relaxed);
+    *L1S[cpu].last_check.lock() = None;
     let nested = nested::Nested::new(cfg.nested, vmcs, caps, &mut owned);
     L1S[cpu].shadow_fields.store(nested.shadow.field_count(), Ordering::Relaxed);
     // Shadowing from the start where the CPU has it, unless `shadow=off` or
@@ -686,7 +693,7 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
                 (Level::L2InL0, Some(L1State::Stopped(why)))
             }
         };
-        record(v.cpu, level, reason, qualification, rip, result.is_none(), start);
+        record(v, level, reason, qualification, rip, result.is_none(), start);
         return result;
     }
     v.launched = true;
@@ -718,18 +725,20 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
             (Some(L1State::Stopped(why)), false)
         }
     };
-    record(v.cpu, Level::L1, reason, qualification, rip, completed, start);
+    record(v, Level::L1, reason, qualification, rip, completed, start);
     result
 }
 
 /// Counts an exit handled since `start` (TSC) and puts it in the trace.
-fn record(cpu: usize, level: Level, reason: u32, qualification: u64, rip: u64, completed: bool, start: u64) {
+fn record(v: &mut Vcpu, level: Level, reason: u32, qualification: u64, rip: u64, completed: bool, start: u64) {
+    let cpu = v.cpu;
+    let note = v.nested.note.take();
     let shared = &L1S[cpu];
     let cycles = cpu::rdtsc() - start;
     shared.stats.record(level, (reason & 0xFFFF) as u16, completed, cycles);
     shared.last_reason.store(u64::from(reason), Ordering::Relaxed);
     let level_l2 = level != Level::L1;
-    shared.trace.lock().push(TraceEntry { tsc: start, reason, qualification, rip, level_l2, cycles });
+    shared.trace.lock().push(TraceEntry { tsc: start, reason, qualification, rip, level_l2, cycles, note });
 }
 
 /// A stopped L1's report: on its console and in the log.

@@ -55,6 +55,9 @@ pub struct Nested {
     ept02: ShadowEpt,
     /// The VM-entry check that failed last (for `vmcs 12`).
     last_check: Option<&'static str>,
+    /// How the VMX instruction just emulated ended, when not VMsucceed
+    /// (the error, the check that tripped, the exception): for `trace`.
+    pub note: Option<&'static str>,
     /// VMCS shadowing for L1's VMREAD/VMWRITE.
     pub shadow: super::shadow::Shadow,
     /// Frames allocated while running (VMCS0-2).
@@ -173,6 +176,7 @@ impl Nested {
             launched02: false,
             ept02: ShadowEpt::new(),
             last_check: None,
+            note: None,
             shadow,
             owned: crate::mm::frames::Owned::default(),
         }
@@ -276,6 +280,7 @@ impl Vcpu {
 
     /// VMfailInvalid.
     fn fail_invalid(&mut self) -> Emulated {
+        self.nested.note.get_or_insert("VMfailInvalid");
         self.set_rflags(CF);
         Emulated::Done { ok: false }
     }
@@ -283,6 +288,8 @@ impl Vcpu {
     /// VMfail(error): VMfailValid with the error number when there is a
     /// current VMCS, else VMfailInvalid.
     fn fail(&mut self, error: u32) -> Emulated {
+        let name = nvmx_vmx::error::VmInstructionError::from_u32(error).map(|e| e.name());
+        self.nested.note.get_or_insert(name.unwrap_or("VMfailValid"));
         match self.nested.current.as_mut() {
             Some(c) => {
                 c.set(F::VM_INSTRUCTION_ERROR, error.into());
@@ -358,7 +365,16 @@ impl Vcpu {
     /// shadow VMCS synced around it.
     pub(super) fn emulate_vmx(&mut self, reason: u16) -> Emulated {
         self.shadow_pull();
+        self.nested.note = None;
         let r = self.emulate_vmx_inner(reason);
+        if let Emulated::Fault(vector, _) = r {
+            self.nested.note = Some(match vector {
+                6 => "#UD",
+                13 => "#GP(0)",
+                14 => "#PF on the memory operand",
+                _ => "exception",
+            });
+        }
         if !matches!(r, Emulated::EnterL2 | Emulated::EntryFailed) {
             self.shadow_push();
         }
@@ -587,12 +603,12 @@ impl Vcpu {
         let l1_caps = |msr| nvmx_vmx::nested::l1_vmx_msr(host, msr).unwrap_or(0);
         if let Err(what) = nvmx_vmx::nested::check_controls(|f| cur.get(f), l1_caps) {
             log::debug!("l1 cpu {}: VMfailValid(7): {what}", self.cpu);
-            self.nested.last_check = Some(what);
+            self.check_failed(what);
             return self.fail(7);
         }
         if let Err(what) = nvmx_vmx::nested::check_host_state(|f| cur.get(f), host.cr0_fixed(), host.cr4_fixed()) {
             log::debug!("l1 cpu {}: VMfailValid(8): {what}", self.cpu);
-            self.nested.last_check = Some(what);
+            self.check_failed(what);
             return self.fail(8);
         }
         // L1 sees the CPU's physical-address width (CPUID passes it through).
@@ -618,12 +634,19 @@ impl Vcpu {
         Emulated::EnterL2
     }
 
+    /// Records the VM-entry check that tripped: `vmcs 12`, `l1`, `trace`.
+    fn check_failed(&mut self, what: &'static str) {
+        self.nested.last_check = Some(what);
+        self.nested.note = Some(what);
+        *super::shared(self.cpu).last_check.lock() = Some(what);
+    }
+
     /// A VM-entry failure during or after loading guest state (SDM 27.8):
     /// exit reason with bit 31, the qualification, no guest state saved,
     /// then vmcs12's host state loaded into L1 as on a VM exit.
     fn entry_failure(&mut self, reason: u32, qualification: u64, check: &'static str) -> Emulated {
         log::debug!("l1 cpu {}: VM-entry failure {reason}: {check}", self.cpu);
-        self.nested.last_check = Some(check);
+        self.check_failed(check);
         let cur = self.nested.current.as_mut().expect("entry needs a current vmcs12");
         cur.set(F::VM_EXIT_REASON, u64::from(reason | (1 << 31)));
         cur.set(F::EXIT_QUALIFICATION, qualification);

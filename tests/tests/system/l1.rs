@@ -316,6 +316,11 @@ fn differential_with(name: &str, model: &str, workload: &str, shadow: ShadowMode
         m.check(bare.iter().any(|l| l.ends_with(" passed, 0 failed")), || format!("selftest failures bare:\n{}", bare.join("\n")))?;
         let (exits, completed) = rows.get(&("L1".to_string(), 23)).copied().unwrap_or((0, 0));
         m.check(exits > completed && completed > 0, || format!("vmread: {exits} exits, {completed} completed"))?;
+        // The selftest's last refused entry is its misaligned MSR-load list:
+        // nvmx names that check (SDM 27.2.1.3), not just error 7.
+        let out = m.command("l1 0", t.command)?;
+        let want = "cpu 0: last failed VM-entry check: VM-entry MSR-load address misaligned or too high";
+        m.check(out.contains(want), || format!("`l1 0` does not name the failed check:\n{out}"))?;
         return crate::common::poweroff(&mut m, t);
     }
     if shadow == ShadowMode::Toggle {
