@@ -17,6 +17,10 @@ KERNEL_ELF  := $(PROFILE_DIR)/nvmx
 L1_ELF      := $(PROFILE_DIR)/nvmx-l1
 L1_ISO      := build/l1-bare.iso
 L1_ARGS     ?= workload=forum
+# An external L1 for build/nvmx.iso: any Multiboot2 ELF64 kernel (a hypervisor
+# of your own); empty = nvmx's built-in L1.
+L1_MODULE      ?=
+L1_MODULE_ARGS ?=
 OVMF        := /usr/share/ovmf/OVMF.fd
 DEB_PKGS    := bochs bochsbios vgabios qemu-system-x86 ovmf grub-pc-bin grub-efi-amd64-bin \
                grub-common xorriso mtools
@@ -31,7 +35,8 @@ help:
 	@echo "nvmx make targets:"
 	@echo "  make / make iso    build the kernel and $(ISO) (BIOS+UEFI GRUB ISO), and the"
 	@echo "                     built-in L1 alone as $(L1_ISO) (bare runs, L1_ARGS) and"
-	@echo "                     build/l1-selftest.iso (its VMX conformance checks)"
+	@echo "                     build/l1-selftest.iso (its VMX conformance checks), and"
+	@echo "                     build/nvmx-module-l1.iso (nvmx with the L1 as a GRUB module)"
 	@echo "  make run           boot with the shell on this terminal: QEMU+KVM -cpu host when"
 	@echo "                     /dev/kvm offers VT-x, else Bochs $(MODEL) with CPUS cores"
 	@echo "  make run-qemu      QEMU (TCG, no VT-x) BIOS, -serial stdio"
@@ -47,6 +52,8 @@ help:
 	@echo "  MODEL=$(MODEL)  (Bochs: corei7_ivy_bridge_3770k has no VMCS shadowing)"
 	@echo "  CMDLINE='$(CMDLINE)'  (nvmx command line: log=…, l1mem=<MiB>, l1args=a,b,…)"
 	@echo "  L1_ARGS='$(L1_ARGS)'  (command line of the bare L1 ISO)"
+	@echo "  L1_MODULE=<elf> L1_MODULE_ARGS='…'  (run that Multiboot2 kernel as every core's L1"
+	@echo "                     instead of the built-in one; build/nvmx-module-l1.iso is the test copy)"
 
 # --- installation -----------------------------------------------------------
 deps: toolchain
@@ -72,7 +79,8 @@ kernel: guest
 
 iso: deps kernel
 	@mkdir -p build
-	grub/mkiso.sh $(KERNEL_ELF) $(ISO) $(CMDLINE)
+	L1_MODULE="$(L1_MODULE)" L1_MODULE_ARGS="$(L1_MODULE_ARGS)" grub/mkiso.sh $(KERNEL_ELF) $(ISO) $(CMDLINE)
+	L1_MODULE=$(L1_ELF) L1_MODULE_ARGS="workload=selftest" grub/mkiso.sh $(KERNEL_ELF) build/nvmx-module-l1.iso $(CMDLINE)
 	grub/mkiso.sh $(L1_ELF) $(L1_ISO) $(L1_ARGS)
 	grub/mkiso.sh $(L1_ELF) build/l1-selftest.iso workload=selftest
 

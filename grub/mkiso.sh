@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Assembles a BIOS+UEFI hybrid GRUB ISO: mkiso.sh <kernel-elf> <out.iso> [cmdline...]
+# With L1_MODULE=<elf> (and L1_MODULE_ARGS) in the environment, that ELF goes
+# in as /boot/l1 on a module2 line: nvmx loads it as the L1 instead of its own.
 # Only the modules the boot needs are installed and fonts/locales/themes are
 # left out: a ~5 MB ISO that boots quickly in Bochs.
 set -euo pipefail
@@ -22,7 +24,12 @@ if 0 <= at < 32768:
     data[at:at + 2] = struct.pack("<H", 0x8005)
 open(sys.argv[2], "wb").write(data)
 PY
-sed "s|@CMDLINE@|${cmdline//|/\\|}|" "$here/grub.cfg" > "$stage/boot/grub/grub.cfg"
+module=""
+if [ -n "${L1_MODULE:-}" ]; then
+    cp "$L1_MODULE" "$stage/boot/l1"
+    module="module2 /boot/l1 ${L1_MODULE_ARGS:-}"
+fi
+sed -e "s|@CMDLINE@|${cmdline//|/\\|}|" -e "s|@MODULE@|${module//|/\\|}|" "$here/grub.cfg" > "$stage/boot/grub/grub.cfg"
 for k in nvmx nvmx-text; do
     grub-file --is-x86-multiboot2 "$stage/boot/$k" || { echo "mkiso: $k is not a Multiboot2 kernel" >&2; exit 1; }
 done

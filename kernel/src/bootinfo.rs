@@ -36,10 +36,26 @@ pub struct Framebuffer {
 }
 
 /// A GRUB module (an external L1 image, for instance).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Module {
     pub start: u64,
     pub end: u64,
+    /// The module's string (GRUB: what follows the file name on the
+    /// `module2` line), truncated to 128 bytes.
+    string: [u8; 128],
+    string_len: usize,
+}
+
+impl Default for Module {
+    fn default() -> Self {
+        Module { start: 0, end: 0, string: [0; 128], string_len: 0 }
+    }
+}
+
+impl Module {
+    pub fn string(&self) -> &str {
+        core::str::from_utf8(&self.string[..self.string_len]).unwrap_or("")
+    }
 }
 
 /// ACPI root pointer as found in the Multiboot2 RSDP tags.
@@ -135,8 +151,12 @@ pub unsafe fn init(addr: u64) -> Result<&'static BootInfo, &'static str> {
     }
 
     for m in mbi.module_tags().take(MAX_MODULES) {
-        info.modules[info.nmodules] =
-            Module { start: m.start_address().into(), end: m.end_address().into() };
+        let mut module = Module { start: m.start_address().into(), end: m.end_address().into(), ..Module::default() };
+        if let Ok(text) = m.cmdline() {
+            module.string_len = text.len().min(module.string.len());
+            module.string[..module.string_len].copy_from_slice(&text.as_bytes()[..module.string_len]);
+        }
+        info.modules[info.nmodules] = module;
         info.nmodules += 1;
     }
 

@@ -61,8 +61,22 @@ macro_rules! fields {
             $($name,)*
         }
 
-        /// Every field, in table order.
+        /// Every field, in table order (`ALL[f as usize] == f`).
         pub static ALL: &[Field] = &[$(Field::$name,)*];
+
+        /// Full-access encoding → index in [`ALL`] (`u8::MAX`: no field),
+        /// keyed by [`lookup_key`]; built at compile time from the table.
+        static BY_ENCODING: [u8; 1 << 13] = {
+            let encodings = [$($enc,)*];
+            assert!(encodings.len() < u8::MAX as usize);
+            let mut table = [u8::MAX; 1 << 13];
+            let mut i = 0;
+            while i < encodings.len() {
+                table[lookup_key(encodings[i])] = i as u8;
+                i += 1;
+            }
+            table
+        };
 
         impl Field {
             /// The full-access encoding.
@@ -287,14 +301,28 @@ impl Field {
 
     /// Position in [`ALL`]: a dense index for per-field storage (a vmcs12
     /// can keep field `f` at byte offset `f.index() * 8`).
-    pub fn index(self) -> usize {
-        ALL.iter().position(|&f| f == self).expect("every field is in ALL")
+    /// (The enum's variants are declared in table order.)
+    pub const fn index(self) -> usize {
+        self as usize
     }
 
-    /// The field with full-access encoding `enc`.
+    /// The field with full-access encoding `enc`, by table lookup: L0
+    /// decodes every VMREAD/VMWRITE operand of L1 with it.
     pub fn from_encoding(enc: u32) -> Option<Field> {
-        ALL.iter().copied().find(|f| f.encoding() == enc)
+        if enc & !0x6FFE != 0 {
+            return None;
+        }
+        match BY_ENCODING[lookup_key(enc)] {
+            u8::MAX => None,
+            i => Some(ALL[usize::from(i)]),
+        }
     }
+}
+
+/// A dense key for an encoding with bit 0, 12 and 31:15 clear: width,
+/// type and index bits (13 bits).
+const fn lookup_key(enc: u32) -> usize {
+    ((((enc >> 13) & 3) << 11) | (((enc >> 10) & 3) << 9) | ((enc >> 1) & 0x1FF)) as usize
 }
 
 /// Decodes a VMREAD/VMWRITE operand into a field and access type (SDM 25.11.2).
@@ -364,6 +392,19 @@ mod tests {
         assert_eq!(decode(0x8000), Err(EncodingError::ReservedBits));
         assert_eq!(decode(0x1000), Err(EncodingError::ReservedBits));
         assert_eq!(decode(0x6830), Err(EncodingError::Unknown));
+    }
+
+    #[test]
+    fn from_encoding_finds_every_field_and_nothing_else() {
+        for &f in ALL {
+            assert_eq!(Field::from_encoding(f.encoding()), Some(f));
+        }
+        let known = |e: u32| ALL.iter().any(|f| f.encoding() == e);
+        for e in (0..0x8000u32).step_by(2).filter(|e| !known(*e)) {
+            assert_eq!(Field::from_encoding(e), None, "{e:#x}");
+        }
+        assert_eq!(Field::from_encoding(Field::TSC_OFFSET.encoding() | 1), None, "high access is not a full encoding");
+        assert_eq!(Field::from_encoding(0x1_6800), None);
     }
 
     #[test]

@@ -10,6 +10,23 @@ use alloc::vec::Vec;
 /// kernel was built without it (build.rs says so).
 pub static BUILTIN_L1: &[u8] = include_bytes!(env!("NVMX_L1_ELF"));
 
+/// The L1 image every core loads: the first GRUB module when there is
+/// one (`module2 /boot/l1 args…`: any Multiboot2 ELF64 kernel, such as a
+/// hypervisor of your own), else the built-in L1. With the module's string
+/// as default L1 command line.
+pub fn l1_image() -> (&'static [u8], Option<&'static str>) {
+    match crate::bootinfo::get().modules().first() {
+        Some(m) => {
+            // SAFETY: GRUB placed the module in RAM that the frame allocator
+            // keeps out of use (mm::init reserves module ranges); all RAM is
+            // identity mapped and the module is never written.
+            let bytes = unsafe { core::slice::from_raw_parts(m.start as *const u8, (m.end - m.start) as usize) };
+            (bytes, Some(m.string()))
+        }
+        None => (BUILTIN_L1, None),
+    }
+}
+
 /// Why an image could not be loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoadError {
@@ -22,7 +39,7 @@ pub enum LoadError {
 impl core::fmt::Display for LoadError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            LoadError::NoImage => write!(f, "no L1 image (nvmx was built without guest/)"),
+            LoadError::NoImage => write!(f, "no L1 image (nvmx was built without guest/ and GRUB loaded no module)"),
             LoadError::NotElf64 => write!(f, "L1 image is not an x86-64 ELF"),
             LoadError::BadProgramHeader => write!(f, "L1 image has a malformed program header"),
             LoadError::SegmentOutsideMemory { addr, size } => {

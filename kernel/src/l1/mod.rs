@@ -210,7 +210,9 @@ impl L1Config {
         let info = crate::bootinfo::get();
         let mem_mib = info.arg("l1mem").and_then(|v| v.parse::<u64>().ok()).unwrap_or(32).clamp(4, 4096);
         let key = alloc::format!("l1args{cpu}");
-        let raw = info.arg(&key).or_else(|| info.arg("l1args")).unwrap_or("workload=forum exits=0");
+        // A GRUB module L1 gets its module string unless l1args says otherwise.
+        let module_args = image::l1_image().1;
+        let raw = info.arg(&key).or_else(|| info.arg("l1args")).or(module_args).unwrap_or("workload=forum exits=0");
         let args = L1S[cpu].args.lock().clone().unwrap_or_else(|| raw.replace(',', " "));
         let nested = info.arg("nested") != Some("off");
         L1Config { mem_size: (mem_mib << 20).next_multiple_of(2 << 20), args, nested }
@@ -545,7 +547,7 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
         .ok_or_else(|| alloc::format!("no {} MiB of contiguous memory for the L1", cfg.mem_size >> 20))?;
     // SAFETY: the chunk was just allocated for this L1 and is identity mapped.
     let mem = unsafe { core::slice::from_raw_parts_mut(mem_base as *mut u8, cfg.mem_size as usize) };
-    let entry = image::load_elf(image::BUILTIN_L1, mem).map_err(|e| alloc::format!("{e}"))?;
+    let entry = image::load_elf(image::l1_image().0, mem).map_err(|e| alloc::format!("{e}"))?;
     let mbi = image::multiboot_info(cfg.mem_size, &cfg.args);
     // The boot information goes at 64 KiB, where GRUB-loaded kernels do not live.
     const MBI_GPA: u64 = 0x1_0000;

@@ -447,3 +447,32 @@ fn bochs_nested_forum_every_core_haswell_4cpu() -> Result<()> {
     }
     crate::common::poweroff(&mut m, t)
 }
+
+/// An external L1: nvmx with a GRUB `module2` line (`make L1_MODULE=…`)
+/// runs that Multiboot2 kernel instead of its built-in L1, with the module
+/// string as the L1's command line. Here the module is the built-in L1's
+/// ELF with `workload=selftest` (the built-in default is `forum`): `l1`
+/// names the module, and the nested selftest passes on it.
+#[test]
+fn bochs_l1_from_grub_module_haswell() -> Result<()> {
+    let t = BOCHS;
+    let mut m = Bochs::new("bochs_l1_from_grub_module_haswell", "corei7_haswell_4770")
+        .build_iso("nvmx-module-l1.iso")
+        .cpus(1)
+        .hard_limit(Duration::from_secs(300))
+        .start()?;
+    m.boot_to_prompt(t.boot)?;
+    let out = m.command("l1", t.command)?;
+    m.check(out.contains("L1 image: GRUB module (") && out.contains("workload=selftest"), || format!("`l1` does not name the module:\n{out}"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(200);
+    let mut console = String::new();
+    while std::time::Instant::now() < deadline && !console.contains("l1: done") {
+        std::thread::sleep(Duration::from_secs(2));
+        console = m.command("console 0", t.command)?;
+    }
+    let lines = forum_lines(&console);
+    m.check(lines.iter().any(|l| l.starts_with("l1: selftest ") && l.ends_with(" passed, 0 failed")), || {
+        format!("the module L1 did not pass its selftest:\n{console}")
+    })?;
+    crate::common::poweroff(&mut m, t)
+}
