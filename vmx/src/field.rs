@@ -64,6 +64,9 @@ macro_rules! fields {
         /// Every field, in table order (`ALL[f as usize] == f`).
         pub static ALL: &[Field] = &[$(Field::$name,)*];
 
+        /// The number of fields in the table.
+        pub const COUNT: usize = [$(Field::$name,)*].len();
+
         /// Full-access encoding → index in [`ALL`] (`u8::MAX`: no field),
         /// keyed by [`lookup_key`]; built at compile time from the table.
         static BY_ENCODING: [u8; 1 << 13] = {

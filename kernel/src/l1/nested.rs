@@ -51,6 +51,9 @@ pub struct Nested {
     pub vmcs01: u64,
     vmcs02: u64,
     launched02: bool,
+    /// The vmcs12 (guest-physical address) whose guest state VMCS0-2
+    /// holds, apart from its `stale02` fields; `None`: rewrite all.
+    vmcs02_holds: Option<u64>,
     /// Shadow EPT0-2 when L1 uses EPT for L2.
     ept02: ShadowEpt,
     /// The VM-entry check that failed last (for `vmcs 12`).
@@ -69,14 +72,50 @@ struct Vmcs12 {
     gpa: u64,
     fields: Box<[u64]>,
     launched: bool,
+    /// Fields changed since VMCS0-2 last got them (KVM's dirty tracking
+    /// behind prepare_vmcs02_rare): a VMRESUME rewrites only these.
+    stale02: FieldSet,
 }
 
 impl Vmcs12 {
     fn get(&self, f: F) -> u64 {
         self.fields[f.index()]
     }
+    /// A change by L1 (VMWRITE, shadow VMCS) or by L0: VMCS0-2 must follow.
     fn set(&mut self, f: F, v: u64) {
+        let slot = &mut self.fields[f.index()];
+        if *slot != v {
+            *slot = v;
+            self.stale02.insert(f);
+        }
+    }
+    /// A value read back from VMCS0-2, which therefore holds it already.
+    fn set_from_vmcs02(&mut self, f: F, v: u64) {
         self.fields[f.index()] = v;
+    }
+}
+
+/// A set of fields, one bit per position in the field table.
+#[derive(Clone, Copy, Default)]
+struct FieldSet([u64; 3]);
+
+const _: () = assert!(field::COUNT <= 3 * 64, "FieldSet holds every field");
+
+impl FieldSet {
+    fn insert(&mut self, f: F) {
+        self.0[f.index() / 64] |= 1 << (f.index() % 64);
+    }
+    fn iter(self) -> impl Iterator<Item = F> {
+        (0..3).flat_map(move |w| {
+            let mut bits = self.0[w];
+            core::iter::from_fn(move || {
+                (bits != 0).then(|| {
+                    let i = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    ALL[w * 64 + i]
+                })
+            })
+        })
     }
 }
 
@@ -174,6 +213,7 @@ impl Nested {
             vmcs01,
             vmcs02: 0,
             launched02: false,
+            vmcs02_holds: None,
             ept02: ShadowEpt::new(),
             last_check: None,
             note: None,
@@ -491,7 +531,9 @@ impl Vcpu {
             *f = mem.read_u64(ptr + FIELDS_OFFSET + 8 * i as u64).unwrap_or(0);
         }
         let launched = mem.read_u64(ptr + 8).unwrap_or(0) & 1 != 0;
-        self.nested.current = Some(Vmcs12 { gpa: ptr, fields, launched });
+        self.nested.current = Some(Vmcs12 { gpa: ptr, fields, launched, stale02: FieldSet::default() });
+        // Read from memory: VMCS0-2 may hold an older copy of this region.
+        self.nested.vmcs02_holds = None;
         self.succeed()
     }
 
@@ -628,6 +670,11 @@ impl Vcpu {
         // SDM 27.4: the VM-entry MSR-load list, after the guest state.
         let cur = self.nested.current.as_ref().expect("checked above");
         let list = (cur.get(F::VM_ENTRY_MSR_LOAD_ADDR), cur.get(F::VM_ENTRY_MSR_LOAD_COUNT));
+        if list.1 != 0 {
+            // The list may overwrite guest-state fields of VMCS0-2 (SYSENTER,
+            // EFER, PAT): the next entry starts again from vmcs12.
+            self.nested.vmcs02_holds = None;
+        }
         if let Err(n) = self.load_msr_list(list) {
             return self.entry_failure(EXIT_REASON_MSR_LOADING, n, "VM-entry MSR-load list: entry refused (SDM 27.4)");
         }
@@ -704,7 +751,8 @@ impl Vcpu {
         let l1_efer = vmread(F::GUEST_IA32_EFER);
         let l1_pat = vmread(F::GUEST_IA32_PAT);
         let eptp01 = vmread(F::EPT_POINTER);
-        if self.nested.vmcs02 == 0 {
+        let fresh = self.nested.vmcs02 == 0;
+        if fresh {
             let page = self.nested.owned.alloc(1, 1).ok_or("no memory for VMCS0-2")?;
             // SAFETY: fresh frame, revision id first (SDM 25.2).
             unsafe { (page as *mut u32).write_volatile(caps.revision_id()) };
@@ -714,10 +762,20 @@ impl Vcpu {
         }
         // SAFETY: VMCS0-2 is ours and initialised.
         unsafe { insn::vmptrld(self.nested.vmcs02) }.map_err(|_| "VMPTRLD of VMCS0-2 failed")?;
+        let cur = self.nested.current.as_mut().expect("checked by the caller");
+        let stale = core::mem::take(&mut cur.stale02);
         let cur = self.nested.current.as_ref().expect("checked by the caller");
-        for f in ALL.iter().filter(|f| f.group() == Group::GuestState) {
-            // Fields this CPU lacks (PML index, BNDCFGS…) are skipped.
+        // Guest state: all of it for a vmcs12 VMCS0-2 does not hold yet,
+        // else what changed since (CR0/CR4, EFER, PAT and the link pointer
+        // are rewritten below in any case). Fields this CPU lacks (PML
+        // index, BNDCFGS…) are skipped.
+        let write = |f: &F| {
             let _ = insn::vmwrite(f.encoding(), cur.get(*f));
+        };
+        if self.nested.vmcs02_holds == Some(cur.gpa) {
+            stale.iter().filter(|f| f.group() == Group::GuestState).for_each(|f| write(&f));
+        } else {
+            ALL.iter().filter(|f| f.group() == Group::GuestState).for_each(write);
         }
         vmwrite(F::VMCS_LINK_POINTER, u64::MAX);
         let entry12 = cur.get(F::VM_ENTRY_CONTROLS) as u32;
@@ -802,7 +860,11 @@ impl Vcpu {
         let l1_ept = proc2_12 & proc2::ENABLE_EPT != 0;
         let eptp02 = if l1_ept { self.nested.ept02.eptp().ok_or("no memory for EPT0-2")? } else { eptp01 };
         vmwrite(F::EPT_POINTER, eptp02);
-        crate::vmx::run::setup_host_state();
+        // L0's host state is the same for every entry on this core.
+        if fresh {
+            crate::vmx::run::setup_host_state();
+        }
+        self.nested.vmcs02_holds = Some(self.nested.current.as_ref().expect("checked by the caller").gpa);
         Ok(())
     }
 
@@ -905,29 +967,26 @@ impl Vcpu {
     }
 
     /// VMCS0-2 → vmcs12: guest state and exit information (SDM 28.2-28.3).
+    /// VMCS0-2 holds these values, so they do not make vmcs12 stale for it
+    /// (CR0/CR4, EFER, PAT and the controls are recomputed on every entry).
     fn sync_vmcs02_to_vmcs12(&mut self, reason: u32, qualification: u64) {
         let cur = self.nested.current.as_mut().expect("L2 runs with a current vmcs12");
         // (The shadow was pulled when L1 executed VMLAUNCH/VMRESUME and L1
         // has not run since: the cache is current.)
         for f in ALL.iter().filter(|f| f.group() == Group::GuestState) {
             if let Ok(v) = insn::vmread(f.encoding()) {
-                cur.set(*f, v);
+                cur.set_from_vmcs02(*f, v);
             }
         }
         // L1 sees its own CR0/CR4 bits, not the ones L0 forced.
-        for (guest, shadow, mask) in [
-            (F::GUEST_CR0, F::CR0_READ_SHADOW, F::CR0_GUEST_HOST_MASK),
-            (F::GUEST_CR4, F::CR4_READ_SHADOW, F::CR4_GUEST_HOST_MASK),
-        ] {
+        for (guest, mask) in [(F::GUEST_CR0, F::CR0_GUEST_HOST_MASK), (F::GUEST_CR4, F::CR4_GUEST_HOST_MASK)] {
             let mask12 = cur.get(mask);
             let v02 = vmread(guest);
             let l1_view = cur.get(guest);
             // Bits L1 owns follow L2; bits only L0 forces keep L1's value.
             let forced = vmread(mask) & !mask12;
-            cur.set(guest, (v02 & !forced) | (l1_view & forced));
-            let _ = shadow;
+            cur.set_from_vmcs02(guest, (v02 & !forced) | (l1_view & forced));
         }
-        cur.set(F::VMCS_LINK_POINTER, cur.get(F::VMCS_LINK_POINTER));
         for f in [
             F::VM_EXIT_INTR_INFO,
             F::VM_EXIT_INTR_ERROR_CODE,
@@ -938,17 +997,17 @@ impl Vcpu {
             F::GUEST_LINEAR_ADDRESS,
             F::GUEST_PHYSICAL_ADDRESS,
         ] {
-            cur.set(f, vmread(f));
+            cur.set_from_vmcs02(f, vmread(f));
         }
-        cur.set(F::VM_EXIT_REASON, reason.into());
-        cur.set(F::EXIT_QUALIFICATION, qualification);
+        cur.set_from_vmcs02(F::VM_EXIT_REASON, reason.into());
+        cur.set_from_vmcs02(F::EXIT_QUALIFICATION, qualification);
         // Exits clear the valid bit of the entry-interruption field (SDM 28.2.4)
         // and store IA32_EFER.LMA into "IA-32e mode guest" (SDM 28.2.1? 28.3).
         let info = cur.get(F::VM_ENTRY_INTR_INFO_FIELD);
-        cur.set(F::VM_ENTRY_INTR_INFO_FIELD, info & !(1 << 31));
+        cur.set_from_vmcs02(F::VM_ENTRY_INTR_INFO_FIELD, info & !(1 << 31));
         let lma = vmread(F::GUEST_IA32_EFER) & (1 << 10) != 0;
         let e12 = cur.get(F::VM_ENTRY_CONTROLS) & !u64::from(entry::IA32E_MODE_GUEST);
-        cur.set(F::VM_ENTRY_CONTROLS, e12 | if lma { u64::from(entry::IA32E_MODE_GUEST) } else { 0 });
+        cur.set_from_vmcs02(F::VM_ENTRY_CONTROLS, e12 | if lma { u64::from(entry::IA32E_MODE_GUEST) } else { 0 });
     }
 
     /// vmcs12's host state → VMCS0-1's guest state, so L1 resumes as after
