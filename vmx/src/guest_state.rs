@@ -19,6 +19,8 @@
 //! offer L1 (entry to SMM, virtual NMIs, load PERF_GLOBAL_CTRL, CET state,
 //! PKRS or BNDCFGS), which `check_controls` already rejects.
 
+use crate::regs::{CR0_PE, CR0_WP, CR0_NW, CR0_CD, CR0_PG, CR4_PAE, CR4_PCIDE, CR4_CET, EFER_LME, EFER_LMA};
+
 use crate::controls::{entry, proc1, proc2};
 use crate::field::Field as F;
 
@@ -33,14 +35,6 @@ pub struct GuestStateError {
 }
 
 
-const CR0_PE: u64 = 1;
-const CR0_WP: u64 = 1 << 16;
-const CR0_NW: u64 = 1 << 29;
-const CR0_CD: u64 = 1 << 30;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_PCIDE: u64 = 1 << 17;
-const CR4_CET: u64 = 1 << 23;
 const RF_TF: u64 = 1 << 8;
 const RF_IF: u64 = 1 << 9;
 const RF_VM: u64 = 1 << 17;
@@ -51,8 +45,6 @@ const RFLAGS_RESERVED: u64 = 0xFFFF_FFFF_FFC0_8028;
 const DEBUGCTL_RESERVED: u64 = !0xFFC3;
 /// IA32_EFER on Intel: SCE, LME, LMA, NXE.
 const EFER_RESERVED: u64 = !0xD01;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
 /// Segment access-rights bits 11:8 and 31:17 (SDM 25.4.1, table 25-2).
 const AR_RESERVED: u64 = !0x1_F0FF;
 /// Activity states (SDM 25.4.2) and interruptibility bits (table 25-3).

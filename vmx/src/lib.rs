@@ -13,5 +13,6 @@ pub mod exit;
 pub mod field;
 pub mod guest_state;
 pub mod nested;
+pub mod regs;
 pub mod shadow;
 pub mod walk;

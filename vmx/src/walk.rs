@@ -26,6 +26,8 @@
 //! checks); setting accessed and dirty flags; the guest's TLBs (it walks the
 //! tables as they are in memory now).
 
+use crate::regs::{CR0_PG, CR4_PSE, CR4_PAE, CR4_LA57, EFER_LMA};
+
 /// Guest-physical memory as a page walk sees it.
 pub trait GuestMemory {
     /// The 8 bytes at guest-physical `gpa`, or `None` outside the guest's memory.
@@ -45,11 +47,6 @@ const PAE_PDPTE_RESERVED: u64 = 0xFFF0_0000_0000_01E6;
 /// Reserved bits 62:52 of a PAE PDE or PTE (SDM tables 4-9 to 4-11).
 const PAE_RESERVED: u64 = 0x7FF0_0000_0000_0000;
 
-const CR0_PG: u64 = 1 << 31;
-const CR4_PSE: u64 = 1 << 4;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_LA57: u64 = 1 << 12;
-const EFER_LMA: u64 = 1 << 10;
 
 /// The paging mode of the guest (SDM Vol. 3A 4.1.1, table 4-1), from CR0.PG,
 /// CR4.PAE, CR4.PSE, EFER.LMA and CR4.LA57.
