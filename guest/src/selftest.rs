@@ -154,6 +154,11 @@ pub fn run(caps: &VmxCaps) {
     let desc = [0u64, 0];
     t.check("invept with an unsupported type", Want::FailValid(28), vmx::try_invalidate(true, 3, desc));
     t.check("invvpid with an unsupported type", Want::FailValid(28), vmx::try_invalidate(false, 4, desc));
+    t.check("invept single-context with a walk length of 2", Want::FailValid(28), vmx::try_invalidate(true, 1, [0x5000 | 6 | (1 << 3), 0]));
+    t.check("invvpid single-context for VPID 0", Want::FailValid(28), vmx::try_invalidate(false, 1, [0, 0]));
+    t.check("invvpid with descriptor bits 63:16 set", Want::FailValid(28), vmx::try_invalidate(false, 2, [1 << 16, 0]));
+    t.check("invvpid individual-address, non-canonical", Want::FailValid(28), vmx::try_invalidate(false, 0, [1, 1 << 63]));
+    t.check("invvpid individual-address", Want::Succeed, vmx::try_invalidate(false, 0, [1, 0x1000]));
     t.check("invept all-context", Want::Succeed, vmx::try_invalidate(true, 2, desc));
     t.check("invvpid all-context", Want::Succeed, vmx::try_invalidate(false, 2, desc));
     l2_checks(&mut t, caps, page(rev));

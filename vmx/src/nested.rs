@@ -145,6 +145,34 @@ pub fn check_host_state(get: impl Fn(F) -> u64, (cr0_f0, cr0_f1): (u64, u64), (c
     }
 }
 
+/// The operand checks of INVEPT and INVVPID (SDM 32.3 "INVEPT" and
+/// "INVVPID", each "Operation"), for the types nvmx advertises: `Err(())`
+/// is VMfailValid(28). `desc` is the 128-bit descriptor.
+pub fn check_invalidation(invept: bool, kind: u64, desc: [u64; 2]) -> Result<(), ()> {
+    let canonical = |v: u64| (v as i64) << 16 >> 16 == v as i64;
+    if invept {
+        // Single-context needs a valid EPTP: WB, walk length 4, no
+        // accessed/dirty flags (not advertised), bits 11:7 and above the
+        // physical-address width clear.
+        let eptp = desc[0];
+        let valid = eptp & 0x7F == 0x1E && eptp & 0xF80 == 0 && eptp >> MAX_PHYS_BITS == 0;
+        match kind {
+            1 if valid => Ok(()),
+            2 => Ok(()),
+            _ => Err(()),
+        }
+    } else {
+        let vpid = desc[0];
+        match kind {
+            _ if vpid >> 16 != 0 => Err(()),
+            0 if vpid == 0 || !canonical(desc[1]) => Err(()),
+            1 | 3 if vpid == 0 => Err(()),
+            0..=3 => Ok(()),
+            _ => Err(()),
+        }
+    }
+}
+
 /// Whether L1 asked for an L2 exit with basic `reason` (KVM's
 /// nested_vmx_l1_wants_exit; SDM 26.1-26.2 for what each control makes
 /// exit). `msr` is ECX for RDMSR/WRMSR; `bitmap_bit(gpa, n)` reads bit `n`
@@ -297,6 +325,23 @@ mod tests {
         let mut v = good();
         v.insert(F::HOST_RIP, 0x8000_0000_0000_0000);
         assert_eq!(checks(&v).1, Err("host RIP or base address not canonical (SDM 27.2.3-27.2.4)"));
+    }
+
+    #[test]
+    fn invept_and_invvpid_operands() {
+        assert_eq!(check_invalidation(true, 1, [0x5000 | 0x1E, 0]), Ok(()));
+        assert_eq!(check_invalidation(true, 1, [0x5000 | 0x18, 0]), Err(()), "UC is not advertised");
+        assert_eq!(check_invalidation(true, 1, [0x5000 | 0x5E, 0]), Err(()), "accessed/dirty flags are not advertised");
+        assert_eq!(check_invalidation(true, 2, [0, 0]), Ok(()), "all-context ignores the descriptor");
+        assert_eq!(check_invalidation(true, 3, [0x1E, 0]), Err(()));
+        assert_eq!(check_invalidation(false, 0, [5, 0x7FFF_FFFF_F000]), Ok(()));
+        assert_eq!(check_invalidation(false, 0, [5, 0x8000_0000_0000]), Err(()), "not canonical");
+        assert_eq!(check_invalidation(false, 0, [0, 0]), Err(()), "VPID 0");
+        assert_eq!(check_invalidation(false, 1, [0, 0]), Err(()));
+        assert_eq!(check_invalidation(false, 3, [0, 0]), Err(()));
+        assert_eq!(check_invalidation(false, 2, [0, 0]), Ok(()));
+        assert_eq!(check_invalidation(false, 2, [1 << 16, 0]), Err(()), "descriptor bits 63:16");
+        assert_eq!(check_invalidation(false, 4, [1, 0]), Err(()));
     }
 
     #[test]

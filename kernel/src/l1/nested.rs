@@ -268,7 +268,16 @@ impl Vcpu {
     /// gets: #PF (with CR2 set, as the CPU would) or #GP for memory L1
     /// does not have.
     fn operand_gpa(&self, info: &InstructionInfo, write: bool) -> Result<u64, (u8, Option<u32>)> {
-        let offset = info.offset(vmread(F::EXIT_QUALIFICATION), |r| self.gpr(r));
+        self.operand_gpa_with(info, write, 0)
+    }
+
+    /// The second half of a 16-byte operand (it may lie on another page).
+    fn operand_gpa_at(&self, info: &InstructionInfo, skip: u64) -> Result<u64, (u8, Option<u32>)> {
+        self.operand_gpa_with(info, false, skip)
+    }
+
+    fn operand_gpa_with(&self, info: &InstructionInfo, write: bool, skip: u64) -> Result<u64, (u8, Option<u32>)> {
+        let offset = info.offset(vmread(F::EXIT_QUALIFICATION), |r| self.gpr(r)).wrapping_add(skip);
         let seg_base = match info.segment {
             4 => vmread(F::GUEST_FS_BASE),
             5 => vmread(F::GUEST_GS_BASE),
@@ -619,8 +628,16 @@ impl Vcpu {
         if !ok_types.contains(&kind) {
             return self.fail(28);
         }
-        if let Err((v, e)) = self.read_operand(info) {
-            return Emulated::Fault(v, e);
+        // The 128-bit descriptor is read whatever the type (SDM 32.3).
+        let desc = match (self.operand_gpa(info, false), self.operand_gpa_at(info, 8)) {
+            (Ok(lo), Ok(hi)) => match (self.l1mem().read_u64(lo), self.l1mem().read_u64(hi)) {
+                (Some(a), Some(b)) => [a, b],
+                _ => return Emulated::Fault(13, Some(0)),
+            },
+            (Err((v, e)), _) | (_, Err((v, e))) => return Emulated::Fault(v, e),
+        };
+        if nvmx_vmx::nested::check_invalidation(reason == 50, kind, desc).is_err() {
+            return self.fail(28);
         }
         if reason == 50 {
             self.nested.ept02.drop_all();
