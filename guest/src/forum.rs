@@ -286,8 +286,9 @@ pub fn run(caps: &VmxCaps, args: &Args) {
     let _ = writeln!(out, "l1: summary exits={sum} failures={}", vmx::FAILURES.load(Relaxed));
 }
 
-fn start(caps: &VmxCaps, total: u64, exits: &mut [u64; 80]) -> Result<(), ()> {
-    // VMXON (SDM 24.7): CR0/CR4 fixed bits, CR4.VMXE, a region with the revision id.
+/// VMXON (SDM 24.7): CR0/CR4 fixed bits, CR4.VMXE, a region with the
+/// revision id. Returns the VMXON region.
+pub fn enter_vmx_operation(caps: &VmxCaps) -> Result<u64, ()> {
     let (cr0_f0, cr0_f1) = caps.cr0_fixed();
     let (cr4_f0, cr4_f1) = caps.cr4_fixed();
     // SAFETY: the fixed bits are what VMX operation requires of CR0/CR4.
@@ -295,11 +296,16 @@ fn start(caps: &VmxCaps, total: u64, exits: &mut [u64; 80]) -> Result<(), ()> {
         core::arch::asm!("mov cr0, {}", in(reg) (read_cr(0) | cr0_f0) & cr0_f1);
         core::arch::asm!("mov cr4, {}", in(reg) (read_cr(4) | cr4_f0 | (1 << 13)) & cr4_f1);
     }
-    let rev = caps.revision_id();
     let region = alloc_page();
     // SAFETY: pool pages; the revision id goes in the first dword (SDM 25.2).
-    unsafe { *(region as *mut u32) = rev };
+    unsafe { *(region as *mut u32) = caps.revision_id() };
     must("VMXON", vmx::vmxon(region))?;
+    Ok(region)
+}
+
+fn start(caps: &VmxCaps, total: u64, exits: &mut [u64; 80]) -> Result<(), ()> {
+    enter_vmx_operation(caps)?;
+    let rev = caps.revision_id();
 
     let mut ept = Ept { pml4: alloc_page() };
     let (stacks, data) = (&raw mut L2_STACKS as u64, &raw mut L2_DATA as u64);

@@ -6,8 +6,9 @@
 //! nvmx's nested VMX is checked. Its console is COM1, driven by raw port I/O
 //! (under nvmx that COM1 is a virtual 16550).
 //!
-//! Arguments (Multiboot2 command line): `workload=forum|selftest|plain`, `exits=N`
-//! (0 = run forever), `crash=triple|memory`, `novmx`.
+//! Arguments (Multiboot2 command line): `workload=forum|selftest|fuzz|plain`,
+//! `exits=N` (0 = run forever; fuzz: operations), `seed=N` (fuzz),
+//! `crash=triple|memory`, `novmx`.
 
 #![no_std]
 #![no_main]
@@ -15,6 +16,7 @@
 mod boot;
 mod console;
 mod forum;
+mod fuzz;
 mod selftest;
 mod vmx;
 
@@ -30,14 +32,19 @@ pub struct Args {
     /// physical memory the L1 was not given (1 GiB - 4 KiB).
     pub crash: Option<&'static str>,
     pub novmx: bool,
+    /// `seed=N` and `show=N` (print operations N..N+39) for `workload=fuzz`.
+    pub seed: u64,
+    pub show: Option<u64>,
 }
 
 fn parse_args(cmdline: &'static str) -> Args {
-    let mut a = Args { workload: "forum", exits: 20_000, crash: None, novmx: false };
+    let mut a = Args { workload: "forum", exits: 20_000, crash: None, novmx: false, seed: 1, show: None };
     for w in cmdline.split_ascii_whitespace() {
         match w.split_once('=') {
             Some(("workload", v)) => a.workload = v,
             Some(("exits", v)) => a.exits = v.parse().unwrap_or(a.exits),
+            Some(("seed", v)) => a.seed = v.parse().unwrap_or(a.seed),
+            Some(("show", v)) => a.show = v.parse().ok(),
             Some(("crash", v @ ("triple" | "memory"))) => a.crash = Some(v),
             None if w == "novmx" => a.novmx = true,
             _ => {}
@@ -97,6 +104,7 @@ extern "C" fn l1_main(magic: u32, mbi: u32) -> ! {
     match (args.workload, vmx) {
         ("forum", Ok(caps)) => forum::run(&caps, &args),
         ("selftest", Ok(caps)) => selftest::run(&caps),
+        ("fuzz", Ok(caps)) => fuzz::run(&caps, args.seed, args.exits, args.show),
         (_, Err(reason)) => {
             let _ = writeln!(out, "l1: no VMX: {reason}");
             plain(&args);

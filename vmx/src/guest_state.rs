@@ -373,7 +373,7 @@ fn check_msrs(g: &Guest, get: &impl Fn(F) -> u64) -> Result<(), &'static str> {
         Err("guest IA32_SYSENTER_ESP: must be canonical (SDM 27.3.1.1)")
     } else if !canonical(get(F::GUEST_SYSENTER_EIP)) {
         Err("guest IA32_SYSENTER_EIP: must be canonical (SDM 27.3.1.1)")
-    } else if load_pat && pat.to_le_bytes().iter().any(|t| !matches!(t, 0 | 1 | 4 | 5 | 6 | 7)) {
+    } else if load_pat && !crate::nested::pat_valid(pat) {
         Err("guest IA32_PAT: every byte must be 0, 1, 4, 5, 6 or 7 with load IA32_PAT (SDM 27.3.1.1)")
     } else if load_efer && efer & EFER_RESERVED != 0 {
         Err("guest IA32_EFER: reserved bits must be 0 with load IA32_EFER (SDM 27.3.1.1)")

@@ -6,27 +6,32 @@
 use crate::caps::VmxCaps;
 use crate::controls::{entry, exit as exitc, pin, proc1, proc2};
 use crate::field::Field as F;
+use crate::regs::{EFER_LMA, EFER_LME};
 
 /// The VMCS revision identifier of nvmx's vmcs12 format, advertised to L1
 /// in IA32_VMX_BASIC ("NVMX" with bit 31 clear).
 pub const VMCS12_REVISION: u32 = 0x4E56_4D58 & 0x7FFF_FFFF;
+
+/// The controls nvmx emulates for L1, each offered where the CPU has it:
+/// pin-based, processor-based, secondary, VM-exit and VM-entry.
+pub const L1_PIN: u32 = pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING;
+pub const L1_PROC: u32 = proc1::INTERRUPT_WINDOW_EXITING | proc1::USE_TSC_OFFSETTING | proc1::HLT_EXITING
+    | proc1::INVLPG_EXITING | proc1::MWAIT_EXITING | proc1::RDPMC_EXITING | proc1::RDTSC_EXITING
+    | proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING | proc1::MOV_DR_EXITING
+    | proc1::UNCONDITIONAL_IO_EXITING | proc1::USE_IO_BITMAPS | proc1::USE_MSR_BITMAPS
+    | proc1::MONITOR_EXITING | proc1::PAUSE_EXITING | proc1::SECONDARY_CONTROLS;
+pub const L1_PROC2: u32 =
+    proc2::ENABLE_EPT | proc2::ENABLE_VPID | proc2::ENABLE_RDTSCP | proc2::UNRESTRICTED_GUEST | proc2::ENABLE_INVPCID;
+pub const L1_EXIT: u32 = exitc::HOST_ADDRESS_SPACE_SIZE | exitc::ACK_INTERRUPT_ON_EXIT | exitc::SAVE_PAT
+    | exitc::LOAD_PAT | exitc::SAVE_EFER | exitc::LOAD_EFER;
+pub const L1_ENTRY: u32 = entry::IA32E_MODE_GUEST | entry::LOAD_PAT | entry::LOAD_EFER;
 
 /// What L1 reads in the VMX capability MSRs: what nvmx emulates, within what
 /// the CPU can run for L2 (SDM Appendix A). `None` for MSRs not advertised.
 pub fn l1_vmx_msr(host: &VmxCaps, msr: u32) -> Option<u64> {
     use crate::caps::*;
     let ctl = |(a0, a1): (u32, u32), allowed: u32| u64::from(a0) | (u64::from(a1 & (allowed | a0)) << 32);
-    let pin_ok = pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING;
-    let proc_ok = proc1::INTERRUPT_WINDOW_EXITING | proc1::USE_TSC_OFFSETTING | proc1::HLT_EXITING
-        | proc1::INVLPG_EXITING | proc1::MWAIT_EXITING | proc1::RDPMC_EXITING | proc1::RDTSC_EXITING
-        | proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING | proc1::MOV_DR_EXITING
-        | proc1::UNCONDITIONAL_IO_EXITING | proc1::USE_IO_BITMAPS | proc1::USE_MSR_BITMAPS
-        | proc1::MONITOR_EXITING | proc1::PAUSE_EXITING | proc1::SECONDARY_CONTROLS;
-    let proc2_ok = proc2::ENABLE_EPT | proc2::ENABLE_VPID | proc2::ENABLE_RDTSCP | proc2::UNRESTRICTED_GUEST
-        | proc2::ENABLE_INVPCID;
-    let exit_ok = exitc::HOST_ADDRESS_SPACE_SIZE | exitc::ACK_INTERRUPT_ON_EXIT | exitc::SAVE_PAT | exitc::LOAD_PAT
-        | exitc::SAVE_EFER | exitc::LOAD_EFER;
-    let entry_ok = entry::IA32E_MODE_GUEST | entry::LOAD_PAT | entry::LOAD_EFER;
+    let (pin_ok, proc_ok, proc2_ok, exit_ok, entry_ok) = (L1_PIN, L1_PROC, L1_PROC2, L1_EXIT, L1_ENTRY);
     Some(match msr {
         // Revision, 4 KiB regions, WB (6) memory type, true controls.
         IA32_VMX_BASIC => u64::from(VMCS12_REVISION) | (4096 << 32) | (6 << 50) | (1 << 55),
@@ -35,9 +40,10 @@ pub fn l1_vmx_msr(host: &VmxCaps, msr: u32) -> Option<u64> {
         IA32_VMX_PROCBASED_CTLS2 => ctl(host.procbased2(), proc2_ok),
         IA32_VMX_EXIT_CTLS | IA32_VMX_TRUE_EXIT_CTLS => ctl(host.exit(), exit_ok),
         IA32_VMX_ENTRY_CTLS | IA32_VMX_TRUE_ENTRY_CTLS => ctl(host.entry(), entry_ok),
-        // No preemption timer, activity state HLT, CR3 targets 0; VMWRITE
-        // to exit-information fields when the CPU allows it (bit 29).
-        IA32_VMX_MISC => host.misc & ((1 << 6) | (1 << 29)),
+        // No preemption timer, activity state HLT, the CPU's number of CR3
+        // targets (bits 24:16); VMWRITE to exit-information fields when the
+        // CPU allows it (bit 29).
+        IA32_VMX_MISC => host.misc & ((1 << 6) | (0x1FF << 16) | (1 << 29)),
         IA32_VMX_CR0_FIXED0 => host.cr0_fixed0,
         IA32_VMX_CR0_FIXED1 => host.cr0_fixed1,
         IA32_VMX_CR4_FIXED0 => host.cr4_fixed0,
@@ -49,6 +55,40 @@ pub fn l1_vmx_msr(host: &VmxCaps, msr: u32) -> Option<u64> {
         }
         _ => return None,
     })
+}
+
+/// SDM 27.2.1.3, the VM-entry interruption-information field when it is
+/// valid: reserved bits, a type nvmx offers with a vector that fits it, the
+/// deliver-error-code bit exactly for the exceptions that push one (not
+/// required with unrestricted guest and CR0.PE=0), an error code of 16 bits
+/// and an instruction length of 1-15 for software events.
+fn check_event_injection(get: &impl Fn(F) -> u64) -> Result<(), &'static str> {
+    let info = get(F::VM_ENTRY_INTR_INFO_FIELD) as u32;
+    if info & (1 << 31) == 0 {
+        return Ok(());
+    }
+    let (vector, kind, deliver) = (info & 0xFF, (info >> 8) & 7, info & (1 << 11) != 0);
+    let proc = get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
+    let proc2 = if proc & proc1::SECONDARY_CONTROLS != 0 { get(F::SECONDARY_VM_EXEC_CONTROL) as u32 } else { 0 };
+    let real_mode = proc2 & proc2::UNRESTRICTED_GUEST != 0 && get(F::GUEST_CR0) & 1 == 0;
+    let pushes = kind == 3 && matches!(vector, 8 | 10..=14 | 17);
+    if info & 0x7FFF_F000 != 0 {
+        Err("VM-entry interruption information: reserved bits 30:12 set")
+    } else if matches!(kind, 1 | 7) {
+        Err("VM-entry interruption information: reserved event type (1) or other event (7, not offered)")
+    } else if kind == 2 && vector != 2 {
+        Err("VM-entry interruption information: an NMI must have vector 2")
+    } else if kind == 3 && vector > 31 {
+        Err("VM-entry interruption information: a hardware exception above vector 31")
+    } else if deliver != (pushes && !real_mode) {
+        Err("VM-entry interruption information: deliver-error-code does not match the event")
+    } else if deliver && get(F::VM_ENTRY_EXCEPTION_ERROR_CODE) & 0xFFFF_8000 != 0 {
+        Err("VM-entry exception error code: bits 31:15 must be 0")
+    } else if matches!(kind, 4..=6) && !(1..=15).contains(&(get(F::VM_ENTRY_INSTRUCTION_LEN) & 0xFFFF_FFFF)) {
+        Err("VM-entry instruction length must be 1-15 for a software event")
+    } else {
+        Ok(())
+    }
 }
 
 /// The physical-address width L0 checks vmcs12 addresses against (the
@@ -106,6 +146,11 @@ pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64) -> R
             return Err(what);
         }
     }
+    // SDM 27.2.1.1: no more CR3 targets than IA32_VMX_MISC[24:16] offers.
+    if get(F::CR3_TARGET_COUNT) & 0xFFFF_FFFF > (l1_caps(IA32_VMX_MISC) >> 16) & 0x1FF {
+        return Err("CR3-target count above what IA32_VMX_MISC offers");
+    }
+    check_event_injection(&get)?;
     if proc & proc1::SECONDARY_CONTROLS != 0 {
         let caps = l1_caps(IA32_VMX_PROCBASED_CTLS2);
         let v = get(F::SECONDARY_VM_EXEC_CONTROL) as u32;
@@ -118,6 +163,9 @@ pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64) -> R
         if v & proc2::ENABLE_VPID != 0 && get(F::VIRTUAL_PROCESSOR_ID) == 0 {
             return Err("VPID enabled with VPID 0");
         }
+        if v & proc2::UNRESTRICTED_GUEST != 0 && v & proc2::ENABLE_EPT == 0 {
+            return Err("unrestricted guest without EPT");
+        }
     }
     Ok(())
 }
@@ -127,6 +175,9 @@ pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64) -> R
 pub fn check_host_state(get: impl Fn(F) -> u64, (cr0_f0, cr0_f1): (u64, u64), (cr4_f0, cr4_f1): (u64, u64)) -> Result<(), &'static str> {
     let cr0 = get(F::HOST_CR0);
     let cr4 = get(F::HOST_CR4);
+    let exit = get(F::VM_EXIT_CONTROLS) as u32;
+    let host64 = u64::from(exit & exitc::HOST_ADDRESS_SPACE_SIZE != 0);
+    let efer_lm = get(F::HOST_IA32_EFER) & (EFER_LMA | EFER_LME);
     let canonical = |v: u64| (v as i64) << 16 >> 16 == v as i64;
     let selectors = [F::HOST_CS_SELECTOR, F::HOST_SS_SELECTOR, F::HOST_DS_SELECTOR, F::HOST_ES_SELECTOR, F::HOST_FS_SELECTOR, F::HOST_GS_SELECTOR, F::HOST_TR_SELECTOR];
     let addresses = [F::HOST_RIP, F::HOST_FS_BASE, F::HOST_GS_BASE, F::HOST_GDTR_BASE, F::HOST_IDTR_BASE, F::HOST_TR_BASE];
@@ -140,9 +191,23 @@ pub fn check_host_state(get: impl Fn(F) -> u64, (cr0_f0, cr0_f1): (u64, u64), (c
         Err("host selector with RPL or TI set (SDM 27.2.3)")
     } else if !addresses.iter().all(|f| canonical(get(*f))) {
         Err("host RIP or base address not canonical (SDM 27.2.3-27.2.4)")
+    } else if exit & exitc::LOAD_PAT != 0 && !pat_valid(get(F::HOST_IA32_PAT)) {
+        Err("host IA32_PAT: a memory type that is not 0, 1, 4, 5, 6 or 7 (SDM 27.2.2)")
+    } else if exit & exitc::LOAD_EFER != 0 && get(F::HOST_IA32_EFER) & !EFER_ALLOWED != 0 {
+        Err("host IA32_EFER: reserved bits set (SDM 27.2.2)")
+    } else if exit & exitc::LOAD_EFER != 0 && efer_lm != host64 * (EFER_LMA | EFER_LME) {
+        Err("host IA32_EFER: LMA and LME must equal the host address-space size (SDM 27.2.2)")
     } else {
         Ok(())
     }
+}
+
+/// Bits of IA32_EFER software may set: SCE, LME, LMA, NXE (SDM Vol. 3A 2.2.1).
+const EFER_ALLOWED: u64 = 0xD01;
+
+/// Every byte of a PAT value is a valid memory type (SDM Vol. 3A 12.12.2).
+pub fn pat_valid(pat: u64) -> bool {
+    pat.to_le_bytes().iter().all(|b| matches!(b, 0 | 1 | 4 | 5 | 6 | 7))
 }
 
 /// The operand checks of INVEPT and INVVPID (SDM 32.3 "INVEPT" and
@@ -170,6 +235,30 @@ pub fn check_invalidation(invept: bool, kind: u64, desc: [u64; 2]) -> Result<(),
             0..=3 => Ok(()),
             _ => Err(()),
         }
+    }
+}
+
+/// Whether a VM exit saves guest-state field `f` into the VMCS (SDM 28.3):
+/// most of them always, DR7/DEBUGCTL, PAT and EFER only under their "save"
+/// exit controls (`exit` is vmcs12's), the PDPTEs only for a PAE guest with
+/// EPT (`pae_with_ept`), and never the VMCS link pointer or the fields of
+/// features nvmx does not offer (preemption timer, PERF_GLOBAL_CTRL, BNDCFGS,
+/// SMBASE, interrupt status, PML index).
+pub fn saved_on_exit(f: F, exit: u32, pae_with_ept: bool) -> bool {
+    use crate::field::Group;
+    match f {
+        F::GUEST_DR7 | F::GUEST_IA32_DEBUGCTL => exit & exitc::SAVE_DEBUG_CONTROLS != 0,
+        F::GUEST_IA32_PAT => exit & exitc::SAVE_PAT != 0,
+        F::GUEST_IA32_EFER => exit & exitc::SAVE_EFER != 0,
+        F::GUEST_PDPTR0 | F::GUEST_PDPTR1 | F::GUEST_PDPTR2 | F::GUEST_PDPTR3 => pae_with_ept,
+        F::VMCS_LINK_POINTER
+        | F::VMX_PREEMPTION_TIMER_VALUE
+        | F::GUEST_IA32_PERF_GLOBAL_CTRL
+        | F::GUEST_BNDCFGS
+        | F::GUEST_SMBASE
+        | F::GUEST_INTR_STATUS
+        | F::GUEST_PML_INDEX => false,
+        _ => f.group() == Group::GuestState,
     }
 }
 
@@ -307,6 +396,22 @@ mod tests {
         v.insert(F::VM_EXIT_MSR_STORE_COUNT, 0);
         assert_eq!(checks(&v).0, Ok(()), "a count of 0 makes the address irrelevant");
         let mut v = good();
+        v.insert(F::VM_ENTRY_INTR_INFO_FIELD, (1 << 31) | (3 << 8) | (1 << 11) | 13);
+        v.insert(F::GUEST_CR0, 0x8000_0031);
+        assert_eq!(checks(&v).0, Ok(()), "#GP with its error code");
+        v.insert(F::VM_ENTRY_INTR_INFO_FIELD, (1 << 31) | (3 << 8) | 13);
+        assert_eq!(checks(&v).0, Err("VM-entry interruption information: deliver-error-code does not match the event"));
+        v.insert(F::VM_ENTRY_INTR_INFO_FIELD, (1 << 31) | (2 << 8) | 3);
+        assert_eq!(checks(&v).0, Err("VM-entry interruption information: an NMI must have vector 2"));
+        v.insert(F::VM_ENTRY_INTR_INFO_FIELD, u64::from(u32::MAX));
+        assert_eq!(checks(&v).0, Err("VM-entry interruption information: reserved bits 30:12 set"));
+        v.insert(F::VM_ENTRY_INTR_INFO_FIELD, (1 << 31) | (4 << 8) | 0x80);
+        assert_eq!(checks(&v).0, Err("VM-entry instruction length must be 1-15 for a software event"));
+        v.insert(F::VM_ENTRY_INSTRUCTION_LEN, 2);
+        assert_eq!(checks(&v).0, Ok(()));
+        v.insert(F::CR3_TARGET_COUNT, 5);
+        assert_eq!(checks(&v).0, Err("CR3-target count above what IA32_VMX_MISC offers"));
+        let mut v = good();
         *v.get_mut(&F::CPU_BASED_VM_EXEC_CONTROL).unwrap() |= u64::from(proc1::USE_MSR_BITMAPS);
         v.insert(F::MSR_BITMAP, 0x7800);
         assert_eq!(checks(&v).0, Err("MSR bitmap address not 4 KiB aligned"));
@@ -323,8 +428,33 @@ mod tests {
         v.insert(F::HOST_SS_SELECTOR, 0x13);
         assert_eq!(checks(&v).1, Err("host selector with RPL or TI set (SDM 27.2.3)"));
         let mut v = good();
+        *v.get_mut(&F::VM_EXIT_CONTROLS).unwrap() |= u64::from(exitc::LOAD_EFER | exitc::LOAD_PAT);
+        v.insert(F::HOST_IA32_PAT, 0x0007_0406_0007_0406);
+        v.insert(F::HOST_IA32_EFER, 0xD01);
+        assert_eq!(checks(&v).1, Ok(()));
+        v.insert(F::HOST_IA32_EFER, 0x401);
+        assert_eq!(checks(&v).1, Err("host IA32_EFER: LMA and LME must equal the host address-space size (SDM 27.2.2)"));
+        v.insert(F::HOST_IA32_EFER, 0xD01 | (1 << 2));
+        assert_eq!(checks(&v).1, Err("host IA32_EFER: reserved bits set (SDM 27.2.2)"));
+        v.insert(F::HOST_IA32_PAT, 0x0007_0406_0007_0402);
+        assert_eq!(checks(&v).1, Err("host IA32_PAT: a memory type that is not 0, 1, 4, 5, 6 or 7 (SDM 27.2.2)"));
+        let mut v = good();
         v.insert(F::HOST_RIP, 0x8000_0000_0000_0000);
         assert_eq!(checks(&v).1, Err("host RIP or base address not canonical (SDM 27.2.3-27.2.4)"));
+    }
+
+    #[test]
+    fn what_an_exit_saves() {
+        assert!(saved_on_exit(F::GUEST_RIP, 0, false));
+        assert!(saved_on_exit(F::GUEST_INTERRUPTIBILITY_INFO, 0, false));
+        assert!(!saved_on_exit(F::GUEST_IA32_EFER, 0, false));
+        assert!(saved_on_exit(F::GUEST_IA32_EFER, exitc::SAVE_EFER, false));
+        assert!(!saved_on_exit(F::GUEST_IA32_PAT, exitc::SAVE_EFER, false));
+        assert!(!saved_on_exit(F::GUEST_DR7, 0, false));
+        assert!(!saved_on_exit(F::VMCS_LINK_POINTER, u32::MAX, true));
+        assert!(!saved_on_exit(F::VMX_PREEMPTION_TIMER_VALUE, u32::MAX, true));
+        assert!(saved_on_exit(F::GUEST_PDPTR2, 0, true) && !saved_on_exit(F::GUEST_PDPTR2, 0, false));
+        assert!(!saved_on_exit(F::HOST_RIP, u32::MAX, true), "not guest state");
     }
 
     #[test]

@@ -676,6 +676,12 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
     let in_l2 = v.nested.in_l2;
     let launched = if in_l2 { v.launched02() } else { v.launched };
     if let Err(e) = run::enter(&mut v.regs, launched) {
+        if let (true, nvmx_vmx::error::VmFail::Valid(n)) = (in_l2, e) {
+            // A VMCS0-2 the CPU refuses although vmcs12 passed nvmx's checks:
+            // L1's VMLAUNCH/VMRESUME fails the same way, L1 goes on.
+            v.vmcs02_refused(n);
+            return None;
+        }
         let which = if in_l2 { "VMCS0-2" } else { "VMCS0-1" };
         return Some(L1State::Stopped(alloc::format!("VM entry of {which} failed: {e}")));
     }

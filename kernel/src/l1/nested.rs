@@ -851,7 +851,10 @@ impl Vcpu {
         ] {
             vmwrite(f, cur.get(f));
         }
-        vmwrite(F::CR3_TARGET_COUNT, 0);
+        // L1's CR3 targets (as many as IA32_VMX_MISC offers it: the CPU's).
+        for f in [F::CR3_TARGET_COUNT, F::CR3_TARGET_VALUE0, F::CR3_TARGET_VALUE1, F::CR3_TARGET_VALUE2, F::CR3_TARGET_VALUE3] {
+            let _ = insn::vmwrite(f.encoding(), cur.get(f));
+        }
         vmwrite(F::VM_EXIT_MSR_STORE_COUNT, 0);
         vmwrite(F::VM_EXIT_MSR_LOAD_COUNT, 0);
         vmwrite(F::VM_ENTRY_MSR_LOAD_COUNT, 0);
@@ -883,6 +886,21 @@ impl Vcpu {
         }
         self.nested.vmcs02_holds = Some(self.nested.current.as_ref().expect("checked by the caller").gpa);
         Ok(())
+    }
+
+    /// The CPU refused to enter VMCS0-2 with VMfailValid(`error`) after
+    /// vmcs12 passed nvmx's checks (a check nvmx lacks): L1's VMLAUNCH/
+    /// VMRESUME ends in that VMfailValid, as it would on the CPU.
+    pub(super) fn vmcs02_refused(&mut self, error: u32) {
+        log::warn!("l1 cpu {}: the CPU refused VMCS0-2 (VMfailValid {error}); passed on to L1", self.cpu);
+        // SAFETY: VMCS0-1 is ours; L1's VMLAUNCH/VMRESUME exit is its last.
+        unsafe { insn::vmptrld(self.nested.vmcs01) }.expect("VMPTRLD of VMCS0-1");
+        self.nested.in_l2 = false;
+        self.nested.vmcs02_holds = None;
+        self.check_failed("the CPU's VM-entry checks on VMCS0-2 (VMfailValid; nvmx's own checks passed)");
+        vmwrite(F::GUEST_RIP, vmread(F::GUEST_RIP) + vmread(F::VM_EXIT_INSTRUCTION_LEN));
+        let _ = self.fail(error);
+        self.shadow_push();
     }
 
     /// After VMCS0-2 ran: marks the vmcs12 launched once an entry worked.
@@ -990,9 +1008,18 @@ impl Vcpu {
         let cur = self.nested.current.as_mut().expect("L2 runs with a current vmcs12");
         // (The shadow was pulled when L1 executed VMLAUNCH/VMRESUME and L1
         // has not run since: the cache is current.)
-        for f in ALL.iter().filter(|f| f.group() == Group::GuestState) {
-            if let Ok(v) = insn::vmread(f.encoding()) {
-                cur.set_from_vmcs02(*f, v);
+        let exit12 = cur.get(F::VM_EXIT_CONTROLS) as u32;
+        let proc12 = cur.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
+        let l1_ept = proc12 & proc1::SECONDARY_CONTROLS != 0
+            && cur.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 & proc2::ENABLE_EPT != 0;
+        let (cr0, cr4, efer) = (vmread(F::GUEST_CR0), vmread(F::GUEST_CR4), vmread(F::GUEST_IA32_EFER));
+        let pae_with_ept = l1_ept && cr0 & (1 << 31) != 0 && cr4 & (1 << 5) != 0 && efer & (1 << 10) == 0;
+        for &f in ALL.iter().filter(|f| f.group() == Group::GuestState) {
+            if !nvmx_vmx::nested::saved_on_exit(f, exit12, pae_with_ept) {
+                // vmcs12 keeps its value; VMCS0-2's may have moved with L2.
+                cur.stale02.insert(f);
+            } else if let Ok(v) = insn::vmread(f.encoding()) {
+                cur.set_from_vmcs02(f, v);
             }
         }
         // L1 sees its own CR0/CR4 bits, not the ones L0 forced.

@@ -476,3 +476,57 @@ fn bochs_l1_from_grub_module_haswell() -> Result<()> {
     })?;
     crate::common::poweroff(&mut m, t)
 }
+
+/// A hostile L1: `workload=fuzz` runs thousands of random VMX operations
+/// (bad pointers, random fields and values, entries with broken controls,
+/// host or guest state, random INVEPT/INVVPID). Nested on core 1 while core
+/// 0 runs the forum workload: every operation ends architecturally — the
+/// fuzz L1 runs to its end instead of being stopped by nvmx — core 0's L1
+/// finishes without a failure, and the shell answers throughout. The fuzz
+/// summary (outcome counts per error number, entries, entry failures, exit
+/// reasons) equals the same seed's bare run on Bochs.
+#[test]
+fn bochs_hostile_l1_fuzz_haswell_2cpu() -> Result<()> {
+    let args = "workload=fuzz seed=1 exits=4000";
+    let bare = {
+        let mut b = Bochs::new("bochs_hostile_l1_fuzz_haswell_2cpu_bare", "corei7_haswell_4770")
+            .build_iso("l1-fuzz.iso")
+            .hard_limit(Duration::from_secs(180))
+            .start()?;
+        b.expect("l1: done", Duration::from_secs(150))?;
+        fuzz_lines(&b.serial().transcript())
+    };
+    let t = BOCHS;
+    let mut m = Bochs::new("bochs_hostile_l1_fuzz_haswell_2cpu", "corei7_haswell_4770").cpus(2).hard_limit(Duration::from_secs(400)).start()?;
+    m.boot_to_prompt(t.boot)?;
+    m.command(&format!("l1 restart 1 {args}"), t.command)?;
+    m.command("l1 restart 0 workload=forum exits=4000", t.command)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let (mut fuzz, mut forum) = (String::new(), String::new());
+    while std::time::Instant::now() < deadline && !(fuzz.contains("l1: done") && forum.contains("l1: done")) {
+        std::thread::sleep(Duration::from_secs(2));
+        fuzz = m.command("console 1", t.command)?;
+        forum = m.command("console 0", t.command)?;
+        let state = m.command("l1 1", t.command)?;
+        m.check(!state.contains("stopped"), || format!("nvmx stopped the fuzzing L1:\n{state}\n{fuzz}"))?;
+    }
+    let nested = fuzz_lines(&fuzz);
+    let state = m.command("l1 1", t.command)?;
+    m.check(bare.last().map(String::as_str) == Some("l1: fuzz done"), || format!("bare fuzz run incomplete:\n{}", bare.join("\n")))?;
+    m.check(nested == bare, || {
+        let first = bare.iter().zip(&nested).position(|(a, b)| a != b).unwrap_or(bare.len().min(nested.len()));
+        format!(
+            "fuzz outcomes differ from line {first}: bare {:?}, nested {:?}\n(rerun both with show=<op> to see the operations)\n{state}\nbare:\n{}\nnested:\n{}",
+            bare.get(first), nested.get(first), bare.join("\n"), nested.join("\n")
+        )
+    })?;
+    m.check(forum.contains("l1: summary exits=4000 failures=0"), || format!("core 0's forum L1:\n{forum}"))?;
+    crate::common::poweroff(&mut m, t)
+}
+
+/// The fuzz L1's summary lines, from its banner to `l1: fuzz done`.
+fn fuzz_lines(text: &str) -> Vec<String> {
+    let lines: Vec<String> = text.lines().map(|l| l.trim().to_string()).filter(|l| l.starts_with("l1: fuzz")).collect();
+    let end = lines.iter().position(|l| l == "l1: fuzz done").map_or(lines.len(), |e| e + 1);
+    lines[..end].to_vec()
+}

@@ -1,0 +1,403 @@
+//! `workload=fuzz seed=N exits=N`: a hostile L1. It runs N random VMX
+//! operations — VMPTRLD/VMCLEAR of good and bad pointers, VMREAD/VMWRITE of
+//! random fields and values (including unsupported and read-only ones),
+//! VMLAUNCH/VMRESUME of whatever state that leaves, sometimes with a broken
+//! host state, INVEPT/INVVPID of random types and descriptors — and prints
+//! how they ended. Nothing it does may harm L0 or another core: under nvmx
+//! every operation must end the way the SDM says (VMsucceed, VMfail, a
+//! VM-entry failure or an L2 exit), never with nvmx stopping this L1.
+//!
+//! Run bare, the CPU (Bochs) gives the reference outcomes; the values stay
+//! clear of the few places where Bochs 2.7 departs from the SDM. Each
+//! outcome goes into a running hash printed every 500 operations, and
+//! `show=N` prints operations N..N+39 one by one, so two runs that part can
+//! be compared operation by operation.
+//!
+//! The L2 is kept on a leash so that the run ends: its EPT maps only its own
+//! page tables, a stack page and a code page full of HLT (HLT exiting is
+//! always on), so wherever random state sends it, it exits at once.
+
+use core::arch::global_asm;
+use core::fmt::Write;
+
+use nvmx_vmx::caps::VmxCaps;
+use nvmx_vmx::controls::proc1;
+use nvmx_vmx::entry::GuestRegs;
+use nvmx_vmx::error::VmFail;
+use nvmx_vmx::field::Field as F;
+
+use crate::console::Console;
+use crate::forum::{alloc_page, setup_vmcs, Ept};
+use crate::vmx;
+
+global_asm!(
+    r#"
+    /* The fuzz L2's code page: CPUID, then HLT everywhere. */
+    .balign 4096
+    .global fuzz_l2_page
+fuzz_l2_page:
+    cpuid
+    .fill 4094, 1, 0xF4
+    "#
+);
+
+unsafe extern "C" {
+    static fuzz_l2_page: u8;
+}
+
+/// xorshift64*: deterministic, so a seed reproduces a run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<T: Copy>(&mut self, from: &[T]) -> T {
+        from[self.below(from.len() as u64) as usize]
+    }
+}
+
+/// Fields the fuzz writes. Left out, to keep the L2 on its leash: the EPT
+/// pointer and secondary controls (EPT stays on), the activity state (a
+/// halted L2 with nothing to wake it never returns) and HOST_RIP/RSP.
+const FIELDS: &[F] = &[
+    F::PIN_BASED_VM_EXEC_CONTROL,
+    F::CPU_BASED_VM_EXEC_CONTROL,
+    F::VM_EXIT_CONTROLS,
+    F::VM_ENTRY_CONTROLS,
+    F::EXCEPTION_BITMAP,
+    F::VM_ENTRY_INTR_INFO_FIELD,
+    F::VM_ENTRY_EXCEPTION_ERROR_CODE,
+    F::VM_ENTRY_INSTRUCTION_LEN,
+    F::VM_ENTRY_MSR_LOAD_COUNT,
+    F::VM_EXIT_MSR_STORE_COUNT,
+    F::CR0_GUEST_HOST_MASK,
+    F::CR4_GUEST_HOST_MASK,
+    F::VIRTUAL_PROCESSOR_ID,
+    F::GUEST_CR0,
+    F::GUEST_CR3,
+    F::GUEST_CR4,
+    F::GUEST_RIP,
+    F::GUEST_RSP,
+    F::GUEST_RFLAGS,
+    F::GUEST_CS_SELECTOR,
+    F::GUEST_CS_AR_BYTES,
+    F::GUEST_CS_LIMIT,
+    F::GUEST_SS_AR_BYTES,
+    F::GUEST_DS_BASE,
+    F::GUEST_FS_BASE,
+    F::GUEST_TR_AR_BYTES,
+    F::GUEST_LDTR_AR_BYTES,
+    F::GUEST_GDTR_LIMIT,
+    F::GUEST_IDTR_BASE,
+    F::GUEST_DR7,
+    F::GUEST_INTERRUPTIBILITY_INFO,
+    F::GUEST_PENDING_DBG_EXCEPTIONS,
+    F::GUEST_IA32_EFER,
+    F::VMCS_LINK_POINTER,
+    F::VM_EXIT_REASON,
+    F::EXIT_QUALIFICATION,
+];
+
+/// For a control field: the bits the fuzz may flip — what nvmx offers L1
+/// (`nvmx_vmx::nested::L1_*`) within what the CPU allows, and the bits the
+/// CPU fixes to 1 — without the ones that would set the L1 itself adrift
+/// (a 32-bit host after the exit).
+fn control_bits(f: F, caps: &VmxCaps) -> Option<u32> {
+    use nvmx_vmx::controls::exit as exitc;
+    use nvmx_vmx::nested::{L1_ENTRY, L1_EXIT, L1_PIN, L1_PROC};
+    let ((a0, a1), offer) = match f {
+        F::PIN_BASED_VM_EXEC_CONTROL => (caps.pinbased(), L1_PIN),
+        F::CPU_BASED_VM_EXEC_CONTROL => (caps.procbased(), L1_PROC),
+        F::VM_EXIT_CONTROLS => (caps.exit(), L1_EXIT & !exitc::HOST_ADDRESS_SPACE_SIZE),
+        F::VM_ENTRY_CONTROLS => (caps.entry(), L1_ENTRY),
+        _ => return None,
+    };
+    Some((offer & a1) | a0)
+}
+
+/// A random set bit of `bits` (not 0).
+fn pick_bit(rng: &mut Rng, bits: u32) -> u32 {
+    let n = rng.below(u64::from(bits.count_ones())) as u32;
+    (0..32).filter(|b| bits & (1 << b) != 0).nth(n as usize).unwrap_or(0)
+}
+
+/// Host-state breakages every SDM host-state check rejects (VMfailValid 8).
+const BAD_HOST: &[(F, u64)] = &[
+    (F::HOST_CR0, 0),
+    (F::HOST_CS_SELECTOR, 0),
+    (F::HOST_TR_SELECTOR, 0),
+    (F::HOST_SS_SELECTOR, 0x13),
+    (F::HOST_FS_BASE, 0x8000_0000_0000_0000),
+    (F::HOST_CR4, 0),
+];
+
+/// Outcome counts.
+struct Tally {
+    succeeded: u64,
+    fail_invalid: u64,
+    fail_valid: [u64; 32],
+    entries: u64,
+    entry_failures: [u64; 2],
+    exits: [u64; 70],
+    hash: u64,
+    last: u64,
+}
+
+impl Tally {
+    fn note(&mut self, r: Result<(), VmFail>) -> bool {
+        let code = match r {
+            Ok(()) => {
+                self.succeeded += 1;
+                0
+            }
+            Err(VmFail::Invalid) => {
+                self.fail_invalid += 1;
+                1
+            }
+            Err(VmFail::Valid(n)) => {
+                self.fail_valid[n.min(31) as usize] += 1;
+                100 + u64::from(n)
+            }
+        };
+        self.outcome(code);
+        r.is_ok()
+    }
+    /// Folds one outcome into the run's hash (FNV-1a): equal hashes, equal
+    /// outcome sequences.
+    fn outcome(&mut self, code: u64) {
+        self.last = code;
+        self.hash = (self.hash ^ code).wrapping_mul(0x100_0000_01B3);
+    }
+}
+
+/// The L2's own identity map of the first GiB (2 MiB pages, accessed and
+/// dirty already set, so walks write nothing): PML4 (CR3), PDPT, PD.
+fn l2_page_tables() -> [u64; 3] {
+    let (pml4, pdpt, pd) = (alloc_page(), alloc_page(), alloc_page());
+    // SAFETY: three fresh pool pages become the L2's paging structures.
+    unsafe {
+        *(pml4 as *mut u64) = pdpt | 0x63;
+        *(pdpt as *mut u64) = pd | 0x63;
+        for i in 0..512u64 {
+            *((pd + 8 * i) as *mut u64) = (i << 21) | 0xE3;
+        }
+    }
+    [pml4, pdpt, pd]
+}
+
+/// Runs `ops` operations from `seed`; with `show = Some(n)`, operations n to
+/// n+39 are printed one by one and the hash every 10 operations from n-400
+/// (to find where two runs part).
+pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
+    let mut out = Console;
+    let _ = writeln!(out, "l1: fuzz workload, seed {seed}, {ops} operations");
+    let Ok(vmxon) = crate::forum::enter_vmx_operation(caps) else { return };
+    let rev = caps.revision_id();
+    let page = |r: u32| {
+        let p = alloc_page();
+        // SAFETY: a fresh pool page; revision id first.
+        unsafe { *(p as *mut u32) = r };
+        p
+    };
+    let vmcs = [page(rev), page(rev)];
+    let pointers = [vmcs[0], vmcs[1], vmcs[0], vmcs[1], vmxon, page(rev ^ 0x55), vmcs[0] + 8, vmcs[1] | 0x800];
+    let code = &raw const fuzz_l2_page as u64;
+    let tables = l2_page_tables();
+    let cr3 = tables[0];
+    let stack = alloc_page();
+    let mut ept = Ept { pml4: alloc_page() };
+    for p in tables.into_iter().chain([stack, code]) {
+        ept.map(p);
+    }
+    // MSR lists of the fuzz's own, so that a random count reads the same
+    // entries bare and nested: MSRs the L1 does not use, and entries every
+    // CPU refuses (FS_BASE, reserved bits).
+    let (load_list, store_list) = (alloc_page(), alloc_page());
+    const ENTRIES: [(u64, u64); 6] = [
+        (0xC000_0102, 0x1000), // KERNEL_GS_BASE
+        (0xC000_0081, 0),      // STAR
+        (0x174, 0x10),         // SYSENTER_CS
+        (0xC000_0100, 0),      // FS_BASE: refused
+        (0x175, 0x8000),       // SYSENTER_ESP
+        (0xC000_0102 | (1 << 32), 0), // reserved bits: refused
+    ];
+    // The store list only names MSRs every CPU can read: a refused entry
+    // there is a VMX abort, which ends the run (bare: a shutdown).
+    const STORED: [(u64, u64); 4] = [(0xC000_0102, 0), (0xC000_0081, 0), (0x174, 0), (0xC000_0100, 0)];
+    for (list, entries) in [(load_list, &ENTRIES[..]), (store_list, &STORED[..])] {
+        for (n, (head, value)) in entries.iter().cycle().take(256).enumerate() {
+            // SAFETY: pool pages, 16-byte entries (SDM 25.7.2).
+            unsafe {
+                *((list + 16 * n as u64) as *mut u64) = *head;
+                *((list + 16 * n as u64 + 8) as *mut u64) = *value;
+            }
+        }
+    }
+    let sane = |i: usize| {
+        let _ = vmx::try_op("vmclear", vmcs[i]);
+        let _ = vmx::try_op("vmptrld", vmcs[i]);
+        let ok = setup_vmcs(caps, &ept, 1 + i as u16, stack + 4096, code).is_ok();
+        vmx::vmwrite(F::GUEST_CR3, cr3);
+        vmx::vmwrite(F::VM_ENTRY_MSR_LOAD_ADDR, load_list);
+        vmx::vmwrite(F::VM_EXIT_MSR_STORE_ADDR, store_list);
+        ok
+    };
+    if !(sane(1) && sane(0)) {
+        let _ = writeln!(out, "l1: fuzz: no usable VMCS setup");
+        return;
+    }
+    let host: [(F, u64); 6] = core::array::from_fn(|i| (BAD_HOST[i].0, vmx::vmread(BAD_HOST[i].0)));
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut t = Tally {
+        succeeded: 0,
+        fail_invalid: 0,
+        fail_valid: [0; 32],
+        entries: 0,
+        entry_failures: [0; 2],
+        exits: [0; 70],
+        hash: 0xCBF2_9CE4_8422_2325,
+        last: 0,
+    };
+    let mut launched = [false; 2];
+    let mut current: Option<usize> = Some(0);
+    for op in 0..ops {
+        let kind = rng.below(16);
+        let mut what = 0u64; // the field, pointer or type the operation used
+        match kind {
+            0 => {
+                let p = rng.pick(&pointers);
+                what = p;
+                if t.note(vmx::try_op("vmptrld", p)) {
+                    current = vmcs.iter().position(|&v| v == p);
+                }
+            }
+            1 => {
+                let p = rng.pick(&pointers);
+                what = p;
+                if t.note(vmx::try_op("vmclear", p)) {
+                    if let Some(i) = vmcs.iter().position(|&v| v == p) {
+                        launched[i] = false;
+                        if current == Some(i) {
+                            current = None;
+                        }
+                    }
+                }
+            }
+            2..=4 => {
+                let enc = match rng.below(4) {
+                    0 => rng.next() as u32,
+                    1 => rng.pick(FIELDS).encoding() | 1,
+                    _ => rng.pick(FIELDS).encoding(),
+                };
+                what = enc.into();
+                t.note(vmx::try_vmread(enc).map(|_| ()));
+            }
+            5..=9 => {
+                let f = rng.pick(FIELDS);
+                let old = vmx::try_vmread(f.encoding()).unwrap_or(0);
+                let mut value = match rng.below(5) {
+                    0 => 0,
+                    1 => u64::MAX,
+                    2 => rng.next(),
+                    3 => rng.below(16),
+                    _ => old ^ (1 << rng.below(64)),
+                };
+                // Controls: flip one bit nvmx offers L1 or the CPU fixes to 1,
+                // so the bare CPU and nvmx are asked the same question (a bit
+                // only the CPU offers would fail under nvmx by design).
+                if let Some(offered) = control_bits(f, caps) {
+                    value = old ^ (1 << pick_bit(&mut rng, offered));
+                }
+                match f {
+                    // A halted L2 never returns.
+                    F::CPU_BASED_VM_EXEC_CONTROL => value |= u64::from(proc1::HLT_EXITING),
+                    // Where Bochs 2.7 departs from the SDM (vmx/src/guest_state.rs
+                    // names each place) the bare run is no reference: stay clear.
+                    F::GUEST_PENDING_DBG_EXCEPTIONS => value &= 0xFFFF_FFFF,
+                    F::GUEST_RIP => value = ((value << 16) as i64 >> 16) as u64,
+                    // The lists hold 256 entries (and nvmx processes 512 at most).
+                    F::VM_ENTRY_MSR_LOAD_COUNT | F::VM_EXIT_MSR_STORE_COUNT => value &= 0xFF,
+                    _ => {}
+                }
+                what = u64::from(f.encoding()) << 32 | (value & 0xFFFF_FFFF);
+                t.note(vmx::try_vmwrite(f.encoding(), value));
+            }
+            10..=12 => {
+                for (f, v) in host {
+                    let _ = vmx::try_vmwrite(f.encoding(), v);
+                }
+                let _ = vmx::try_vmwrite(F::HOST_RIP.encoding(), nvmx_vmx::entry::exit_rip());
+                if rng.below(8) == 0 {
+                    let (f, v) = rng.pick(BAD_HOST);
+                    let _ = vmx::try_vmwrite(f.encoding(), v);
+                }
+                let i = current.unwrap_or(0);
+                // Mostly the right instruction for the launch state, sometimes not.
+                let launch = launched[i] == (rng.below(8) == 0);
+                let mut regs = GuestRegs::default();
+                vmx::count_entry(launch);
+                // SAFETY: HOST_RIP is the exit stub and the host state the
+                // L1's own (restored above, or broken so that entry VMfails).
+                let rflags = unsafe { nvmx_vmx::entry::enter(&mut regs, !launch) };
+                let r = VmFail::from_rflags(rflags, || vmx::try_vmread(F::VM_INSTRUCTION_ERROR.encoding()).unwrap_or(0) as u32);
+                what = u64::from(launch);
+                if t.note(r) {
+                    let reason = vmx::try_vmread(F::VM_EXIT_REASON.encoding()).unwrap_or(0);
+                    let qualification = vmx::try_vmread(F::EXIT_QUALIFICATION.encoding()).unwrap_or(0);
+                    t.outcome(reason << 8 ^ qualification);
+                    if reason & (1 << 31) != 0 {
+                        t.entry_failures[usize::from(reason & 0xFFFF == 34)] += 1;
+                    } else {
+                        t.entries += 1;
+                        if let Some(i) = current {
+                            launched[i] = true;
+                        }
+                        t.exits[(reason & 0xFFFF).min(69) as usize] += 1;
+                    }
+                }
+            }
+            13 => {
+                let (r1, r2) = (rng.next(), rng.next());
+                let desc = [rng.pick(&[0, ept.eptp(), r1, 0x1E]), r2];
+                what = rng.below(4);
+                t.note(vmx::try_invalidate(true, what, desc));
+            }
+            14 => {
+                let (r1, r2) = (rng.next(), rng.next());
+                let desc = [rng.pick(&[0, 1, 5, 1 << 16, r1]), rng.pick(&[0, 0x1000, 1 << 63, r2])];
+                what = rng.below(5);
+                t.note(vmx::try_invalidate(false, what, desc));
+            }
+            _ => {
+                let i = rng.below(2) as usize;
+                launched[i] = false;
+                current = sane(i).then_some(i);
+                t.outcome(i as u64);
+            }
+        }
+        if show.is_some_and(|s| (s..s + 40).contains(&op)) {
+            let _ = writeln!(out, "l1: fuzz op {op} kind {kind} {what:#x} -> {:#x}", t.last);
+        }
+        let near_show = show.is_some_and(|s| op + 400 >= s && op < s + 40);
+        if (op + 1) % if near_show { 10 } else { 500 } == 0 {
+            let _ = writeln!(out, "l1: fuzz hash after {} ops {:#018x}", op + 1, t.hash);
+        }
+    }
+    let _ = writeln!(out, "l1: fuzz succeeded={} failinvalid={}", t.succeeded, t.fail_invalid);
+    for (n, &c) in t.fail_valid.iter().enumerate().filter(|(_, c)| **c != 0) {
+        let _ = writeln!(out, "l1: fuzz vmfailvalid {n} {c}");
+    }
+    let _ = writeln!(out, "l1: fuzz entries={} entry-failures guest-state={} msr={}", t.entries, t.entry_failures[0], t.entry_failures[1]);
+    for (reason, &c) in t.exits.iter().enumerate().filter(|(_, c)| **c != 0) {
+        let _ = writeln!(out, "l1: fuzz exit {reason} {} {c}", nvmx_vmx::exit::exit_reason_mnemonic(reason as u16));
+    }
+    let _ = vmx::vmxoff();
+    let _ = writeln!(out, "l1: fuzz done");
+}
