@@ -22,6 +22,7 @@ l1_mb2_end:
     .balign 4096
 l1_pml4: .skip 4096
 l1_pdpt: .skip 4096
+    .global l1_pd
 l1_pd:   .skip 4096
     .global l1_tss
 l1_tss:  .skip 104
@@ -53,21 +54,14 @@ _start:
     movl %eax, l1_magic
     movl %ebx, l1_info
     movl $l1_stack_top, %esp
+    call l1_pd_build
+    call l1_paging_check
     movl $l1_pdpt, %eax
     orl $3, %eax
     movl %eax, l1_pml4
     movl $l1_pd, %eax
     orl $3, %eax
     movl %eax, l1_pdpt
-    xorl %ecx, %ecx
-1:  movl %ecx, %eax
-    shll $21, %eax
-    orl $0x83, %eax
-    movl %eax, l1_pd(,%ecx,8)
-    movl $0, l1_pd + 4(,%ecx,8)
-    incl %ecx
-    cmpl $512, %ecx
-    jne 1b
     movl %cr4, %eax
     orl $(1 << 5), %eax
     movl %eax, %cr4
@@ -82,6 +76,19 @@ _start:
     movl %eax, %cr0
     lgdt l1_gdt_ptr
     ljmp $0x08, $l1_long
+
+/* The identity PD of the first GiB, 2 MiB pages (also PAE's). */
+l1_pd_build:
+    xorl %ecx, %ecx
+1:  movl %ecx, %eax
+    shll $21, %eax
+    orl $0x83, %eax
+    movl %eax, l1_pd(,%ecx,8)
+    movl $0, l1_pd + 4(,%ecx,8)
+    incl %ecx
+    cmpl $512, %ecx
+    jne 1b
+    ret
 
     .code64
 l1_long:

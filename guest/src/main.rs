@@ -17,6 +17,7 @@ mod boot;
 mod console;
 mod forum;
 mod fuzz;
+mod paging_check;
 mod selftest;
 mod vmx;
 

@@ -105,6 +105,17 @@ pub fn run(caps: &VmxCaps) {
         core::arch::asm!("mov cr0, {}", in(reg) (cr0 | cr0_f0) & cr0_f1);
         core::arch::asm!("mov cr4, {}", in(reg) (cr4 | cr4_f0 | (1 << 13)) & cr4_f1);
     }
+    // From the boot code: the same instructions under 32-bit and PAE paging.
+    match crate::paging_check::result() {
+        Some((bits32, pae)) => {
+            for (mode, bits) in [("32-bit paging", bits32), ("PAE paging", pae)] {
+                for (i, step) in crate::paging_check::STEPS.iter().enumerate() {
+                    t.expect(&alloc_free_name(mode, step), "success", bits & (1 << i) != 0);
+                }
+            }
+        }
+        None => t.expect("32-bit and PAE paging checks ran at boot", "they ran", false),
+    }
     let vmxon = page(rev);
     let a = page(rev);
     let b = page(rev);
@@ -491,4 +502,17 @@ fn rdmsr(msr: u32) -> u64 {
 fn wrmsr(msr: u32, v: u64) {
     // SAFETY: as `rdmsr`; the L1 does not use KERNEL_GS_BASE (no SWAPGS).
     unsafe { core::arch::asm!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32) };
+}
+
+/// "`mode`: `step`" in a fixed buffer (the L1 has no allocator).
+fn alloc_free_name(mode: &str, step: &str) -> &'static str {
+    static mut BUF: [u8; 96] = [0; 96];
+    // SAFETY: single-threaded; the name is printed before the next call.
+    let buf = unsafe { &mut *(&raw mut BUF) };
+    let mut n = 0;
+    for b in mode.bytes().chain(*b": ").chain(step.bytes()).take(buf.len()) {
+        buf[n] = b;
+        n += 1;
+    }
+    core::str::from_utf8(&buf[..n]).unwrap_or("?")
 }

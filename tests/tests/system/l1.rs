@@ -232,7 +232,7 @@ fn forum_lines(text: &str) -> Vec<String> {
     let lines: Vec<String> = text.lines().map(|l| l.trim().to_string()).filter(|l| l.starts_with("l1: ")).collect();
     let start = lines
         .iter()
-        .position(|l| l.starts_with("l1: forum workload") || l.starts_with("l1: selftest vmxon:"))
+        .position(|l| l.starts_with("l1: forum workload") || l.starts_with("l1: selftest "))
         .unwrap_or(lines.len());
     let end = lines.iter().position(|l| l == "l1: done").map_or(lines.len(), |e| e + 1);
     lines[start..end.max(start)].to_vec()
