@@ -83,7 +83,7 @@ iso: deps kernel
 	L1_MODULE=$(L1_ELF) L1_MODULE_ARGS="workload=selftest" grub/mkiso.sh $(KERNEL_ELF) build/nvmx-module-l1.iso $(CMDLINE)
 	grub/mkiso.sh $(L1_ELF) $(L1_ISO) $(L1_ARGS)
 	grub/mkiso.sh $(L1_ELF) build/l1-selftest.iso workload=selftest
-	grub/mkiso.sh $(L1_ELF) build/l1-fuzz.iso workload=fuzz seed=1 exits=4000
+	grub/mkiso.sh $(L1_ELF) build/l1-fuzz.iso workload=fuzz seed=1 exits=6000
 
 # --- run --------------------------------------------------------------------
 run: iso

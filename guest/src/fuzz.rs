@@ -64,8 +64,9 @@ impl Rng {
 }
 
 /// Fields the fuzz writes. Left out, to keep the L2 on its leash: the EPT
-/// pointer and secondary controls (EPT stays on), the activity state (a
-/// halted L2 with nothing to wake it never returns) and HOST_RIP/RSP.
+/// pointer (secondary controls are flipped with EPT kept on), the activity
+/// state (a halted L2 with nothing to wake it never returns), HOST_RIP/RSP
+/// and the host state that would land the L1 somewhere else after an exit.
 const FIELDS: &[F] = &[
     F::PIN_BASED_VM_EXEC_CONTROL,
     F::CPU_BASED_VM_EXEC_CONTROL,
@@ -103,6 +104,24 @@ const FIELDS: &[F] = &[
     F::VMCS_LINK_POINTER,
     F::VM_EXIT_REASON,
     F::EXIT_QUALIFICATION,
+    F::SECONDARY_VM_EXEC_CONTROL,
+    F::IO_BITMAP_A,
+    F::MSR_BITMAP,
+    F::TSC_OFFSET,
+    F::PAGE_FAULT_ERROR_CODE_MASK,
+    F::CR3_TARGET_COUNT,
+    F::CR3_TARGET_VALUE0,
+    F::GUEST_SYSENTER_ESP,
+    F::GUEST_SYSENTER_EIP,
+    F::GUEST_GDTR_BASE,
+    F::GUEST_TR_BASE,
+    F::GUEST_LDTR_SELECTOR,
+    F::GUEST_SS_SELECTOR,
+    F::GUEST_ES_AR_BYTES,
+    F::GUEST_GS_LIMIT,
+    F::GUEST_IA32_PAT,
+    F::HOST_IA32_EFER,
+    F::HOST_IA32_PAT,
 ];
 
 /// For a control field: the bits the fuzz may flip — what nvmx offers L1
@@ -111,12 +130,15 @@ const FIELDS: &[F] = &[
 /// (a 32-bit host after the exit).
 fn control_bits(f: F, caps: &VmxCaps) -> Option<u32> {
     use nvmx_vmx::controls::exit as exitc;
-    use nvmx_vmx::nested::{L1_ENTRY, L1_EXIT, L1_PIN, L1_PROC};
+    use nvmx_vmx::controls::proc2;
+    use nvmx_vmx::nested::{L1_ENTRY, L1_EXIT, L1_PIN, L1_PROC, L1_PROC2};
     let ((a0, a1), offer) = match f {
         F::PIN_BASED_VM_EXEC_CONTROL => (caps.pinbased(), L1_PIN),
         F::CPU_BASED_VM_EXEC_CONTROL => (caps.procbased(), L1_PROC),
         F::VM_EXIT_CONTROLS => (caps.exit(), L1_EXIT & !exitc::HOST_ADDRESS_SPACE_SIZE),
         F::VM_ENTRY_CONTROLS => (caps.entry(), L1_ENTRY),
+        // EPT stays on: without it the L2 would run on the L1's memory.
+        F::SECONDARY_VM_EXEC_CONTROL => (caps.procbased2(), L1_PROC2 & !proc2::ENABLE_EPT),
         _ => return None,
     };
     Some((offer & a1) | a0)

@@ -91,13 +91,20 @@ fn check_event_injection(get: &impl Fn(F) -> u64) -> Result<(), &'static str> {
     }
 }
 
-/// The physical-address width L0 checks vmcs12 addresses against (the
-/// architectural maximum; L1's memory is far smaller and checked on use).
-const MAX_PHYS_BITS: u32 = 52;
+/// What the VM-entry checks need to know of the CPU and of L1 beyond vmcs12.
+#[derive(Clone, Copy, Debug)]
+pub struct Env {
+    /// The physical-address width L1 sees (CPUID.80000008H:EAX[7:0]):
+    /// addresses in vmcs12 must fit in it.
+    pub phys_bits: u32,
+    /// L1 executes VMLAUNCH/VMRESUME in IA-32e mode (its EFER.LMA).
+    pub l1_long_mode: bool,
+}
 
 /// SDM 27.2.1.1 checks on vmcs12's controls against what nvmx advertises
 /// (error 7).
-pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64) -> Result<(), &'static str> {
+pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64, env: &Env) -> Result<(), &'static str> {
+    let beyond = |a: u64| a >> env.phys_bits != 0;
     use crate::caps::*;
     for (f, msr) in [
         (F::PIN_BASED_VM_EXEC_CONTROL, IA32_VMX_TRUE_PINBASED_CTLS),
@@ -126,13 +133,14 @@ pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64) -> R
         }
     }
     let proc = get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-    // SDM 27.2.1.1: bitmaps 4 KiB aligned (addresses beyond L1's memory
-    // are caught when L0 reads them).
-    if proc & proc1::USE_IO_BITMAPS != 0 && (get(F::IO_BITMAP_A) | get(F::IO_BITMAP_B)) & 0xFFF != 0 {
-        return Err("I/O bitmap address not 4 KiB aligned");
+    // SDM 27.2.1.1: bitmaps 4 KiB aligned within the physical-address
+    // width (addresses beyond L1's memory are caught when L0 reads them).
+    let (io_a, io_b, msr) = (get(F::IO_BITMAP_A), get(F::IO_BITMAP_B), get(F::MSR_BITMAP));
+    if proc & proc1::USE_IO_BITMAPS != 0 && ((io_a | io_b) & 0xFFF != 0 || beyond(io_a) || beyond(io_b)) {
+        return Err("I/O bitmap address not 4 KiB aligned or too high");
     }
-    if proc & proc1::USE_MSR_BITMAPS != 0 && get(F::MSR_BITMAP) & 0xFFF != 0 {
-        return Err("MSR bitmap address not 4 KiB aligned");
+    if proc & proc1::USE_MSR_BITMAPS != 0 && (msr & 0xFFF != 0 || beyond(msr)) {
+        return Err("MSR bitmap address not 4 KiB aligned or too high");
     }
     // SDM 27.2.1.2-27.2.1.3: MSR lists 16-byte aligned, inside the
     // physical-address space, when their count is not zero.
@@ -142,7 +150,7 @@ pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64) -> R
         (F::VM_ENTRY_MSR_LOAD_ADDR, F::VM_ENTRY_MSR_LOAD_COUNT, "VM-entry MSR-load address misaligned or too high"),
     ] {
         let (a, n) = (get(addr), get(count) & 0xFFFF_FFFF);
-        if n != 0 && (a & 0xF != 0 || (a + n * 16 - 1) >> MAX_PHYS_BITS != 0) {
+        if n != 0 && (a & 0xF != 0 || beyond(a) || beyond(a + n * 16 - 1)) {
             return Err(what);
         }
     }
@@ -157,8 +165,8 @@ pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64) -> R
         if v & !((caps >> 32) as u32) != 0 {
             return Err("secondary controls: a bit set that is not allowed");
         }
-        if v & proc2::ENABLE_EPT != 0 && get(F::EPT_POINTER) & 0x3F != 0x1E {
-            return Err("EPT pointer: memory type must be WB and the walk length 4");
+        if v & proc2::ENABLE_EPT != 0 && !eptp_valid(get(F::EPT_POINTER), env.phys_bits) {
+            return Err("EPT pointer: not WB with walk length 4, or reserved bits set");
         }
         if v & proc2::ENABLE_VPID != 0 && get(F::VIRTUAL_PROCESSOR_ID) == 0 {
             return Err("VPID enabled with VPID 0");
@@ -172,7 +180,12 @@ pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64) -> R
 
 /// SDM 27.2.2-27.2.4 checks on vmcs12's host state (error 8), the ones L0
 /// relies on when it loads that state into L1.
-pub fn check_host_state(get: impl Fn(F) -> u64, (cr0_f0, cr0_f1): (u64, u64), (cr4_f0, cr4_f1): (u64, u64)) -> Result<(), &'static str> {
+pub fn check_host_state(
+    get: impl Fn(F) -> u64,
+    (cr0_f0, cr0_f1): (u64, u64),
+    (cr4_f0, cr4_f1): (u64, u64),
+    env: &Env,
+) -> Result<(), &'static str> {
     let cr0 = get(F::HOST_CR0);
     let cr4 = get(F::HOST_CR4);
     let exit = get(F::VM_EXIT_CONTROLS) as u32;
@@ -181,16 +194,30 @@ pub fn check_host_state(get: impl Fn(F) -> u64, (cr0_f0, cr0_f1): (u64, u64), (c
     let canonical = |v: u64| (v as i64) << 16 >> 16 == v as i64;
     let selectors = [F::HOST_CS_SELECTOR, F::HOST_SS_SELECTOR, F::HOST_DS_SELECTOR, F::HOST_ES_SELECTOR, F::HOST_FS_SELECTOR, F::HOST_GS_SELECTOR, F::HOST_TR_SELECTOR];
     let addresses = [F::HOST_RIP, F::HOST_FS_BASE, F::HOST_GS_BASE, F::HOST_GDTR_BASE, F::HOST_IDTR_BASE, F::HOST_TR_BASE];
-    if cr0 & cr0_f0 != cr0_f0 || cr0 & !cr0_f1 != 0 {
+    let ia32e_guest = get(F::VM_ENTRY_CONTROLS) as u32 & crate::controls::entry::IA32E_MODE_GUEST != 0;
+    let rip = get(F::HOST_RIP);
+    if env.l1_long_mode && host64 == 0 {
+        Err("host address-space size must be 1 when L1 runs in IA-32e mode (SDM 27.2.4)")
+    } else if !env.l1_long_mode && (host64 == 1 || ia32e_guest) {
+        Err("host address-space size and IA-32e mode guest must be 0 outside IA-32e mode (SDM 27.2.4)")
+    } else if cr0 & cr0_f0 != cr0_f0 || cr0 & !cr0_f1 != 0 {
         Err("host CR0: VMX fixed bits (SDM 27.2.2)")
     } else if cr4 & cr4_f0 != cr4_f0 || cr4 & !cr4_f1 != 0 {
         Err("host CR4: VMX fixed bits (SDM 27.2.2)")
+    } else if get(F::HOST_CR3) >> env.phys_bits != 0 {
+        Err("host CR3: bits beyond the physical-address width (SDM 27.2.2)")
     } else if get(F::HOST_CS_SELECTOR) & 0xFFF8 == 0 || get(F::HOST_TR_SELECTOR) & 0xFFF8 == 0 {
         Err("host CS or TR selector is null (SDM 27.2.3)")
+    } else if host64 == 0 && get(F::HOST_SS_SELECTOR) & 0xFFF8 == 0 {
+        Err("host SS selector is null with a 32-bit host (SDM 27.2.3)")
     } else if selectors.iter().any(|f| get(*f) & 7 != 0) {
         Err("host selector with RPL or TI set (SDM 27.2.3)")
     } else if !addresses.iter().all(|f| canonical(get(*f))) {
         Err("host RIP or base address not canonical (SDM 27.2.3-27.2.4)")
+    } else if host64 == 1 && cr4 & (1 << 5) == 0 {
+        Err("host CR4.PAE must be 1 with a 64-bit host (SDM 27.2.4)")
+    } else if host64 == 0 && (rip >> 32 != 0 || cr4 & (1 << 17) != 0) {
+        Err("host RIP bits 63:32 and CR4.PCIDE must be 0 with a 32-bit host (SDM 27.2.4)")
     } else if exit & exitc::LOAD_PAT != 0 && !pat_valid(get(F::HOST_IA32_PAT)) {
         Err("host IA32_PAT: a memory type that is not 0, 1, 4, 5, 6 or 7 (SDM 27.2.2)")
     } else if exit & exitc::LOAD_EFER != 0 && get(F::HOST_IA32_EFER) & !EFER_ALLOWED != 0 {
@@ -200,6 +227,13 @@ pub fn check_host_state(get: impl Fn(F) -> u64, (cr0_f0, cr0_f1): (u64, u64), (c
     } else {
         Ok(())
     }
+}
+
+/// An EPT pointer nvmx accepts (SDM 25.6.11): WB, walk length 4, no
+/// accessed/dirty flags (not offered), bits 11:7 and above the
+/// physical-address width clear.
+pub fn eptp_valid(eptp: u64, phys_bits: u32) -> bool {
+    eptp & 0xFFF == 0x1E && eptp >> phys_bits == 0
 }
 
 /// Bits of IA32_EFER software may set: SCE, LME, LMA, NXE (SDM Vol. 3A 2.2.1).
@@ -213,16 +247,12 @@ pub fn pat_valid(pat: u64) -> bool {
 /// The operand checks of INVEPT and INVVPID (SDM 32.3 "INVEPT" and
 /// "INVVPID", each "Operation"), for the types nvmx advertises: `Err(())`
 /// is VMfailValid(28). `desc` is the 128-bit descriptor.
-pub fn check_invalidation(invept: bool, kind: u64, desc: [u64; 2]) -> Result<(), ()> {
+pub fn check_invalidation(invept: bool, kind: u64, desc: [u64; 2], phys_bits: u32) -> Result<(), ()> {
     let canonical = |v: u64| (v as i64) << 16 >> 16 == v as i64;
     if invept {
-        // Single-context needs a valid EPTP: WB, walk length 4, no
-        // accessed/dirty flags (not advertised), bits 11:7 and above the
-        // physical-address width clear.
-        let eptp = desc[0];
-        let valid = eptp & 0x7F == 0x1E && eptp & 0xF80 == 0 && eptp >> MAX_PHYS_BITS == 0;
+        // Single-context needs a valid EPTP.
         match kind {
-            1 if valid => Ok(()),
+            1 if eptp_valid(desc[0], phys_bits) => Ok(()),
             2 => Ok(()),
             _ => Err(()),
         }
@@ -345,12 +375,14 @@ mod tests {
         ])
     }
 
+    const ENV: Env = Env { phys_bits: 40, l1_long_mode: true };
+
     fn checks(v: &HashMap<F, u64>) -> (Result<(), &'static str>, Result<(), &'static str>) {
         let h = host();
         let get = |f| v.get(&f).copied().unwrap_or(0);
         (
-            check_controls(get, |m| l1_vmx_msr(&h, m).unwrap_or(0)),
-            check_host_state(get, h.cr0_fixed(), h.cr4_fixed()),
+            check_controls(get, |m| l1_vmx_msr(&h, m).unwrap_or(0), &ENV),
+            check_host_state(get, h.cr0_fixed(), h.cr4_fixed(), &ENV),
         )
     }
 
@@ -379,7 +411,7 @@ mod tests {
         *v.get_mut(&F::CPU_BASED_VM_EXEC_CONTROL).unwrap() |= u64::from(proc1::SECONDARY_CONTROLS);
         v.insert(F::SECONDARY_VM_EXEC_CONTROL, u64::from(proc2::ENABLE_EPT));
         v.insert(F::EPT_POINTER, 0x1000 | 0x18);
-        assert_eq!(checks(&v).0, Err("EPT pointer: memory type must be WB and the walk length 4"));
+        assert_eq!(checks(&v).0, Err("EPT pointer: not WB with walk length 4, or reserved bits set"));
         v.insert(F::EPT_POINTER, 0x1000 | 0x1E);
         assert_eq!(checks(&v).0, Ok(()));
         v.insert(F::SECONDARY_VM_EXEC_CONTROL, u64::from(proc2::ENABLE_VPID));
@@ -414,7 +446,9 @@ mod tests {
         let mut v = good();
         *v.get_mut(&F::CPU_BASED_VM_EXEC_CONTROL).unwrap() |= u64::from(proc1::USE_MSR_BITMAPS);
         v.insert(F::MSR_BITMAP, 0x7800);
-        assert_eq!(checks(&v).0, Err("MSR bitmap address not 4 KiB aligned"));
+        assert_eq!(checks(&v).0, Err("MSR bitmap address not 4 KiB aligned or too high"));
+        v.insert(F::MSR_BITMAP, 1 << 40);
+        assert_eq!(checks(&v).0, Err("MSR bitmap address not 4 KiB aligned or too high"));
         let mut v = good();
         v.insert(F::HOST_CR0, 0);
         assert_eq!(checks(&v).1, Err("host CR0: VMX fixed bits (SDM 27.2.2)"));
@@ -439,6 +473,19 @@ mod tests {
         v.insert(F::HOST_IA32_PAT, 0x0007_0406_0007_0402);
         assert_eq!(checks(&v).1, Err("host IA32_PAT: a memory type that is not 0, 1, 4, 5, 6 or 7 (SDM 27.2.2)"));
         let mut v = good();
+        v.insert(F::HOST_CR3, 1 << 40);
+        assert_eq!(checks(&v).1, Err("host CR3: bits beyond the physical-address width (SDM 27.2.2)"));
+        let mut v = good();
+        *v.get_mut(&F::VM_EXIT_CONTROLS).unwrap() &= !u64::from(exitc::HOST_ADDRESS_SPACE_SIZE);
+        assert_eq!(checks(&v).1, Err("host address-space size must be 1 when L1 runs in IA-32e mode (SDM 27.2.4)"));
+        let h = host();
+        let get = |f| v.get(&f).copied().unwrap_or(0);
+        let legacy = Env { phys_bits: 40, l1_long_mode: false };
+        assert_eq!(check_host_state(get, h.cr0_fixed(), h.cr4_fixed(), &legacy), Ok(()), "a 32-bit L1 with a 32-bit host");
+        let mut v = good();
+        v.insert(F::HOST_CR4, 0x2000);
+        assert_eq!(checks(&v).1, Err("host CR4.PAE must be 1 with a 64-bit host (SDM 27.2.4)"));
+        let mut v = good();
         v.insert(F::HOST_RIP, 0x8000_0000_0000_0000);
         assert_eq!(checks(&v).1, Err("host RIP or base address not canonical (SDM 27.2.3-27.2.4)"));
     }
@@ -459,19 +506,19 @@ mod tests {
 
     #[test]
     fn invept_and_invvpid_operands() {
-        assert_eq!(check_invalidation(true, 1, [0x5000 | 0x1E, 0]), Ok(()));
-        assert_eq!(check_invalidation(true, 1, [0x5000 | 0x18, 0]), Err(()), "UC is not advertised");
-        assert_eq!(check_invalidation(true, 1, [0x5000 | 0x5E, 0]), Err(()), "accessed/dirty flags are not advertised");
-        assert_eq!(check_invalidation(true, 2, [0, 0]), Ok(()), "all-context ignores the descriptor");
-        assert_eq!(check_invalidation(true, 3, [0x1E, 0]), Err(()));
-        assert_eq!(check_invalidation(false, 0, [5, 0x7FFF_FFFF_F000]), Ok(()));
-        assert_eq!(check_invalidation(false, 0, [5, 0x8000_0000_0000]), Err(()), "not canonical");
-        assert_eq!(check_invalidation(false, 0, [0, 0]), Err(()), "VPID 0");
-        assert_eq!(check_invalidation(false, 1, [0, 0]), Err(()));
-        assert_eq!(check_invalidation(false, 3, [0, 0]), Err(()));
-        assert_eq!(check_invalidation(false, 2, [0, 0]), Ok(()));
-        assert_eq!(check_invalidation(false, 2, [1 << 16, 0]), Err(()), "descriptor bits 63:16");
-        assert_eq!(check_invalidation(false, 4, [1, 0]), Err(()));
+        assert_eq!(check_invalidation(true, 1, [0x5000 | 0x1E, 0], 40), Ok(()));
+        assert_eq!(check_invalidation(true, 1, [0x5000 | 0x18, 0], 40), Err(()), "UC is not advertised");
+        assert_eq!(check_invalidation(true, 1, [0x5000 | 0x5E, 0], 40), Err(()), "accessed/dirty flags are not advertised");
+        assert_eq!(check_invalidation(true, 2, [0, 0], 40), Ok(()), "all-context ignores the descriptor");
+        assert_eq!(check_invalidation(true, 3, [0x1E, 0], 40), Err(()));
+        assert_eq!(check_invalidation(false, 0, [5, 0x7FFF_FFFF_F000], 40), Ok(()));
+        assert_eq!(check_invalidation(false, 0, [5, 0x8000_0000_0000], 40), Err(()), "not canonical");
+        assert_eq!(check_invalidation(false, 0, [0, 0], 40), Err(()), "VPID 0");
+        assert_eq!(check_invalidation(false, 1, [0, 0], 40), Err(()));
+        assert_eq!(check_invalidation(false, 3, [0, 0], 40), Err(()));
+        assert_eq!(check_invalidation(false, 2, [0, 0], 40), Ok(()));
+        assert_eq!(check_invalidation(false, 2, [1 << 16, 0], 40), Err(()), "descriptor bits 63:16");
+        assert_eq!(check_invalidation(false, 4, [1, 0], 40), Err(()));
     }
 
     #[test]

@@ -636,7 +636,8 @@ impl Vcpu {
             },
             (Err((v, e)), _) | (_, Err((v, e))) => return Emulated::Fault(v, e),
         };
-        if nvmx_vmx::nested::check_invalidation(reason == 50, kind, desc).is_err() {
+        let phys_bits = core::arch::x86_64::__cpuid(0x8000_0008).eax & 0xFF;
+        if nvmx_vmx::nested::check_invalidation(reason == 50, kind, desc, phys_bits).is_err() {
             return self.fail(28);
         }
         if reason == 50 {
@@ -660,18 +661,19 @@ impl Vcpu {
         }
         let host = crate::vmx::probe().expect("nested VMX runs on VMX");
         let l1_caps = |msr| nvmx_vmx::nested::l1_vmx_msr(host, msr).unwrap_or(0);
-        if let Err(what) = nvmx_vmx::nested::check_controls(|f| cur.get(f), l1_caps) {
+        // L1 sees the CPU's physical-address width (CPUID passes it through).
+        let phys_bits = core::arch::x86_64::__cpuid(0x8000_0008).eax & 0xFF;
+        let env = nvmx_vmx::nested::Env { phys_bits, l1_long_mode: vmread(F::GUEST_IA32_EFER) & (1 << 10) != 0 };
+        if let Err(what) = nvmx_vmx::nested::check_controls(|f| cur.get(f), l1_caps, &env) {
             log::debug!("l1 cpu {}: VMfailValid(7): {what}", self.cpu);
             self.check_failed(what);
             return self.fail(7);
         }
-        if let Err(what) = nvmx_vmx::nested::check_host_state(|f| cur.get(f), host.cr0_fixed(), host.cr4_fixed()) {
+        if let Err(what) = nvmx_vmx::nested::check_host_state(|f| cur.get(f), host.cr0_fixed(), host.cr4_fixed(), &env) {
             log::debug!("l1 cpu {}: VMfailValid(8): {what}", self.cpu);
             self.check_failed(what);
             return self.fail(8);
         }
-        // L1 sees the CPU's physical-address width (CPUID passes it through).
-        let phys_bits = core::arch::x86_64::__cpuid(0x8000_0008).eax & 0xFF;
         let mem = self.l1mem();
         let vmxon = self.nested.vmxon;
         let link_ok = |p: u64| {

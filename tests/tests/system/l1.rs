@@ -487,7 +487,7 @@ fn bochs_l1_from_grub_module_haswell() -> Result<()> {
 /// reasons) equals the same seed's bare run on Bochs.
 #[test]
 fn bochs_hostile_l1_fuzz_haswell_2cpu() -> Result<()> {
-    let args = "workload=fuzz seed=1 exits=4000";
+    let args = "workload=fuzz seed=1 exits=6000";
     let bare = {
         let mut b = Bochs::new("bochs_hostile_l1_fuzz_haswell_2cpu_bare", "corei7_haswell_4770")
             .build_iso("l1-fuzz.iso")
