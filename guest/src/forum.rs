@@ -112,6 +112,11 @@ impl Ept {
     }
     /// Maps the 4 KiB page at `gpa` to L1 page `to`, read/write/execute, WB.
     pub fn map_to(&mut self, gpa: u64, to: u64) {
+        self.set_leaf(gpa, (to & !0xFFF) | 7 | (6 << 3));
+    }
+    /// Sets the leaf entry of the 4 KiB page at `gpa` as it is (any
+    /// permissions and memory type, for the conformance checks).
+    pub fn set_leaf(&mut self, gpa: u64, leaf: u64) {
         let mut table = self.pml4;
         for shift in [39, 30, 21] {
             let e = Self::entry(table, gpa >> shift);
@@ -123,8 +128,8 @@ impl Ept {
                 table = *e & !0xFFF;
             }
         }
-        // SAFETY: as above; leaf entry: RWX, memory type WB (6 << 3).
-        unsafe { *Self::entry(table, gpa >> 12) = (to & !0xFFF) | 7 | (6 << 3) };
+        // SAFETY: as above.
+        unsafe { *Self::entry(table, gpa >> 12) = leaf };
     }
     /// Removes the mapping of the page at `gpa` (if any).
     fn unmap(&mut self, gpa: u64) {

@@ -326,6 +326,16 @@ fn l2_checks(t: &mut Tally, caps: &VmxCaps, vmcs: u64) {
         exit_is(t, "l2 write to an unmapped page: EPT violation (48)", l2.run(rip(&st_store), 0, hole + 8), 48, &|e| {
             e.gpa == hole + 8 && e.qualification & 0x3F == 0x2 && e.qualification & 0x80 != 0
         });
+        // EPT misconfigurations (SDM 29.3.3.1): a write-only entry, then a
+        // leaf with memory type 2 (reserved): exit 49 with the address.
+        for (name, leaf) in [
+            ("l2 read through a write-only EPT entry: EPT misconfiguration (49)", hole | 2 | (6 << 3)),
+            ("l2 read through an EPT leaf with memory type 2: EPT misconfiguration (49)", hole | 7 | (2 << 3)),
+        ] {
+            l2.ept.set_leaf(hole, leaf);
+            let _ = vmx::invept_single(l2.ept.eptp());
+            exit_is(t, name, l2.run(rip(&st_load), 0, hole + 16), 49, &|e| e.gpa == hole + 16);
+        }
         // INVEPT: remap the page behind `hole`, invalidate, L2 sees the new page.
         let (old, new) = (page_with(0x1111), page_with(0x2222));
         l2.ept.map_to(hole, old);

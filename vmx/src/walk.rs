@@ -228,10 +228,14 @@ pub struct EptTranslation {
     pub permissions: u64,
 }
 
-/// Walks the EPT whose pointer is `eptp` for `gpa`. `Err(permissions)`
-/// when an entry is not present (permissions so far: for the
-/// qualification's bits 3-5, which are 0 then, SDM 28.2.1 table 28-7).
+/// Walks the EPT whose pointer is `eptp` for `gpa`. `Err(None)` when an
+/// entry is not present (an EPT violation; the qualification's permission
+/// bits 3-5 are 0 then, SDM 28.2.1 table 28-7); `Err(Some(Reserved))` for an
+/// EPT misconfiguration (SDM 29.3.3.1) as nvmx's advertised EPT defines it:
+/// write without read, execute-only (not offered), reserved bits, a leaf
+/// memory type of 2, 3 or 7, or a 1 GiB page (not offered).
 pub fn ept_translate(mem: &dyn GuestMemory, eptp: u64, gpa: u64) -> Result<EptTranslation, Option<WalkError>> {
+    let misconfig = Err(Some(WalkError::Reserved));
     let mut table = eptp & ADDR;
     let mut perms = 7;
     for level in (1..=4).rev() {
@@ -240,10 +244,23 @@ pub fn ept_translate(mem: &dyn GuestMemory, eptp: u64, gpa: u64) -> Result<EptTr
         if e & 7 == 0 {
             return Err(None);
         }
+        if e & 1 == 0 {
+            return misconfig; // write-only, write+execute or execute-only
+        }
         perms &= e & 7;
-        if level == 1 || (level <= 3 && e & 0x80 != 0) {
+        let leaf = level == 1 || (level == 2 && e & 0x80 != 0);
+        if level >= 3 && e & 0x80 != 0 {
+            return misconfig; // PS in a PML4E, or a 1 GiB page
+        }
+        if leaf {
             let page = 1u64 << shift;
+            if matches!((e >> 3) & 7, 2 | 3 | 7) || (e & ADDR & (page - 1)) != 0 {
+                return misconfig;
+            }
             return Ok(EptTranslation { address: (e & ADDR & !(page - 1)) | (gpa & (page - 1)), permissions: perms });
+        }
+        if e & 0x78 != 0 {
+            return misconfig; // bits 6:3 of a non-leaf entry
         }
         table = e & ADDR;
     }
@@ -558,5 +575,20 @@ mod tests {
         assert_eq!(t, EptTranslation { address: 0x7_7123, permissions: 3 });
         assert_eq!(ept_translate(&m, 0x1000, 0x11_000), Err(None));
         assert_eq!(ept_translate(&m, 1 << 31, 0), Err(Some(WalkError::BadTable)));
+        // Misconfigurations (SDM 29.3.3.1).
+        let mis = Err(Some(WalkError::Reserved));
+        let mut bad = m.clone();
+        bad.0.insert(0x4000 + 8 * 0x10, 0x7_7000 | 2 | (6 << 3));
+        assert_eq!(ept_translate(&bad, 0x1000, 0x10_123), mis, "write-only");
+        bad.0.insert(0x4000 + 8 * 0x10, 0x7_7000 | 4 | (6 << 3));
+        assert_eq!(ept_translate(&bad, 0x1000, 0x10_123), mis, "execute-only is not offered");
+        bad.0.insert(0x4000 + 8 * 0x10, 0x7_7000 | 7 | (2 << 3));
+        assert_eq!(ept_translate(&bad, 0x1000, 0x10_123), mis, "memory type 2");
+        let mut bad = m.clone();
+        bad.0.insert(0x2000, 0x3007 | 0x80);
+        assert_eq!(ept_translate(&bad, 0x1000, 0x10_123), mis, "1 GiB page");
+        let mut bad = m.clone();
+        bad.0.insert(0x1000, 0x2007 | 0x8);
+        assert_eq!(ept_translate(&bad, 0x1000, 0x10_123), mis, "bit 3 of a PML4E");
     }
 }

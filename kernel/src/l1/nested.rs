@@ -986,6 +986,10 @@ impl Vcpu {
                 Ok(true)
             }
             Ok(t) => self.reflect(reason, (qualification & !0x38) | (t.permissions << 3)).map(|()| false),
+            // L1's EPT1-2 is misconfigured there: an EPT misconfiguration
+            // exit (49, no qualification; the guest-physical address is
+            // reported, SDM 28.2.1 and 29.3.3.1).
+            Err(Some(walk::WalkError::Reserved)) => self.reflect(49, 0).map(|()| false),
             Err(_) => self.reflect(reason, qualification & !0x38).map(|()| false),
         }
     }
