@@ -487,9 +487,20 @@ fn bochs_l1_from_grub_module_haswell() -> Result<()> {
 /// reasons) equals the same seed's bare run on Bochs.
 #[test]
 fn bochs_hostile_l1_fuzz_haswell_2cpu() -> Result<()> {
+    hostile_fuzz("bochs_hostile_l1_fuzz_haswell_2cpu", "corei7_haswell_4770")
+}
+
+/// The same on Ivy Bridge: no VMCS shadowing, so every VMREAD and VMWRITE of
+/// the fuzz goes through nvmx's emulation.
+#[test]
+fn bochs_hostile_l1_fuzz_ivy_2cpu() -> Result<()> {
+    hostile_fuzz("bochs_hostile_l1_fuzz_ivy_2cpu", "corei7_ivy_bridge_3770k")
+}
+
+fn hostile_fuzz(name: &str, model: &str) -> Result<()> {
     let args = "workload=fuzz seed=1 exits=6000";
     let bare = {
-        let mut b = Bochs::new("bochs_hostile_l1_fuzz_haswell_2cpu_bare", "corei7_haswell_4770")
+        let mut b = Bochs::new(&format!("{name}_bare"), model)
             .build_iso("l1-fuzz.iso")
             .hard_limit(Duration::from_secs(180))
             .start()?;
@@ -497,7 +508,7 @@ fn bochs_hostile_l1_fuzz_haswell_2cpu() -> Result<()> {
         fuzz_lines(&b.serial().transcript())
     };
     let t = BOCHS;
-    let mut m = Bochs::new("bochs_hostile_l1_fuzz_haswell_2cpu", "corei7_haswell_4770").cpus(2).hard_limit(Duration::from_secs(400)).start()?;
+    let mut m = Bochs::new(name, model).cpus(2).hard_limit(Duration::from_secs(400)).start()?;
     m.boot_to_prompt(t.boot)?;
     m.command(&format!("l1 restart 1 {args}"), t.command)?;
     m.command("l1 restart 0 workload=forum exits=4000", t.command)?;
