@@ -40,10 +40,11 @@ pub fn l1_vmx_msr(host: &VmxCaps, msr: u32) -> Option<u64> {
         IA32_VMX_PROCBASED_CTLS2 => ctl(host.procbased2(), proc2_ok),
         IA32_VMX_EXIT_CTLS | IA32_VMX_TRUE_EXIT_CTLS => ctl(host.exit(), exit_ok),
         IA32_VMX_ENTRY_CTLS | IA32_VMX_TRUE_ENTRY_CTLS => ctl(host.entry(), entry_ok),
-        // No preemption timer, activity state HLT, the CPU's number of CR3
-        // targets (bits 24:16); VMWRITE to exit-information fields when the
-        // CPU allows it (bit 29).
-        IA32_VMX_MISC => host.misc & ((1 << 6) | (0x1FF << 16) | (1 << 29)),
+        // No preemption timer; exits store EFER.LMA in "IA-32e mode guest"
+        // (bit 5: nvmx does, as every CPU with unrestricted guest); activity
+        // state HLT; the CPU's number of CR3 targets (bits 24:16); VMWRITE to
+        // exit-information fields when the CPU allows it (bit 29).
+        IA32_VMX_MISC => host.misc & ((1 << 5) | (1 << 6) | (0x1FF << 16) | (1 << 29)),
         IA32_VMX_CR0_FIXED0 => host.cr0_fixed0,
         IA32_VMX_CR0_FIXED1 => host.cr0_fixed1,
         IA32_VMX_CR4_FIXED0 => host.cr4_fixed0,

@@ -1052,7 +1052,8 @@ impl Vcpu {
         cur.set_from_vmcs02(F::VM_EXIT_REASON, reason.into());
         cur.set_from_vmcs02(F::EXIT_QUALIFICATION, qualification);
         // Exits clear the valid bit of the entry-interruption field (SDM 28.2.4)
-        // and store IA32_EFER.LMA into "IA-32e mode guest" (SDM 28.2.1? 28.3).
+        // and store IA32_EFER.LMA into "IA-32e mode guest" (IA32_VMX_MISC bit 5,
+        // advertised as the CPU has it; SDM 28.2, "Recording VM-Exit Information").
         let info = cur.get(F::VM_ENTRY_INTR_INFO_FIELD);
         cur.set_from_vmcs02(F::VM_ENTRY_INTR_INFO_FIELD, info & !(1 << 31));
         let lma = vmread(F::GUEST_IA32_EFER) & (1 << 10) != 0;
