@@ -386,6 +386,13 @@ fn l2_checks(t: &mut Tally, caps: &VmxCaps, vmcs: u64) {
     // MSR lists (SDM 27.4, 28.4, 28.6): entry MSR-load, exit MSR-store and
     // exit MSR-load of IA32_KERNEL_GS_BASE, then two refused entries.
     const KERNEL_GS_BASE: u64 = 0xC000_0102;
+    // An MSR a hypervisor keeps from its guest (IA32_MTRR_DEF_TYPE): what
+    // L1 writes it reads back, as on the CPU (SDM Vol. 3A 12.11.2.1; FE,
+    // bit 10, toggled).
+    let def_type = rdmsr(0x2FF);
+    wrmsr(0x2FF, def_type ^ (1 << 10));
+    t.expect("wrmsr IA32_MTRR_DEF_TYPE reads back", "the written value", rdmsr(0x2FF) == def_type ^ (1 << 10));
+    wrmsr(0x2FF, def_type);
     let (entry_list, store_list, exit_list) = (alloc_page(), alloc_page(), alloc_page());
     let list = |p: u64, entries: &[(u64, u64)]| {
         for (i, (head, value)) in entries.iter().enumerate() {
@@ -504,13 +511,15 @@ fn set_window(page: u64) {
 
 fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
-    // SAFETY: IA32_KERNEL_GS_BASE exists on every 64-bit CPU.
+    // SAFETY: IA32_KERNEL_GS_BASE exists on every 64-bit CPU, the MTRRs on
+    // every CPU with VT-x.
     unsafe { core::arch::asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi) };
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
 fn wrmsr(msr: u32, v: u64) {
-    // SAFETY: as `rdmsr`; the L1 does not use KERNEL_GS_BASE (no SWAPGS).
+    // SAFETY: as `rdmsr`; the L1 does not use KERNEL_GS_BASE (no SWAPGS),
+    // and toggling MTRR fixed ranges changes no memory it uses.
     unsafe { core::arch::asm!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32) };
 }
 

@@ -228,6 +228,9 @@ struct Vcpu {
     mem_base: u64,
     mem_size: u64,
     nested: nested::Nested,
+    /// L1's values of MSRs the CPU has but L0 keeps to itself (MTRRs,
+    /// MISC_ENABLE, …): L1 reads back what it wrote, the hardware is untouched.
+    msrs: hashbrown::HashMap<u32, u64>,
     /// Every frame built for this L1, freed when it is dropped (last field:
     /// dropped after the VMCSs were cleared in `drop`).
     _owned: crate::mm::frames::Owned,
@@ -456,15 +459,16 @@ impl Vcpu {
                 vmx::probe().and_then(|caps| nvmx_vmx::nested::l1_vmx_msr(caps, msr))
             }
             0x480..=0x492 => None,
-            _ => cpu::rdmsr_safe(msr),
+            _ => cpu::rdmsr_safe(msr).map(|hw| self.msrs.get(&msr).copied().unwrap_or(hw)),
         }
     }
 
     /// WRMSR as L1 sees it (also the VM-entry/exit MSR-load lists of a
     /// nested entry, as KVM does): `false` = #GP. MSRs the bitmap passes
-    /// through go to the CPU; others L0 keeps from the hardware: the write
-    /// is dropped, but only for an MSR that exists (a missing one faults,
-    /// as on the CPU).
+    /// through go to the CPU; the others L0 keeps from the hardware: L1's
+    /// value is kept for L1's reads, only for an MSR that exists (a missing
+    /// one faults, as on the CPU). The CPU's checks of the value itself
+    /// (reserved bits) are not repeated.
     pub(super) fn l1_wrmsr(&mut self, msr: u32, value: u64) -> bool {
         match msr {
             // Locked: writing it faults on real hardware too.
@@ -496,8 +500,11 @@ impl Vcpu {
             // value faults and is reported as such.
             m if run::PASSTHROUGH_MSRS.contains(&m) => unsafe { cpu::wrmsr_safe(m, value) },
             _ if cpu::rdmsr_safe(msr).is_none() => false,
+            // L0 owns time: TSC and TSC_ADJUST writes are dropped.
+            0x10 | 0x3B => true,
             _ => {
-                log::debug!("l1 cpu {}: WRMSR {msr:#x} = {value:#x} dropped", self.cpu);
+                log::debug!("l1 cpu {}: WRMSR {msr:#x} = {value:#x} kept for L1", self.cpu);
+                self.msrs.insert(msr, value);
                 true
             }
         }
@@ -588,7 +595,17 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
     }
     *L1S[cpu].state.lock() = L1State::Running;
     info!("l1: cpu {cpu}: {} MiB at host {mem_base:#x}, entry {entry:#x}, args '{}'", cfg.mem_size >> 20, cfg.args);
-    Ok(Vcpu { regs, launched: false, uart: Uart16550::default(), cpu, mem_base, mem_size: cfg.mem_size, nested, _owned: owned })
+    Ok(Vcpu {
+        regs,
+        launched: false,
+        uart: Uart16550::default(),
+        cpu,
+        mem_base,
+        mem_size: cfg.mem_size,
+        nested,
+        msrs: hashbrown::HashMap::new(),
+        _owned: owned,
+    })
 }
 
 /// Runs this core's L1 forever (also handling shell requests); `idle` is
