@@ -26,7 +26,7 @@ DEB_PKGS    := bochs bochsbios vgabios qemu-system-x86 ovmf grub-pc-bin grub-efi
                grub-common xorriso mtools
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all help deps toolchain guest kernel iso bench run run-qemu run-qemu-uefi run-bochs test test-host \
+.PHONY: all help deps toolchain guest kernel iso bench fuzz run run-qemu run-qemu-uefi run-bochs test test-host \
         test-system clean
 
 all: iso
@@ -45,6 +45,8 @@ help:
 	@echo "  make test          host unit tests + system tests (QEMU and Bochs)"
 	@echo "  make test-host     host unit tests only (cargo test)"
 	@echo "  make bench         Bochs haswell: forum workload, VMCS shadowing off vs on (BENCH_EXITS, CPUS)"
+	@echo "  make fuzz          the differential VMX fuzzer: the L1's workload=fuzz bare on Bochs"
+	@echo "                     MODEL and nested under nvmx, compared (SEED, OPS, SHOW=<op>)"
 	@echo "  make deps          install the Debian packages and the pinned toolchain"
 	@echo "  make clean"
 	@echo "variables:"
@@ -120,6 +122,14 @@ test-host: toolchain
 
 test-system: iso
 	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) test -p nvmx-tests -- --test-threads=2
+
+SEED ?= 1
+OPS  ?= 6000
+SHOW ?=
+FUZZ_ARGS = workload=fuzz seed=$(SEED) exits=$(OPS)$(if $(SHOW), show=$(SHOW))
+fuzz: iso
+	grub/mkiso.sh $(L1_ELF) build/l1-fuzz-run.iso $(FUZZ_ARGS)
+	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) run -q -p nvmx-tests --bin fuzz -- "$(FUZZ_ARGS)" $(MODEL)
 
 BENCH_EXITS ?= 4000
 bench: iso

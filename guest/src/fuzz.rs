@@ -363,6 +363,20 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
                 let i = current.unwrap_or(0);
                 // Mostly the right instruction for the launch state, sometimes not.
                 let launch = launched[i] == (rng.below(8) == 0);
+                if show.is_some_and(|s| (s..s + 40).contains(&op)) {
+                    let r = |f: F| vmx::try_vmread(f.encoding()).unwrap_or(0);
+                    let _ = writeln!(
+                        out,
+                        "l1: fuzz op {op} entry rflags {:#x} pending-db {:#x} dr7 {:#x} interruptibility {:#x} entry {:#x} exit {:#x} injecting {:#x}",
+                        r(F::GUEST_RFLAGS),
+                        r(F::GUEST_PENDING_DBG_EXCEPTIONS),
+                        r(F::GUEST_DR7),
+                        r(F::GUEST_INTERRUPTIBILITY_INFO),
+                        r(F::VM_ENTRY_CONTROLS),
+                        r(F::VM_EXIT_CONTROLS),
+                        r(F::VM_ENTRY_INTR_INFO_FIELD)
+                    );
+                }
                 let mut regs = GuestRegs::default();
                 vmx::count_entry(launch);
                 // SAFETY: HOST_RIP is the exit stub and the host state the
@@ -374,6 +388,18 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
                     let reason = vmx::try_vmread(F::VM_EXIT_REASON.encoding()).unwrap_or(0);
                     let qualification = vmx::try_vmread(F::EXIT_QUALIFICATION.encoding()).unwrap_or(0);
                     t.outcome(reason << 8 ^ qualification);
+                    if show.is_some_and(|s| (s..s + 40).contains(&op)) {
+                        let r = |f: F| vmx::try_vmread(f.encoding()).unwrap_or(0);
+                        let _ = writeln!(
+                            out,
+                            "l1: fuzz op {op} exit gpa {:#x} linear {:#x} rip {:#x} idt-vectoring {:#x} intr-info {:#x}",
+                            r(F::GUEST_PHYSICAL_ADDRESS),
+                            r(F::GUEST_LINEAR_ADDRESS),
+                            r(F::GUEST_RIP),
+                            r(F::IDT_VECTORING_INFO_FIELD),
+                            r(F::VM_EXIT_INTR_INFO)
+                        );
+                    }
                     if reason & (1 << 31) != 0 {
                         t.entry_failures[usize::from(reason & 0xFFFF == 34)] += 1;
                     } else {

@@ -983,6 +983,15 @@ impl Vcpu {
                 let hpa = self.mem_base + (t.address & !0xFFF);
                 self.nested.ept02.map(gpa2 & !0xFFF, hpa, t.permissions).ok_or("no memory for EPT0-2")?;
                 let _ = insn::invept(1, vmread(F::EPT_POINTER));
+                // An EPT violation is fault-like: the instruction did not
+                // complete, so no single-step trap of its own is pending.
+                // Bochs 2.7 saves one anyway (BS, bit 14, with RFLAGS.TF=1),
+                // and L2 would take a #DB the CPU never raises. Only MOV-SS
+                // blocking can carry a trap of the previous instruction.
+                let pending = vmread(F::GUEST_PENDING_DBG_EXCEPTIONS);
+                if pending & (1 << 14) != 0 && vmread(F::GUEST_INTERRUPTIBILITY_INFO) & 2 == 0 {
+                    vmwrite(F::GUEST_PENDING_DBG_EXCEPTIONS, pending & !(1 << 14));
+                }
                 Ok(true)
             }
             Ok(t) => self.reflect(reason, (qualification & !0x38) | (t.permissions << 3)).map(|()| false),
