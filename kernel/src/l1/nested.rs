@@ -54,6 +54,8 @@ pub struct Nested {
     /// The vmcs12 (guest-physical address) whose guest state VMCS0-2
     /// holds, apart from its `stale02` fields; `None`: rewrite all.
     vmcs02_holds: Option<u64>,
+    /// L1's VPID for the L2 that last ran on VMCS0-2 (see prepare_vmcs02).
+    last_vpid12: Option<u64>,
     /// Shadow EPT0-2 when L1 uses EPT for L2.
     ept02: ShadowEpt,
     /// The VM-entry check that failed last (for `vmcs 12`).
@@ -214,6 +216,7 @@ impl Nested {
             vmcs02: 0,
             launched02: false,
             vmcs02_holds: None,
+            last_vpid12: None,
             ept02: ShadowEpt::new(),
             last_check: None,
             note: None,
@@ -875,9 +878,19 @@ impl Vcpu {
             vmwrite(shadow, (cur.get(shadow) & mask12) | (value & !mask12));
             vmwrite(guest, value | forced);
         }
-        // VPID: L2's translations tagged apart from L1's (0x100 + core * 64 + VPID12 mod 64).
+        // VPID: L2's translations are tagged with one L0 VPID per core
+        // (vpid02), apart from L1's. When the L2 that runs next has another
+        // VPID in L1's eyes (or none), vpid02's translations belong to
+        // another L2: flush them (KVM's nested_vmx_transition_tlb_flush).
+        // Without that, two L1 VPIDs sharing vpid02 would see each other's
+        // translations, which distinct VPIDs never do on the CPU.
         let vpid12 = if proc2_12 & proc2::ENABLE_VPID != 0 { cur.get(F::VIRTUAL_PROCESSOR_ID) } else { 0 };
-        vmwrite(F::VIRTUAL_PROCESSOR_ID, 0x100 + self.cpu as u64 * 64 + (vpid12 % 63) + 1);
+        let vpid02 = 0x100 + self.cpu as u16;
+        if self.nested.last_vpid12 != Some(vpid12) || vpid12 == 0 {
+            let _ = insn::invvpid(1, vpid02, 0);
+            self.nested.last_vpid12 = Some(vpid12);
+        }
+        vmwrite(F::VIRTUAL_PROCESSOR_ID, vpid02.into());
         // EPT0-2: the shadow of EPT1-2 when L1 uses EPT, else L1's own EPT0-1.
         let l1_ept = proc2_12 & proc2::ENABLE_EPT != 0;
         let eptp02 = if l1_ept { self.nested.ept02.eptp().ok_or("no memory for EPT0-2")? } else { eptp01 };
