@@ -126,6 +126,7 @@ struct Guest {
 
 /// `get` reads vmcs12 fields; cr0_fixed/cr4_fixed are (FIXED0, FIXED1) as advertised to L1.
 ///
+/// `l1_misc` is IA32_VMX_MISC as L1 reads it (the activity states offered).
 /// `phys_bits` is the CPU's physical-address width (CPUID.80000008H:EAX[7:0];
 /// Bochs 2.7 reports 40 on every model). `link_region_ok(p)` answers for a page-aligned VMCS link pointer other
 /// than all ones: whether `p` is in L1's memory, is not its VMXON region and
@@ -136,6 +137,7 @@ pub fn check_guest_state(
     cr0_fixed: (u64, u64),
     cr4_fixed: (u64, u64),
     phys_bits: u32,
+    l1_misc: u64,
     link_region_ok: impl Fn(u64) -> bool,
 ) -> Result<(), GuestStateError> {
     let entry = get(F::VM_ENTRY_CONTROLS) as u32;
@@ -160,7 +162,7 @@ pub fn check_guest_state(
         .and_then(|()| check_msrs(&g, &get))
         .and_then(|()| check_rip(&g, &get));
     registers.map_err(|check| GuestStateError { check, qualification: 0 })?;
-    check_non_register(&g, &get, link_region_ok)
+    check_non_register(&g, &get, l1_misc, link_region_ok)
 }
 
 /// SDM 27.3.1.4, RFLAGS (first in Bochs). IF for external-interrupt
@@ -401,7 +403,12 @@ fn check_rip(g: &Guest, get: &impl Fn(F) -> u64) -> Result<(), &'static str> {
 }
 
 /// SDM 27.3.1.5, non-register state: the link pointer first, as in Bochs.
-fn check_non_register(g: &Guest, get: &impl Fn(F) -> u64, link_region_ok: impl Fn(u64) -> bool) -> Result<(), GuestStateError> {
+fn check_non_register(
+    g: &Guest,
+    get: &impl Fn(F) -> u64,
+    l1_misc: u64,
+    link_region_ok: impl Fn(u64) -> bool,
+) -> Result<(), GuestStateError> {
     let err = |check| Err(GuestStateError { check, qualification: 0 });
     let link = get(F::VMCS_LINK_POINTER);
     if link != u64::MAX && (link & 0xFFF != 0 || !link_region_ok(link)) {
@@ -425,6 +432,9 @@ fn check_non_register(g: &Guest, get: &impl Fn(F) -> u64, link_region_ok: impl F
     // the SDM would make 2 (shutdown) and 3 (wait-for-SIPI) fail too.
     if activity > WAIT_FOR_SIPI {
         return err("guest activity state: must be 0-3 (SDM 27.3.1.5)");
+    } else if activity != ACTIVE && (l1_misc >> (5 + activity)) & 1 == 0 {
+        // Bochs: accepts states its IA32_VMX_MISC does not list.
+        return err("guest activity state: not one IA32_VMX_MISC bits 8:6 offer (SDM 27.3.1.5)");
     } else if activity == HLT && g.segs[SS].dpl() != 0 {
         return err("guest activity state: HLT requires SS.DPL=0 (SDM 27.3.1.5)");
     }
@@ -543,7 +553,7 @@ mod tests {
 
     fn check(v: &HashMap<F, u64>) -> Result<(), GuestStateError> {
         // A fake L1 with one valid vmcs12 region at 0x30_0000.
-        check_guest_state(|f| v.get(&f).copied().unwrap_or(0), CR0_FIXED, CR4_FIXED, 40, |p| p == 0x30_0000)
+        check_guest_state(|f| v.get(&f).copied().unwrap_or(0), CR0_FIXED, CR4_FIXED, 40, 0x1C0, |p| p == 0x30_0000)
     }
 
     /// `base` with `changes` applied fails `check` with qualification 0.
@@ -585,7 +595,7 @@ mod tests {
         v.extend([(F::VM_ENTRY_CONTROLS, u64::from(entry::IA32E_MODE_GUEST)), (F::GUEST_CR0, 0x31), (F::GUEST_CR4, 0x2020)]);
         assert_eq!(check(&v).unwrap_err().check, "guest CR0: PG must be 1 for an IA-32e mode guest (SDM 27.3.1.1)");
         let v = HashMap::from([(F::GUEST_CR0, 0x8000_0031), (F::GUEST_CR4, 0x80_2020), (F::GUEST_RFLAGS, 2)]);
-        let r = check_guest_state(|f| v.get(&f).copied().unwrap_or(0), CR0_FIXED, (0x2000, 0xFF_FFFF), 40, |_| false);
+        let r = check_guest_state(|f| v.get(&f).copied().unwrap_or(0), CR0_FIXED, (0x2000, 0xFF_FFFF), 40, 0x1C0, |_| false);
         assert_eq!(r.unwrap_err().check, "guest CR4: CET=1 requires CR0.WP=1 (SDM 27.3.1.1)");
     }
 
@@ -645,6 +655,10 @@ mod tests {
     #[test]
     fn non_register_state() {
         fails(good_64bit, &[(F::GUEST_ACTIVITY_STATE, 4)], "guest activity state: must be 0-3 (SDM 27.3.1.5)");
+        let mut v = good_64bit();
+        v.insert(F::GUEST_ACTIVITY_STATE, 2);
+        let hlt_only = check_guest_state(|f| v.get(&f).copied().unwrap_or(0), CR0_FIXED, CR4_FIXED, 40, 1 << 6, |_| false);
+        assert_eq!(hlt_only.unwrap_err().check, "guest activity state: not one IA32_VMX_MISC bits 8:6 offer (SDM 27.3.1.5)");
         fails(good_64bit, &[(F::GUEST_PENDING_DBG_EXCEPTIONS, 1 << 13)], "guest pending debug exceptions: bits 11:4, 13 and 63:15 must be 0 (SDM 27.3.1.5)");
         fails(good_64bit, &[(F::GUEST_INTERRUPTIBILITY_INFO, 1)], "guest interruptibility state: blocking by STI requires RFLAGS.IF=1 (SDM 27.3.1.5)");
         fails(good_64bit, &[(F::GUEST_INTERRUPTIBILITY_INFO, 3), (F::GUEST_RFLAGS, 0x202)], "guest interruptibility state: blocking by STI and by MOV SS both set (SDM 27.3.1.5)");

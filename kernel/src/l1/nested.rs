@@ -683,7 +683,8 @@ impl Vcpu {
             Some(p) != vmxon && mem.read_u64(p).is_some_and(|v| v as u32 == VMCS12_REVISION)
         };
         let (cr0_fixed, cr4_fixed) = (host.cr0_fixed(), host.cr4_fixed());
-        if let Err(e) = nvmx_vmx::guest_state::check_guest_state(|f| cur.get(f), cr0_fixed, cr4_fixed, phys_bits, link_ok) {
+        let l1_misc = l1_caps(nvmx_vmx::caps::IA32_VMX_MISC);
+        if let Err(e) = nvmx_vmx::guest_state::check_guest_state(|f| cur.get(f), cr0_fixed, cr4_fixed, env.phys_bits, l1_misc, link_ok) {
             return self.entry_failure(EXIT_REASON_INVALID_STATE, e.qualification, e.check);
         }
         if let Err(e) = self.prepare_vmcs02() {
