@@ -45,6 +45,27 @@ unsafe extern "C" {
     static fuzz_l2_page: u8;
 }
 
+/// Text kept for later (what runs out of room is dropped).
+struct Later {
+    buf: [u8; 8192],
+    len: usize,
+}
+
+impl Later {
+    fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+impl Write for Later {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
 /// xorshift64*: deterministic, so a seed reproduces a run.
 struct Rng(u64);
 
@@ -296,6 +317,9 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
     };
     let mut launched = [false; 2];
     let mut current: Option<usize> = Some(0);
+    // What `show` asks for is kept here and printed after the run: printing
+    // while it runs would change its timing (the console is an I/O exit).
+    let mut later = Later { buf: [0; 8192], len: 0 };
     for op in 0..ops {
         let kind = rng.below(16);
         let mut what = 0u64; // the field, pointer or type the operation used
@@ -376,7 +400,7 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
                 if show.is_some_and(|s| (s..s + 40).contains(&op)) {
                     let r = |f: F| vmx::try_vmread(f.encoding()).unwrap_or(0);
                     let _ = writeln!(
-                        out,
+                        later,
                         "l1: fuzz op {op} entry rflags {:#x} pending-db {:#x} dr7 {:#x} interruptibility {:#x} entry {:#x} exit {:#x} injecting {:#x}",
                         r(F::GUEST_RFLAGS),
                         r(F::GUEST_PENDING_DBG_EXCEPTIONS),
@@ -401,7 +425,7 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
                     if show.is_some_and(|s| (s..s + 40).contains(&op)) {
                         let r = |f: F| vmx::try_vmread(f.encoding()).unwrap_or(0);
                         let _ = writeln!(
-                            out,
+                            later,
                             "l1: fuzz op {op} exit gpa {:#x} linear {:#x} rip {:#x} idt-vectoring {:#x} intr-info {:#x}",
                             r(F::GUEST_PHYSICAL_ADDRESS),
                             r(F::GUEST_LINEAR_ADDRESS),
@@ -441,13 +465,17 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
             }
         }
         if show.is_some_and(|s| (s..s + 40).contains(&op)) {
-            let _ = writeln!(out, "l1: fuzz op {op} kind {kind} {what:#x} -> {:#x}", t.last);
+            let _ = writeln!(later, "l1: fuzz op {op} kind {kind} {what:#x} -> {:#x}", t.last);
         }
         let near_show = show.is_some_and(|s| op + 400 >= s && op < s + 40);
-        if (op + 1) % if near_show { 10 } else { 500 } == 0 {
+        if near_show && (op + 1) % 10 == 0 && (op + 1) % 500 != 0 {
+            let _ = writeln!(later, "l1: fuzz hash after {} ops {:#018x}", op + 1, t.hash);
+        }
+        if (op + 1) % 500 == 0 {
             let _ = writeln!(out, "l1: fuzz hash after {} ops {:#018x}", op + 1, t.hash);
         }
     }
+    let _ = out.write_str(later.as_str());
     let _ = writeln!(out, "l1: fuzz succeeded={} failinvalid={}", t.succeeded, t.fail_invalid);
     for (n, &c) in t.fail_valid.iter().enumerate().filter(|(_, c)| **c != 0) {
         let _ = writeln!(out, "l1: fuzz vmfailvalid {n} {c}");
