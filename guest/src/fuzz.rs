@@ -236,8 +236,9 @@ fn l2_page_tables() -> [u64; 3] {
 }
 
 /// Runs `ops` operations from `seed`; with `show = Some(n)`, operations n to
-/// n+39 are printed one by one and the hash every 10 operations from n-400
-/// (to find where two runs part).
+/// n+39 are printed one by one (with each exit's details) and the hash every
+/// 10 operations from n-400, all after the run (to find where two runs part
+/// without changing them much).
 pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
     let mut out = Console;
     let _ = writeln!(out, "l1: fuzz workload, seed {seed}, {ops} operations");
@@ -320,6 +321,8 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
     // What `show` asks for is kept here and printed after the run: printing
     // while it runs would change its timing (the console is an I/O exit).
     let mut later = Later { buf: [0; 8192], len: 0 };
+    let mut hashes = [(0u64, 0u64); 44];
+    let mut hashes_len = 0;
     for op in 0..ops {
         let kind = rng.below(16);
         let mut what = 0u64; // the field, pointer or type the operation used
@@ -397,20 +400,6 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
                 let i = current.unwrap_or(0);
                 // Mostly the right instruction for the launch state, sometimes not.
                 let launch = launched[i] == (rng.below(8) == 0);
-                if show.is_some_and(|s| (s..s + 40).contains(&op)) {
-                    let r = |f: F| vmx::try_vmread(f.encoding()).unwrap_or(0);
-                    let _ = writeln!(
-                        later,
-                        "l1: fuzz op {op} entry rflags {:#x} pending-db {:#x} dr7 {:#x} interruptibility {:#x} entry {:#x} exit {:#x} injecting {:#x}",
-                        r(F::GUEST_RFLAGS),
-                        r(F::GUEST_PENDING_DBG_EXCEPTIONS),
-                        r(F::GUEST_DR7),
-                        r(F::GUEST_INTERRUPTIBILITY_INFO),
-                        r(F::VM_ENTRY_CONTROLS),
-                        r(F::VM_EXIT_CONTROLS),
-                        r(F::VM_ENTRY_INTR_INFO_FIELD)
-                    );
-                }
                 let mut regs = GuestRegs::default();
                 vmx::count_entry(launch);
                 // SAFETY: HOST_RIP is the exit stub and the host state the
@@ -467,13 +456,18 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
         if show.is_some_and(|s| (s..s + 40).contains(&op)) {
             let _ = writeln!(later, "l1: fuzz op {op} kind {kind} {what:#x} -> {:#x}", t.last);
         }
+        // Hashes before the window: numbers only (formatting takes time).
         let near_show = show.is_some_and(|s| op + 400 >= s && op < s + 40);
-        if near_show && (op + 1) % 10 == 0 && (op + 1) % 500 != 0 {
-            let _ = writeln!(later, "l1: fuzz hash after {} ops {:#018x}", op + 1, t.hash);
+        if near_show && (op + 1) % 10 == 0 && hashes_len < hashes.len() {
+            hashes[hashes_len] = (op + 1, t.hash);
+            hashes_len += 1;
         }
         if (op + 1) % 500 == 0 {
             let _ = writeln!(out, "l1: fuzz hash after {} ops {:#018x}", op + 1, t.hash);
         }
+    }
+    for (n, h) in &hashes[..hashes_len] {
+        let _ = writeln!(out, "l1: fuzz hash after {n} ops {h:#018x} (show)");
     }
     let _ = out.write_str(later.as_str());
     let _ = writeln!(out, "l1: fuzz succeeded={} failinvalid={}", t.succeeded, t.fail_invalid);
