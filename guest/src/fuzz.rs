@@ -165,10 +165,10 @@ fn control_bits(f: F, caps: &VmxCaps) -> Option<u32> {
     Some((offer & a1) | a0)
 }
 
-/// A random set bit of `bits` (not 0).
+/// A random set bit of `bits`, which is not 0.
 fn pick_bit(rng: &mut Rng, bits: u32) -> u32 {
-    let n = rng.below(u64::from(bits.count_ones())) as u32;
-    (0..32).filter(|b| bits & (1 << b) != 0).nth(n as usize).unwrap_or(0)
+    let n = rng.below(u64::from(bits.count_ones()));
+    (0..32).filter(|b| bits & (1 << b) != 0).nth(n as usize).expect("n < the number of set bits")
 }
 
 /// Host-state breakages every SDM host-state check rejects (VMfailValid 8).
@@ -357,6 +357,8 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
             }
             5..=9 => {
                 let f = rng.pick(FIELDS);
+                // Without a current VMCS the read fails and so will the write:
+                // any base value does.
                 let old = vmx::try_vmread(f.encoding()).unwrap_or(0);
                 let mut value = match rng.below(5) {
                     0 => 0,
@@ -368,8 +370,10 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
                 // Controls: flip one bit nvmx offers L1 or the CPU fixes to 1,
                 // so the bare CPU and nvmx are asked the same question (a bit
                 // only the CPU offers would fail under nvmx by design).
-                if let Some(offered) = control_bits(f, caps) {
-                    value = old ^ (1 << pick_bit(&mut rng, offered));
+                match control_bits(f, caps) {
+                    Some(0) => value = old, // nothing to flip on this CPU
+                    Some(offered) => value = old ^ (1 << pick_bit(&mut rng, offered)),
+                    None => {}
                 }
                 match f {
                     // A halted L2 never returns.
@@ -397,6 +401,7 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
                     let (f, v) = rng.pick(BAD_HOST);
                     let _ = vmx::try_vmwrite(f.encoding(), v);
                 }
+                // Without a current VMCS the entry VMfails whatever i is.
                 let i = current.unwrap_or(0);
                 // Mostly the right instruction for the launch state, sometimes not.
                 let launch = launched[i] == (rng.below(8) == 0);
@@ -408,6 +413,8 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
                 let r = VmFail::from_rflags(rflags, || vmx::try_vmread(F::VM_INSTRUCTION_ERROR.encoding()).unwrap_or(0) as u32);
                 what = u64::from(launch);
                 if t.note(r) {
+                    // An entry that did not VMfail has a current VMCS: these
+                    // reads succeed.
                     let reason = vmx::try_vmread(F::VM_EXIT_REASON.encoding()).unwrap_or(0);
                     let qualification = vmx::try_vmread(F::EXIT_QUALIFICATION.encoding()).unwrap_or(0);
                     t.outcome(reason << 8 ^ qualification);

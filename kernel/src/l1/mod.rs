@@ -275,6 +275,9 @@ enum Handled {
 /// runs, the CPU holds L0's values, the guest's are in the current VMCS.
 fn vmcs_msr(msr: u32) -> Option<F> {
     Some(match msr {
+        EFER => F::GUEST_IA32_EFER,
+        PAT => F::GUEST_IA32_PAT,
+        DEBUGCTL => F::GUEST_IA32_DEBUGCTL,
         0x174 => F::GUEST_SYSENTER_CS,
         0x175 => F::GUEST_SYSENTER_ESP,
         0x176 => F::GUEST_SYSENTER_EIP,
@@ -448,12 +451,11 @@ impl Vcpu {
     /// EFER, PAT and DEBUGCTL come from the current VMCS (VMCS0-1 for L1,
     /// VMCS0-2 while an L2 exit is handled), which switches them.
     pub(super) fn l1_rdmsr(&self, msr: u32) -> Option<u64> {
+        if let Some(f) = vmcs_msr(msr) {
+            return Some(vmread(f));
+        }
         match msr {
             0x3A => Some(if self.nested.enabled { L1_FEATURE_CONTROL_VMX } else { L1_FEATURE_CONTROL }),
-            EFER => Some(vmread(F::GUEST_IA32_EFER)),
-            PAT => Some(vmread(F::GUEST_IA32_PAT)),
-            DEBUGCTL => Some(vmread(F::GUEST_IA32_DEBUGCTL)),
-            m if vmcs_msr(m).is_some() => vmcs_msr(m).map(vmread),
             // Without nested VMX the capability MSRs do not exist (#GP).
             0x480..=0x492 if self.nested.enabled => {
                 vmx::probe().and_then(|caps| nvmx_vmx::nested::l1_vmx_msr(caps, msr))
@@ -470,32 +472,22 @@ impl Vcpu {
     /// one faults, as on the CPU). The CPU's checks of the value itself
     /// (reserved bits) are not repeated.
     pub(super) fn l1_wrmsr(&mut self, msr: u32, value: u64) -> bool {
+        if let Some(f) = vmcs_msr(msr) {
+            let value = match msr {
+                // LMA is the CPU's to set (SDM 10.8.5); keep the current one.
+                EFER => (value & !EFER_LMA) | (vmread(f) & EFER_LMA),
+                // Addresses must be canonical (WRMSR #GPs otherwise).
+                0x175 | 0x176 | 0xC000_0100 | 0xC000_0101 if (value as i64) << 16 >> 16 != value as i64 => {
+                    return false;
+                }
+                _ => value,
+            };
+            vmwrite(f, value);
+            return true;
+        }
         match msr {
             // Locked: writing it faults on real hardware too.
             0x3A => false,
-            EFER => {
-                // LMA is the CPU's to set (SDM 10.8.5); keep the current one.
-                let lma = vmread(F::GUEST_IA32_EFER) & EFER_LMA;
-                vmwrite(F::GUEST_IA32_EFER, (value & !EFER_LMA) | lma);
-                true
-            }
-            PAT => {
-                vmwrite(F::GUEST_IA32_PAT, value);
-                true
-            }
-            DEBUGCTL => {
-                vmwrite(F::GUEST_IA32_DEBUGCTL, value);
-                true
-            }
-            // Addresses must be canonical (WRMSR #GPs otherwise).
-            m if vmcs_msr(m).is_some() => {
-                let canonical = (value as i64) << 16 >> 16 == value as i64;
-                if m != 0x174 && !canonical {
-                    return false;
-                }
-                vmcs_msr(m).into_iter().for_each(|f| vmwrite(f, value));
-                true
-            }
             // SAFETY: these MSRs are L1's alone (never used by L0); a bad
             // value faults and is reported as such.
             m if run::PASSTHROUGH_MSRS.contains(&m) => unsafe { cpu::wrmsr_safe(m, value) },

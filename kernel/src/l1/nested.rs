@@ -56,6 +56,9 @@ pub struct Nested {
     vmcs02_holds: Option<u64>,
     /// L1's VPID for the L2 that last ran on VMCS0-2 (see prepare_vmcs02).
     last_vpid12: Option<u64>,
+    /// The physical-address width L1 sees: the CPU's (CPUID passes it
+    /// through), read once for the VM-entry and INVEPT checks.
+    phys_bits: u32,
     /// Shadow EPT0-2 when L1 uses EPT for L2.
     ept02: ShadowEpt,
     /// The VM-entry check that failed last (for `vmcs 12`).
@@ -217,6 +220,7 @@ impl Nested {
             launched02: false,
             vmcs02_holds: None,
             last_vpid12: None,
+            phys_bits: core::arch::x86_64::__cpuid(0x8000_0008).eax & 0xFF,
             ept02: ShadowEpt::new(),
             last_check: None,
             note: None,
@@ -639,8 +643,7 @@ impl Vcpu {
             },
             (Err((v, e)), _) | (_, Err((v, e))) => return Emulated::Fault(v, e),
         };
-        let phys_bits = core::arch::x86_64::__cpuid(0x8000_0008).eax & 0xFF;
-        if nvmx_vmx::nested::check_invalidation(reason == 50, kind, desc, phys_bits).is_err() {
+        if nvmx_vmx::nested::check_invalidation(reason == 50, kind, desc, self.nested.phys_bits).is_err() {
             return self.fail(28);
         }
         if reason == 50 {
@@ -664,9 +667,7 @@ impl Vcpu {
         }
         let host = crate::vmx::probe().expect("nested VMX runs on VMX");
         let l1_caps = |msr| nvmx_vmx::nested::l1_vmx_msr(host, msr).unwrap_or(0);
-        // L1 sees the CPU's physical-address width (CPUID passes it through).
-        let phys_bits = core::arch::x86_64::__cpuid(0x8000_0008).eax & 0xFF;
-        let env = nvmx_vmx::nested::Env { phys_bits, l1_long_mode: vmread(F::GUEST_IA32_EFER) & (1 << 10) != 0 };
+        let env = nvmx_vmx::nested::Env { phys_bits: self.nested.phys_bits, l1_long_mode: vmread(F::GUEST_IA32_EFER) & (1 << 10) != 0 };
         if let Err(what) = nvmx_vmx::nested::check_controls(|f| cur.get(f), l1_caps, &env) {
             log::debug!("l1 cpu {}: VMfailValid(7): {what}", self.cpu);
             self.check_failed(what);
