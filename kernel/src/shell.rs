@@ -179,8 +179,21 @@ fn stats(sel: CpuSel, reset: bool, csv: bool, out: &mut String) -> core::fmt::Re
         }
         let now = crate::arch::cpu::rdtsc();
         out.push_str(&crate::stats_view::render(cpu, &shared.stats, now, csv));
+        if !csv {
+            writeln!(out, "{}", nested_counts(cpu))?;
+        }
     }
     Ok(())
+}
+
+/// Core `cpu`'s nested-VMX error counters, one line (`l1`, `stats`).
+fn nested_counts(cpu: usize) -> String {
+    let s = l1::shared(cpu);
+    alloc::format!(
+        "cpu {cpu}: nested: {} entries refused by the CPU after nvmx's checks passed, {} failed L0 VMREAD/VMWRITEs",
+        s.fallbacks.load(Ordering::Relaxed),
+        s.vmx_errors.load(Ordering::Relaxed)
+    )
 }
 
 fn l1_status(sel: Option<usize>, out: &mut String) -> core::fmt::Result {
@@ -210,6 +223,12 @@ fn l1_status(sel: Option<usize>, out: &mut String) -> core::fmt::Result {
         writeln!(out, "cpu {cpu}: {state}; exits {exits}; last exit {last}; uptime {up} tsc")?;
         if let Some(check) = *s.last_check.lock() {
             writeln!(out, "cpu {cpu}: last failed VM-entry check: {check}")?;
+        }
+        writeln!(out, "{}", nested_counts(cpu))?;
+        if sel.is_some() {
+            for (check, n) in s.checks.entries() {
+                writeln!(out, "cpu {cpu}: failed VM-entry check x{n}: {check}")?;
+            }
         }
     }
     Ok(())

@@ -42,7 +42,7 @@ const RF_VM: u64 = 1 << 17;
 const RFLAGS_RESERVED: u64 = 0xFFFF_FFFF_FFC0_8028;
 /// IA32_DEBUGCTL bits 0-1 (LBR, BTF) and 15:6 exist; bit 2 (bus-lock
 /// detection) only on CPUs Bochs does not model.
-const DEBUGCTL_RESERVED: u64 = !0xFFC3;
+pub(crate) const DEBUGCTL_RESERVED: u64 = !0xFFC3;
 /// IA32_EFER on Intel: SCE, LME, LMA, NXE.
 const EFER_RESERVED: u64 = !0xD01;
 /// Segment access-rights bits 11:8 and 31:17 (SDM 25.4.1, table 25-2).

@@ -245,6 +245,22 @@ pub fn pat_valid(pat: u64) -> bool {
     pat.to_le_bytes().iter().all(|b| matches!(b, 0 | 1 | 4 | 5 | 6 | 7))
 }
 
+/// Whether WRMSR of `value` faults (#GP) for the MSRs whose values L0
+/// keeps in VMCS0-1 rather than in the CPU: IA32_EFER reserved bits, or LME
+/// changed while CR0.PG = 1 (`paging`; SDM Vol. 3A 2.2.1, 10.8.5); an
+/// IA32_PAT entry that is no memory type (12.12.2); IA32_DEBUGCTL reserved
+/// bits (19.4.1). `old` is the MSR's current value. Without this a value
+/// the CPU would refuse reaches the guest-state area and the next VM entry
+/// fails instead of the WRMSR.
+pub fn wrmsr_value_faults(msr: u32, value: u64, old: u64, paging: bool) -> bool {
+    match msr {
+        0xC000_0080 => value & !EFER_ALLOWED != 0 || (paging && (value ^ old) & EFER_LME != 0),
+        0x277 => !pat_valid(value),
+        0x1D9 => value & crate::guest_state::DEBUGCTL_RESERVED != 0,
+        _ => false,
+    }
+}
+
 /// The operand checks of INVEPT and INVVPID (SDM 32.3 "INVEPT" and
 /// "INVVPID", each "Operation"), for the types nvmx advertises: `Err(())`
 /// is VMfailValid(28). `desc` is the 128-bit descriptor.
@@ -293,28 +309,70 @@ pub fn saved_on_exit(f: F, exit: u32, pae_with_ept: bool) -> bool {
     }
 }
 
-/// Whether L1 asked for an L2 exit with basic `reason` (KVM's
-/// nested_vmx_l1_wants_exit; SDM 26.1-26.2 for what each control makes
-/// exit). `msr` is ECX for RDMSR/WRMSR; `bitmap_bit(gpa, n)` reads bit `n`
-/// of L1's bitmap at `gpa`.
+/// What the CPU reported for an L2 exit, as far as the reflection
+/// decision needs it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct L2ExitInfo {
+    /// Basic exit reason.
+    pub reason: u16,
+    pub qualification: u64,
+    /// VM-exit interruption information and error code (reason 0).
+    pub intr_info: u32,
+    pub intr_error: u32,
+}
+
+/// Whether L1 asked for an L2 exit (KVM's nested_vmx_l1_wants_exit and
+/// nested_vmx_exit_handled_cr; SDM 26.1-26.2 for what each control makes
+/// exit), decided from vmcs12 alone for every reason: L0 may see exits L1
+/// never asked for (VMCS0-2's CR0/CR4 masks carry the VMX-fixed bits, its
+/// controls L0's own), and those must not reach L1. `gpr(n)` reads L2's
+/// general-purpose register n (RCX for RDMSR/WRMSR, the source of MOV to
+/// CR); `bitmap_bit(gpa, n)` reads bit `n` of L1's bitmap at `gpa`.
 pub fn l1_wants_exit(
-    reason: u16,
-    qualification: u64,
-    msr: u32,
+    exit: &L2ExitInfo,
+    gpr: impl Fn(u8) -> u64,
     get: impl Fn(F) -> u64,
     bitmap_bit: impl Fn(u64, u64) -> bool,
 ) -> bool {
+    let pin12 = get(F::PIN_BASED_VM_EXEC_CONTROL) as u32;
     let proc12 = get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-    match reason {
-        1 => get(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & pin::EXTERNAL_INTERRUPT_EXITING != 0,
+    let proc2_12 = if proc12 & proc1::SECONDARY_CONTROLS != 0 { get(F::SECONDARY_VM_EXEC_CONTROL) as u32 } else { 0 };
+    let qualification = exit.qualification;
+    match exit.reason {
+        // SDM 26.2: NMIs by "NMI exiting"; exceptions by the exception
+        // bitmap, #PF also by the error-code mask/match (26.2, "Exceptions").
+        0 => {
+            let (vector, kind) = (exit.intr_info & 0xFF, (exit.intr_info >> 8) & 7);
+            if kind == 2 {
+                return pin12 & pin::NMI_EXITING != 0;
+            }
+            let bit = get(F::EXCEPTION_BITMAP) >> vector.min(31) & 1 != 0;
+            if vector == 14 {
+                let (mask, want) = (get(F::PAGE_FAULT_ERROR_CODE_MASK) as u32, get(F::PAGE_FAULT_ERROR_CODE_MATCH) as u32);
+                bit == (exit.intr_error & mask == want)
+            } else {
+                bit
+            }
+        }
+        1 => pin12 & pin::EXTERNAL_INTERRUPT_EXITING != 0,
+        7 => proc12 & proc1::INTERRUPT_WINDOW_EXITING != 0,
+        8 => proc12 & proc1::NMI_WINDOW_EXITING != 0,
         12 => proc12 & proc1::HLT_EXITING != 0,
+        14 => proc12 & proc1::INVLPG_EXITING != 0,
+        15 => proc12 & proc1::RDPMC_EXITING != 0,
+        16 => proc12 & proc1::RDTSC_EXITING != 0,
+        28 => cr_access_wanted(qualification, &gpr, &get, proc12),
+        29 => proc12 & proc1::MOV_DR_EXITING != 0,
         30 => {
             if proc12 & proc1::USE_IO_BITMAPS != 0 {
                 let io = crate::exit::IoQualification::decode(qualification);
                 (0..u64::from(io.size)).any(|i| {
+                    // A port range that wraps past 0xFFFF always exits (SDM 26.1.3).
                     let port = u64::from(io.port) + i;
-                    let map = if port < 0x8000 { get(F::IO_BITMAP_A) } else { get(F::IO_BITMAP_B) };
-                    bitmap_bit(map, port & 0x7FFF)
+                    port > 0xFFFF || {
+                        let map = if port < 0x8000 { get(F::IO_BITMAP_A) } else { get(F::IO_BITMAP_B) };
+                        bitmap_bit(map, port & 0x7FFF)
+                    }
                 })
             } else {
                 proc12 & proc1::UNCONDITIONAL_IO_EXITING != 0
@@ -324,14 +382,66 @@ pub fn l1_wants_exit(
             if proc12 & proc1::USE_MSR_BITMAPS == 0 {
                 return true;
             }
-            let base = get(F::MSR_BITMAP) + if reason == 32 { 2048 } else { 0 };
+            let msr = gpr(1) as u32;
+            let base = get(F::MSR_BITMAP) + if exit.reason == 32 { 2048 } else { 0 };
             match msr {
                 0..=0x1FFF => bitmap_bit(base, u64::from(msr)),
                 0xC000_0000..=0xC000_1FFF => bitmap_bit(base + 1024, u64::from(msr - 0xC000_0000)),
                 _ => true,
             }
         }
+        36 => proc12 & proc1::MWAIT_EXITING != 0,
+        37 => proc12 & proc1::MONITOR_TRAP_FLAG != 0,
+        39 => proc12 & proc1::MONITOR_EXITING != 0,
+        40 => proc12 & proc1::PAUSE_EXITING != 0 || proc2_12 & proc2::PAUSE_LOOP_EXITING != 0,
+        43 => proc12 & proc1::USE_TPR_SHADOW != 0,
+        44 => proc2_12 & proc2::VIRTUALIZE_APIC_ACCESSES != 0,
+        46 | 47 => proc2_12 & proc2::DESCRIPTOR_TABLE_EXITING != 0,
+        // RDTSCP exits with "RDTSC exiting" when it is enabled at all.
+        51 => proc12 & proc1::RDTSC_EXITING != 0 && proc2_12 & proc2::ENABLE_RDTSCP != 0,
         52 => false, // the preemption timer is L0's (not advertised to L1)
+        54 => proc2_12 & proc2::WBINVD_EXITING != 0,
+        57 => proc2_12 & proc2::RDRAND_EXITING != 0,
+        // INVPCID exits with "INVLPG exiting" when it is enabled at all.
+        58 => proc12 & proc1::INVLPG_EXITING != 0 && proc2_12 & proc2::ENABLE_INVPCID != 0,
+        61 => proc2_12 & proc2::RDSEED_EXITING != 0,
+        62 => proc2_12 & proc2::ENABLE_PML != 0,
+        63 | 64 => proc2_12 & proc2::ENABLE_XSAVES != 0,
+        // Unconditional exits (triple fault, INIT, SIPI, task switch,
+        // CPUID, GETSEC, INVD, VMX instructions, XSETBV, VMFUNC, ...).
+        _ => true,
+    }
+}
+
+/// SDM 26.1.3 for a control-register access of L2 (exit qualification:
+/// SDM 28.2.1 table 28-3): MOV to CR0/CR4 when a bit L1 owns (its
+/// guest/host mask) differs from its read shadow; CLTS when L1 owns TS with
+/// a shadow TS of 1; LMSW on bits 3:0 likewise (PE only from 0 to 1); MOV
+/// to/from CR3 and CR8 by their exiting controls (a MOV to CR3 of one of
+/// the first CR3-target-count target values does not exit).
+fn cr_access_wanted(q: u64, gpr: &impl Fn(u8) -> u64, get: &impl Fn(F) -> u64, proc12: u32) -> bool {
+    let (cr, kind, reg) = (q & 0xF, (q >> 4) & 3, ((q >> 8) & 0xF) as u8);
+    let owned = |mask: F, shadow: F, value: u64| (value ^ get(shadow)) & get(mask) != 0;
+    match (kind, cr) {
+        (0, 0) => owned(F::CR0_GUEST_HOST_MASK, F::CR0_READ_SHADOW, gpr(reg)),
+        (0, 4) => owned(F::CR4_GUEST_HOST_MASK, F::CR4_READ_SHADOW, gpr(reg)),
+        (0, 3) => {
+            let value = gpr(reg);
+            let count = (get(F::CR3_TARGET_COUNT) & 0xFFFF_FFFF).min(4);
+            let targets = [F::CR3_TARGET_VALUE0, F::CR3_TARGET_VALUE1, F::CR3_TARGET_VALUE2, F::CR3_TARGET_VALUE3];
+            proc12 & proc1::CR3_LOAD_EXITING != 0 && !targets[..count as usize].iter().any(|t| get(*t) == value)
+        }
+        (0, 8) => proc12 & proc1::CR8_LOAD_EXITING != 0,
+        (1, 3) => proc12 & proc1::CR3_STORE_EXITING != 0,
+        (1, 8) => proc12 & proc1::CR8_STORE_EXITING != 0,
+        // CLTS.
+        (2, _) => get(F::CR0_GUEST_HOST_MASK) & get(F::CR0_READ_SHADOW) & 8 != 0,
+        // LMSW: the source operand is in bits 31:16.
+        (3, _) => {
+            let (mask, shadow, src) = (get(F::CR0_GUEST_HOST_MASK), get(F::CR0_READ_SHADOW), q >> 16);
+            (mask & 0xE & (shadow ^ src) != 0) || (mask & 1 != 0 && src & 1 != 0 && shadow & 1 == 0)
+        }
+        // MOV from CR0/CR4 never exits; other encodings do not exist.
         _ => true,
     }
 }
@@ -523,28 +633,119 @@ mod tests {
     }
 
     #[test]
+    fn wrmsr_values_that_fault() {
+        let (efer, pat, debugctl) = (0xC000_0080, 0x277, 0x1D9);
+        assert!(!wrmsr_value_faults(efer, 0xD01, 0xD01, true));
+        assert!(wrmsr_value_faults(efer, 0xD01 | (1 << 2), 0xD01, true), "EFER bit 2 is reserved");
+        assert!(wrmsr_value_faults(efer, 0xC01, 0xD01, true), "LME cleared with paging on");
+        assert!(!wrmsr_value_faults(efer, 0x101, 0x001, false), "LME set with paging off");
+        assert!(!wrmsr_value_faults(pat, 0x0007_0406_0007_0406, 0, true));
+        assert!(wrmsr_value_faults(pat, 0x0007_0406_0007_0402, 0, true), "memory type 2");
+        assert!(wrmsr_value_faults(pat, 0x0807_0406_0007_0406, 0, true), "memory type 8");
+        assert!(!wrmsr_value_faults(debugctl, 0x3, 0, true), "LBR and BTF");
+        assert!(wrmsr_value_faults(debugctl, 1 << 4, 0, true), "DEBUGCTL bit 4 is reserved");
+        assert!(!wrmsr_value_faults(0x10, u64::MAX, 0, true), "other MSRs are not judged here");
+    }
+
+    fn ex(reason: u16, qualification: u64) -> L2ExitInfo {
+        L2ExitInfo { reason, qualification, ..L2ExitInfo::default() }
+    }
+
+    #[test]
     fn reflection_follows_l1s_controls_and_bitmaps() {
         let io_port_80 = 0x0080_0000; // OUT to port 0x80, size 1
         let v = HashMap::from([(F::CPU_BASED_VM_EXEC_CONTROL, u64::from(proc1::HLT_EXITING))]);
         let get = |f| v.get(&f).copied().unwrap_or(0);
         let none = |_, _| false;
-        assert!(l1_wants_exit(10, 0, 0, get, none), "CPUID always exits to L1");
-        assert!(l1_wants_exit(12, 0, 0, get, none), "HLT exiting on");
-        assert!(!l1_wants_exit(30, io_port_80, 0, get, none), "no I/O exiting");
-        assert!(l1_wants_exit(31, 0, 0x10, get, none), "no MSR bitmaps: every RDMSR exits");
-        assert!(!l1_wants_exit(52, 0, 0, get, none), "the preemption timer is L0's");
-        assert!(!l1_wants_exit(1, 0, 0, get, none), "no external-interrupt exiting");
+        let rcx = |msr: u64| move |n: u8| if n == 1 { msr } else { 0 };
+        assert!(l1_wants_exit(&ex(10, 0), rcx(0), get, none), "CPUID always exits to L1");
+        assert!(l1_wants_exit(&ex(12, 0), rcx(0), get, none), "HLT exiting on");
+        assert!(!l1_wants_exit(&ex(30, io_port_80), rcx(0), get, none), "no I/O exiting");
+        assert!(l1_wants_exit(&ex(31, 0), rcx(0x10), get, none), "no MSR bitmaps: every RDMSR exits");
+        assert!(!l1_wants_exit(&ex(52, 0), rcx(0), get, none), "the preemption timer is L0's");
+        assert!(!l1_wants_exit(&ex(1, 0), rcx(0), get, none), "no external-interrupt exiting");
+        for (reason, what) in [(7, "interrupt window"), (8, "NMI window"), (14, "INVLPG"), (15, "RDPMC"), (16, "RDTSC"), (29, "MOV DR"), (36, "MWAIT"), (37, "MTF"), (39, "MONITOR"), (40, "PAUSE"), (43, "TPR below threshold"), (44, "APIC access"), (46, "GDTR/IDTR"), (47, "LDTR/TR"), (51, "RDTSCP"), (54, "WBINVD"), (57, "RDRAND"), (58, "INVPCID"), (61, "RDSEED"), (62, "PML full"), (63, "XSAVES")] {
+            assert!(!l1_wants_exit(&ex(reason, 0), rcx(0), get, none), "{what} ({reason}) without its control");
+        }
+        for (reason, what) in [(2, "triple fault"), (9, "task switch"), (13, "INVD"), (18, "VMCALL"), (55, "XSETBV"), (59, "VMFUNC")] {
+            assert!(l1_wants_exit(&ex(reason, 0), rcx(0), get, none), "{what} ({reason}) always exits");
+        }
         let v = HashMap::from([
-            (F::CPU_BASED_VM_EXEC_CONTROL, u64::from(proc1::USE_IO_BITMAPS | proc1::USE_MSR_BITMAPS)),
+            (F::CPU_BASED_VM_EXEC_CONTROL, u64::from(proc1::USE_IO_BITMAPS | proc1::USE_MSR_BITMAPS | proc1::MOV_DR_EXITING | proc1::RDTSC_EXITING | proc1::SECONDARY_CONTROLS)),
+            (F::SECONDARY_VM_EXEC_CONTROL, u64::from(proc2::ENABLE_RDTSCP)),
             (F::IO_BITMAP_A, 0x5000),
             (F::MSR_BITMAP, 0x7000),
         ]);
         let get = |f| v.get(&f).copied().unwrap_or(0);
         let bits = |map: u64, n: u64| (map, n) == (0x5000, 0x80) || (map, n) == (0x7000 + 2048 + 1024, 0x80);
-        assert!(l1_wants_exit(30, io_port_80, 0, get, bits), "port 0x80 set in bitmap A");
-        assert!(!l1_wants_exit(30, 0x0081_0000, 0, get, bits), "port 0x81 clear");
-        assert!(l1_wants_exit(32, 0, 0xC000_0080, get, bits), "WRMSR EFER set in the high write bitmap");
-        assert!(!l1_wants_exit(31, 0, 0xC000_0080, get, bits), "RDMSR EFER clear");
-        assert!(l1_wants_exit(31, 0, 0x4000_0000, get, bits), "MSRs outside both ranges always exit");
+        assert!(l1_wants_exit(&ex(30, io_port_80), rcx(0), get, bits), "port 0x80 set in bitmap A");
+        assert!(!l1_wants_exit(&ex(30, 0x0081_0000), rcx(0), get, bits), "port 0x81 clear");
+        assert!(l1_wants_exit(&ex(30, 0xFFFF_0001), rcx(0), get, bits), "a 2-byte access at 0xFFFF wraps: exits");
+        assert!(l1_wants_exit(&ex(32, 0), rcx(0xC000_0080), get, bits), "WRMSR EFER set in the high write bitmap");
+        assert!(!l1_wants_exit(&ex(31, 0), rcx(0xC000_0080), get, bits), "RDMSR EFER clear");
+        assert!(l1_wants_exit(&ex(31, 0), rcx(0x4000_0000), get, bits), "MSRs outside both ranges always exit");
+        assert!(l1_wants_exit(&ex(29, 0), rcx(0), get, bits), "MOV DR exiting");
+        assert!(l1_wants_exit(&ex(51, 0), rcx(0), get, bits), "RDTSCP with RDTSC exiting");
+    }
+
+    /// KVM's nested_vmx_exit_handled_cr: only bits L1 owns decide.
+    #[test]
+    fn cr_access_reflection() {
+        let (mov_to_cr0_rax, mov_to_cr4_rbx, clts) = (0x000, 0x304, 0x20);
+        let lmsw = |src: u64| 0x30 | (src << 16);
+        let none = |_, _| false;
+        let v = HashMap::from([
+            (F::CR0_GUEST_HOST_MASK, 0x8), // L1 owns CR0.TS
+            (F::CR0_READ_SHADOW, 0x8),
+            (F::CR4_GUEST_HOST_MASK, 0x4), // and CR4.TSD
+            (F::CR4_READ_SHADOW, 0x0),
+        ]);
+        let get = |f| v.get(&f).copied().unwrap_or(0);
+        let regs = |rax: u64, rbx: u64| move |n: u8| match n { 0 => rax, 3 => rbx, _ => 0 };
+        assert!(!l1_wants_exit(&ex(28, mov_to_cr0_rax), regs(0x8 | 0x20, 0), get, none), "CR0.NE is not L1's (VMX fixes it: L0's exit)");
+        assert!(!l1_wants_exit(&ex(28, mov_to_cr0_rax), regs(0x8 | 0x2, 0), get, none), "CR0.MP is not L1's");
+        assert!(l1_wants_exit(&ex(28, mov_to_cr0_rax), regs(0, 0), get, none), "CR0.TS is L1's and differs from its shadow");
+        assert!(!l1_wants_exit(&ex(28, mov_to_cr4_rbx), regs(0, 0x2000), get, none), "CR4.VMXE is not L1's");
+        assert!(l1_wants_exit(&ex(28, mov_to_cr4_rbx), regs(0, 0x4), get, none), "CR4.TSD is L1's");
+        assert!(l1_wants_exit(&ex(28, clts), regs(0, 0), get, none), "CLTS: L1 owns TS, shadow TS = 1");
+        assert!(!l1_wants_exit(&ex(28, lmsw(0x8)), regs(0, 0), get, none), "LMSW keeping TS");
+        assert!(l1_wants_exit(&ex(28, lmsw(0)), regs(0, 0), get, none), "LMSW clearing TS");
+        assert!(!l1_wants_exit(&ex(28, 0x13), regs(0, 0), get, none), "MOV from CR3 without CR3-store exiting");
+        assert!(!l1_wants_exit(&ex(28, 0x03), regs(0, 0), get, none), "MOV to CR3 without CR3-load exiting");
+        let v = HashMap::from([
+            (F::CPU_BASED_VM_EXEC_CONTROL, u64::from(proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING)),
+            (F::CR0_GUEST_HOST_MASK, 0x1), // PE
+            (F::CR3_TARGET_COUNT, 1),
+            (F::CR3_TARGET_VALUE0, 0x5000),
+            (F::CR3_TARGET_VALUE1, 0x6000),
+        ]);
+        let get = |f| v.get(&f).copied().unwrap_or(0);
+        assert!(l1_wants_exit(&ex(28, 0x13), regs(0, 0), get, none), "MOV from CR3 with CR3-store exiting");
+        assert!(!l1_wants_exit(&ex(28, 0x03), regs(0x5000, 0), get, none), "MOV to CR3 of target 0");
+        assert!(l1_wants_exit(&ex(28, 0x03), regs(0x6000, 0), get, none), "target 1 is beyond the count");
+        assert!(l1_wants_exit(&ex(28, lmsw(1)), regs(0, 0), get, none), "LMSW setting PE over a shadow PE of 0");
+        assert!(!l1_wants_exit(&ex(28, 0x8), regs(0, 0), get, none), "MOV to CR8 without CR8-load exiting");
+    }
+
+    /// SDM 26.2: the exception bitmap, with #PF's error-code mask and match.
+    #[test]
+    fn exception_reflection() {
+        let none = |_, _| false;
+        let pf = |err: u32| L2ExitInfo { reason: 0, intr_info: 0x8000_0B0E, intr_error: err, ..L2ExitInfo::default() };
+        let ud = L2ExitInfo { reason: 0, intr_info: 0x8000_0306, ..L2ExitInfo::default() };
+        let nmi = L2ExitInfo { reason: 0, intr_info: 0x8000_0202, ..L2ExitInfo::default() };
+        let r = |_: u8| 0;
+        let v = HashMap::from([(F::EXCEPTION_BITMAP, 1u64 << 14), (F::PAGE_FAULT_ERROR_CODE_MASK, 2), (F::PAGE_FAULT_ERROR_CODE_MATCH, 2)]);
+        let get = |f| v.get(&f).copied().unwrap_or(0);
+        assert!(l1_wants_exit(&pf(3), r, get, none), "bit 14 set, error code matches: exits");
+        assert!(!l1_wants_exit(&pf(1), r, get, none), "bit 14 set, no match: no exit");
+        assert!(!l1_wants_exit(&ud, r, get, none), "#UD not in the bitmap");
+        assert!(!l1_wants_exit(&nmi, r, get, none), "NMI without NMI exiting");
+        let v = HashMap::from([(F::EXCEPTION_BITMAP, 1u64 << 6), (F::PAGE_FAULT_ERROR_CODE_MASK, 2), (F::PAGE_FAULT_ERROR_CODE_MATCH, 2), (F::PIN_BASED_VM_EXEC_CONTROL, u64::from(pin::NMI_EXITING))]);
+        let get = |f| v.get(&f).copied().unwrap_or(0);
+        assert!(!l1_wants_exit(&pf(3), r, get, none), "bit 14 clear, match: no exit");
+        assert!(l1_wants_exit(&pf(1), r, get, none), "bit 14 clear, no match: exits");
+        assert!(l1_wants_exit(&ud, r, get, none), "#UD in the bitmap");
+        assert!(l1_wants_exit(&nmi, r, get, none), "NMI exiting");
     }
 }

@@ -232,10 +232,14 @@ pub struct EptTranslation {
 /// entry is not present (an EPT violation; the qualification's permission
 /// bits 3-5 are 0 then, SDM 28.2.1 table 28-7); `Err(Some(Reserved))` for an
 /// EPT misconfiguration (SDM 29.3.3.1) as nvmx's advertised EPT defines it:
-/// write without read, execute-only (not offered), reserved bits, a leaf
-/// memory type of 2, 3 or 7, or a 1 GiB page (not offered).
-pub fn ept_translate(mem: &dyn GuestMemory, eptp: u64, gpa: u64) -> Result<EptTranslation, Option<WalkError>> {
+/// write without read, execute-only (not offered), reserved bits (among
+/// them bits 51:`phys_bits` of every entry, SDM 29.3.3.1: they are not part
+/// of the address), a leaf memory type of 2, 3 or 7, or a 1 GiB page (not
+/// offered).
+pub fn ept_translate(mem: &dyn GuestMemory, eptp: u64, gpa: u64, phys_bits: u32) -> Result<EptTranslation, Option<WalkError>> {
     let misconfig = Err(Some(WalkError::Reserved));
+    // Bits 51:MAXPHYADDR of an entry (an empty range at a width of 52).
+    let above_width = ADDR & !((1u64 << phys_bits.min(52)) - 1);
     let mut table = eptp & ADDR;
     let mut perms = 7;
     for level in (1..=4).rev() {
@@ -246,6 +250,9 @@ pub fn ept_translate(mem: &dyn GuestMemory, eptp: u64, gpa: u64) -> Result<EptTr
         }
         if e & 1 == 0 {
             return misconfig; // write-only, write+execute or execute-only
+        }
+        if e & above_width != 0 {
+            return misconfig;
         }
         perms &= e & 7;
         let leaf = level == 1 || (level == 2 && e & 0x80 != 0);
@@ -571,24 +578,35 @@ mod tests {
         m.0.insert(0x2000, 0x3007);
         m.0.insert(0x3000, 0x4003); // PD[0]: read/write only
         m.0.insert(0x4000 + 8 * 0x10, 0x7_7000 | 7);
-        let t = ept_translate(&m, 0x1000 | 0x1E, 0x10_123).unwrap();
+        let t = ept_translate(&m, 0x1000 | 0x1E, 0x10_123, 39).unwrap();
         assert_eq!(t, EptTranslation { address: 0x7_7123, permissions: 3 });
-        assert_eq!(ept_translate(&m, 0x1000, 0x11_000), Err(None));
-        assert_eq!(ept_translate(&m, 1 << 31, 0), Err(Some(WalkError::BadTable)));
+        assert_eq!(ept_translate(&m, 0x1000, 0x11_000, 39), Err(None));
+        assert_eq!(ept_translate(&m, 1 << 31, 0, 39), Err(Some(WalkError::BadTable)));
         // Misconfigurations (SDM 29.3.3.1).
         let mis = Err(Some(WalkError::Reserved));
         let mut bad = m.clone();
         bad.0.insert(0x4000 + 8 * 0x10, 0x7_7000 | 2 | (6 << 3));
-        assert_eq!(ept_translate(&bad, 0x1000, 0x10_123), mis, "write-only");
+        assert_eq!(ept_translate(&bad, 0x1000, 0x10_123, 39), mis, "write-only");
         bad.0.insert(0x4000 + 8 * 0x10, 0x7_7000 | 4 | (6 << 3));
-        assert_eq!(ept_translate(&bad, 0x1000, 0x10_123), mis, "execute-only is not offered");
+        assert_eq!(ept_translate(&bad, 0x1000, 0x10_123, 39), mis, "execute-only is not offered");
         bad.0.insert(0x4000 + 8 * 0x10, 0x7_7000 | 7 | (2 << 3));
-        assert_eq!(ept_translate(&bad, 0x1000, 0x10_123), mis, "memory type 2");
+        assert_eq!(ept_translate(&bad, 0x1000, 0x10_123, 39), mis, "memory type 2");
         let mut bad = m.clone();
         bad.0.insert(0x2000, 0x3007 | 0x80);
-        assert_eq!(ept_translate(&bad, 0x1000, 0x10_123), mis, "1 GiB page");
+        assert_eq!(ept_translate(&bad, 0x1000, 0x10_123, 39), mis, "1 GiB page");
         let mut bad = m.clone();
         bad.0.insert(0x1000, 0x2007 | 0x8);
-        assert_eq!(ept_translate(&bad, 0x1000, 0x10_123), mis, "bit 3 of a PML4E");
+        assert_eq!(ept_translate(&bad, 0x1000, 0x10_123, 39), mis, "bit 3 of a PML4E");
+        // Bits 51:MAXPHYADDR are reserved, in a leaf and in a table entry,
+        // not address bits: the walk must not follow them.
+        for (gpa_of_entry, entry) in [(0x4000 + 8 * 0x10, 0x7_7007 | (1 << 39)), (0x2000, 0x3007 | (1 << 45))] {
+            let mut bad = m.clone();
+            bad.0.insert(gpa_of_entry, entry);
+            assert_eq!(ept_translate(&bad, 0x1000, 0x10_123, 39), mis, "bit above MAXPHYADDR in {entry:#x}");
+            assert_ne!(ept_translate(&bad, 0x1000, 0x10_123, 52), mis, "at a width of 52 nothing is above it");
+        }
+        let mut bad = m.clone();
+        bad.0.insert(0x4000 + 8 * 0x10, 0x7_7007 | (1 << 38));
+        assert!(ept_translate(&bad, 0x1000, 0x10_123, 39).is_ok(), "bit 38 is below a width of 39");
     }
 }

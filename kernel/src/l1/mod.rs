@@ -106,6 +106,13 @@ pub struct L1Shared {
     /// The nested VM-entry check that failed last (VMfailValid 7/8 or a
     /// VM-entry failure), for `l1 <cpu>`.
     pub last_check: Mutex<Option<&'static str>>,
+    /// Every failed nested VM-entry check by name, with counts (`l1 <cpu>`).
+    pub checks: nested::CheckTally,
+    /// Entries the CPU refused after nvmx's own checks passed (`l1`, `stats`).
+    pub fallbacks: AtomicU64,
+    /// L0's own VMREAD/VMWRITEs on VMCS0-2 and the shadow VMCS that failed
+    /// other than for a field this CPU lacks (`l1`).
+    pub vmx_errors: AtomicU64,
 }
 
 impl L1Shared {
@@ -120,6 +127,9 @@ impl L1Shared {
             last_reason: AtomicU64::new(u64::MAX),
             args: Mutex::new(None),
             last_check: Mutex::new(None),
+            checks: nested::CheckTally::new(),
+            fallbacks: AtomicU64::new(0),
+            vmx_errors: AtomicU64::new(0),
             shadow_want: AtomicU8::new(0),
             shadow_pref: AtomicU8::new(0),
             shadow_on: core::sync::atomic::AtomicBool::new(false),
@@ -477,6 +487,11 @@ impl Vcpu {
     /// (reserved bits) are not repeated.
     pub(super) fn l1_wrmsr(&mut self, msr: u32, value: u64) -> bool {
         if let Some(f) = vmcs_msr(msr) {
+            // Values the CPU refuses fault here, not at the next VM entry.
+            let paging = vmread(F::GUEST_CR0) & (1 << 31) != 0;
+            if nvmx_vmx::nested::wrmsr_value_faults(msr, value, vmread(f), paging) {
+                return false;
+            }
             let value = match msr {
                 // LMA is the CPU's to set (SDM 10.8.5); keep the current one.
                 EFER => (value & !EFER_LMA) | (vmread(f) & EFER_LMA),
@@ -576,6 +591,9 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
     L1S[cpu].stats.reset();
     L1S[cpu].started_tsc.store(cpu::rdtsc(), Ordering::Relaxed);
     *L1S[cpu].last_check.lock() = None;
+    L1S[cpu].checks.clear();
+    L1S[cpu].fallbacks.store(0, Ordering::Relaxed);
+    L1S[cpu].vmx_errors.store(0, Ordering::Relaxed);
     let nested = nested::Nested::new(cfg.nested, vmcs, caps, &mut owned);
     L1S[cpu].shadow_fields.store(nested.shadow.field_count(), Ordering::Relaxed);
     // Shadowing from the start where the CPU has it, unless `shadow=off` or

@@ -71,6 +71,10 @@ pub struct Nested {
     pub shadow: super::shadow::Shadow,
     /// Frames allocated while running (VMCS0-2).
     owned: crate::mm::frames::Owned,
+    /// Fields this CPU's VMCS does not have (VMREAD of the fresh VMCS0-2
+    /// gave VMfailValid(12)): the only VMX errors of L0's own VMREADs and
+    /// VMWRITEs it may pass over.
+    absent: FieldSet,
 }
 
 /// A vmcs12 as cached in L0.
@@ -110,6 +114,9 @@ const _: () = assert!(field::COUNT <= 3 * 64, "FieldSet holds every field");
 impl FieldSet {
     fn insert(&mut self, f: F) {
         self.0[f.index() / 64] |= 1 << (f.index() % 64);
+    }
+    fn contains(&self, f: F) -> bool {
+        self.0[f.index() / 64] & (1 << (f.index() % 64)) != 0
     }
     fn iter(self) -> impl Iterator<Item = F> {
         (0..3).flat_map(move |w| {
@@ -227,6 +234,7 @@ impl Nested {
             note: None,
             shadow,
             owned: crate::mm::frames::Owned::default(),
+            absent: FieldSet::default(),
         }
     }
 
@@ -239,6 +247,45 @@ impl Nested {
 impl Drop for Nested {
     fn drop(&mut self) {
         self.ept02.drop_all();
+    }
+}
+
+/// A VMREAD/VMWRITE of L0 on VMCS0-2 (or the shadow VMCS) failed: only
+/// VMfailValid(12) for a field this CPU does not have is expected; anything
+/// else would leave vmcs12 or VMCS0-2 silently wrong, so it is counted for
+/// `l1` and logged.
+fn l0_vmx_failed(cpu: usize, absent: &FieldSet, f: F, e: nvmx_vmx::error::VmFail) {
+    if e == nvmx_vmx::error::VmFail::Valid(12) && absent.contains(f) {
+        return;
+    }
+    super::shared(cpu).vmx_errors.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    log::warn!("l1 cpu {cpu}: L0's VMREAD/VMWRITE of {} failed: {e}", f.name());
+}
+
+/// Failed nested VM-entry checks of one L1, by name, with how often each
+/// tripped (for `l1 <cpu>`; at most `MAX` names, later ones counted as
+/// "other").
+pub struct CheckTally(spin::Mutex<vec::Vec<(&'static str, u64)>>);
+
+impl CheckTally {
+    const MAX: usize = 48;
+    pub const fn new() -> Self {
+        CheckTally(spin::Mutex::new(vec::Vec::new()))
+    }
+    fn record(&self, what: &'static str) {
+        let mut v = self.0.lock();
+        let what = if v.len() >= Self::MAX && !v.iter().any(|e| e.0 == what) { "other" } else { what };
+        match v.iter_mut().find(|e| e.0 == what) {
+            Some(e) => e.1 += 1,
+            None => v.push((what, 1)),
+        }
+    }
+    pub fn clear(&self) {
+        self.0.lock().clear();
+    }
+    /// (name, count) in the order they first tripped.
+    pub fn entries(&self) -> vec::Vec<(&'static str, u64)> {
+        self.0.lock().clone()
     }
 }
 
@@ -390,7 +437,10 @@ impl Vcpu {
         let p = self.prof.enter(Phase::ShadowSync);
         let running = self.running_vmcs();
         if let Some(c) = self.nested.current.as_ref() {
-            self.nested.shadow.from_vmcs12(running, |f| c.get(f));
+            let failed = self.nested.shadow.from_vmcs12(running, |f| c.get(f));
+            if failed != 0 {
+                super::shared(self.cpu).vmx_errors.fetch_add(failed, core::sync::atomic::Ordering::Relaxed);
+            }
         }
         if !self.nested.in_l2 {
             self.nested.shadow.link(self.nested.current.is_some());
@@ -723,6 +773,14 @@ impl Vcpu {
         self.nested.last_check = Some(what);
         self.nested.note = Some(what);
         *super::shared(self.cpu).last_check.lock() = Some(what);
+        super::shared(self.cpu).checks.record(what);
+    }
+
+    /// The CPU refused VMCS0-2 although vmcs12 passed nvmx's checks: a
+    /// check nvmx lacks, answered by the CPU instead. Counted (`l1`,
+    /// `stats`): the tests require none.
+    fn fallback_to_cpu(&self) {
+        super::shared(self.cpu).fallbacks.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     }
 
     /// A VM-entry failure during or after loading guest state (SDM 27.8):
@@ -802,6 +860,14 @@ impl Vcpu {
         let loaded = unsafe { insn::vmptrld(self.nested.vmcs02) };
         self.prof.leave(phase);
         loaded.map_err(|_| "VMPTRLD of VMCS0-2 failed")?;
+        if fresh {
+            // Which fields this CPU lacks (VMREAD of a VMCS just cleared).
+            for &f in ALL.iter() {
+                if insn::vmread(f.encoding()) == Err(nvmx_vmx::error::VmFail::Valid(12)) {
+                    self.nested.absent.insert(f);
+                }
+            }
+        }
         let cur = self.nested.current.as_mut().expect("checked by the caller");
         let stale = core::mem::take(&mut cur.stale02);
         let cur = self.nested.current.as_ref().expect("checked by the caller");
@@ -809,8 +875,11 @@ impl Vcpu {
         // else what changed since (CR0/CR4, EFER, PAT and the link pointer
         // are rewritten below in any case). Fields this CPU lacks (PML
         // index, BNDCFGS…) are skipped.
+        let (cpu, absent) = (self.cpu, &self.nested.absent);
         let write = |f: &F| {
-            let _ = insn::vmwrite(f.encoding(), cur.get(*f));
+            if let Err(e) = insn::vmwrite(f.encoding(), cur.get(*f)) {
+                l0_vmx_failed(cpu, absent, *f, e);
+            }
         };
         if self.nested.vmcs02_holds == Some(cur.gpa) {
             stale.iter().filter(|f| f.group() == Group::GuestState).for_each(|f| write(&f));
@@ -876,7 +945,9 @@ impl Vcpu {
         }
         // L1's CR3 targets (as many as IA32_VMX_MISC offers it: the CPU's).
         for f in [F::CR3_TARGET_COUNT, F::CR3_TARGET_VALUE0, F::CR3_TARGET_VALUE1, F::CR3_TARGET_VALUE2, F::CR3_TARGET_VALUE3] {
-            let _ = insn::vmwrite(f.encoding(), cur.get(f));
+            if let Err(e) = insn::vmwrite(f.encoding(), cur.get(f)) {
+                l0_vmx_failed(cpu, absent, f, e);
+            }
         }
         vmwrite(F::VM_EXIT_MSR_STORE_COUNT, 0);
         vmwrite(F::VM_EXIT_MSR_LOAD_COUNT, 0);
@@ -930,6 +1001,7 @@ impl Vcpu {
         unsafe { insn::vmptrld(self.nested.vmcs01) }.expect("VMPTRLD of VMCS0-1");
         self.nested.in_l2 = false;
         self.nested.vmcs02_holds = None;
+        self.fallback_to_cpu();
         self.check_failed("the CPU's VM-entry checks on VMCS0-2 (VMfailValid; nvmx's own checks passed)");
         vmwrite(F::GUEST_RIP, vmread(F::GUEST_RIP) + vmread(F::VM_EXIT_INSTRUCTION_LEN));
         let _ = self.fail(error);
@@ -949,11 +1021,75 @@ impl Vcpu {
     }
 
     /// Whether L1 asked for this L2 exit (`nvmx_vmx::nested::l1_wants_exit`).
-    fn l1_wants_exit(&self, reason: u16, qualification: u64) -> bool {
+    fn l1_wants_exit(&self, exit: &nvmx_vmx::nested::L2ExitInfo) -> bool {
         let cur = self.nested.current.as_ref().expect("L2 runs with a current vmcs12");
         let mem = self.l1mem();
         let bit = |bitmap: u64, n: u64| mem.read_u64(bitmap + (n / 64) * 8).is_some_and(|w| w & (1 << (n % 64)) != 0);
-        nvmx_vmx::nested::l1_wants_exit(reason, qualification, self.regs.gpr[1] as u32, |f| cur.get(f), bit)
+        nvmx_vmx::nested::l1_wants_exit(exit, |r| self.gpr(r), |f| cur.get(f), bit)
+    }
+
+    /// An exception of L2 that L0 raises on its behalf (SDM 26.2): a VM
+    /// exit to L1 (reason 0) when L1's exception bitmap asks for it, else
+    /// delivered to L2 through VM-entry event injection.
+    fn l2_exception(&mut self, vector: u8, error: Option<u32>) -> Result<bool, alloc::string::String> {
+        let info = (1u32 << 31) | (3 << 8) | u32::from(vector) | if error.is_some() { 1 << 11 } else { 0 };
+        let exit = nvmx_vmx::nested::L2ExitInfo { reason: 0, qualification: 0, intr_info: info, intr_error: error.unwrap_or(0) };
+        if self.l1_wants_exit(&exit) {
+            return self.reflect_with(0, 0, Some((info, error.unwrap_or(0)))).map(|()| false);
+        }
+        if let Some(code) = error {
+            vmwrite(F::VM_ENTRY_EXCEPTION_ERROR_CODE, code.into());
+        }
+        vmwrite(F::VM_ENTRY_INTR_INFO_FIELD, info.into());
+        Ok(true)
+    }
+
+    /// An L2 control-register access L1 did not ask for: VMCS0-2's CR0/CR4
+    /// masks also hold the bits VMX fixes (L0's), so L0 sees writes to bits
+    /// L1 does not own (KVM's handle_set_cr0/cr4 in guest mode). The write
+    /// happens as the CPU would do it without an exit: the bits L1 owns
+    /// keep their value, the others take L2's; clearing a fixed-1 bit or
+    /// setting a fixed-0 one is a #GP (SDM 24.8, 26.3).
+    fn l2_cr_access(&mut self, q: u64) -> Result<bool, alloc::string::String> {
+        let (cr, kind, reg) = (q & 0xF, (q >> 4) & 3, ((q >> 8) & 0xF) as u8);
+        let cur = self.nested.current.as_ref().expect("L2 runs with a current vmcs12");
+        let caps = crate::vmx::probe().expect("nested VMX runs on VMX");
+        let skip = || vmwrite(F::GUEST_RIP, vmread(F::GUEST_RIP) + vmread(F::VM_EXIT_INSTRUCTION_LEN));
+        match (kind, cr) {
+            (0, 0) | (0, 4) => {
+                let (mask, shadow, guest, (_, fixed1)) = if cr == 0 {
+                    (F::CR0_GUEST_HOST_MASK, F::CR0_READ_SHADOW, F::GUEST_CR0, caps.cr0_fixed())
+                } else {
+                    (F::CR4_GUEST_HOST_MASK, F::CR4_READ_SHADOW, F::GUEST_CR4, caps.cr4_fixed())
+                };
+                let value = self.gpr(reg);
+                let mask12 = cur.get(mask);
+                let forced = vmread(mask) & !mask12;
+                let pg_without_pe = cr == 0 && value & (1 << 31) != 0 && value & 1 == 0;
+                if value & forced != forced || value & !fixed1 != 0 || value >> 32 != 0 || pg_without_pe {
+                    return self.l2_exception(13, Some(0));
+                }
+                vmwrite(guest, (vmread(guest) & mask12) | (value & !mask12) | forced);
+                vmwrite(shadow, (vmread(shadow) & mask12) | (value & !mask12));
+                skip();
+                Ok(true)
+            }
+            (0, 3) => {
+                // A CR3-target value (or a CR3-load-exiting control L0 had
+                // to keep): the load happens.
+                vmwrite(F::GUEST_CR3, self.gpr(reg));
+                skip();
+                Ok(true)
+            }
+            (1, 3) => {
+                self.set_gpr(reg, vmread(F::GUEST_CR3));
+                skip();
+                Ok(true)
+            }
+            // Nothing else reaches L0 without L1 asking (CLTS and LMSW touch
+            // no bit VMX fixes but PE, which LMSW cannot clear).
+            _ => self.reflect(28 , q).map(|()| false),
+        }
     }
 
     /// Handles an exit of L2. `Ok(true)` = resume L2, `Ok(false)` = the exit
@@ -964,6 +1100,7 @@ impl Vcpu {
             // The CPU refused VMCS0-2 although vmcs12 passed nvmx's checks:
             // L1 gets the same VM-entry failure (no guest state saved).
             let check = "the CPU's VM-entry checks on VMCS0-2 (nvmx's own checks passed)";
+            self.fallback_to_cpu();
             return match self.entry_failure(reason & 0xFFFF, qualification, check) {
                 Emulated::Stop(why) => Err(why),
                 _ => Ok(false),
@@ -978,7 +1115,26 @@ impl Vcpu {
             48 => return self.ept02_violation(reason, qualification),
             _ => {}
         }
-        if !self.l1_wants_exit(basic, qualification) {
+        let exit = nvmx_vmx::nested::L2ExitInfo {
+            reason: basic,
+            qualification,
+            intr_info: if basic == 0 { vmread(F::VM_EXIT_INTR_INFO) as u32 } else { 0 },
+            intr_error: if basic == 0 { vmread(F::VM_EXIT_INTR_ERROR_CODE) as u32 } else { 0 },
+        };
+        if !self.l1_wants_exit(&exit) && basic == 28 {
+            return self.l2_cr_access(qualification);
+        }
+        if !self.l1_wants_exit(&exit) && basic == 0 {
+            // An exception L1 does not intercept: delivered to L2 as it came
+            // (bit 12, NMI unblocking, is not part of an injected event).
+            if exit.intr_info & (1 << 11) != 0 {
+                vmwrite(F::VM_ENTRY_EXCEPTION_ERROR_CODE, exit.intr_error.into());
+            }
+            vmwrite(F::VM_ENTRY_INSTRUCTION_LEN, vmread(F::VM_EXIT_INSTRUCTION_LEN));
+            vmwrite(F::VM_ENTRY_INTR_INFO_FIELD, u64::from(exit.intr_info & 0x8000_0FFF));
+            return Ok(true);
+        }
+        if !self.l1_wants_exit(&exit) {
             // L0 handles it for L2 the way it would for L1 (its virtual devices).
             let rip = vmread(F::GUEST_RIP);
             return match self.handle(super::decode(reason, qualification)) {
@@ -1006,7 +1162,7 @@ impl Vcpu {
         }
         let eptp12 = cur.get(F::EPT_POINTER);
         let access = qualification & 7;
-        match walk::ept_translate(&self.l1mem(), eptp12, gpa2) {
+        match walk::ept_translate(&self.l1mem(), eptp12, gpa2, self.nested.phys_bits) {
             Ok(t) if t.permissions & access == access => {
                 if t.address >= self.mem_size {
                     return Err(alloc::format!("L1's EPT maps L2 {gpa2:#x} to {:#x}, outside its memory", t.address));
@@ -1038,8 +1194,19 @@ impl Vcpu {
     /// VM-exit MSR-store list, then load_vmcs12_host_state into VMCS0-1
     /// (SDM 28.3-28.6 as L1 expects them). `Err` = a VMX abort (SDM 28.7).
     fn reflect(&mut self, reason: u32, qualification: u64) -> Result<(), alloc::string::String> {
+        self.reflect_with(reason, qualification, None)
+    }
+
+    /// `reflect`, with the exit's interruption information and error code
+    /// given by L0 (an exception L0 raises for L2) instead of VMCS0-2's.
+    fn reflect_with(&mut self, reason: u32, qualification: u64, event: Option<(u32, u32)>) -> Result<(), alloc::string::String> {
         let phase = self.prof.enter(Phase::Reflect);
         self.sync_vmcs02_to_vmcs12(reason, qualification);
+        let cur = self.nested.current.as_mut().expect("L2 runs with a current vmcs12");
+        if let Some((info, error)) = event {
+            cur.set_from_vmcs02(F::VM_EXIT_INTR_INFO, info.into());
+            cur.set_from_vmcs02(F::VM_EXIT_INTR_ERROR_CODE, error.into());
+        }
         let cur = self.nested.current.as_ref().expect("L2 runs with a current vmcs12");
         let list = (cur.get(F::VM_EXIT_MSR_STORE_ADDR), cur.get(F::VM_EXIT_MSR_STORE_COUNT));
         if let Err(n) = self.store_msr_list(list) {
@@ -1056,6 +1223,7 @@ impl Vcpu {
     /// VMCS0-2 holds these values, so they do not make vmcs12 stale for it
     /// (CR0/CR4, EFER, PAT and the controls are recomputed on every entry).
     fn sync_vmcs02_to_vmcs12(&mut self, reason: u32, qualification: u64) {
+        let (cpu, absent) = (self.cpu, &self.nested.absent);
         let cur = self.nested.current.as_mut().expect("L2 runs with a current vmcs12");
         // (The shadow was pulled when L1 executed VMLAUNCH/VMRESUME and L1
         // has not run since: the cache is current.)
@@ -1069,8 +1237,12 @@ impl Vcpu {
             if !nvmx_vmx::nested::saved_on_exit(f, exit12, pae_with_ept) {
                 // vmcs12 keeps its value; VMCS0-2's may have moved with L2.
                 cur.stale02.insert(f);
-            } else if let Ok(v) = insn::vmread(f.encoding()) {
-                cur.set_from_vmcs02(f, v);
+            } else {
+                match insn::vmread(f.encoding()) {
+                    Ok(v) => cur.set_from_vmcs02(f, v),
+                    // vmcs12 keeps a stale value: counted unless the CPU lacks the field.
+                    Err(e) => l0_vmx_failed(cpu, absent, f, e),
+                }
             }
         }
         // L1 sees its own CR0/CR4 bits, not the ones L0 forced.

@@ -107,15 +107,21 @@ impl Shadow {
         unsafe { insn::vmptrld(running) }.expect("VMPTRLD back after the shadow");
     }
 
-    /// Copies the shadowed fields into the shadow VMCS.
-    pub fn from_vmcs12(&self, running: u64, get: impl Fn(F) -> u64) {
+    /// Copies the shadowed fields into the shadow VMCS; returns how many
+    /// VMWRITEs failed (none should: read-only fields are in the set only
+    /// where the CPU allows writing them), for the caller to count.
+    pub fn from_vmcs12(&self, running: u64, get: impl Fn(F) -> u64) -> u64 {
         // SAFETY: as in `to_vmcs12`.
         unsafe { insn::vmptrld(self.vmcs) }.expect("VMPTRLD of the shadow VMCS");
+        let mut failed = 0;
         for &f in &self.fields {
-            // Read-only fields are in the set only where the CPU allows writing them.
-            let _ = insn::vmwrite(f.encoding(), get(f));
+            if let Err(e) = insn::vmwrite(f.encoding(), get(f)) {
+                log::warn!("VMWRITE of {} to the shadow VMCS failed: {e}", f.name());
+                failed += 1;
+            }
         }
         // SAFETY: as above.
         unsafe { insn::vmptrld(running) }.expect("VMPTRLD back after the shadow");
+        failed
     }
 }
