@@ -44,7 +44,9 @@ help:
 	@echo "  make run-bochs     Bochs MODEL=... CPUS=..., serial on this terminal"
 	@echo "  make test          host unit tests + system tests (QEMU and Bochs)"
 	@echo "  make test-host     host unit tests only (cargo test)"
-	@echo "  make bench         Bochs haswell: forum workload, VMCS shadowing off vs on (BENCH_EXITS, CPUS)"
+	@echo "  make bench         Bochs haswell: forum workload bare, then nested with VMCS shadowing off"
+	@echo "                     and on: L0 path lengths in instructions, modelled nested/bare"
+	@echo "                     (BENCH_EXITS, CPUS, BENCH_PAIR = cycles per VM exit/entry pair)"
 	@echo "  make fuzz          the differential VMX fuzzer: the L1's workload=fuzz bare on Bochs"
 	@echo "                     MODEL and nested under nvmx, compared (SEED, OPS, SHOW=<op>)"
 	@echo "  make deps          install the Debian packages and the pinned toolchain"
@@ -132,8 +134,10 @@ fuzz: iso
 	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) run -q -p nvmx-tests --bin fuzz -- "$(FUZZ_ARGS)" $(MODEL)
 
 BENCH_EXITS ?= 4000
+BENCH_PAIR  ?= 1000
 bench: iso
-	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) run -q -p nvmx-tests --bin bench -- $(BENCH_EXITS) $(CPUS)
+	grub/mkiso.sh $(L1_ELF) build/l1-bench.iso workload=forum exits=$(BENCH_EXITS) time
+	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) run -q -p nvmx-tests --bin bench -- $(BENCH_EXITS) $(CPUS) $(BENCH_PAIR)
 
 clean:
 	$(CARGO) clean

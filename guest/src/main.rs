@@ -36,10 +36,14 @@ pub struct Args {
     /// `seed=N` and `show=N` (print operations N..N+39) for `workload=fuzz`.
     pub seed: u64,
     pub show: Option<u64>,
+    /// `time`: the forum workload also prints the TSC ticks its L2-exit
+    /// loop took (for `make bench`; left out otherwise, so that bare and
+    /// nested runs print the same lines).
+    pub time: bool,
 }
 
 fn parse_args(cmdline: &'static str) -> Args {
-    let mut a = Args { workload: "forum", exits: 20_000, crash: None, novmx: false, seed: 1, show: None };
+    let mut a = Args { workload: "forum", exits: 20_000, crash: None, novmx: false, seed: 1, show: None, time: false };
     for w in cmdline.split_ascii_whitespace() {
         match w.split_once('=') {
             Some(("workload", v)) => a.workload = v,
@@ -48,6 +52,7 @@ fn parse_args(cmdline: &'static str) -> Args {
             Some(("show", v)) => a.show = v.parse().ok(),
             Some(("crash", v @ ("triple" | "memory"))) => a.crash = Some(v),
             None if w == "novmx" => a.novmx = true,
+            None if w == "time" => a.time = true,
             _ => {}
         }
     }

@@ -97,7 +97,7 @@ fn execute(cmd: Command, out: &mut String) {
         Command::Vmcs { which, cpu } => vmcs(which, cpu, out),
         Command::Trace { cpu, count } => trace(cpu, count, out),
         Command::Shadow { on, cpus } => shadow(on, cpus, out),
-        Command::Bench { exits, csv } => bench_start(exits, csv, out),
+        Command::Bench { exits, csv, pair, bare } => bench_start(exits, csv, pair, bare, out),
     };
 }
 
@@ -352,36 +352,69 @@ fn shadow(on: Option<bool>, sel: CpuSel, out: &mut String) -> core::fmt::Result 
 
 /// A `bench` in progress: the boot core runs its own L1 between shell polls,
 /// so the benchmark advances from `poll` instead of blocking the shell.
+/// Three runs: shadowing off, on, and on with L0's phases profiled.
 struct Bench {
     exits: u64,
     csv: bool,
-    /// false: the shadowing-off run; true: the shadowing-on run.
-    shadowed: bool,
+    units: nvmx_shell::report::BenchUnits,
+    /// Runs finished so far (0..3).
+    stage: usize,
     /// Each core's L1 start time when its current run was requested.
     started: alloc::vec::Vec<u64>,
-    off: alloc::vec::Vec<(alloc::vec::Vec<nvmx_shell::report::StatRow<'static>>, u64)>,
+    /// Per finished run, per core: its counters.
+    runs: alloc::vec::Vec<alloc::vec::Vec<Snapshot>>,
+}
+
+/// One core's counters after a bench run.
+struct Snapshot {
+    rows: alloc::vec::Vec<nvmx_shell::report::StatRow<'static>>,
+    elapsed: u64,
+    loop_cycles: u64,
+    l1_ticks: Option<u64>,
+    phases: [u64; crate::stats::PHASES],
+    switches: u64,
 }
 
 static BENCH: Mutex<Option<Bench>> = Mutex::new(None);
 
-fn bench_start(exits: u64, csv: bool, out: &mut String) -> core::fmt::Result {
+/// TSC ticks per 1000 instructions, from a loop of known length: Bochs
+/// counts instructions (the figure says how many ticks each), real CPUs
+/// count time.
+fn calibrate() -> u64 {
+    const ITERATIONS: u64 = 200_000;
+    let t0 = crate::arch::cpu::rdtsc();
+    // SAFETY: a register-only countdown loop, 2 instructions per iteration.
+    unsafe { core::arch::asm!("2: dec {n}", "jnz 2b", n = inout(reg) ITERATIONS => _, options(nomem, nostack)) };
+    let ticks = crate::arch::cpu::rdtsc() - t0;
+    (ticks * 1000 / (2 * ITERATIONS)).max(1)
+}
+
+fn bench_start(exits: u64, csv: bool, pair: u64, bare: Option<u64>, out: &mut String) -> core::fmt::Result {
     if !crate::vmx::probe().is_some_and(|c| c.vmcs_shadowing()) {
         return writeln!(out, "error: bench: needs VT-x with VMCS shadowing (e.g. Bochs corei7_haswell_4770)");
     }
-    let started = restart_all(exits, false);
-    *BENCH.lock() = Some(Bench { exits, csv, shadowed: false, started, off: alloc::vec::Vec::new() });
-    writeln!(out, "bench: forum workload, {exits} L2 exits on each of {} cores, shadowing off then on…", percpu::count())
+    let units = nvmx_shell::report::BenchUnits { ticks_per_kinsn: calibrate(), pair, bare };
+    let started = restart_all(exits, false, false);
+    *BENCH.lock() = Some(Bench { exits, csv, units, stage: 0, started, runs: alloc::vec::Vec::new() });
+    writeln!(
+        out,
+        "bench: forum workload, {exits} L2 exits on each of {} cores: shadowing off, on, on profiled; TSC ticks per instruction {}.{:03} (calibrated)",
+        percpu::count(),
+        units.ticks_per_kinsn / 1000,
+        units.ticks_per_kinsn % 1000
+    )
 }
 
-/// Restarts every core's L1 with the forum workload and shadowing `on`;
-/// returns their start times before the restart.
-fn restart_all(exits: u64, on: bool) -> alloc::vec::Vec<u64> {
+/// Restarts every core's L1 with the forum workload, shadowing `on`, L0's
+/// phases profiled or not; returns their start times before the restart.
+fn restart_all(exits: u64, on: bool, profile: bool) -> alloc::vec::Vec<u64> {
     (0..percpu::count())
         .map(|cpu| {
             let s = l1::shared(cpu);
             let before = s.started_tsc.load(Ordering::Acquire);
             s.shadow_pref.store(if on { 2 } else { 1 }, Ordering::Release);
-            *s.args.lock() = Some(alloc::format!("workload=forum exits={exits}"));
+            s.stats.profile.store(profile, Ordering::Release);
+            *s.args.lock() = Some(alloc::format!("workload=forum exits={exits} time"));
             s.request(l1::Control::Restart);
             if cpu != percpu::current().index {
                 crate::mailbox::kick(cpu);
@@ -391,8 +424,17 @@ fn restart_all(exits: u64, on: bool) -> alloc::vec::Vec<u64> {
         .collect()
 }
 
+/// The L1's own timing line, `l1: time … , <n> per L2 exit`, from its console.
+fn l1_ticks(cpu: usize) -> Option<u64> {
+    let guard = l1::shared(cpu).console.lock();
+    let (a, b) = guard.as_ref()?.contents();
+    let text: String = String::from_utf8_lossy(a).into_owned() + &String::from_utf8_lossy(b);
+    let line = text.lines().rev().find(|l| l.starts_with("l1: time "))?;
+    line.rsplit(", ").next()?.split_whitespace().next()?.parse().ok()
+}
+
 /// Advances a running benchmark: when every core's L1 has finished its run,
-/// takes its counters; after both runs prints the report.
+/// takes its counters; after the last run prints the report.
 fn bench_step() {
     let mut guard = BENCH.lock();
     let Some(b) = guard.as_mut() else { return };
@@ -403,23 +445,39 @@ fn bench_step() {
     if !done {
         return;
     }
-    let snaps: alloc::vec::Vec<_> = (0..percpu::count())
+    let snaps: alloc::vec::Vec<Snapshot> = (0..percpu::count())
         .map(|cpu| {
             let s = l1::shared(cpu);
             let last = s.trace.lock().last(1).next().map_or(0, |e| e.tsc + e.cycles);
-            (crate::stats_view::rows(&s.stats), last.saturating_sub(s.stats.since.load(Ordering::Relaxed)))
+            Snapshot {
+                rows: crate::stats_view::rows(&s.stats),
+                elapsed: last.saturating_sub(s.stats.since.load(Ordering::Relaxed)),
+                loop_cycles: s.stats.loop_cycles.load(Ordering::Relaxed),
+                l1_ticks: l1_ticks(cpu),
+                phases: core::array::from_fn(|p| s.stats.phases[p].load(Ordering::Relaxed)),
+                switches: s.stats.phase_switches.load(Ordering::Relaxed),
+            }
         })
         .collect();
-    if !b.shadowed {
-        b.off = snaps;
-        b.shadowed = true;
-        b.started = restart_all(b.exits, true);
+    b.runs.push(snaps);
+    b.stage += 1;
+    if b.stage < 3 {
+        b.started = restart_all(b.exits, true, b.stage == 2);
         return;
     }
+    for cpu in 0..percpu::count() {
+        l1::shared(cpu).stats.profile.store(false, Ordering::Release);
+    }
+    fn run(s: &Snapshot) -> nvmx_shell::report::BenchRun<'_> {
+        nvmx_shell::report::BenchRun { rows: &s.rows, elapsed: s.elapsed, loop_cycles: s.loop_cycles, l1_ticks: s.l1_ticks }
+    }
     let mut out = String::new();
-    for (cpu, (off, on)) in b.off.iter().zip(&snaps).enumerate() {
-        use nvmx_shell::report::{BenchRun, bench};
-        out.push_str(&bench(cpu, &BenchRun { rows: &off.0, elapsed: off.1 }, &BenchRun { rows: &on.0, elapsed: on.1 }, b.csv));
+    for cpu in 0..percpu::count() {
+        use nvmx_shell::report::{BenchProfile, bench};
+        let (off, on, prof) = (&b.runs[0][cpu], &b.runs[1][cpu], &b.runs[2][cpu]);
+        let phases: alloc::vec::Vec<(&str, u64)> = crate::stats::PHASE_NAMES.iter().copied().zip(prof.phases).collect();
+        let profile = BenchProfile { run: run(prof), phases: &phases, switches: prof.switches };
+        out.push_str(&bench(cpu, &run(off), &run(on), Some(&profile), &b.units, b.csv));
     }
     *guard = None;
     drop(guard);

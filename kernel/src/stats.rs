@@ -40,6 +40,41 @@ pub enum Level {
     L2Reflected,
 }
 
+/// Where L0's time goes while it handles exits, for `bench`'s breakdown.
+/// Each cycle is charged to exactly one phase (the innermost one running),
+/// so the phases add up to L0's whole path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Reading the exit, decoding it, dispatching, emulating the VMX
+    /// instruction itself: everything not in a more specific phase.
+    Decode = 0,
+    /// The VM-entry checks of a nested VMLAUNCH/VMRESUME (controls, host
+    /// state, guest state).
+    Checks,
+    /// prepare_vmcs02 (VMCS0-2 from vmcs12, controls merged).
+    Prepare,
+    /// Shadow VMCS ↔ vmcs12 cache.
+    ShadowSync,
+    /// sync_vmcs02_to_vmcs12 of a reflected exit.
+    Reflect,
+    /// load_vmcs12_host_state into VMCS0-1.
+    HostLoad,
+    /// VMPTRLD of L0's own VMCSs (VMCS0-1, VMCS0-2, the shadow VMCS).
+    VmcsSwitch,
+    /// Counting the exit (these counters, the trace ring).
+    Record,
+    /// Between the end of one exit's handling and the next VM entry: the
+    /// vCPU loop, the shell's poll on the boot core, mailbox, entry set-up.
+    Loop,
+}
+
+/// Number of [`Phase`]s.
+pub const PHASES: usize = 9;
+/// The phases' names in `bench`, by their number.
+pub const PHASE_NAMES: [&str; PHASES] =
+    ["decode+emulate", "checks", "prepare_vmcs02", "shadow sync", "sync to vmcs12", "host-state load", "VMCS switches", "counting", "loop+entry"];
+
 /// One core's counters.
 pub struct CpuStats {
     pub l1: [ReasonStats; REASONS],
@@ -47,6 +82,15 @@ pub struct CpuStats {
     pub l2_reflected: [ReasonStats; REASONS],
     /// TSC when counting (re)started.
     pub since: AtomicU64,
+    /// L0 cycles between the end of an exit's handling (its count) and the
+    /// next VM entry: the part of L0's path the per-reason cycles miss.
+    pub loop_cycles: AtomicU64,
+    /// L0 cycles per [`Phase`] (only while profiling: `profile`).
+    pub phases: [AtomicU64; PHASES],
+    /// Phase switches counted while profiling (what the profile costs).
+    pub phase_switches: AtomicU64,
+    /// Profile the next L1 run of this core (set by `bench`).
+    pub profile: core::sync::atomic::AtomicBool,
 }
 
 impl CpuStats {
@@ -56,6 +100,10 @@ impl CpuStats {
             l2_l0: [const { ReasonStats::new() }; REASONS],
             l2_reflected: [const { ReasonStats::new() }; REASONS],
             since: AtomicU64::new(0),
+            loop_cycles: AtomicU64::new(0),
+            phases: [const { AtomicU64::new(0) }; PHASES],
+            phase_switches: AtomicU64::new(0),
+            profile: core::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -90,6 +138,11 @@ impl CpuStats {
                 s.max.store(0, Relaxed);
             }
         }
+        self.loop_cycles.store(0, Relaxed);
+        for p in &self.phases {
+            p.store(0, Relaxed);
+        }
+        self.phase_switches.store(0, Relaxed);
         self.since.store(crate::arch::cpu::rdtsc(), Relaxed);
     }
 
@@ -110,5 +163,66 @@ impl CpuStats {
 impl Default for CpuStats {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// A core's phase profiler: charges the TSC cycles since the last switch to
+/// the phase that ran, then runs `to`. Off (one load and branch per switch)
+/// unless `bench` asked for a profiled run. Lives with the vCPU on its core.
+pub struct Profiler {
+    on: bool,
+    cur: core::cell::Cell<Phase>,
+    mark: core::cell::Cell<u64>,
+    stats: &'static CpuStats,
+}
+
+impl Profiler {
+    pub fn new(stats: &'static CpuStats) -> Self {
+        Profiler { on: stats.profile.load(Relaxed), cur: core::cell::Cell::new(Phase::Loop), mark: core::cell::Cell::new(0), stats }
+    }
+
+    /// Switches to phase `to`; returns the phase that ran, for [`Profiler::leave`].
+    #[inline(always)]
+    pub fn enter(&self, to: Phase) -> Phase {
+        if !self.on {
+            return to;
+        }
+        self.switch(to)
+    }
+
+    /// Back to `prev` (what [`Profiler::enter`] returned).
+    #[inline(always)]
+    pub fn leave(&self, prev: Phase) {
+        if self.on {
+            self.switch(prev);
+        }
+    }
+
+    /// A VM exit just happened at TSC `now`: from here on it is `Decode`.
+    #[inline(always)]
+    pub fn exited(&self, now: u64) {
+        if self.on {
+            self.cur.set(Phase::Decode);
+            self.mark.set(now);
+        }
+    }
+
+    /// The next VM entry is about to happen: charge what ran since (the
+    /// first entry has nothing before it to charge).
+    #[inline(always)]
+    pub fn entering(&self) {
+        if self.on && self.mark.get() != 0 {
+            self.switch(Phase::Loop);
+        }
+    }
+
+    #[inline(never)]
+    fn switch(&self, to: Phase) -> Phase {
+        let now = crate::arch::cpu::rdtsc();
+        let prev = self.cur.replace(to);
+        self.stats.phases[prev as usize].fetch_add(now - self.mark.get(), Relaxed);
+        self.stats.phase_switches.fetch_add(1, Relaxed);
+        self.mark.set(now);
+        prev
     }
 }

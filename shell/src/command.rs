@@ -28,7 +28,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     CommandSpec { name: "console", usage: "console <cpu>", summary: "an L1's console output", help: "The newest output the L1 of that core wrote to its COM1." },
     CommandSpec { name: "vmcs", usage: "vmcs 01|12|02 [<cpu>]", summary: "dump a VMCS of a core, live", help: "Dumps VMCS0-1 (runs L1), VMCS1-2 (what L1 asked) or VMCS0-2 (runs L2), read on that core, grouped like Linux dump_vmcs." },
     CommandSpec { name: "shadow", usage: "shadow [status] | shadow on|off [<cpu>|all]", summary: "VMCS shadowing per core: show, switch live", help: "Shows, per core, whether the CPU has VMCS shadowing, whether it is on for that L1 and how many fields are shadowed; `on`/`off` switch it for a running L1 (default: all cores)." },
-    CommandSpec { name: "bench", usage: "bench [<exits>] [--csv]", summary: "forum workload, shadowing off vs on, on every core", help: "Restarts every core's L1 with the forum workload for <exits> L2 exits (default 4000), first with VMCS shadowing off, then on, and prints per core the VMX-instruction exits side by side in the seed thread's format, the exit multiplication, L0 cycles per reflected exit and per emulated VMREAD/VMWRITE/VMPTRLD, and L0's share; --csv adds CSV lines." },
+    CommandSpec { name: "bench", usage: "bench [<exits>] [--csv] [--pair <cycles>] [--bare <ticks>]", summary: "forum workload, shadowing off vs on, on every core", help: "Restarts every core's L1 with the forum workload for <exits> L2 exits (default 4000), with VMCS shadowing off, on, and on with L0's phases profiled, and prints per core the VMX-instruction exits side by side in the seed thread's format; then, in instructions (the TSC calibrated against a known loop), L0's path per L2 exit, per reflection and per emulated VMREAD/VMWRITE/VMPTRLD, transitions per L2 exit, a modelled real-hardware figure (instructions + <cycles> per VM exit/entry pair, default 1000) for the bare L1 (--bare: its TSC ticks per L2 exit, measured by make bench) and nested, each with its goal, and where L0's instructions go, phase by phase; --csv adds CSV lines." },
     CommandSpec { name: "log", usage: "log [error|warn|info|debug|trace]", summary: "show or set the log level", help: "Kernel messages at this level and above are printed." },
     CommandSpec { name: "reboot", usage: "reboot", summary: "reset the machine", help: "ACPI reset register, then port 0xCF9, then the keyboard controller." },
     CommandSpec { name: "poweroff", usage: "poweroff", summary: "power off (ACPI S5)", help: "ACPI S5 through the FADT's PM1 control ports and \\_S5; QEMU and Bochs exit." },
@@ -89,7 +89,9 @@ pub enum Command {
     Trace { cpu: Option<usize>, count: Option<usize> },
     /// `None`: show the status.
     Shadow { on: Option<bool>, cpus: CpuSel },
-    Bench { exits: u64, csv: bool },
+    /// `pair`: modelled cost of one VM exit/entry pair in cycles; `bare`:
+    /// TSC ticks per L2 exit of the same L1 booted bare (`make bench` measures it).
+    Bench { exits: u64, csv: bool, pair: u64, bare: Option<u64> },
 }
 
 /// What the parser needs to know of the machine.
@@ -284,17 +286,31 @@ pub fn parse(line: &str, ctx: &Context) -> Result<Option<Command>, ParseError> {
             Command::Trace { cpu, count }
         }
         "bench" => {
-            let (mut exits, mut csv) = (4000, false);
-            for (i, &a) in args.iter().enumerate() {
+            let (mut exits, mut csv, mut pair, mut bare) = (4000, false, 1000, None);
+            let number = |n: Option<&&str>, what: &'static str| {
+                let n = n.ok_or(ParseError::MissingArgument { cmd: "bench", what })?;
+                parse_number(n).filter(|&v| v > 0).ok_or_else(|| ParseError::BadNumber { cmd: "bench", arg: n.to_string() })
+            };
+            let mut i = 0;
+            while let Some(&a) = args.get(i) {
                 match a {
                     "--csv" if !csv => csv = true,
+                    "--pair" => {
+                        pair = number(args.get(i + 1), "<cycles> after --pair")?;
+                        i += 1;
+                    }
+                    "--bare" => {
+                        bare = Some(number(args.get(i + 1), "<ticks> after --bare")?);
+                        i += 1;
+                    }
                     n if i == 0 && is_number(n) => {
                         exits = parse_number(n).filter(|&n| n > 0).ok_or_else(|| ParseError::BadNumber { cmd: "bench", arg: n.to_string() })?;
                     }
                     other => return Err(ParseError::UnexpectedArgument { cmd: "bench", arg: other.to_string() }),
                 }
+                i += 1;
             }
-            Command::Bench { exits, csv }
+            Command::Bench { exits, csv, pair, bare }
         }
         "shadow" => {
             let (on, rest) = match args {
@@ -395,9 +411,12 @@ mod tests {
         assert_eq!(ok("trace"), Command::Trace { cpu: None, count: None });
         assert_eq!(ok("trace 1 32"), Command::Trace { cpu: Some(1), count: Some(32) });
         assert_eq!(ok("console 2"), Command::Console(2));
-        assert_eq!(ok("bench"), Command::Bench { exits: 4000, csv: false });
-        assert_eq!(ok("bench 100 --csv"), Command::Bench { exits: 100, csv: true });
+        assert_eq!(ok("bench"), Command::Bench { exits: 4000, csv: false, pair: 1000, bare: None });
+        assert_eq!(ok("bench 100 --csv"), Command::Bench { exits: 100, csv: true, pair: 1000, bare: None });
+        assert_eq!(ok("bench 100 --pair 700 --bare 0x100"), Command::Bench { exits: 100, csv: false, pair: 700, bare: Some(256) });
         assert_eq!(err("bench 0"), "bench: '0' is not a number");
+        assert_eq!(err("bench --pair 0"), "bench: '0' is not a number");
+        assert_eq!(err("bench --bare"), "bench: missing <ticks> after --bare");
         assert_eq!(ok("shadow"), Command::Shadow { on: None, cpus: CpuSel::All });
         assert_eq!(ok("shadow status 1"), Command::Shadow { on: None, cpus: CpuSel::One(1) });
         assert_eq!(ok("shadow on"), Command::Shadow { on: Some(true), cpus: CpuSel::All });

@@ -88,22 +88,98 @@ pub struct BenchRun<'a> {
     pub rows: &'a [StatRow<'a>],
     /// TSC cycles from the start of the run to its last exit.
     pub elapsed: u64,
+    /// L0 cycles from the end of each exit's handling to the next VM entry
+    /// (the vCPU loop), which the per-reason cycles leave out.
+    pub loop_cycles: u64,
+    /// TSC ticks per L2 exit as the L1 measured its own loop (`l1: time`).
+    pub l1_ticks: Option<u64>,
 }
+
+/// A profiled run: its counters and L0's cycles phase by phase.
+pub struct BenchProfile<'a> {
+    pub run: BenchRun<'a>,
+    /// (phase name, cycles), adding up to the run's L0 cycles.
+    pub phases: &'a [(&'a str, u64)],
+    /// Phase switches the profile made (each costs a few instructions).
+    pub switches: u64,
+}
+
+/// How TSC ticks become instructions and modelled cycles.
+#[derive(Clone, Copy, Debug)]
+pub struct BenchUnits {
+    /// TSC ticks per 1000 instructions of a known loop (Bochs: 1000).
+    pub ticks_per_kinsn: u64,
+    /// Modelled cost of one VM exit/entry pair on real VT-x, in cycles.
+    pub pair: u64,
+    /// TSC ticks per L2 exit of the same L1 booted bare (its `l1: time`).
+    pub bare: Option<u64>,
+}
+
+impl BenchUnits {
+    /// `ticks` as instructions.
+    pub fn insns(&self, ticks: u64) -> u64 {
+        (u128::from(ticks) * 1000 / u128::from(self.ticks_per_kinsn.max(1))) as u64
+    }
+}
+
+/// Goals of issue 13 (forum workload, shadowing on), in instructions.
+pub const GOAL_L0_PER_L2_EXIT: u64 = 2000;
+pub const GOAL_REFLECTION: u64 = 1000;
+pub const GOAL_VMREAD_VMWRITE: u64 = 60;
+pub const GOAL_VMPTRLD: u64 = 1500;
+/// Modelled nested/bare per L2 exit, in hundredths.
+pub const GOAL_RATIO_HUNDREDTHS: u64 = 250;
 
 fn sum(rows: &[StatRow], pred: impl Fn(&StatRow) -> bool) -> (u64, u64) {
     rows.iter().filter(|r| pred(r)).fold((0, 0), |(e, c), r| (e + r.exits, c + r.cycles))
 }
 
+fn find(run: &BenchRun, reason: u16) -> (u64, u64) {
+    run.rows.iter().find(|r| r.from == "L1" && r.reason == reason).map_or((0, 0), |r| (r.exits, r.cycles))
+}
+
+/// A run's figures per L2 exit handled by L1, in TSC ticks (`None`: no such exit).
+struct Figures {
+    /// L0 exits (all levels) and L2 exits reflected to L1.
+    all: u64,
+    reflected: u64,
+    /// All of L0's ticks: per-reason handling plus the loop.
+    l0: u64,
+    reflected_ticks: u64,
+}
+
+impl Figures {
+    fn of(run: &BenchRun) -> Figures {
+        let (all, all_cycles) = sum(run.rows, |_| true);
+        let (reflected, reflected_ticks) = sum(run.rows, |r| r.from == REFLECTED);
+        Figures { all, reflected, l0: all_cycles + run.loop_cycles, reflected_ticks }
+    }
+    fn per_l2_exit(&self, ticks: u64) -> Option<u64> {
+        (self.reflected != 0).then(|| ticks / self.reflected)
+    }
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or(String::from("-"), |v| alloc::format!("{v}"))
+}
+
+fn verdict(goal: &str, met: Option<bool>) -> String {
+    match met {
+        Some(true) => alloc::format!("{goal} met"),
+        Some(false) => alloc::format!("{goal} MISSED"),
+        None => alloc::format!("{goal} -"),
+    }
+}
+
 /// The `bench` report of one core: its VMX-instruction exit counts with
-/// shadowing off and on side by side in the seed thread's format, then the
-/// derived figures; `csv` adds the same as CSV lines prefixed `bench,`.
-pub fn bench(cpu: usize, off: &BenchRun, on: &BenchRun, csv: bool) -> String {
+/// shadowing off and on side by side in the seed thread's format; L0's path
+/// lengths in instructions with the goals; the modelled real-hardware cost
+/// of an L2 exit bare and nested; where L0's instructions go (`prof`).
+/// `csv` adds the counters as lines `bench,…` and the figures as `benchfig,…`.
+pub fn bench(cpu: usize, off: &BenchRun, on: &BenchRun, prof: Option<&BenchProfile>, units: &BenchUnits, csv: bool) -> String {
     let mut out = String::new();
     let mut t = Table::new(&["cpu", "shadowing off", "", "", "", "shadowing on", "", "", ""]);
     let vmx_reasons = [19u16, 20, 21, 22, 23, 24, 25, 26, 27, 50, 53];
-    let find = |run: &BenchRun, reason: u16| {
-        run.rows.iter().find(|r| r.from == "L1" && r.reason == reason).map_or((0, 0), |r| (r.exits, r.cycles))
-    };
     for &reason in &vmx_reasons {
         let name = off.rows.iter().chain(on.rows).find(|r| r.reason == reason).map_or("?", |r| r.name);
         let (a, _) = find(off, reason);
@@ -121,45 +197,110 @@ pub fn bench(cpu: usize, off: &BenchRun, on: &BenchRun, csv: bool) -> String {
         ]);
     }
     out.push_str(&t.render());
-    let figures = |run: &BenchRun| {
-        let (all, all_cycles) = sum(run.rows, |_| true);
-        let (reflected, reflected_cycles) = sum(run.rows, |r| r.from == REFLECTED);
-        let per = |reason: u16| {
-            let (e, c) = find(run, reason);
-            if e == 0 { String::from("-") } else { alloc::format!("{}", c / e) }
-        };
-        let per_reflected = |cycles: u64| if reflected == 0 { String::from("-") } else { alloc::format!("{}", cycles / reflected) };
-        [
-            ratio(all, reflected),
-            per_reflected(run.elapsed),
-            per_reflected(all_cycles),
-            per_reflected(reflected_cycles),
-            per(23),
-            per(25),
-            per(21),
-            percent(all_cycles, run.elapsed.max(1)),
-        ]
+
+    let i = |ticks: u64| units.insns(ticks);
+    let (fo, fn_) = (Figures::of(off), Figures::of(on));
+    let per_insn = |run: &BenchRun, reason: u16| {
+        let (e, c) = find(run, reason);
+        (e != 0).then(|| i(c) / e)
     };
-    let (a, b) = (figures(off), figures(on));
-    let names = [
-        "exit multiplication (L0 exits per L2 exit handled by L1)",
-        "core cycles per L2 exit handled by L1 (end to end)",
-        "L0 cycles per L2 exit handled by L1 (all L0 work)",
-        "L0 cycles per reflected L2 exit (the reflection alone)",
-        "L0 cycles per emulated VMREAD",
-        "L0 cycles per emulated VMWRITE",
-        "L0 cycles per emulated VMPTRLD",
-        "L0 share of the core's cycles",
-    ];
-    let mut f = Table::new(&["cpu", "figure", "shadowing off", "shadowing on"]);
-    for (i, name) in names.iter().enumerate() {
-        f.row(&[&alloc::format!("{cpu}"), name, &a[i], &b[i]]);
+    // (name, off, on, goal, value judged): the goal is judged on the
+    // shadowing-on figure, or the off one where "on" has none (VMREAD).
+    let mut rows: alloc::vec::Vec<(&str, String, String, String)> = alloc::vec::Vec::new();
+    let goal_row = |name: &'static str, a: Option<u64>, b: Option<u64>, goal: u64| {
+        let judged = b.or(a);
+        (name, opt(a), opt(b), verdict(&alloc::format!("<= {goal}"), judged.map(|v| v <= goal)))
+    };
+    rows.push(("exit multiplication (L0 exits per L2 exit handled by L1)", ratio(fo.all, fo.reflected), ratio(fn_.all, fn_.reflected), String::new()));
+    rows.push(("transitions (VM exits + entries) per L2 exit; bare: 2", ratio(2 * fo.all, fo.reflected), ratio(2 * fn_.all, fn_.reflected), String::new()));
+    rows.push((
+        "instructions per L2 exit, end to end (L2, L1 and L0)",
+        opt(fo.per_l2_exit(i(off.elapsed))),
+        opt(fn_.per_l2_exit(i(on.elapsed))),
+        String::new(),
+    ));
+    rows.push(goal_row("L0 instructions per L2 exit handled by L1 (all L0 work)", fo.per_l2_exit(i(fo.l0)), fn_.per_l2_exit(i(fn_.l0)), GOAL_L0_PER_L2_EXIT));
+    rows.push((
+        "  of which between exits (vCPU loop, entry)",
+        opt(fo.per_l2_exit(i(off.loop_cycles))),
+        opt(fn_.per_l2_exit(i(on.loop_cycles))),
+        String::new(),
+    ));
+    rows.push(goal_row("L0 instructions per reflected L2 exit (the reflection)", fo.per_l2_exit(i(fo.reflected_ticks)), fn_.per_l2_exit(i(fn_.reflected_ticks)), GOAL_REFLECTION));
+    rows.push(goal_row("L0 instructions per emulated VMREAD", per_insn(off, 23), per_insn(on, 23), GOAL_VMREAD_VMWRITE));
+    rows.push(goal_row("L0 instructions per emulated VMWRITE", per_insn(off, 25), per_insn(on, 25), GOAL_VMREAD_VMWRITE));
+    rows.push(goal_row("L0 instructions per emulated VMPTRLD (switching vmcs12)", per_insn(off, 21), per_insn(on, 21), GOAL_VMPTRLD));
+    rows.push(("L0 share of the core's instructions", percent(fo.l0, off.elapsed.max(1)), percent(fn_.l0, on.elapsed.max(1)), String::new()));
+    let mut f = Table::new(&["cpu", "figure (TSC calibrated to instructions)", "shadowing off", "shadowing on", "goal (shadowing on)"]);
+    for (name, a, b, g) in &rows {
+        f.row(&[&alloc::format!("{cpu}"), name, a, b, g]);
     }
     out.push_str(&f.render());
+
+    // Modelled real hardware: instructions at one cycle each plus T cycles
+    // per VM exit/entry pair. L1 and L2 run the same instructions bare and
+    // nested, so nested = bare + L0's instructions, with L0's pairs.
+    let bare_insns = units.bare.map(i);
+    let l0 = fn_.per_l2_exit(i(fn_.l0));
+    let nested_insns = bare_insns.zip(l0).map(|(b, l)| b + l);
+    let pairs_h = if fn_.reflected == 0 { None } else { Some(fn_.all * 100 / fn_.reflected) };
+    let bare_model = bare_insns.map(|b| b + units.pair);
+    let nested_model = nested_insns.zip(pairs_h).map(|(n, p)| n + units.pair * p / 100);
+    let ratio_h = bare_model.zip(nested_model).map(|(b, n)| n * 100 / b.max(1));
+    let mut m = Table::new(&["cpu", &alloc::format!("modelled per L2 exit (T = {} cycles per VM exit/entry pair)", units.pair), "bare", "nested (shadowing on)", "goal"]);
+    let hundredths = |h: u64| alloc::format!("{}.{:02}", h / 100, h % 100);
+    m.row(&[&alloc::format!("{cpu}"), "instructions (L2 + L1; nested also L0)", &opt(bare_insns), &opt(nested_insns), ""]);
+    m.row(&[&alloc::format!("{cpu}"), "VM exit/entry pairs", "1.00", &pairs_h.map_or(String::from("-"), hundredths), ""]);
+    m.row(&[&alloc::format!("{cpu}"), "modelled cycles (instructions + T x pairs)", &opt(bare_model), &opt(nested_model), ""]);
+    m.row(&[
+        &alloc::format!("{cpu}"),
+        "nested / bare",
+        "",
+        &ratio_h.map_or(String::from("-"), hundredths),
+        &verdict("<= 2.50", ratio_h.map(|r| r <= GOAL_RATIO_HUNDREDTHS)),
+    ]);
+    if let (Some(bare), Some(nested), Some(l0), Some(p)) = (units.bare, on.l1_ticks, fn_.per_l2_exit(fn_.l0), pairs_h) {
+        // What Bochs charges a transition: the L1's own nested timing minus
+        // its bare one minus L0's path, per pair.
+        let residual = nested as i64 - bare as i64 - l0 as i64;
+        m.row(&[
+            &alloc::format!("{cpu}"),
+            "Bochs TSC ticks per VM exit/entry pair (L1-timed nested - bare - L0, per pair)",
+            "",
+            &alloc::format!("{}", residual * 100 / p.max(1) as i64),
+            "",
+        ]);
+    }
+    out.push_str(&m.render());
+
+    if let Some(p) = prof {
+        let fp = Figures::of(&p.run);
+        let total: u64 = p.phases.iter().map(|(_, c)| c).sum();
+        let mut b = Table::new(&["cpu", "L0 phase (shadowing on, profiled run)", "instructions per L2 exit", "share"]);
+        for (name, c) in p.phases {
+            b.row(&[&alloc::format!("{cpu}"), name, &opt(fp.per_l2_exit(i(*c))), &percent(*c, total.max(1))]);
+        }
+        b.row(&[&alloc::format!("{cpu}"), "total (profiled; the profile's own switches included)", &opt(fp.per_l2_exit(i(total))), ""]);
+        b.row(&[&alloc::format!("{cpu}"), "phase switches per L2 exit", &opt(fp.per_l2_exit(p.switches)), ""]);
+        out.push_str(&b.render());
+    }
+
     if csv {
         for (mode, run) in [("off", off), ("on", on)] {
             for r in run.rows.iter().filter(|r| r.exits > 0) {
                 let _ = writeln!(out, "bench,{cpu},{mode},{},{},{},{},{}", r.from, r.reason, r.name, r.exits, r.cycles);
+            }
+        }
+        for (name, a, b, g) in &rows {
+            let _ = writeln!(out, "benchfig,{cpu},{name},{a},{b},{g}");
+        }
+        let _ = writeln!(out, "benchfig,{cpu},modelled bare cycles per L2 exit,{},,", opt(bare_model));
+        let _ = writeln!(out, "benchfig,{cpu},modelled nested cycles per L2 exit,,{},", opt(nested_model));
+        let _ = writeln!(out, "benchfig,{cpu},modelled nested / bare,,{},", ratio_h.map_or(String::from("-"), hundredths));
+        if let Some(p) = prof {
+            let fp = Figures::of(&p.run);
+            for (name, c) in p.phases {
+                let _ = writeln!(out, "benchfig,{cpu},phase {name},,{},", opt(fp.per_l2_exit(i(*c))));
             }
         }
     }
@@ -218,13 +359,22 @@ mod tests {
         let out = stats(0, &rows, 1_000_000, false);
         assert!(out.contains("exit multiplication: 21.00 L0 exits per L2 exit handled by L1"), "{out}");
         let on_rows = [row(24, "vmresume", 100, 100), reflected];
-        let b = bench(0, &BenchRun { rows: &rows, elapsed: 100_000 }, &BenchRun { rows: &on_rows, elapsed: 50_000 }, true);
+        let units = BenchUnits { ticks_per_kinsn: 1000, pair: 1000, bare: Some(300) };
+        let run = |rows, elapsed| BenchRun { rows, elapsed, loop_cycles: 0, l1_ticks: None };
+        let b = bench(0, &run(&rows, 100_000), &run(&on_rows, 50_000), None, &units, true);
         let vmread: alloc::vec::Vec<&str> = b.lines().find(|l| l.contains("vmexit 23 vmread")).unwrap().split_whitespace().collect();
         assert_eq!(vmread.join(" "), "0 vmexit 23 vmread 0x76C times (1900) vmexit 23 vmread 0x0 times (0)");
         assert!(b.contains("21.00") && b.contains("2.00"), "{b}");
-        let end_to_end: alloc::vec::Vec<&str> = b.lines().find(|l| l.contains("(end to end)")).unwrap().split_whitespace().collect();
+        let end_to_end: alloc::vec::Vec<&str> = b.lines().find(|l| l.contains("end to end")).unwrap().split_whitespace().collect();
         assert_eq!(end_to_end[end_to_end.len() - 2..], ["1000", "500"], "elapsed / reflected exits, off then on");
         assert!(b.lines().any(|l| l == "bench,0,on,L1,24,vmresume,100,1000"), "{b}");
+        // On: 200 L0 exits for 100 L2 exits, 2000 L0 ticks = 20 per L2 exit;
+        // bare 300 + T 1000 = 1300; nested 320 + 2 x 1000 = 2320: 1.78.
+        let model: alloc::vec::Vec<&str> = b.lines().find(|l| l.contains("nested / bare")).unwrap().split_whitespace().collect();
+        assert_eq!(model[model.len() - 4..], ["1.78", "<=", "2.50", "met"][..], "{b}");
+        assert!(b.contains("<= 2.50 met"), "{b}");
+        let l0: alloc::vec::Vec<&str> = b.lines().find(|l| l.contains("(all L0 work)")).unwrap().split_whitespace().collect();
+        assert_eq!(l0[l0.len() - 5..], ["210", "20", "<=", "2000", "met"], "{b}");
         assert_eq!(ratio(1, 3), "0.33");
     }
 

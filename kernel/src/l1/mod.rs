@@ -16,7 +16,7 @@ use spin::Mutex;
 
 use crate::arch::cpu;
 use crate::percpu::{self, MAX_CPUS};
-use crate::stats::{CpuStats, Level};
+use crate::stats::{CpuStats, Level, Phase, Profiler};
 use crate::vmx::run::{self, GuestRegs, vmread, vmwrite};
 use crate::vmx::{self, insn};
 use uart::{ConsoleRing, Uart16550};
@@ -241,6 +241,10 @@ struct Vcpu {
     /// L1's values of MSRs the CPU has but L0 keeps to itself (MTRRs,
     /// MISC_ENABLE, …): L1 reads back what it wrote, the hardware is untouched.
     msrs: hashbrown::HashMap<u32, u64>,
+    /// Where L0's cycles go (`bench`'s breakdown; off unless asked).
+    prof: Profiler,
+    /// TSC when the last exit's handling was counted (0: none yet).
+    handled_tsc: u64,
     /// Every frame built for this L1, freed when it is dropped (last field:
     /// dropped after the VMCSs were cleared in `drop`).
     _owned: crate::mm::frames::Owned,
@@ -614,6 +618,8 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
         mem_size: cfg.mem_size,
         nested,
         msrs: hashbrown::HashMap::new(),
+        prof: Profiler::new(&L1S[cpu].stats),
+        handled_tsc: 0,
         _owned: owned,
     })
 }
@@ -702,6 +708,10 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
     vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, run::PREEMPT_TICKS);
     let in_l2 = v.nested.in_l2;
     let launched = if in_l2 { v.launched02() } else { v.launched };
+    v.prof.entering();
+    if v.handled_tsc != 0 {
+        L1S[v.cpu].stats.loop_cycles.fetch_add(cpu::rdtsc() - v.handled_tsc, Ordering::Relaxed);
+    }
     if let Err(e) = run::enter(&mut v.regs, launched) {
         if let (true, nvmx_vmx::error::VmFail::Valid(n)) = (in_l2, e) {
             // A VMCS0-2 the CPU refuses although vmcs12 passed nvmx's checks:
@@ -713,6 +723,7 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
         return Some(L1State::Stopped(alloc::format!("VM entry of {which} failed: {e}")));
     }
     let start = cpu::rdtsc();
+    v.prof.exited(start);
     let reason = vmread(F::VM_EXIT_REASON) as u32;
     let qualification = vmread(F::EXIT_QUALIFICATION);
     let rip = vmread(F::GUEST_RIP);
@@ -766,14 +777,19 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
 
 /// Counts an exit handled since `start` (TSC) and puts it in the trace.
 fn record(v: &mut Vcpu, level: Level, reason: u32, qualification: u64, rip: u64, completed: bool, start: u64) {
+    v.prof.enter(Phase::Record);
     let cpu = v.cpu;
     let note = v.nested.note.take();
     let shared = &L1S[cpu];
-    let cycles = cpu::rdtsc() - start;
+    let now = cpu::rdtsc();
+    let cycles = now - start;
+    // From here to the next entry the cycles count as the loop's.
+    v.handled_tsc = now;
     shared.stats.record(level, (reason & 0xFFFF) as u16, completed, cycles);
     shared.last_reason.store(u64::from(reason), Ordering::Relaxed);
     let level_l2 = level != Level::L1;
     shared.trace.lock().push(TraceEntry { tsc: start, reason, qualification, rip, level_l2, cycles, note });
+    v.prof.enter(Phase::Loop);
 }
 
 /// A stopped L1's report: on its console and in the log.

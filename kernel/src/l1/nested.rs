@@ -21,6 +21,7 @@ use nvmx_vmx::field::{self, ALL, Access, EncodingError, Field as F, Group, Kind,
 use nvmx_vmx::walk::{self, GuestMemory};
 
 use super::{Handled, Vcpu};
+use crate::stats::Phase;
 use crate::vmx::insn;
 use crate::vmx::run::{vmread, vmwrite};
 
@@ -422,7 +423,9 @@ impl Vcpu {
     pub(super) fn shadow_pull(&mut self) {
         let running = self.running_vmcs();
         if let (true, Some(c)) = (self.nested.shadow.on, self.nested.current.as_mut()) {
+            let p = self.prof.enter(Phase::ShadowSync);
             self.nested.shadow.to_vmcs12(running, |f, v| c.set(f, v));
+            self.prof.leave(p);
         }
     }
 
@@ -431,6 +434,7 @@ impl Vcpu {
         if !self.nested.shadow.on {
             return;
         }
+        let p = self.prof.enter(Phase::ShadowSync);
         let running = self.running_vmcs();
         if let Some(c) = self.nested.current.as_ref() {
             let failed = self.nested.shadow.from_vmcs12(running, |f| c.get(f));
@@ -441,6 +445,7 @@ impl Vcpu {
         if !self.nested.in_l2 {
             self.nested.shadow.link(self.nested.current.is_some());
         }
+        self.prof.leave(p);
     }
 
     /// Switches VMCS shadowing for this L1, live. `Err` where the CPU has none.
@@ -715,15 +720,18 @@ impl Vcpu {
         if !launch && !cur.launched {
             return self.fail(5);
         }
+        let phase = self.prof.enter(Phase::Checks);
         let host = crate::vmx::probe().expect("nested VMX runs on VMX");
         let l1_caps = |msr| nvmx_vmx::nested::l1_vmx_msr(host, msr).unwrap_or(0);
         let env = nvmx_vmx::nested::Env { phys_bits: self.nested.phys_bits, l1_long_mode: vmread(F::GUEST_IA32_EFER) & (1 << 10) != 0 };
         if let Err(what) = nvmx_vmx::nested::check_controls(|f| cur.get(f), l1_caps, &env) {
+            self.prof.leave(phase);
             log::debug!("l1 cpu {}: VMfailValid(7): {what}", self.cpu);
             self.check_failed(what);
             return self.fail(7);
         }
         if let Err(what) = nvmx_vmx::nested::check_host_state(|f| cur.get(f), host.cr0_fixed(), host.cr4_fixed(), &env) {
+            self.prof.leave(phase);
             log::debug!("l1 cpu {}: VMfailValid(8): {what}", self.cpu);
             self.check_failed(what);
             return self.fail(8);
@@ -735,10 +743,15 @@ impl Vcpu {
         };
         let (cr0_fixed, cr4_fixed) = (host.cr0_fixed(), host.cr4_fixed());
         let l1_misc = l1_caps(nvmx_vmx::caps::IA32_VMX_MISC);
-        if let Err(e) = nvmx_vmx::guest_state::check_guest_state(|f| cur.get(f), cr0_fixed, cr4_fixed, env.phys_bits, l1_misc, link_ok) {
+        let guest_ok = nvmx_vmx::guest_state::check_guest_state(|f| cur.get(f), cr0_fixed, cr4_fixed, env.phys_bits, l1_misc, link_ok);
+        self.prof.leave(phase);
+        if let Err(e) = guest_ok {
             return self.entry_failure(EXIT_REASON_INVALID_STATE, e.qualification, e.check);
         }
-        if let Err(e) = self.prepare_vmcs02() {
+        let phase = self.prof.enter(Phase::Prepare);
+        let prepared = self.prepare_vmcs02();
+        self.prof.leave(phase);
+        if let Err(e) = prepared {
             return Emulated::Stop(e.into());
         }
         // SDM 27.4: the VM-entry MSR-load list, after the guest state.
@@ -842,8 +855,11 @@ impl Vcpu {
             unsafe { insn::vmclear(page) }.map_err(|_| "VMCLEAR of VMCS0-2 failed")?;
             self.nested.vmcs02 = page;
         }
+        let phase = self.prof.enter(Phase::VmcsSwitch);
         // SAFETY: VMCS0-2 is ours and initialised.
-        unsafe { insn::vmptrld(self.nested.vmcs02) }.map_err(|_| "VMPTRLD of VMCS0-2 failed")?;
+        let loaded = unsafe { insn::vmptrld(self.nested.vmcs02) };
+        self.prof.leave(phase);
+        loaded.map_err(|_| "VMPTRLD of VMCS0-2 failed")?;
         if fresh {
             // Which fields this CPU lacks (VMREAD of a VMCS just cleared).
             for &f in ALL.iter() {
@@ -1184,6 +1200,7 @@ impl Vcpu {
     /// `reflect`, with the exit's interruption information and error code
     /// given by L0 (an exception L0 raises for L2) instead of VMCS0-2's.
     fn reflect_with(&mut self, reason: u32, qualification: u64, event: Option<(u32, u32)>) -> Result<(), alloc::string::String> {
+        let phase = self.prof.enter(Phase::Reflect);
         self.sync_vmcs02_to_vmcs12(reason, qualification);
         let cur = self.nested.current.as_mut().expect("L2 runs with a current vmcs12");
         if let Some((info, error)) = event {
@@ -1193,9 +1210,13 @@ impl Vcpu {
         let cur = self.nested.current.as_ref().expect("L2 runs with a current vmcs12");
         let list = (cur.get(F::VM_EXIT_MSR_STORE_ADDR), cur.get(F::VM_EXIT_MSR_STORE_COUNT));
         if let Err(n) = self.store_msr_list(list) {
+            self.prof.leave(phase);
             return Err(alloc::format!("VMX abort: VM-exit MSR-store list entry {n} refused (SDM 28.7)"));
         }
-        self.load_vmcs12_host_state()
+        self.prof.enter(Phase::HostLoad);
+        let loaded = self.load_vmcs12_host_state();
+        self.prof.leave(phase);
+        loaded
     }
 
     /// VMCS0-2 → vmcs12: guest state and exit information (SDM 28.2-28.3).
@@ -1291,8 +1312,10 @@ impl Vcpu {
         let efer_l1 = if exit12 & exitc::LOAD_EFER != 0 { Some(h(F::HOST_IA32_EFER)) } else { None };
         let pat_l1 = (exit12 & exitc::LOAD_PAT != 0).then(|| h(F::HOST_IA32_PAT));
 
+        let phase = self.prof.enter(Phase::VmcsSwitch);
         // SAFETY: VMCS0-1 is ours and was current before the L2 entry.
         unsafe { insn::vmptrld(self.nested.vmcs01) }.expect("VMPTRLD of VMCS0-1");
+        self.prof.leave(phase);
         self.nested.in_l2 = false;
         for (f, v) in vals {
             vmwrite(f, v);
