@@ -520,7 +520,7 @@ impl Platform {
 
     /// The ACPI tables of this PC placed at guest-physical `base_gpa`.
     pub fn acpi_tables(&self, base_gpa: u64) -> acpi::AcpiTables {
-        acpi::build(base_gpa, &acpi::AcpiConfig::default())
+        acpi::build(base_gpa, &acpi::AcpiConfig { ioapic: self.cfg.ioapic, ..Default::default() })
     }
 }
 
