@@ -265,7 +265,8 @@ impl Platform {
 
     fn drive_isa_irq(&mut self, irq: u8, level: bool) {
         self.pic.set_irq(irq, level);
-        if self.cfg.ioapic {
+        // IRQ2 is the cascade; GSI 2 belongs to IRQ0 (the override).
+        if self.cfg.ioapic && irq != 2 {
             // The SCI is active-high level on GSI 9 (MADT override); the
             // other ISA lines are active-high edge as the IOAPIC sees them.
             self.ioapic.set_irq(Self::gsi_of(irq), level, &mut self.lapic);
@@ -346,6 +347,29 @@ impl Platform {
     /// The glue injected the pending NMI.
     pub fn acknowledge_nmi(&mut self) {
         self.lapic.acknowledge_nmi()
+    }
+
+    /// A byte arrives on COM1's line (the console attach); false if the
+    /// receive FIFO was full and the byte was lost (overrun), as on the chip.
+    /// Feed no more than `self.uart.rx_space()` bytes to lose none.
+    pub fn uart_receive(&mut self, byte: u8) -> bool {
+        let ok = self.uart.receive(byte);
+        self.sync_lines();
+        ok
+    }
+
+    /// The next byte the L1 sent on COM1, oldest first.
+    pub fn uart_take_tx(&mut self) -> Option<u8> {
+        self.uart.take_tx()
+    }
+
+    /// Press the ACPI fixed-feature power button (an orderly shutdown
+    /// request to an ACPI OS: PWRBTN_STS and the SCI if enabled).
+    pub fn press_power_button(&mut self) {
+        if self.cfg.acpi {
+            self.pm.press_power_button();
+            self.sync_lines();
+        }
     }
 
     /// The next power/reset/exit event, oldest first.
