@@ -26,6 +26,22 @@
 //! the LAPIC timer (bus clock [`Config::lapic_timer_hz`]) and the RTC all
 //! derive from it by exact integer scaling, so an L1 calibrating one against
 //! another finds the true frequency.
+//!
+//! # How the glue drives it
+//!
+//! One [`Platform`] per L1. On every exit: [`Platform::advance`] with the
+//! L1's current TSC, then hand the exit over ([`Platform::io_in`] /
+//! [`Platform::io_out`], [`Platform::mmio_read`] / [`Platform::mmio_write`]
+//! for addresses [`Platform::is_mmio`] claims, [`Platform::rdmsr`] /
+//! [`Platform::wrmsr`], [`Platform::set_cr8`]); then drain
+//! [`Platform::poll_event`] and [`Platform::uart_take_tx`], and if the L1 can
+//! take an interrupt inject [`Platform::pending_nmi`] /
+//! [`Platform::pending_interrupt`] and report it with
+//! [`Platform::acknowledge_nmi`] / [`Platform::acknowledge`]. While the L1
+//! runs or halts, [`Platform::next_deadline_tsc`] is when it must get an
+//! exit again (a VMX-preemption timer or L0 timer) so timer interrupts reach
+//! an L1 that busy-waits for them, as Linux's `timer_irq_works` does.
+//! [`Platform::summary`] is a one-line view for the shell.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
@@ -114,6 +130,82 @@ pub enum Event {
 /// The MSR access raises #GP(0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Gp;
+
+/// What [`Platform::summary`] reports.
+#[derive(Clone, Copy, Debug)]
+pub struct Summary {
+    /// The LAPIC's mode (`None`: no LAPIC).
+    pub apic_mode: Option<lapic::ApicMode>,
+    /// SVR bit 8.
+    pub apic_sw_enabled: bool,
+    /// LVT Timer's mode.
+    pub timer_mode: lapic::TimerMode,
+    /// LVT Timer (vector, mask bit 16).
+    pub lvt_timer: u32,
+    /// TPR.
+    pub tpr: u8,
+    /// Highest vector in IRR.
+    pub highest_irr: Option<u8>,
+    /// Highest vector in ISR.
+    pub highest_isr: Option<u8>,
+    /// 8259 masks, slave in the high byte.
+    pub pic_imr: u16,
+    /// 8259 requests, slave in the high byte.
+    pub pic_irr: u16,
+    /// PIT counter 0 (mode, reload) if counting.
+    pub pit0: Option<(u8, u32)>,
+    /// IOAPIC entries unmasked.
+    pub ioapic_unmasked: u8,
+    /// [`Platform::next_deadline_tsc`].
+    pub next_deadline_tsc: Option<u64>,
+    /// [`Platform::pending_interrupt`].
+    pub pending: Option<u8>,
+    /// [`Platform::pending_nmi`].
+    pub nmi: bool,
+}
+
+impl core::fmt::Display for Summary {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.apic_mode {
+            None => write!(f, "apic none")?,
+            Some(m) => {
+                let mode = match m {
+                    lapic::ApicMode::Disabled => "disabled",
+                    lapic::ApicMode::XApic => "xapic",
+                    lapic::ApicMode::X2Apic => "x2apic",
+                };
+                let timer = match self.timer_mode {
+                    lapic::TimerMode::OneShot => "oneshot",
+                    lapic::TimerMode::Periodic => "periodic",
+                    lapic::TimerMode::TscDeadline => "tsc-deadline",
+                };
+                write!(f, "apic {mode}{} tpr={:#x} timer {timer} vec={:#x}{}", if self.apic_sw_enabled { "" } else { "(sw-off)" }, self.tpr, self.lvt_timer & 0xFF, if self.lvt_timer & (1 << 16) != 0 { " masked" } else { "" })?;
+                if let Some(v) = self.highest_irr {
+                    write!(f, " irr={v:#x}")?;
+                }
+                if let Some(v) = self.highest_isr {
+                    write!(f, " isr={v:#x}")?;
+                }
+            }
+        }
+        write!(f, " | pic imr={:#06x} irr={:#06x}", self.pic_imr, self.pic_irr)?;
+        if let Some((m, n)) = self.pit0 {
+            write!(f, " | pit0 mode {m} count {n}")?;
+        }
+        write!(f, " | ioapic {} unmasked", self.ioapic_unmasked)?;
+        match self.pending {
+            Some(v) => write!(f, " | pending {v:#x}")?,
+            None => write!(f, " | pending none")?,
+        }
+        if self.nmi {
+            write!(f, " +nmi")?;
+        }
+        if let Some(d) = self.next_deadline_tsc {
+            write!(f, " | next tsc {d}")?;
+        }
+        Ok(())
+    }
+}
 
 /// The L1's PC: every device, their interrupt wiring, and the event queue.
 ///
@@ -542,7 +634,30 @@ impl Platform {
         self.lapic.set_tpr(((value & 0xF) << 4) as u8);
     }
 
-    /// The ACPI tables of this PC placed at guest-physical `base_gpa`.
+    /// A snapshot of what matters for a shell view of this PC.
+    pub fn summary(&self) -> Summary {
+        let (pit_mode, pit_reload, pit_running) = self.pit.counter_state(0);
+        Summary {
+            apic_mode: if self.cfg.lapic { Some(self.lapic.mode()) } else { None },
+            apic_sw_enabled: self.lapic.sw_enabled(),
+            timer_mode: self.lapic.timer_mode(),
+            lvt_timer: self.lapic.lvt_timer(),
+            tpr: self.lapic.tpr(),
+            highest_irr: self.lapic.highest_irr(),
+            highest_isr: self.lapic.highest_isr(),
+            pic_imr: u16::from(self.pic.master.imr()) | u16::from(self.pic.slave.imr()) << 8,
+            pic_irr: u16::from(self.pic.master.irr()) | u16::from(self.pic.slave.irr()) << 8,
+            pit0: pit_running.then_some((pit_mode, pit_reload)),
+            ioapic_unmasked: (0..ioapic::PINS).filter(|&i| self.ioapic.entry(i) & (1 << 16) == 0).count() as u8,
+            next_deadline_tsc: self.next_deadline_tsc(),
+            pending: self.pending_interrupt(),
+            nmi: self.pending_nmi(),
+        }
+    }
+
+    /// The ACPI tables of this PC placed at guest-physical `base_gpa`
+    /// (64-byte aligned, below 4 GiB; the BIOS area 0xE0000-0xFFFFF makes
+    /// the RSDP findable by the standard scan).
     pub fn acpi_tables(&self, base_gpa: u64) -> acpi::AcpiTables {
         acpi::build(base_gpa, &acpi::AcpiConfig { ioapic: self.cfg.ioapic, ..Default::default() })
     }

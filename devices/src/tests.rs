@@ -253,3 +253,14 @@ fn lapic_timer_through_the_platform_and_hlt_deadline() {
     assert_eq!(p.rdmsr(0x808), Some(Ok(0xF0)));
     assert_eq!(p.pending_interrupt(), None);
 }
+
+#[test]
+fn summary_line() {
+    let mut p = pc();
+    enable_lapic(&mut p);
+    p.mmio_write(APIC + 0x320, 4, 0x2_00EC);
+    p.mmio_write(APIC + 0x380, 4, 1000); // divide by 2 after reset: 2000 TSC ticks
+    let s = format!("{}", p.summary());
+    assert!(s.starts_with("apic xapic tpr=0x0 timer periodic vec=0xec"), "{s}");
+    assert!(s.contains("pending none") && s.contains("next tsc 2000"), "{s}");
+}
