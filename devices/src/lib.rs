@@ -17,7 +17,7 @@
 //! | ACPI tables ([`acpi`]) | built for any guest-physical base | - | RSDP v2, XSDT, RSDT, FADT (rev. 6), FACS, DSDT (`\_S5`), MADT (LAPIC, IOAPIC, IRQ0->GSI2 and SCI overrides, LINT1 NMI) | HPET, SSDT, MCFG, PCI root bridge in the DSDT |
 //! | IOAPIC ([`ioapic`]) | 0xFEC00000 | GSI 0-23 | IOREGSEL/IOWIN, ID, version 0x20, 24 redirection entries, edge/level, polarity, remote IRR, EOI register and LAPIC EOI broadcast, physical/logical destinations | delivery to other CPUs (one CPU), arbitration ID |
 //! | local APIC ([`lapic`]) | 0xFEE00000 (xAPIC), MSRs 0x800-0x83F (x2APIC), IA32_APIC_BASE, IA32_TSC_DEADLINE | vectors 16-255 | IA32_APIC_BASE mode transitions, ID/version/TPR/PPR/EOI/LDR/DFR/SVR, ISR/TMR/IRR, ESR with its errors, ICR (self, all-incl-self, fixed/lowest/NMI), SELF IPI, LVT timer/LINT0/LINT1/error/thermal/perf/CMCI, timer one-shot, periodic and TSC-deadline | INIT/SIPI (one CPU), SMI, directed EOI, arbitration |
-//! | i8042 ([`misc`]) | 0x60/0x64 | (IRQ1/12 never raised) | controller present with self-test, command byte, output port, pulse-reset 0xFE and output-port reset | keyboard and mouse (none attached) |
+//! | i8042 ([`misc`]) | 0x60/0x64 | IRQ1 (keyboard timeouts only) | controller present with self-test, command byte, output port, pulse-reset 0xFE and output-port reset; bytes for the keyboard time out (status TIMEOUT, IRQ1) | keyboard and mouse (none attached; no aux port) |
 //! | misc ([`misc`]) | 0x80 POST, 0x92 port A, PCI 0xCF8/0xCFC, QEMU exit 0xF4, Bochs 0x8900 | - | POST code, fast reset, PCI type-1 address register with no device behind it (reads all-ones), exit conventions | PCI devices |
 //!
 //! Every other port reads all-ones and ignores writes, as an empty ISA bus
@@ -381,6 +381,9 @@ impl Platform {
         }
         if self.rtc.irq_line() {
             lines |= 1 << 8;
+        }
+        if self.misc.irq1_line() {
+            lines |= 1 << 1;
         }
         if self.cfg.acpi && self.pm.sci_line() {
             lines |= 1 << SCI_IRQ;

@@ -7,9 +7,11 @@
 //! with the system flag, command byte (0x20/0x60), self-test 0xAA -> 0x55,
 //! interface tests 0xAB -> 0x00 and 0xA9 -> 0x02 (no mouse: clock line
 //! stuck), keyboard/aux enable and disable, output port read/write (0xD0/
-//! 0xD1; bit 0 low resets), pulse commands 0xF0-0xFF (0xFE resets). Bytes
-//! written for the keyboard get no answer (none is attached), so IRQ1 and
-//! IRQ12 never rise. PCI: CONFIG_ADDRESS keeps its enable/bus/device/
+//! 0xD1; bit 0 low resets), pulse commands 0xF0-0xFF (0xFE resets). A byte
+//! written for the keyboard finds none attached: the controller answers
+//! 0xFF with the status TIMEOUT bit set and raises IRQ1 if the command byte
+//! enables it, so a driver's keyboard probe fails at once instead of
+//! waiting out its own timeout. There is no auxiliary (mouse) port. PCI: CONFIG_ADDRESS keeps its enable/bus/device/
 //! function/register bits; every CONFIG_DATA read is all-ones ("no device"),
 //! writes are dropped. 0xCF9: a 0->1 edge of RST_CPU (bit 2) resets.
 
@@ -38,6 +40,9 @@ pub struct Misc {
     /// The controller command whose data byte comes next (0x60, 0xD1, ...).
     kbc_pending: Option<u8>,
     kbc_last_was_command: bool,
+    /// The byte in the output buffer came from the keyboard port (a
+    /// timeout), not from a controller command.
+    kbc_timeout: bool,
     bochs_matched: usize,
 }
 
@@ -59,6 +64,7 @@ impl Misc {
             kbc_out: VecDeque::new(),
             kbc_pending: None,
             kbc_last_was_command: false,
+            kbc_timeout: false,
             bochs_matched: 0,
         }
     }
@@ -90,13 +96,28 @@ impl Misc {
     fn kbc_status(&self) -> u8 {
         let obf = !self.kbc_out.is_empty() as u8;
         // SYS flag (bit 2) from the command byte; bit 4: keyboard not inhibited.
-        obf | (self.kbc_ccb & 0x04) | (self.kbc_last_was_command as u8) << 3 | 0x10
+        obf | (self.kbc_ccb & 0x04)
+            | (self.kbc_last_was_command as u8) << 3
+            | 0x10
+            | (self.kbc_timeout && obf != 0) as u8 * 0x40
+    }
+
+    /// IRQ1: keyboard-port data waits and the command byte enables the
+    /// keyboard interrupt.
+    pub fn irq1_line(&self) -> bool {
+        self.kbc_timeout && !self.kbc_out.is_empty() && self.kbc_ccb & 0x01 != 0
     }
 
     /// Byte `IN`.
     pub fn read(&mut self, port: u16) -> u8 {
         match port {
-            0x60 => self.kbc_out.pop_front().unwrap_or(0),
+            0x60 => {
+                let v = self.kbc_out.pop_front().unwrap_or(0);
+                if self.kbc_out.is_empty() {
+                    self.kbc_timeout = false;
+                }
+                v
+            }
             0x64 => self.kbc_status(),
             0x80 => self.post,
             0x92 => self.port92,
@@ -106,6 +127,7 @@ impl Misc {
     }
 
     fn kbc_reply(&mut self, b: u8) {
+        self.kbc_timeout = false;
         if self.kbc_out.len() < 16 {
             self.kbc_out.push_back(b);
         }
@@ -146,8 +168,17 @@ impl Misc {
                     }
                     // Write keyboard output buffer: echo as if from the keyboard.
                     Some(0xD2) => self.kbc_reply(v),
-                    // To the keyboard or the mouse: nothing is attached.
-                    _ => {}
+                    // For the mouse: there is no auxiliary port.
+                    Some(_) => {}
+                    // For the keyboard: nothing attached, the controller
+                    // times out (unless the keyboard interface is disabled).
+                    None => {
+                        if self.kbc_ccb & 0x10 == 0 {
+                            self.kbc_out.clear();
+                            self.kbc_out.push_back(0xFF);
+                            self.kbc_timeout = true;
+                        }
+                    }
                 }
             }
             0x64 => {
@@ -203,8 +234,13 @@ mod tests {
         m.write(0x60, 0x47);
         m.write(0x64, 0x20);
         assert_eq!(m.read(0x60), 0x47);
-        m.write(0x60, 0xF2); // keyboard GET ID: nobody answers
-        assert_eq!(m.read(0x64) & 1, 0);
+        assert!(!m.irq1_line());
+        m.write(0x60, 0xF2); // keyboard GET ID: the controller times out
+        assert_eq!(m.read(0x64) & 0x41, 0x41, "OBF with TIMEOUT");
+        assert!(m.irq1_line(), "command byte 0x47 enables IRQ1");
+        assert_eq!(m.read(0x60), 0xFF);
+        assert!(!m.irq1_line());
+        assert_eq!(m.read(0x64) & 0x41, 0);
         m.write(0x64, 0xA9);
         assert_eq!(m.read(0x60), 0x02, "no mouse");
     }
