@@ -19,7 +19,7 @@
 use alloc::format;
 use alloc::string::String;
 
-use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
+use iced_x86::{Decoder, DecoderOptions, MemorySize, Mnemonic, OpKind, Register};
 use nvmx_vmx::walk::{self, GuestMemory};
 
 /// Where a load's value goes.
@@ -51,13 +51,16 @@ pub fn decode(bytes: &[u8], bitness: u32, gpr: impl Fn(usize) -> u64) -> Result<
     if insn.is_invalid() {
         return Err(format!("MMIO by an undecodable instruction ({:02x?})", &bytes[..bytes.len().min(8)]));
     }
-    let mem_size = insn.memory_size().size() as u8;
+    let mem_size = match insn.memory_size() {
+        MemorySize::UInt8 | MemorySize::Int8 => 1,
+        MemorySize::UInt16 | MemorySize::Int16 => 2,
+        MemorySize::UInt32 | MemorySize::Int32 => 4,
+        MemorySize::UInt64 | MemorySize::Int64 => 8,
+        _ => 0,
+    };
     let reg_dest = |r: Register, sign: bool| -> Option<Dest> {
-        if !r.is_gpr() {
-            return None;
-        }
-        let high8 = matches!(r, Register::AH | Register::CH | Register::DH | Register::BH);
-        Some(Dest { reg: r.full_register().number(), high8, width: r.size() as u8, sign })
+        let (reg, width, high8) = gpr_of(r)?;
+        Some(Dest { reg, high8, width, sign })
     };
     let op = |i| insn.op_kind(i);
     let access = match insn.mnemonic() {
@@ -92,6 +95,31 @@ pub fn decode(bytes: &[u8], bitness: u32, gpr: impl Fn(usize) -> u64) -> Result<
         Access::Read { size: 1 | 2 | 4 | 8, .. } | Access::Write { size: 1 | 2 | 4 | 8, .. } => Ok((access, insn.len())),
         _ => Err(format!("MMIO access of {mem_size} bytes is not emulated")),
     }
+}
+
+/// A general-purpose register as (number in encoding order, width in
+/// bytes, AH/CH/DH/BH), from iced's register order (AL…R15L, AX…R15W,
+/// EAX…R15D, RAX…R15: 16 each, the byte registers with AH-BH at 4-7 and
+/// SPL-DIL at 8-11) — iced's own register-info tables are behind its large
+/// `instr_info` feature, which nvmx does not need otherwise.
+fn gpr_of(r: Register) -> Option<(usize, u8, bool)> {
+    let n = r as usize;
+    let (al, ax, eax, rax) = (Register::AL as usize, Register::AX as usize, Register::EAX as usize, Register::RAX as usize);
+    if (al..al + 20).contains(&n) {
+        let i = n - al;
+        return Some(match i {
+            0..=3 => (i, 1, false),
+            4..=7 => (i - 4, 1, true),
+            8..=11 => (i - 4, 1, false),
+            _ => (i - 4, 1, false),
+        });
+    }
+    for (base, width) in [(ax, 2u8), (eax, 4), (rax, 8)] {
+        if (base..base + 16).contains(&n) {
+            return Some((n - base, width, false));
+        }
+    }
+    None
 }
 
 /// All-ones of `size` bytes.

@@ -1,8 +1,6 @@
 //! The ring buffer an L1's COM1 output goes to (the 16550 itself is
 //! `nvmx_devices::uart`, part of the L1's platform).
 
-/// COM1's I/O base as the L1 sees it.
-pub const COM1_BASE: u16 = 0x3F8;
 /// Bytes of console output kept per L1 (the newest).
 pub const CONSOLE_BYTES: usize = 16 * 1024;
 
@@ -54,4 +52,3 @@ impl Default for ConsoleRing {
     }
 }
 
-const LCR_DLAB: u8 = 0x80;
