@@ -135,6 +135,8 @@ BENCH_EXITS ?= 4000
 bench: iso
 	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) run -q -p nvmx-tests --bin bench -- $(BENCH_EXITS) $(CPUS)
 
+include linux/linux.mk
+
 clean:
 	$(CARGO) clean
 	rm -rf build
