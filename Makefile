@@ -139,6 +139,8 @@ bench: iso
 	grub/mkiso.sh $(L1_ELF) build/l1-bench.iso workload=forum exits=$(BENCH_EXITS) time
 	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) run -q -p nvmx-tests --bin bench -- $(BENCH_EXITS) $(CPUS) $(BENCH_PAIR)
 
+include linux/linux.mk
+
 clean:
 	$(CARGO) clean
 	rm -rf build
