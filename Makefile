@@ -23,11 +23,16 @@ L1_MODULE      ?=
 L1_MODULE_ARGS ?=
 OVMF        := /usr/share/ovmf/OVMF.fd
 DEB_PKGS    := bochs bochsbios vgabios qemu-system-x86 ovmf grub-pc-bin grub-efi-amd64-bin \
-               grub-common xorriso mtools
+               grub-common xorriso mtools python3-matplotlib
+# `make plot` runs Debian's Python (python3-matplotlib is installed for it),
+# not whatever `python3` comes first on PATH.
+PLOT_PYTHON := /usr/bin/python3
+# `make run-bochs`: where the generated bochsrc and Bochs' own messages go.
+RUN_DIR     ?= build
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all help deps toolchain guest kernel iso bench fuzz run run-qemu run-qemu-uefi run-bochs test test-host \
-        test-system clean
+.PHONY: all help deps toolchain guest kernel iso bench fuzz plot run run-qemu run-qemu-uefi run-bochs \
+        run-bochs-only test test-host test-system clean
 
 all: iso
 
@@ -47,6 +52,8 @@ help:
 	@echo "  make bench         Bochs haswell: forum workload bare, then nested with VMCS shadowing off"
 	@echo "                     and on: L0 path lengths in instructions, modelled nested/bare"
 	@echo "                     (BENCH_EXITS, CPUS, BENCH_PAIR = cycles per VM exit/entry pair)"
+	@echo "  make plot          charts of build/bench.csv and build/stats.csv (from make bench) as"
+	@echo "                     PNG and SVG under build/ (BENCH_CSV, STATS_CSV, PLOT_DIR)"
 	@echo "  make fuzz          the differential VMX fuzzer: the L1's workload=fuzz bare on Bochs"
 	@echo "                     MODEL and nested under nvmx, compared (SEED, OPS, SHOW=<op>)"
 	@echo "  make deps          install the Debian packages and the pinned toolchain"
@@ -63,31 +70,35 @@ help:
 deps: toolchain
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
+	  echo "installing Debian packages (once, a few minutes):$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
 toolchain:
 	@rustup run $(TOOLCHAIN) rustc --version >/dev/null 2>&1 && \
 	  rustup component list --toolchain $(TOOLCHAIN) --installed | grep -q rust-src || \
-	  rustup toolchain install $(TOOLCHAIN) --profile minimal --component rust-src
+	  { echo "installing the pinned Rust toolchain $(TOOLCHAIN) with rust-src (once, about a minute)"; \
+	    rustup toolchain install $(TOOLCHAIN) --profile minimal --component rust-src; }
 
 # --- build ------------------------------------------------------------------
 # The built-in L1 (guest/) is built first: the kernel embeds it.
 guest: toolchain
-	$(CARGO) build -p nvmx-guest --target $(TARGET_JSON) $(BUILD_STD) --profile $(PROFILE)
+	@echo "building the built-in L1 (guest/; the first build compiles core and alloc too, ~1 min)"
+	@$(CARGO) build -p nvmx-guest --target $(TARGET_JSON) $(BUILD_STD) --profile $(PROFILE)
 
 kernel: guest
-	NVMX_L1_ELF=$(CURDIR)/$(L1_ELF) $(CARGO) build -p nvmx-kernel --target $(TARGET_JSON) $(BUILD_STD) \
+	@echo "building nvmx (kernel/, with the L1 embedded)"
+	@NVMX_L1_ELF=$(CURDIR)/$(L1_ELF) $(CARGO) build -p nvmx-kernel --target $(TARGET_JSON) $(BUILD_STD) \
 	  --profile $(PROFILE)
 
 iso: deps kernel
 	@mkdir -p build
-	L1_MODULE="$(L1_MODULE)" L1_MODULE_ARGS="$(L1_MODULE_ARGS)" grub/mkiso.sh $(KERNEL_ELF) $(ISO) $(CMDLINE)
-	L1_MODULE=$(L1_ELF) L1_MODULE_ARGS="workload=selftest" grub/mkiso.sh $(KERNEL_ELF) build/nvmx-module-l1.iso $(CMDLINE)
-	grub/mkiso.sh $(L1_ELF) $(L1_ISO) $(L1_ARGS)
-	grub/mkiso.sh $(L1_ELF) build/l1-selftest.iso workload=selftest
-	grub/mkiso.sh $(L1_ELF) build/l1-fuzz.iso workload=fuzz seed=1 exits=6000
+	@echo "writing the GRUB ISOs under build/"
+	@L1_MODULE="$(L1_MODULE)" L1_MODULE_ARGS="$(L1_MODULE_ARGS)" grub/mkiso.sh $(KERNEL_ELF) $(ISO) $(CMDLINE)
+	@L1_MODULE=$(L1_ELF) L1_MODULE_ARGS="workload=selftest" grub/mkiso.sh $(KERNEL_ELF) build/nvmx-module-l1.iso $(CMDLINE)
+	@grub/mkiso.sh $(L1_ELF) $(L1_ISO) $(L1_ARGS)
+	@grub/mkiso.sh $(L1_ELF) build/l1-selftest.iso workload=selftest
+	@grub/mkiso.sh $(L1_ELF) build/l1-fuzz.iso workload=fuzz seed=1 exits=6000
 
 # --- run --------------------------------------------------------------------
 run: iso
@@ -109,12 +120,21 @@ run-qemu-uefi: iso
 
 run-bochs: iso run-bochs-only
 
+# The terminal shows GRUB and nvmx only: COM1 is this terminal (`mode=term`),
+# Bochs' own chatter (plugin loading, its debugger's `Next at t=0` and
+# register lines on power-off) goes to $(RUN_DIR)/bochs-run.log, its log to
+# $(RUN_DIR)/bochs.log. The debugger reads `c` from the rc file and nothing
+# from the terminal (stdin is /dev/null).
 run-bochs-only:
-	@mkdir -p build
-	tools/bochsrc.sh $(ISO) $(MODEL) $(CPUS) $(MEM) "mode=term, dev=$$(tty)" > build/bochsrc
-	@echo c > build/bochs-cont.rc
+	@mkdir -p $(RUN_DIR)
+	@tty=$$(tty) || { echo "make run-bochs: needs a terminal for the serial line (stdin is not one)"; exit 1; }; \
+	tools/bochsrc.sh $(ISO) $(MODEL) $(CPUS) $(MEM) "mode=term, dev=$$tty" $(RUN_DIR)/bochs.log > $(RUN_DIR)/bochsrc
+	@echo c > $(RUN_DIR)/bochs-cont.rc
+	@echo "Bochs $(MODEL), $(CPUS) cores; screen on VNC :5900; Bochs' own messages in $(RUN_DIR)/bochs-run.log"
 	@# Bochs exits with status 1 when the machine powers itself off (poweroff).
-	bochs -q -f build/bochsrc -rc build/bochs-cont.rc; status=$$?; [ $$status -le 1 ] || exit $$status
+	@bochs -q -f $(RUN_DIR)/bochsrc -rc $(RUN_DIR)/bochs-cont.rc </dev/null >$(RUN_DIR)/bochs-run.log 2>&1; status=$$?; \
+	if [ $$status -le 1 ]; then echo "Bochs has stopped: the machine powered off"; \
+	else echo "Bochs failed (exit status $$status): see $(RUN_DIR)/bochs-run.log and $(RUN_DIR)/bochs.log"; exit $$status; fi
 
 # --- tests ------------------------------------------------------------------
 test: test-host test-system
@@ -140,6 +160,15 @@ bench: iso
 	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) run -q -p nvmx-tests --bin bench -- $(BENCH_EXITS) $(CPUS) $(BENCH_PAIR)
 
 include linux/linux.mk
+
+# Charts of the seed thread's counters (tools/plot.py, matplotlib): the
+# VMX-instruction exits per reason with shadowing off vs on from `make bench`,
+# and a `stats --csv` dump per core and level.
+BENCH_CSV ?= build/bench.csv
+STATS_CSV ?= build/stats.csv
+PLOT_DIR  ?= build
+plot: deps
+	@$(PLOT_PYTHON) tools/plot.py --bench $(BENCH_CSV) --stats $(STATS_CSV) --out $(PLOT_DIR)
 
 clean:
 	$(CARGO) clean

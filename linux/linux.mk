@@ -47,6 +47,6 @@ linux: $(LINUX_DIR)/bare.iso
 # Debian's Linux on bare Bochs (no nvmx): the reference. Loads kvm_intel,
 # runs kvmtest, powers off. MODEL= picks the CPU.
 run-linux-bare: linux
-	tools/bochsrc.sh $(LINUX_DIR)/bare.iso $(MODEL) 1 512 "mode=term, dev=$$(tty)" $(LINUX_IPS) > build/bochsrc-linux
+	tools/bochsrc.sh $(LINUX_DIR)/bare.iso $(MODEL) 1 512 "mode=term, dev=$$(tty)" build/bochs-linux.log $(LINUX_IPS) > build/bochsrc-linux
 	@echo c > build/bochs-cont.rc
 	bochs -q -f build/bochsrc-linux -rc build/bochs-cont.rc; status=$$?; [ $$status -le 1 ] || exit $$status

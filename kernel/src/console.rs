@@ -10,8 +10,56 @@ use spin::{Mutex, Once};
 
 /// A second output (the screen), registered by its driver.
 static SCREEN: Once<fn(&[u8])> = Once::new();
-/// Serialises whole `print!` calls so lines from several cores don't interleave.
-static OUTPUT: Mutex<()> = Mutex::new(());
+/// Serialises whole `print!` calls so lines from several cores don't
+/// interleave, and knows what the shell's input line shows.
+static OUTPUT: Mutex<InputLine> = Mutex::new(InputLine::NONE);
+
+/// Longest prompt + line kept for redrawing (`nvmx_shell::editor::MAX_LINE`
+/// plus the prompt).
+const INPUT_MAX: usize = nvmx_shell::editor::MAX_LINE + 16;
+
+/// The shell's prompt and partial line as the terminal shows them, so that
+/// asynchronous output (a log line from another core) can clear them first
+/// and draw them again below itself (`nvmx_shell::editor::CLEAR_LINE`).
+/// A copy: the editor itself is the shell's, behind its own lock.
+pub struct InputLine {
+    shown: bool,
+    prompt_len: usize,
+    text: [u8; INPUT_MAX],
+    len: usize,
+    cursor: usize,
+}
+
+impl InputLine {
+    const NONE: InputLine = InputLine { shown: false, prompt_len: 0, text: [0; INPUT_MAX], len: 0, cursor: 0 };
+
+    /// The prompt and `line` (cursor at `cursor`) are on the terminal now.
+    pub fn show(&mut self, prompt: &str, line: &str, cursor: usize) {
+        let p = prompt.len().min(16);
+        let n = line.len().min(INPUT_MAX - p);
+        self.text[..p].copy_from_slice(&prompt.as_bytes()[..p]);
+        self.text[p..p + n].copy_from_slice(&line.as_bytes()[..n]);
+        (self.shown, self.prompt_len, self.len, self.cursor) = (true, p, p + n, cursor.min(n));
+    }
+
+    /// No prompt on the terminal (a command is running).
+    pub fn hide(&mut self) {
+        self.shown = false;
+    }
+
+    fn redraw(&self) {
+        let line = core::str::from_utf8(&self.text[self.prompt_len..self.len]).unwrap_or("");
+        write_bytes(&self.text[..self.prompt_len]);
+        nvmx_shell::editor::redraw(line, self.cursor, &mut |b| write_bytes(b));
+    }
+}
+
+/// Runs `f` with the console to itself: for the shell, whose prompt, echo
+/// and command output must not be cut by a log line, and which records in
+/// the [`InputLine`] what its prompt shows. `f` writes with [`write_bytes`].
+pub fn exclusive<R>(f: impl FnOnce(&mut InputLine) -> R) -> R {
+    f(&mut OUTPUT.lock())
+}
 
 /// Adds the screen as an output.
 pub fn set_screen(sink: fn(&[u8])) {
@@ -34,10 +82,34 @@ impl Write for Out {
     }
 }
 
+/// Remembers whether the last byte written ended a line.
+struct Tracked(bool);
+impl Write for Tracked {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if let Some(&last) = s.as_bytes().last() {
+            self.0 = last == b'\n';
+        }
+        Out.write_str(s)
+    }
+}
+
+/// Output not from the shell (log lines, boot messages): when the shell's
+/// prompt is on the terminal, it is erased first and drawn again after the
+/// output, with the partial line and the cursor where they were.
 #[doc(hidden)]
 pub fn _print(args: fmt::Arguments) {
-    let _guard = OUTPUT.lock();
-    let _ = Out.write_fmt(args);
+    let input = OUTPUT.lock();
+    if input.shown {
+        write_bytes(nvmx_shell::editor::CLEAR_LINE);
+    }
+    let mut out = Tracked(true);
+    let _ = out.write_fmt(args);
+    if input.shown {
+        if !out.0 {
+            write_bytes(b"\n");
+        }
+        input.redraw();
+    }
 }
 
 /// Prints to the console (serial + screen).

@@ -25,6 +25,7 @@ mod smp;
 mod stats;
 mod stats_view;
 mod time;
+mod top;
 mod vmx;
 
 use log::{error, info, warn};

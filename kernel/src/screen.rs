@@ -3,7 +3,8 @@
 //!
 //! The console hands us the same bytes as the serial line, so this is a tiny
 //! terminal: printable ASCII/UTF-8, `\n` (CR+LF), `\r`, BS (0x08, cursor left,
-//! non-destructive) and `ESC [ K` (erase to end of line, also `1K`/`2K`). BEL
+//! non-destructive), `ESC [ K` (erase to end of line, also `1K`/`2K`),
+//! `ESC [ J` / `ESC [ 2 J` (erase below / all) and `ESC [ H` (home). BEL
 //! and other control bytes are ignored; any other `ESC [ … final` sequence is
 //! swallowed. Light grey on black; the last line scrolls up.
 
@@ -199,8 +200,16 @@ impl Screen {
                 0x20..=0x2F | 0x3A..=0x3F => {}
                 0x40..=0x7E => {
                     self.parse = Parse::Ground;
-                    if b == b'K' {
-                        self.erase_in_line(param);
+                    match b {
+                        b'K' => self.erase_in_line(param),
+                        b'J' => self.erase_in_display(param),
+                        // `ESC [ H`: home; `ESC [ n H`: column 1 of row n
+                        // (`top` redraws its frame from the home position).
+                        b'H' => {
+                            self.row = usize::from(param.max(1) - 1).min(self.rows - 1);
+                            self.col = 0;
+                        }
+                        _ => {}
                     }
                 }
                 // A control or non-ASCII byte cannot be part of a CSI: the
@@ -273,6 +282,25 @@ impl Screen {
             _ => return,
         };
         self.clear_cells(self.row, from, to);
+    }
+
+    /// `ESC [ n J`: 0 = cursor to end of screen, 2 = whole screen (the
+    /// cursor stays).
+    fn erase_in_display(&mut self, mode: u16) {
+        match mode {
+            0 => {
+                self.erase_in_line(0);
+                for row in self.row + 1..self.rows {
+                    self.clear_cells(row, 0, self.cols);
+                }
+            }
+            2 => {
+                for row in 0..self.rows {
+                    self.clear_cells(row, 0, self.cols);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Draws `c` in cell (`row`, `col`).

@@ -21,13 +21,28 @@ static EDITOR: Mutex<Option<LineEditor>> = Mutex::new(None);
 /// Prints the first prompt; input is read by [`poll`].
 pub fn start() {
     *EDITOR.lock() = Some(LineEditor::new(HISTORY));
-    crate::print!("{PROMPT}");
+    prompt();
+}
+
+/// Prints the prompt and tells the console it is shown, so that log lines
+/// from now on are printed above it and it is drawn again below them.
+fn prompt() {
+    crate::console::exclusive(|input| {
+        crate::console::write_bytes(PROMPT.as_bytes());
+        input.show(PROMPT, "", 0);
+    });
+}
+
+/// The shell's own output, never cut by a log line.
+fn write(text: &str) {
+    crate::console::exclusive(|_| crate::console::write_bytes(text.as_bytes()));
 }
 
 /// Reads what input there is and runs finished lines. Called by the boot
 /// core between L1 exits and whenever it has nothing else to do.
 pub fn poll() {
     bench_step();
+    crate::top::step();
     if attached_poll() {
         return;
     }
@@ -36,18 +51,33 @@ pub fn poll() {
             return; // input waits until the benchmark is done
         }
         let Some(byte) = crate::serial::try_read().or_else(crate::keyboard::try_read) else { return };
+        if crate::top::active() {
+            // Any key ends the live view; the key itself is not input.
+            crate::top::stop();
+            prompt();
+            continue;
+        }
         let mut guard = EDITOR.lock();
         let Some(editor) = guard.as_mut() else { return };
-        let event = editor.feed(byte, &mut |echo| crate::console::write_bytes(echo));
+        // Echo and the console's copy of the line change together, so a log
+        // line in between redraws what the terminal really shows.
+        let event = crate::console::exclusive(|input| {
+            let event = editor.feed(byte, &mut |echo| crate::console::write_bytes(echo));
+            match event {
+                None => input.show(PROMPT, editor.line(), editor.cursor()),
+                Some(_) => input.hide(),
+            }
+            event
+        });
         drop(guard);
         match event {
             Some(Event::Line(line)) => {
                 run(&line);
-                if BENCH.lock().is_none() {
-                    crate::print!("{PROMPT}");
+                if BENCH.lock().is_none() && !crate::top::active() {
+                    prompt();
                 }
             }
-            Some(Event::Interrupted) => crate::print!("{PROMPT}"),
+            Some(Event::Interrupted) => prompt(),
             None => {}
         }
     }
@@ -60,9 +90,9 @@ fn run(line: &str) {
         Ok(Some(cmd)) => {
             let mut out = String::new();
             execute(cmd, &mut out);
-            crate::console::write_bytes(out.as_bytes());
+            write(&out);
         }
-        Err(e) => crate::println!("error: {e}"),
+        Err(e) => write(&alloc::format!("error: {e}\n")),
     }
 }
 
@@ -102,6 +132,10 @@ fn execute(cmd: Command, out: &mut String) {
         Command::Trace { cpu, count } => trace(cpu, count, out),
         Command::Shadow { on, cpus } => shadow(on, cpus, out),
         Command::Bench { exits, csv, pair, bare } => bench_start(exits, csv, pair, bare, out),
+        Command::Top(sel) => {
+            crate::top::start(cpus_of(sel), out);
+            Ok(())
+        }
     };
 }
 
@@ -495,8 +529,8 @@ fn bench_step() {
     }
     *guard = None;
     drop(guard);
-    crate::console::write_bytes(out.as_bytes());
-    crate::print!("{PROMPT}");
+    write(&out);
+    prompt();
 }
 
 /// The L1 whose COM1 the shell's serial line is attached to, and how far

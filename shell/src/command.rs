@@ -24,6 +24,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     CommandSpec { name: "vmx", usage: "vmx", summary: "VT-x capabilities of this CPU", help: "Whether VT-x is usable, and a decode of the IA32_VMX_* capability MSRs." },
     CommandSpec { name: "l1", usage: "l1 [<cpu>] | l1 stop|start|restart <cpu> [<arg>...]", summary: "L1 state per core; stop/start/restart one", help: "Shows each core's L1: state, exits, last exit, uptime. `start`/`restart` may give the L1 a new command line, e.g. `l1 restart 1 crash=triple`." },
     CommandSpec { name: "stats", usage: "stats [<cpu>|all] [reset] [--csv]", summary: "exit counters per exit reason", help: "Per core and exit reason: exits (hex and decimal), completed, L0 cycles (sum, min, avg, max), totals and L0's share of the core. `reset` zeroes them, `--csv` prints CSV." },
+    CommandSpec { name: "top", usage: "top [<cpu>|all]", summary: "live exit rates per core and reason", help: "Like kvm_stat: every second, per core the exits per second and L0's share of the core (L1, L2 handled by L0, L2 reflected to L1), then its exit reasons fastest first with level, rate, L0 share and total. Redrawn in place on the serial line and the screen; any key ends it." },
     CommandSpec { name: "trace", usage: "trace [<cpu>] [<n>]", summary: "the last exits of a core", help: "The last n (default 16) exits: TSC, reason, qualification, RIP, level, L0 cycles." },
     CommandSpec { name: "console", usage: "console <cpu>", summary: "an L1's console output", help: "The newest output the L1 of that core wrote to its COM1." },
     CommandSpec { name: "attach", usage: "attach <cpu>", summary: "talk to an L1's COM1 (Ctrl-] ends)", help: "Connects this serial line and the keyboard to that core's L1 serial port both ways, like `virsh console`: what you type goes to its receiver, what it sends is printed. Ctrl-] returns to the shell." },
@@ -94,6 +95,7 @@ pub enum Command {
     /// `pair`: modelled cost of one VM exit/entry pair in cycles; `bare`:
     /// TSC ticks per L2 exit of the same L1 booted bare (`make bench` measures it).
     Bench { exits: u64, csv: bool, pair: u64, bare: Option<u64> },
+    Top(CpuSel),
 }
 
 /// What the parser needs to know of the machine.
@@ -321,6 +323,11 @@ pub fn parse(line: &str, ctx: &Context) -> Result<Option<Command>, ParseError> {
             }
             Command::Bench { exits, csv, pair, bare }
         }
+        "top" => match args {
+            [] | ["all"] => Command::Top(CpuSel::All),
+            [cpu] => Command::Top(CpuSel::One(cpu_arg("top", cpu, ctx)?)),
+            [_, rest @ ..] => return no_more("top", rest).map(|()| None),
+        },
         "shadow" => {
             let (on, rest) = match args {
                 [] => (None, args),
@@ -435,6 +442,11 @@ mod tests {
         assert_eq!(ok("shadow off 3"), Command::Shadow { on: Some(false), cpus: CpuSel::One(3) });
         assert_eq!(err("shadow maybe"), "shadow: unknown argument 'maybe' (status|on|off)");
         assert_eq!(err("shadow on 7"), "shadow: cpu 7 does not exist (0-3)");
+        assert_eq!(ok("top"), Command::Top(CpuSel::All));
+        assert_eq!(ok("top 2"), Command::Top(CpuSel::One(2)));
+        assert_eq!(err("top 4"), "top: cpu 4 does not exist (0-3)");
+        assert_eq!(err("top fast"), "top: 'fast' is not a number");
+        assert_eq!(err("top 1 2"), "top: unexpected argument '2'");
     }
 
     #[test]

@@ -142,8 +142,7 @@ impl LineEditor {
     /// for after other output (a log line) scribbled over it. The caller
     /// prints the prompt first.
     pub fn redraw(&self, out: &mut dyn FnMut(&[u8])) {
-        out(self.line.as_bytes());
-        back(out, self.line.len() - self.cursor);
+        redraw(&self.line, self.cursor, out);
     }
 
     /// Processes one input byte, writing the echo to `out`.
@@ -386,6 +385,20 @@ impl LineEditor {
     }
 }
 
+/// Printed before asynchronous output (a log line from another core) while a
+/// prompt is shown: back to column 0 and erase the prompt and partial line,
+/// so the output starts on a clean line. Afterwards the prompt and the line
+/// are drawn again with [`redraw`] below it, as readline does.
+pub const CLEAR_LINE: &[u8] = b"\r\x1b[K";
+
+/// Draws `line` with the cursor at `cursor` (the prompt is already printed):
+/// the line, then back to the cursor column. `cursor` past the end counts as
+/// the end.
+pub fn redraw(line: &str, cursor: usize, out: &mut dyn FnMut(&[u8])) {
+    out(line.as_bytes());
+    back(out, line.len().saturating_sub(cursor));
+}
+
 /// Moves the cursor `n` columns left.
 fn back(out: &mut dyn FnMut(&[u8]), mut n: usize) {
     const BACKS: [u8; 16] = [BS; 16];
@@ -492,6 +505,53 @@ mod tests {
         assert_eq!(visible, ed.line(), "screen and buffer disagree");
         assert_eq!(col, ed.cursor(), "screen and buffer cursor disagree");
         (ed, visible, col)
+    }
+
+    /// A log line arrives while `sta` (cursor after `s`) is being typed: the
+    /// terminal ends with the log line above and the prompt, the partial
+    /// line and the cursor exactly as before below it.
+    #[test]
+    fn asynchronous_output_then_redraw_restores_prompt_and_line() {
+        let mut ed = LineEditor::new(8);
+        let (_, mut term) = feed(&mut ed, &[b"sta".as_slice(), LEFT, LEFT].concat());
+        term.splice(0..0, b"nvmx> ".iter().copied());
+        term.extend_from_slice(CLEAR_LINE);
+        term.extend_from_slice(b"[INFO  cpu1] l1: cpu 1: running\r\n");
+        term.extend_from_slice(b"nvmx> ");
+        ed.redraw(&mut |b: &[u8]| term.extend_from_slice(b));
+        // A small terminal: CR, LF, BS, ESC [ K.
+        let (mut lines, mut row, mut col) = (alloc::vec![Vec::<u8>::new()], 0usize, 0usize);
+        let mut i = 0;
+        while i < term.len() {
+            match term[i] {
+                b'\r' => col = 0,
+                b'\n' => {
+                    row += 1;
+                    lines.push(Vec::new());
+                }
+                BS => col -= 1,
+                ESC => {
+                    assert_eq!(&term[i..i + 3], ERASE_TO_EOL);
+                    lines[row].truncate(col);
+                    i += 2;
+                }
+                c => {
+                    if col < lines[row].len() {
+                        lines[row][col] = c;
+                    } else {
+                        lines[row].push(c);
+                    }
+                    col += 1;
+                }
+            }
+            i += 1;
+        }
+        let text: Vec<String> = lines.into_iter().map(|l| String::from_utf8(l).unwrap()).collect();
+        assert_eq!(text, ["[INFO  cpu1] l1: cpu 1: running", "nvmx> sta"]);
+        assert_eq!((row, col), (1, "nvmx> s".len()), "cursor back after the 's'");
+        // Typing goes on where it was.
+        let (events, _) = feed(&mut ed, b"x\r");
+        assert_eq!(events, [line("sxta")]);
     }
 
     #[test]

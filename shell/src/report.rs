@@ -307,6 +307,95 @@ pub fn bench(cpu: usize, off: &BenchRun, on: &BenchRun, prof: Option<&BenchProfi
     out
 }
 
+/// One core in a `top` frame: its counters at the last frame and now.
+pub struct TopCore<'a> {
+    pub cpu: usize,
+    /// The L1's state (`running`, `halted`, `stopped: …`).
+    pub state: &'a str,
+    pub prev: &'a [StatRow<'a>],
+    pub now: &'a [StatRow<'a>],
+}
+
+/// Lines of a `top` frame, at most: fits a 25-line screen with the cursor
+/// line below it.
+pub const TOP_LINES: usize = 23;
+/// Columns of a `top` frame, at most.
+pub const TOP_COLS: usize = 80;
+
+/// Erase to the end of the line: every `top` line ends with it, so a frame
+/// drawn over the previous one leaves nothing of it behind.
+const EL: &str = "\x1b[K";
+
+/// A `top` frame (kvm_stat-like): per core, the exits of the last `elapsed`
+/// TSC cycles (`tsc_hz` cycles a second) per second and L0's share of the
+/// core, split by level; then that core's exit reasons by rate, fastest
+/// first, with the level they came from and their running totals. Drawn in
+/// place: the caller sends `ESC [ H` (and `ESC [ 2 J` the first time)
+/// before it; every line ends with `ESC [ K` and the frame with `ESC [ J`
+/// (erase below). At most [`TOP_LINES`] lines of at most [`TOP_COLS`]
+/// columns: with many cores, fewer reasons per core.
+pub fn top(frame: u64, cores: &[TopCore], elapsed: u64, tsc_hz: u64) -> String {
+    let elapsed = elapsed.max(1);
+    let rate = |d: u64| (u128::from(d) * u128::from(tsc_hz) / u128::from(elapsed)) as u64;
+    let mut lines: alloc::vec::Vec<String> = alloc::vec::Vec::new();
+    let ms = (u128::from(elapsed) * 1000 / u128::from(tsc_hz.max(1))) as u64;
+    lines.push(alloc::format!("nvmx top #{frame}: exits/s over the last {}.{} s; any key ends it", ms / 1000, ms % 1000 / 100));
+    lines.push(alloc::format!("{:>3}  {:<10} {:>6} {:<19} {:>10} {:>8} {:>13}", "cpu", "from", "vmexit", "name", "exits/s", "L0 share", "total"));
+    // Two summary lines a core (all levels, then each level) while they fit;
+    // with many cores one, and `top <cpu>` shows a core's levels.
+    let summary = if 2 + 2 * cores.len() <= TOP_LINES { 2 } else { 1 };
+    let per_core = (TOP_LINES - 2).saturating_sub(summary * cores.len()) / cores.len().max(1);
+    for core in cores {
+        // (level, reason, name, exits in the interval, cycles in the interval, total)
+        let mut rows: alloc::vec::Vec<(&str, u16, &str, u64, u64, u64)> = core
+            .now
+            .iter()
+            .map(|r| {
+                let before = core.prev.iter().find(|p| p.from == r.from && p.reason == r.reason);
+                // Counters reset (`stats reset`, a restarted L1) since the last frame: count from 0.
+                let (e0, c0) = before.filter(|p| p.exits <= r.exits).map_or((0, 0), |p| (p.exits, p.cycles));
+                (r.from, r.reason, r.name, r.exits - e0, r.cycles.saturating_sub(c0), r.exits)
+            })
+            .filter(|r| r.3 > 0)
+            .collect();
+        rows.sort_by(|a, b| b.3.cmp(&a.3).then(a.1.cmp(&b.1)));
+        let level = |from: &str| rows.iter().filter(|r| r.0 == from).map(|r| r.3).sum::<u64>();
+        let (exits, cycles) = rows.iter().fold((0, 0), |(e, c), r| (e + r.3, c + r.4));
+        lines.push(alloc::format!(
+            "cpu {} {}: {} exits/s, L0 share {}",
+            core.cpu,
+            // `stopped: <why>` is for `l1`; here the word is enough.
+            core.state.split(':').next().unwrap_or(""),
+            rate(exits),
+            percent(cycles, elapsed),
+        ));
+        if summary == 2 {
+            lines.push(alloc::format!(
+                "      from L1 {}/s, from L2 handled by L0 {}/s, from L2 reflected to L1 {}/s",
+                rate(level("L1")),
+                rate(level("L2 (L0)")),
+                rate(level(REFLECTED)),
+            ));
+        }
+        for r in rows.iter().take(per_core) {
+            let name = r.2.get(..r.2.len().min(19)).unwrap_or(r.2);
+            lines.push(alloc::format!(
+                "{:>3}  {:<10} {:>6} {:<19} {:>10} {:>8} {:>13}",
+                core.cpu, r.0, r.1, name, rate(r.3), percent(r.4, elapsed), r.5
+            ));
+        }
+    }
+    let mut out = String::new();
+    for mut line in lines.into_iter().take(TOP_LINES) {
+        line.truncate(TOP_COLS);
+        out.push_str(&line);
+        out.push_str(EL);
+        out.push('\n');
+    }
+    out.push_str("\x1b[J");
+    out
+}
+
 /// One field of a VMCS dump: name, encoding, value (`None`: the CPU does not
 /// implement it).
 pub type DumpField<'a> = (&'a str, u32, Option<u64>);
@@ -383,6 +472,38 @@ mod tests {
         let csv = stats(0, &[row(10, "cpuid", 3, 2)], 100, true);
         assert_eq!(csv, "cpu,from,vmexit,name,times (hex),times,completed,L0 cycles,min,avg,max\n0,L1,10,cpuid,0x3,3,2,30,8,10,30\n");
         assert_eq!(stats(2, &[], 100, false), "cpu 2:\n  no exits counted\n");
+    }
+
+    #[test]
+    fn top_rates_shares_sorting_and_fit() {
+        let mut reflected = row(10, "cpuid", 150, 150);
+        reflected.from = REFLECTED;
+        let prev = [row(23, "vmread", 1000, 1000), row(24, "vmresume", 100, 100), reflected];
+        reflected.exits = 250;
+        reflected.cycles = 2500;
+        // 1 s at 100000 tsc/s: vmread +500 (5000 cycles), vmresume +0, cpuid +100, hlt new +20.
+        let now = [row(23, "vmread", 1500, 1500), row(24, "vmresume", 100, 100), reflected, row(12, "hlt", 20, 20)];
+        let cores = [TopCore { cpu: 1, state: "running", prev: &prev, now: &now }];
+        let out = top(2, &cores, 100_000, 100_000);
+        let lines: alloc::vec::Vec<&str> = out.lines().map(|l| l.trim_end_matches("\x1b[K")).collect();
+        assert_eq!(lines[0], "nvmx top #2: exits/s over the last 1.0 s; any key ends it");
+        // 620 exits, 6200 cycles of 100000.
+        assert_eq!(lines[2], "cpu 1 running: 620 exits/s, L0 share 6.20 %");
+        assert_eq!(lines[3], "      from L1 520/s, from L2 handled by L0 0/s, from L2 reflected to L1 100/s");
+        let order: alloc::vec::Vec<&str> = lines[4..7].iter().map(|l| l[23..42].trim()).collect();
+        assert_eq!(order, ["vmread", "cpuid", "hlt"], "fastest first, idle vmresume left out:\n{out}");
+        assert_eq!(lines[5].split_whitespace().collect::<alloc::vec::Vec<_>>(), ["1", "L2", "(to", "L1)", "10", "cpuid", "100", "1.00", "%", "250"]);
+        assert!(out.ends_with("\x1b[K\n\x1b[J") && out.lines().count() == 7 + 1, "seven lines, then erase below: {out:?}");
+
+        // 16 busy cores: still at most 23 lines of at most 80 columns, one summary each.
+        let many: alloc::vec::Vec<TopCore> = (0..16).map(|cpu| TopCore { cpu, state: "stopped: triple fault", prev: &[], now: &now }).collect();
+        let out = top(1, &many, 3, 1_000_000_000);
+        assert!(out.lines().count() <= TOP_LINES, "{out}");
+        assert!(out.lines().all(|l| l.trim_end_matches("\x1b[K").len() <= TOP_COLS), "{out}");
+        assert_eq!(out.lines().filter(|l| l.starts_with("cpu ") && l.contains(" stopped: ")).count(), 16);
+        // Counters reset since the last frame (vmread, cpuid) count from zero, never underflow.
+        let cores = [TopCore { cpu: 0, state: "running", prev: &now, now: &prev }];
+        assert!(top(3, &cores, 1000, 1000).contains("cpu 0 running: 1150 exits/s"));
     }
 
     #[test]
