@@ -84,6 +84,9 @@ pub fn step() {
             L1State::NotStarted => String::from("not started"),
             L1State::Running => String::from("running"),
             L1State::Halted => String::from("halted"),
+            L1State::PoweredOff => String::from("powered off"),
+            L1State::Restarting => String::from("restarting"),
+            L1State::Exited(_) => String::from("exited"),
             L1State::Stopped(_) => String::from("stopped"),
         })
         .collect();
