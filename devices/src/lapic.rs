@@ -538,7 +538,9 @@ impl LocalApic {
     fn write_reg(&mut self, reg: u32, v: u32) -> Result<Option<u8>, ()> {
         let x2 = self.mode() == ApicMode::X2Apic;
         match reg {
-            REG_ID if !x2 => self.xapic_id = (v >> 24) as u8,
+            // The xAPIC ID is read-only here (writability is model specific,
+            // 11.4.6; Bochs' APIC ignores the write too).
+            REG_ID if !x2 => {}
             REG_TPR => self.tpr = v as u8,
             REG_EOI => return Ok(self.eoi()),
             REG_LDR if !x2 => self.ldr = v & 0xFF00_0000,
@@ -581,7 +583,13 @@ impl LocalApic {
                 }
             }
             REG_SELF_IPI if x2 => {
-                self.icr_self(v as u8);
+                // 11.5.3: an illegal vector written to SELF IPI is both sent
+                // and received illegally.
+                if (v as u8) < 16 {
+                    self.error(ESR_SEND_ILLEGAL_VECTOR | ESR_RECV_ILLEGAL_VECTOR);
+                } else {
+                    self.accept_fixed(v as u8, false);
+                }
             }
             _ => {
                 let i = lvt_index(reg).ok_or(())?;
@@ -591,9 +599,20 @@ impl LocalApic {
                 }
                 if i == LVT_TIMER {
                     let old_mode = self.timer_mode();
+                    let was_deadline = old_mode == TimerMode::TscDeadline;
+                    if self.timer_running && !was_deadline {
+                        // Count the current period from its own start, so a
+                        // periodic timer turned one-shot ends this period.
+                        self.advance(self.now);
+                        let base = self.tsc_after_counts(self.timer_fired * self.timer_initial as u64);
+                        self.timer_start = base;
+                        self.timer_fired = 0;
+                    }
                     self.lvt[i] = val;
-                    if self.timer_mode() != old_mode {
-                        // 11.5.4.1: changing the mode disarms the timer.
+                    if (self.timer_mode() == TimerMode::TscDeadline) != was_deadline {
+                        // 11.5.4.1: moving into or out of TSC-deadline mode
+                        // disarms the timer. One-shot <-> periodic keeps
+                        // counting.
                         self.timer_running = false;
                         self.timer_initial = 0;
                         self.tsc_deadline = 0;
@@ -610,14 +629,6 @@ impl LocalApic {
         let v = Self::highest(&self.isr)?;
         Self::set_bit(&mut self.isr, v, false);
         Self::bit(&self.tmr, v).then_some(v)
-    }
-
-    fn icr_self(&mut self, vector: u8) {
-        if vector < 16 {
-            self.error(ESR_SEND_ILLEGAL_VECTOR);
-        } else {
-            self.accept_fixed(vector, false);
-        }
     }
 
     /// Send the IPI the ICR describes (11.6.1). Only this CPU exists.
@@ -899,6 +910,8 @@ mod tests {
         assert_eq!(a.mmio_read(0x34, 4), 0);
         a.mmio_write(0x30, 4, 0); // read-only version: ignored
         assert_eq!(a.mmio_read(0x30, 4), VERSION as u64);
+        a.mmio_write(0x20, 4, 5 << 24); // the ID is read-only
+        assert_eq!(a.mmio_read(0x20, 4), 0);
     }
 
     #[test]
@@ -947,6 +960,10 @@ mod tests {
         }
         a.advance(15_000 + 1234);
         assert_eq!(a.mmio_read(0x390, 4), 5000 - 1234);
+        // Periodic -> one-shot keeps the count running.
+        a.mmio_write(0x320, 4, 0x41);
+        assert_eq!(a.mmio_read(0x390, 4), 5000 - 1234);
+        a.mmio_write(0x320, 4, 0x2_0000 | 0x41);
         // Masked: counts on, no interrupt.
         a.mmio_write(0x320, 4, 0x3_0000 | 0x41);
         a.advance(30_000);
@@ -1023,6 +1040,9 @@ mod tests {
         // 64-bit ICR: destination 0 physical, fixed vector 0x66.
         a.wrmsr(0x830, 0x0000_0000_0000_0066, 0).unwrap();
         assert_eq!(a.pending_vector(), Some(0x66));
+        a.wrmsr(0x83F, 0x05, 0).unwrap();
+        a.wrmsr(0x828, 0, 0).unwrap();
+        assert_eq!(a.rdmsr(0x828, 0), Ok((ESR_SEND_ILLEGAL_VECTOR | ESR_RECV_ILLEGAL_VECTOR) as u64));
         a.wrmsr(0x830, 0x0000_0001_0000_0067, 0).unwrap();
         assert!(!LocalApic::bit(&a.irr, 0x67), "x2APIC ID 1 does not exist");
         assert_eq!(a.rdmsr(0x830, 0), Ok(0x0000_0001_0000_0067));
