@@ -4,7 +4,7 @@
 //! one-shot, periodic and TSC-deadline modes. Intel SDM Vol. 3A chapter 11
 //! ("Advanced Programmable Interrupt Controller"), section numbers below.
 //!
-//! Modelled: ID, version (0x14, 7 LVT entries), TPR/PPR/APR, EOI (with the
+//! Modelled: ID (read-only), version (0x00050014 as Bochs reports), TPR/PPR/APR, EOI (with the
 //! EOI of a level-triggered vector handed back for the IOAPIC broadcast),
 //! LDR/DFR (flat and cluster), SVR with software disable forcing the LVT
 //! masks, ISR/TMR/IRR, ESR (errors latched by a write, error LVT), ICR
@@ -69,8 +69,10 @@ const REG_TIMER_CURRENT: u32 = 0x390;
 const REG_TIMER_DIVIDE: u32 = 0x3E0;
 const REG_SELF_IPI: u32 = 0x3F0; // x2APIC only
 
-/// Version register: version 0x14 (integrated APIC), max LVT entry 6.
-const VERSION: u32 = 0x0006_0014;
+/// Version register: version 0x14 (integrated xAPIC), max LVT entry 5 -
+/// what Bochs' CPUs report, so the L1 sees the same APIC bare and nested.
+/// The CMCI LVT (0x2F0) still exists, as on Bochs.
+const VERSION: u32 = 0x0005_0014;
 
 const LVT_MASKED: u32 = 1 << 16;
 const SVR_ENABLE: u32 = 1 << 8;
@@ -743,18 +745,23 @@ impl LocalApic {
         }
     }
 
-    /// Which x2APIC registers are writable and their reserved bits (a set
-    /// reserved bit is #GP, 11.12.1.2).
+    /// Which x2APIC registers are writable, and the bits that may be set
+    /// without #GP (11.12.1.2: the upper 32 bits of every register but the
+    /// ICR are reserved; TPR bits 31:8, SVR bits beyond 8 (no focus
+    /// checking, no EOI-broadcast suppression) and any nonzero EOI or ESR
+    /// write #GP). Other registers ignore their reserved bits, as Bochs'
+    /// and KVM's x2APIC do.
     fn x2apic_writable(reg: u32) -> Option<u64> {
         Some(match reg {
             REG_TPR => 0xFF,
             REG_EOI | REG_ESR => 0,
-            REG_SVR => 0x3FF & !(1 << 12),
-            REG_ICR_LO => 0xFFFF_FFFF_000C_CFFF,
-            REG_TIMER_INITIAL => 0xFFFF_FFFF,
-            REG_TIMER_DIVIDE => 0xB,
-            REG_SELF_IPI => 0xFF,
-            _ => LVT_WRITABLE[lvt_index(reg)?] as u64,
+            REG_SVR => 0x1FF,
+            REG_ICR_LO => u64::MAX,
+            REG_TIMER_INITIAL | REG_TIMER_DIVIDE | REG_SELF_IPI => 0xFFFF_FFFF,
+            _ => {
+                lvt_index(reg)?;
+                0xFFFF_FFFF
+            }
         })
     }
 
@@ -780,7 +787,7 @@ impl LocalApic {
                     return Err(Gp);
                 }
                 if reg == REG_ICR_LO {
-                    self.icr = value;
+                    self.icr = value & 0xFFFF_FFFF_000C_CFFF;
                     self.send_ipi();
                     return Ok(None);
                 }
@@ -843,7 +850,7 @@ mod tests {
     fn reset_state_and_version() {
         let mut a = LocalApic::new(HZ, HZ, true);
         assert_eq!(a.rdmsr(MSR_APIC_BASE, 0), Ok(0xFEE0_0900));
-        assert_eq!(a.mmio_read(0x30, 4), 0x0006_0014);
+        assert_eq!(a.mmio_read(0x30, 4), 0x0005_0014);
         assert_eq!(a.mmio_read(0xF0, 4), 0xFF);
         assert_eq!(a.mmio_read(0xE0, 4), 0xFFFF_FFFF);
         assert!(a.lint0_extint(), "virtual wire: LINT0 is ExtINT");
@@ -1031,6 +1038,10 @@ mod tests {
         assert_eq!(a.wrmsr(0x802, 1, 0), Err(Gp), "ID is read-only");
         assert_eq!(a.wrmsr(0x80B, 1, 0), Err(Gp), "EOI must be written with 0");
         assert_eq!(a.wrmsr(0x808, 0x100, 0), Err(Gp), "TPR reserved bits");
+        assert_eq!(a.wrmsr(0x80F, 0x3FF, 0), Err(Gp), "no focus checking bit");
+        assert_eq!(a.wrmsr(0x832, 1 << 32, 0), Err(Gp), "upper half reserved");
+        a.wrmsr(0x835, 0xFFFF_FFFF, 0).unwrap(); // LINT0: reserved bits ignored
+        assert_eq!(a.rdmsr(0x835, 0), Ok(0x1_A7FF));
         assert_eq!(a.wrmsr(0x840, 0, 0), Err(Gp));
         a.wrmsr(0x83F, 0x55, 0).unwrap();
         assert_eq!(a.pending_vector(), Some(0x55));
