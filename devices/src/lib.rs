@@ -263,10 +263,7 @@ impl Platform {
     pub fn reset(&mut self) {
         let now = self.now;
         *self = Platform::new(self.cfg.clone());
-        self.now = now;
-        self.pit.advance(now);
-        self.pm.advance(now);
-        self.rtc.advance(now);
+        self.advance(now);
     }
 
     /// The configuration this PC was built from.

@@ -264,3 +264,22 @@ fn summary_line() {
     assert!(s.starts_with("apic xapic tpr=0x0 timer periodic vec=0xec"), "{s}");
     assert!(s.contains("pending none") && s.contains("next tsc 2000"), "{s}");
 }
+
+#[test]
+fn reset_keeps_time_and_restores_power_on_state() {
+    let mut p = pc();
+    enable_lapic(&mut p);
+    p.wrmsr(0x1B, 0xFEE0_0000 | 3 << 10).unwrap().unwrap();
+    p.advance(1_000_000);
+    p.io_out(0x64, 1, 0xFE);
+    assert_eq!(p.poll_event(), Some(Event::Reset));
+    p.reset();
+    assert_eq!(p.now(), 1_000_000);
+    assert_eq!(p.rdmsr(0x1B), Some(Ok(0xFEE0_0900)), "xAPIC mode again");
+    // A timer armed right after the reset counts from now, not from TSC 0.
+    p.mmio_write(APIC + 0x3E0, 4, 0xB);
+    p.mmio_write(APIC + 0xF0, 4, 0x1FF);
+    p.mmio_write(APIC + 0x320, 4, 0x40);
+    p.mmio_write(APIC + 0x380, 4, 500);
+    assert_eq!(p.next_deadline_tsc(), Some(1_000_500));
+}
