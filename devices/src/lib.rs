@@ -18,7 +18,7 @@
 //! | IOAPIC ([`ioapic`]) | 0xFEC00000 | GSI 0-23 | IOREGSEL/IOWIN, ID, version 0x11 (82093AA, as Bochs), 24 redirection entries, edge/level, polarity, remote IRR cleared by the LAPIC EOI broadcast or an edge/level switch, physical/logical destinations | delivery to other CPUs (one CPU), arbitration ID |
 //! | local APIC ([`lapic`]) | 0xFEE00000 (xAPIC), MSRs 0x800-0x83F (x2APIC), IA32_APIC_BASE, IA32_TSC_DEADLINE | vectors 16-255 | IA32_APIC_BASE mode transitions, ID/version/TPR/PPR/EOI/LDR/DFR/SVR, ISR/TMR/IRR, ESR with its errors, ICR (self, all-incl-self, fixed/lowest/NMI), SELF IPI, LVT timer/LINT0/LINT1/error/thermal/perf/CMCI, timer one-shot, periodic and TSC-deadline | INIT/SIPI (one CPU), SMI, directed EOI, arbitration |
 //! | i8042 ([`misc`]) | 0x60/0x64 | IRQ1 (keyboard timeouts only) | controller present with self-test, command byte, output port, pulse-reset 0xFE and output-port reset; bytes for the keyboard time out (status TIMEOUT, IRQ1) | keyboard and mouse (none attached; no aux port) |
-//! | misc ([`misc`]) | 0x80 POST, 0x92 port A, PCI 0xCF8/0xCFC, QEMU exit 0xF4, Bochs 0x8900 | - | POST code, fast reset, PCI type-1 address register with no device behind it (reads all-ones), exit conventions | PCI devices |
+//! | misc ([`misc`]) | 0x80 POST, 0x92 port A, PCI 0xCF8/0xCFC, QEMU exit 0xF4, Bochs 0x8900 | - | POST code, fast reset, PCI mechanism #1 with one host bridge (i440FX 8086:1237, as Bochs) and nothing else (all-ones), exit conventions | other PCI devices, MMCONFIG |
 //!
 //! Every other port reads all-ones and ignores writes, as an empty ISA bus
 //! does. Time comes from one source, the L1's TSC, handed in by
@@ -95,6 +95,9 @@ pub struct Config {
     pub lapic: bool,
     /// x2APIC mode may be entered (CPUID.1:ECX[21] should say the same).
     pub x2apic: bool,
+    /// A PCI host bridge (i440FX, as Bochs has) at 00:00.0; otherwise PCI
+    /// configuration reads are all-ones everywhere.
+    pub pci_host_bridge: bool,
 }
 
 impl Config {
@@ -110,6 +113,7 @@ impl Config {
             ioapic: true,
             lapic: true,
             x2apic: true,
+            pci_host_bridge: true,
         }
     }
 }
@@ -250,7 +254,7 @@ impl Platform {
             pm: pm::PmBlock::new(cfg.tsc_hz),
             ioapic: ioapic::IoApic::new(),
             lapic,
-            misc: misc::Misc::new(),
+            misc: misc::Misc::new(cfg.pci_host_bridge),
             events: VecDeque::new(),
             isa_lines: 0,
             glue_lines: 0,
