@@ -98,6 +98,9 @@ pub struct Config {
     /// A PCI host bridge (i440FX, as Bochs has) at 00:00.0; otherwise PCI
     /// configuration reads are all-ones everywhere.
     pub pci_host_bridge: bool,
+    /// MAXPHYADDR as the L1's CPUID.80000008H reports it: IA32_APIC_BASE
+    /// bits at and above it are reserved (#GP).
+    pub phys_addr_bits: u8,
 }
 
 impl Config {
@@ -114,6 +117,7 @@ impl Config {
             lapic: true,
             x2apic: true,
             pci_host_bridge: true,
+            phys_addr_bits: 36,
         }
     }
 }
@@ -244,7 +248,8 @@ pub struct Platform {
 impl Platform {
     /// A PC in the state a BIOS hands to a boot loader.
     pub fn new(cfg: Config) -> Self {
-        let lapic = lapic::LocalApic::new(cfg.tsc_hz, cfg.lapic_timer_hz, cfg.x2apic);
+        let mut lapic = lapic::LocalApic::new(cfg.tsc_hz, cfg.lapic_timer_hz, cfg.x2apic);
+        lapic.set_phys_addr_bits(cfg.phys_addr_bits);
         Platform {
             now: 0,
             pic: pic::PicPair::new(),

@@ -380,3 +380,14 @@ fn hostile_register_traffic_never_panics() {
         assert!(interrupts > 0, "seed {seed}: the traffic never raised an interrupt");
     }
 }
+
+#[test]
+fn apic_base_reserved_bits_follow_maxphyaddr() {
+    let mut p = pc();
+    assert_eq!(p.wrmsr(0x1B, 0x10_FEE0_0900), Some(Err(Gp)), "bit 36 with MAXPHYADDR 36");
+    let mut cfg = Config::new(50_000_000, 256 << 20, 0);
+    cfg.phys_addr_bits = 39;
+    let mut p = Platform::new(cfg);
+    assert_eq!(p.wrmsr(0x1B, 0x10_FEE0_0900), Some(Ok(())));
+    assert!(p.is_mmio(0x10_FEE0_0030) && !p.is_mmio(0xFEE0_0030), "the page moved");
+}
