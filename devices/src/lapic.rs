@@ -212,7 +212,7 @@ impl LocalApic {
     }
 
     /// The physical-address width for IA32_APIC_BASE's reserved-bit check
-    /// (CPUID.80000008H:EAX[7:0]); 36 unless told.
+    /// (CPUID.80000008H:EAX bits 7:0); 36 unless told.
     pub fn set_phys_addr_bits(&mut self, bits: u8) {
         self.base_mask = ((1u64 << bits.clamp(32, 52)) - 1) & !0xFFF;
     }
@@ -307,7 +307,7 @@ impl LocalApic {
         Self::highest(&self.isr)
     }
 
-    /// PPR (11.8.3.1): TPR if its class is at least ISRV's, else ISRV[7:4].
+    /// PPR (11.8.3.1): TPR if its class is at least ISRV's, else ISRV bits 7:4.
     pub fn ppr(&self) -> u8 {
         let isrv = Self::highest(&self.isr).unwrap_or(0);
         if self.tpr >> 4 >= isrv >> 4 { self.tpr } else { isrv & 0xF0 }

@@ -93,7 +93,7 @@ pub struct Config {
     pub ioapic: bool,
     /// Local APIC present (IA32_APIC_BASE, the xAPIC page, x2APIC MSRs).
     pub lapic: bool,
-    /// x2APIC mode may be entered (CPUID.1:ECX[21] should say the same).
+    /// x2APIC mode may be entered (CPUID.1:ECX bit 21 should say the same).
     pub x2apic: bool,
     /// A PCI host bridge (i440FX, as Bochs has) at 00:00.0; otherwise PCI
     /// configuration reads are all-ones everywhere.
@@ -633,12 +633,12 @@ impl Platform {
         }
     }
 
-    /// CR8 as the L1 reads it (TPR[7:4], SDM 10.8.6.1).
+    /// CR8 as the L1 reads it (TPR bits 7:4, SDM 11.8.6.1).
     pub fn cr8(&self) -> u64 {
         (self.lapic.tpr() >> 4) as u64
     }
 
-    /// MOV to CR8: TPR[7:4] = value[3:0], TPR[3:0] = 0.
+    /// MOV to CR8: TPR bits 7:4 = value bits 3:0, TPR bits 3:0 = 0.
     pub fn set_cr8(&mut self, value: u64) {
         self.lapic.set_tpr(((value & 0xF) << 4) as u8);
     }
