@@ -27,6 +27,27 @@
 //! derive from it by exact integer scaling, so an L1 calibrating one against
 //! another finds the true frequency.
 //!
+//! # Choices
+//!
+//! - Power-on state is what a BIOS hands a boot loader: LAPIC enabled in
+//!   xAPIC mode but software-disabled, LINT0 ExtINT and LINT1 NMI (virtual
+//!   wire, so an L1 that never touches the APIC still gets the 8259's
+//!   interrupts), 8259 vector bases 0x08/0x70, everything else at reset.
+//! - The LAPIC timer's input clock defaults to the TSC frequency, as on
+//!   Bochs (whose APIC timer counts the same ticks as its TSC); CPUID leaf
+//!   0x15 may then say crystal = TSC frequency truthfully.
+//! - Where the data sheets leave room, Bochs' own devices decide (APIC
+//!   version 0x00050014, IOAPIC version 0x11, xAPIC ID read-only, x2APIC
+//!   reserved-bit rules, an i440FX host bridge): Bochs bare is the reference
+//!   the built-in L1's selftest compares nvmx with.
+//! - Bad input gets what the hardware does, never a panic: reserved APIC
+//!   registers set ESR bit 7 (xAPIC) or #GP (x2APIC), illegal vectors set
+//!   the ESR's illegal-vector bits and go nowhere, MMIO a real APIC refuses
+//!   is dropped, PIT mode 1 on counter 0 waits forever for a gate edge.
+//!   A test throws random traffic at every register to hold that.
+//! - The tables name the firmware "NVMX" (as Bochs' say "BOCHS"); nothing
+//!   advertises a hypervisor (the FADT's hypervisor vendor identity is 0).
+//!
 //! # How the glue drives it
 //!
 //! One [`Platform`] per L1. On every exit: [`Platform::advance`] with the
