@@ -1,9 +1,10 @@
 //! The IOAPIC at 0xFEC00000 with 24 inputs (GSI 0-23). Intel 82093AA data
-//! sheet (registers, redirection table) and the ICH I/O APIC chapter
-//! (version 0x20, the directed EOI register at offset 0x40).
+//! sheet (registers, redirection table).
 //!
-//! Modelled: IOREGSEL (0x00) / IOWIN (0x10) indirect access, the EOI
-//! register (0x40), ID (bits 27:24, writable), version 0x00170020,
+//! Modelled: IOREGSEL (0x00) / IOWIN (0x10) indirect access, ID (bits
+//! 27:24, writable), version 0x00170011 (the 82093AA's, as Bochs reports;
+//! so there is no EOI register and software clears Remote IRR with the LAPIC
+//! EOI broadcast or by switching the entry to edge, as Linux does),
 //! arbitration ID, 24 redirection entries (vector, delivery mode, logical or
 //! physical destination, polarity, trigger, mask; delivery status and
 //! remote IRR read-only). Edge entries deliver on an asserting edge seen
@@ -19,7 +20,7 @@ use crate::lapic::{ApicMode, LocalApic};
 
 /// Number of redirection entries.
 pub const PINS: usize = 24;
-const VERSION: u32 = 0x0017_0020;
+const VERSION: u32 = 0x0017_0011;
 const RTE_MASKED: u64 = 1 << 16;
 const RTE_LEVEL: u64 = 1 << 15;
 const RTE_REMOTE_IRR: u64 = 1 << 14;
@@ -180,7 +181,6 @@ impl IoApic {
         match offset & 0xFF {
             0x00 => self.ioregsel = value as u8,
             0x10 => self.write_reg(self.ioregsel, value as u32, lapic),
-            0x40 => self.eoi(value as u8, lapic),
             _ => {}
         }
     }
@@ -207,7 +207,7 @@ mod tests {
     fn id_version_and_reset_masks() {
         let (mut io, mut l) = setup();
         io.mmio_write(0, 4, 1, &mut l);
-        assert_eq!(io.mmio_read(0x10, 4), 0x0017_0020);
+        assert_eq!(io.mmio_read(0x10, 4), 0x0017_0011);
         io.mmio_write(0, 4, 0, &mut l);
         assert_eq!(io.mmio_read(0x10, 4), 1 << 24);
         io.mmio_write(0, 4, 0x10, &mut l);
@@ -249,9 +249,12 @@ mod tests {
         l.acknowledge(0x49);
         io.set_irq(9, false, &mut l);
         l.mmio_write(0xB0, 4, 0);
-        io.mmio_write(0x40, 4, 0x49, &mut l); // EOI register
         assert_eq!(l.highest_irr(), None);
         io.mmio_write(0, 4, 0x10 + 18, &mut l);
+        assert_ne!(io.mmio_read(0x10, 4) & RTE_REMOTE_IRR, 0, "no broadcast reached it");
+        // Linux's EOI for an IOAPIC without EOI register: edge, then level.
+        io.mmio_write(0x10, 4, 0x49, &mut l);
+        io.mmio_write(0x10, 4, 0x49 | RTE_LEVEL, &mut l);
         assert_eq!(io.mmio_read(0x10, 4) & RTE_REMOTE_IRR, 0);
     }
 

@@ -4,7 +4,7 @@
 //! one-shot, periodic and TSC-deadline modes. Intel SDM Vol. 3A chapter 11
 //! ("Advanced Programmable Interrupt Controller"), section numbers below.
 //!
-//! Modelled: ID, version (0x14, 7 LVT entries), TPR/PPR/APR, EOI (with the
+//! Modelled: ID (read-only), version (0x00050014 as Bochs reports), TPR/PPR/APR, EOI (with the
 //! EOI of a level-triggered vector handed back for the IOAPIC broadcast),
 //! LDR/DFR (flat and cluster), SVR with software disable forcing the LVT
 //! masks, ISR/TMR/IRR, ESR (errors latched by a write, error LVT), ICR
@@ -69,8 +69,10 @@ const REG_TIMER_CURRENT: u32 = 0x390;
 const REG_TIMER_DIVIDE: u32 = 0x3E0;
 const REG_SELF_IPI: u32 = 0x3F0; // x2APIC only
 
-/// Version register: version 0x14 (integrated APIC), max LVT entry 6.
-const VERSION: u32 = 0x0006_0014;
+/// Version register: version 0x14 (integrated xAPIC), max LVT entry 5 -
+/// what Bochs' CPUs report, so the L1 sees the same APIC bare and nested.
+/// The CMCI LVT (0x2F0) still exists, as on Bochs.
+const VERSION: u32 = 0x0005_0014;
 
 const LVT_MASKED: u32 = 1 << 16;
 const SVR_ENABLE: u32 = 1 << 8;
@@ -210,7 +212,7 @@ impl LocalApic {
     }
 
     /// The physical-address width for IA32_APIC_BASE's reserved-bit check
-    /// (CPUID.80000008H:EAX[7:0]); 36 unless told.
+    /// (CPUID.80000008H:EAX bits 7:0); 36 unless told.
     pub fn set_phys_addr_bits(&mut self, bits: u8) {
         self.base_mask = ((1u64 << bits.clamp(32, 52)) - 1) & !0xFFF;
     }
@@ -305,7 +307,7 @@ impl LocalApic {
         Self::highest(&self.isr)
     }
 
-    /// PPR (11.8.3.1): TPR if its class is at least ISRV's, else ISRV[7:4].
+    /// PPR (11.8.3.1): TPR if its class is at least ISRV's, else ISRV bits 7:4.
     pub fn ppr(&self) -> u8 {
         let isrv = Self::highest(&self.isr).unwrap_or(0);
         if self.tpr >> 4 >= isrv >> 4 { self.tpr } else { isrv & 0xF0 }
@@ -538,7 +540,9 @@ impl LocalApic {
     fn write_reg(&mut self, reg: u32, v: u32) -> Result<Option<u8>, ()> {
         let x2 = self.mode() == ApicMode::X2Apic;
         match reg {
-            REG_ID if !x2 => self.xapic_id = (v >> 24) as u8,
+            // The xAPIC ID is read-only here (writability is model specific,
+            // 11.4.6; Bochs' APIC ignores the write too).
+            REG_ID if !x2 => {}
             REG_TPR => self.tpr = v as u8,
             REG_EOI => return Ok(self.eoi()),
             REG_LDR if !x2 => self.ldr = v & 0xFF00_0000,
@@ -581,7 +585,13 @@ impl LocalApic {
                 }
             }
             REG_SELF_IPI if x2 => {
-                self.icr_self(v as u8);
+                // 11.5.3: an illegal vector written to SELF IPI is both sent
+                // and received illegally.
+                if (v as u8) < 16 {
+                    self.error(ESR_SEND_ILLEGAL_VECTOR | ESR_RECV_ILLEGAL_VECTOR);
+                } else {
+                    self.accept_fixed(v as u8, false);
+                }
             }
             _ => {
                 let i = lvt_index(reg).ok_or(())?;
@@ -591,9 +601,20 @@ impl LocalApic {
                 }
                 if i == LVT_TIMER {
                     let old_mode = self.timer_mode();
+                    let was_deadline = old_mode == TimerMode::TscDeadline;
+                    if self.timer_running && !was_deadline {
+                        // Count the current period from its own start, so a
+                        // periodic timer turned one-shot ends this period.
+                        self.advance(self.now);
+                        let base = self.tsc_after_counts(self.timer_fired * self.timer_initial as u64);
+                        self.timer_start = base;
+                        self.timer_fired = 0;
+                    }
                     self.lvt[i] = val;
-                    if self.timer_mode() != old_mode {
-                        // 11.5.4.1: changing the mode disarms the timer.
+                    if (self.timer_mode() == TimerMode::TscDeadline) != was_deadline {
+                        // 11.5.4.1: moving into or out of TSC-deadline mode
+                        // disarms the timer. One-shot <-> periodic keeps
+                        // counting.
                         self.timer_running = false;
                         self.timer_initial = 0;
                         self.tsc_deadline = 0;
@@ -610,14 +631,6 @@ impl LocalApic {
         let v = Self::highest(&self.isr)?;
         Self::set_bit(&mut self.isr, v, false);
         Self::bit(&self.tmr, v).then_some(v)
-    }
-
-    fn icr_self(&mut self, vector: u8) {
-        if vector < 16 {
-            self.error(ESR_SEND_ILLEGAL_VECTOR);
-        } else {
-            self.accept_fixed(vector, false);
-        }
     }
 
     /// Send the IPI the ICR describes (11.6.1). Only this CPU exists.
@@ -653,6 +666,13 @@ impl LocalApic {
             _ => {}
         }
         let _ = level_assert;
+    }
+
+    /// The value of register `reg` (its xAPIC page offset, e.g. 0x320 for
+    /// LVT Timer) as the current mode reads it, without the side effects an
+    /// L1's access has (no ESR error for unimplemented ones): for views.
+    pub fn peek(&self, reg: u32) -> Option<u32> {
+        self.read_reg(reg & 0xFF0)
     }
 
     // ---- xAPIC MMIO ----
@@ -732,18 +752,23 @@ impl LocalApic {
         }
     }
 
-    /// Which x2APIC registers are writable and their reserved bits (a set
-    /// reserved bit is #GP, 11.12.1.2).
+    /// Which x2APIC registers are writable, and the bits that may be set
+    /// without #GP (11.12.1.2: the upper 32 bits of every register but the
+    /// ICR are reserved; TPR bits 31:8, SVR bits beyond 8 (no focus
+    /// checking, no EOI-broadcast suppression) and any nonzero EOI or ESR
+    /// write #GP). Other registers ignore their reserved bits, as Bochs'
+    /// and KVM's x2APIC do.
     fn x2apic_writable(reg: u32) -> Option<u64> {
         Some(match reg {
             REG_TPR => 0xFF,
             REG_EOI | REG_ESR => 0,
-            REG_SVR => 0x3FF & !(1 << 12),
-            REG_ICR_LO => 0xFFFF_FFFF_000C_CFFF,
-            REG_TIMER_INITIAL => 0xFFFF_FFFF,
-            REG_TIMER_DIVIDE => 0xB,
-            REG_SELF_IPI => 0xFF,
-            _ => LVT_WRITABLE[lvt_index(reg)?] as u64,
+            REG_SVR => 0x1FF,
+            REG_ICR_LO => u64::MAX,
+            REG_TIMER_INITIAL | REG_TIMER_DIVIDE | REG_SELF_IPI => 0xFFFF_FFFF,
+            _ => {
+                lvt_index(reg)?;
+                0xFFFF_FFFF
+            }
         })
     }
 
@@ -769,7 +794,7 @@ impl LocalApic {
                     return Err(Gp);
                 }
                 if reg == REG_ICR_LO {
-                    self.icr = value;
+                    self.icr = value & 0xFFFF_FFFF_000C_CFFF;
                     self.send_ipi();
                     return Ok(None);
                 }
@@ -832,7 +857,10 @@ mod tests {
     fn reset_state_and_version() {
         let mut a = LocalApic::new(HZ, HZ, true);
         assert_eq!(a.rdmsr(MSR_APIC_BASE, 0), Ok(0xFEE0_0900));
-        assert_eq!(a.mmio_read(0x30, 4), 0x0006_0014);
+        assert_eq!(a.mmio_read(0x30, 4), 0x0005_0014);
+        assert_eq!(a.peek(0x3A0), None, "peek names unimplemented registers");
+        a.mmio_write(0x280, 4, 0);
+        assert_eq!(a.peek(0x280), Some(0), "and leaves no ESR error behind");
         assert_eq!(a.mmio_read(0xF0, 4), 0xFF);
         assert_eq!(a.mmio_read(0xE0, 4), 0xFFFF_FFFF);
         assert!(a.lint0_extint(), "virtual wire: LINT0 is ExtINT");
@@ -899,6 +927,8 @@ mod tests {
         assert_eq!(a.mmio_read(0x34, 4), 0);
         a.mmio_write(0x30, 4, 0); // read-only version: ignored
         assert_eq!(a.mmio_read(0x30, 4), VERSION as u64);
+        a.mmio_write(0x20, 4, 5 << 24); // the ID is read-only
+        assert_eq!(a.mmio_read(0x20, 4), 0);
     }
 
     #[test]
@@ -947,6 +977,10 @@ mod tests {
         }
         a.advance(15_000 + 1234);
         assert_eq!(a.mmio_read(0x390, 4), 5000 - 1234);
+        // Periodic -> one-shot keeps the count running.
+        a.mmio_write(0x320, 4, 0x41);
+        assert_eq!(a.mmio_read(0x390, 4), 5000 - 1234);
+        a.mmio_write(0x320, 4, 0x2_0000 | 0x41);
         // Masked: counts on, no interrupt.
         a.mmio_write(0x320, 4, 0x3_0000 | 0x41);
         a.advance(30_000);
@@ -1014,6 +1048,10 @@ mod tests {
         assert_eq!(a.wrmsr(0x802, 1, 0), Err(Gp), "ID is read-only");
         assert_eq!(a.wrmsr(0x80B, 1, 0), Err(Gp), "EOI must be written with 0");
         assert_eq!(a.wrmsr(0x808, 0x100, 0), Err(Gp), "TPR reserved bits");
+        assert_eq!(a.wrmsr(0x80F, 0x3FF, 0), Err(Gp), "no focus checking bit");
+        assert_eq!(a.wrmsr(0x832, 1 << 32, 0), Err(Gp), "upper half reserved");
+        a.wrmsr(0x835, 0xFFFF_FFFF, 0).unwrap(); // LINT0: reserved bits ignored
+        assert_eq!(a.rdmsr(0x835, 0), Ok(0x1_A7FF));
         assert_eq!(a.wrmsr(0x840, 0, 0), Err(Gp));
         a.wrmsr(0x83F, 0x55, 0).unwrap();
         assert_eq!(a.pending_vector(), Some(0x55));
@@ -1023,6 +1061,9 @@ mod tests {
         // 64-bit ICR: destination 0 physical, fixed vector 0x66.
         a.wrmsr(0x830, 0x0000_0000_0000_0066, 0).unwrap();
         assert_eq!(a.pending_vector(), Some(0x66));
+        a.wrmsr(0x83F, 0x05, 0).unwrap();
+        a.wrmsr(0x828, 0, 0).unwrap();
+        assert_eq!(a.rdmsr(0x828, 0), Ok((ESR_SEND_ILLEGAL_VECTOR | ESR_RECV_ILLEGAL_VECTOR) as u64));
         a.wrmsr(0x830, 0x0000_0001_0000_0067, 0).unwrap();
         assert!(!LocalApic::bit(&a.irr, 0x67), "x2APIC ID 1 does not exist");
         assert_eq!(a.rdmsr(0x830, 0), Ok(0x0000_0001_0000_0067));

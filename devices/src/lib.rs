@@ -15,10 +15,10 @@
 //! | 16550A UART ([`uart`]) | COM1 0x3F8-0x3FF | IRQ4 | all registers, DLAB, 16-byte RX FIFO with trigger levels, LSR errors (overrun), THRE / RX / line-status / modem interrupts, loopback, OUT2 gating the IRQ as on a PC | baud-rate timing (transmission is instant), parity/framing errors, break |
 //! | ACPI PM block ([`pm`]) | PM1a_EVT 0x600, PM1a_CNT 0x604, PM timer 0x608, reset 0xCF9 | SCI 9 (level, high) | 32-bit PM timer, PM1 status/enable (timer overflow, power button), SCI_EN, S5 via SLP_TYP/SLP_EN, reset register | S1-S4, GPE blocks, SMI_CMD (ACPI is always on) |
 //! | ACPI tables ([`acpi`]) | built for any guest-physical base | - | RSDP v2, XSDT, RSDT, FADT (rev. 6), FACS, DSDT (`\_S5`), MADT (LAPIC, IOAPIC, IRQ0->GSI2 and SCI overrides, LINT1 NMI) | HPET, SSDT, MCFG, PCI root bridge in the DSDT |
-//! | IOAPIC ([`ioapic`]) | 0xFEC00000 | GSI 0-23 | IOREGSEL/IOWIN, ID, version 0x20, 24 redirection entries, edge/level, polarity, remote IRR, EOI register and LAPIC EOI broadcast, physical/logical destinations | delivery to other CPUs (one CPU), arbitration ID |
+//! | IOAPIC ([`ioapic`]) | 0xFEC00000 | GSI 0-23 | IOREGSEL/IOWIN, ID, version 0x11 (82093AA, as Bochs), 24 redirection entries, edge/level, polarity, remote IRR cleared by the LAPIC EOI broadcast or an edge/level switch, physical/logical destinations | delivery to other CPUs (one CPU), arbitration ID |
 //! | local APIC ([`lapic`]) | 0xFEE00000 (xAPIC), MSRs 0x800-0x83F (x2APIC), IA32_APIC_BASE, IA32_TSC_DEADLINE | vectors 16-255 | IA32_APIC_BASE mode transitions, ID/version/TPR/PPR/EOI/LDR/DFR/SVR, ISR/TMR/IRR, ESR with its errors, ICR (self, all-incl-self, fixed/lowest/NMI), SELF IPI, LVT timer/LINT0/LINT1/error/thermal/perf/CMCI, timer one-shot, periodic and TSC-deadline | INIT/SIPI (one CPU), SMI, directed EOI, arbitration |
 //! | i8042 ([`misc`]) | 0x60/0x64 | IRQ1 (keyboard timeouts only) | controller present with self-test, command byte, output port, pulse-reset 0xFE and output-port reset; bytes for the keyboard time out (status TIMEOUT, IRQ1) | keyboard and mouse (none attached; no aux port) |
-//! | misc ([`misc`]) | 0x80 POST, 0x92 port A, PCI 0xCF8/0xCFC, QEMU exit 0xF4, Bochs 0x8900 | - | POST code, fast reset, PCI type-1 address register with no device behind it (reads all-ones), exit conventions | PCI devices |
+//! | misc ([`misc`]) | 0x80 POST, 0x92 port A, PCI 0xCF8/0xCFC, QEMU exit 0xF4, Bochs 0x8900 | - | POST code, fast reset, PCI mechanism #1 with one host bridge (i440FX 8086:1237, as Bochs) and nothing else (all-ones), exit conventions | other PCI devices, MMCONFIG |
 //!
 //! Every other port reads all-ones and ignores writes, as an empty ISA bus
 //! does. Time comes from one source, the L1's TSC, handed in by
@@ -26,6 +26,27 @@
 //! the LAPIC timer (bus clock [`Config::lapic_timer_hz`]) and the RTC all
 //! derive from it by exact integer scaling, so an L1 calibrating one against
 //! another finds the true frequency.
+//!
+//! # Choices
+//!
+//! - Power-on state is what a BIOS hands a boot loader: LAPIC enabled in
+//!   xAPIC mode but software-disabled, LINT0 ExtINT and LINT1 NMI (virtual
+//!   wire, so an L1 that never touches the APIC still gets the 8259's
+//!   interrupts), 8259 vector bases 0x08/0x70, everything else at reset.
+//! - The LAPIC timer's input clock defaults to the TSC frequency, as on
+//!   Bochs (whose APIC timer counts the same ticks as its TSC); CPUID leaf
+//!   0x15 may then say crystal = TSC frequency truthfully.
+//! - Where the data sheets leave room, Bochs' own devices decide (APIC
+//!   version 0x00050014, IOAPIC version 0x11, xAPIC ID read-only, x2APIC
+//!   reserved-bit rules, an i440FX host bridge): Bochs bare is the reference
+//!   the built-in L1's selftest compares nvmx with.
+//! - Bad input gets what the hardware does, never a panic: reserved APIC
+//!   registers set ESR bit 7 (xAPIC) or #GP (x2APIC), illegal vectors set
+//!   the ESR's illegal-vector bits and go nowhere, MMIO a real APIC refuses
+//!   is dropped, PIT mode 1 on counter 0 waits forever for a gate edge.
+//!   A test throws random traffic at every register to hold that.
+//! - The tables name the firmware "NVMX" (as Bochs' say "BOCHS"); nothing
+//!   advertises a hypervisor (the FADT's hypervisor vendor identity is 0).
 //!
 //! # How the glue drives it
 //!
@@ -93,8 +114,14 @@ pub struct Config {
     pub ioapic: bool,
     /// Local APIC present (IA32_APIC_BASE, the xAPIC page, x2APIC MSRs).
     pub lapic: bool,
-    /// x2APIC mode may be entered (CPUID.1:ECX[21] should say the same).
+    /// x2APIC mode may be entered (CPUID.1:ECX bit 21 should say the same).
     pub x2apic: bool,
+    /// A PCI host bridge (i440FX, as Bochs has) at 00:00.0; otherwise PCI
+    /// configuration reads are all-ones everywhere.
+    pub pci_host_bridge: bool,
+    /// MAXPHYADDR as the L1's CPUID.80000008H reports it: IA32_APIC_BASE
+    /// bits at and above it are reserved (#GP).
+    pub phys_addr_bits: u8,
 }
 
 impl Config {
@@ -110,6 +137,8 @@ impl Config {
             ioapic: true,
             lapic: true,
             x2apic: true,
+            pci_host_bridge: true,
+            phys_addr_bits: 36,
         }
     }
 }
@@ -240,7 +269,8 @@ pub struct Platform {
 impl Platform {
     /// A PC in the state a BIOS hands to a boot loader.
     pub fn new(cfg: Config) -> Self {
-        let lapic = lapic::LocalApic::new(cfg.tsc_hz, cfg.lapic_timer_hz, cfg.x2apic);
+        let mut lapic = lapic::LocalApic::new(cfg.tsc_hz, cfg.lapic_timer_hz, cfg.x2apic);
+        lapic.set_phys_addr_bits(cfg.phys_addr_bits);
         Platform {
             now: 0,
             pic: pic::PicPair::new(),
@@ -250,7 +280,7 @@ impl Platform {
             pm: pm::PmBlock::new(cfg.tsc_hz),
             ioapic: ioapic::IoApic::new(),
             lapic,
-            misc: misc::Misc::new(),
+            misc: misc::Misc::new(cfg.pci_host_bridge),
             events: VecDeque::new(),
             isa_lines: 0,
             glue_lines: 0,
@@ -263,10 +293,7 @@ impl Platform {
     pub fn reset(&mut self) {
         let now = self.now;
         *self = Platform::new(self.cfg.clone());
-        self.now = now;
-        self.pit.advance(now);
-        self.pm.advance(now);
-        self.rtc.advance(now);
+        self.advance(now);
     }
 
     /// The configuration this PC was built from.
@@ -627,12 +654,12 @@ impl Platform {
         }
     }
 
-    /// CR8 as the L1 reads it (TPR[7:4], SDM 10.8.6.1).
+    /// CR8 as the L1 reads it (TPR bits 7:4, SDM 11.8.6.1).
     pub fn cr8(&self) -> u64 {
         (self.lapic.tpr() >> 4) as u64
     }
 
-    /// MOV to CR8: TPR[7:4] = value[3:0], TPR[3:0] = 0.
+    /// MOV to CR8: TPR bits 7:4 = value bits 3:0, TPR bits 3:0 = 0.
     pub fn set_cr8(&mut self, value: u64) {
         self.lapic.set_tpr(((value & 0xF) << 4) as u8);
     }

@@ -35,6 +35,8 @@ pub struct Misc {
     port92: u8,
     cf9: u8,
     pci_address: u32,
+    /// Configuration space of the host bridge at 00:00.0, if present.
+    host_bridge: Option<[u8; 256]>,
     kbc_ccb: u8,
     kbc_out: VecDeque<u8>,
     /// The controller command whose data byte comes next (0x60, 0xD1, ...).
@@ -48,18 +50,33 @@ pub struct Misc {
 
 impl Default for Misc {
     fn default() -> Self {
-        Self::new()
+        Self::new(true)
     }
 }
 
+/// The i440FX host bridge's configuration header (PCI 3.0 type 0 header).
+fn host_bridge_config() -> [u8; 256] {
+    let mut c = [0u8; 256];
+    c[0x00..0x02].copy_from_slice(&0x8086u16.to_le_bytes()); // vendor: Intel
+    c[0x02..0x04].copy_from_slice(&0x1237u16.to_le_bytes()); // 82441FX PMC
+    c[0x04..0x06].copy_from_slice(&0x0006u16.to_le_bytes()); // command: memory, bus master
+    c[0x06..0x08].copy_from_slice(&0x0280u16.to_le_bytes()); // status: fast back-to-back, medium DEVSEL
+    c[0x08] = 0x02; // revision
+    c[0x0B] = 0x06; // class: bridge
+    c[0x0A] = 0x00; // subclass: host bridge
+    c
+}
+
 impl Misc {
-    /// Power-on state (as a BIOS leaves the i8042: command byte 0x45).
-    pub fn new() -> Self {
+    /// Power-on state (as a BIOS leaves the i8042: command byte 0x45),
+    /// with or without the PCI host bridge.
+    pub fn new(host_bridge: bool) -> Self {
         Misc {
             post: 0,
             port92: 0x02, // A20 on
             cf9: 0,
             pci_address: 0,
+            host_bridge: host_bridge.then(host_bridge_config),
             kbc_ccb: 0x45,
             kbc_out: VecDeque::new(),
             kbc_pending: None,
@@ -74,21 +91,68 @@ impl Misc {
         self.post
     }
 
-    /// Ports these devices decode with accesses wider than a byte (PCI
-    /// CONFIG_ADDRESS / CONFIG_DATA).
+    /// Ports these devices decode as PCI configuration accesses: the dword
+    /// CONFIG_ADDRESS at 0xCF8 and CONFIG_DATA 0xCFC-0xCFF of any width.
+    /// (Byte accesses to 0xCF8-0xCFB are other registers: 0xCF9 is reset
+    /// control.)
     pub fn claims_wide(port: u16, size: u8) -> bool {
-        (port == 0xCF8 && size == 4) || ((0xCFC..=0xCFF).contains(&port) && size > 1)
+        (port == 0xCF8 && size == 4) || (0xCFC..=0xCFF).contains(&port)
     }
 
-    /// Wide `IN`.
-    pub fn read_wide(&mut self, port: u16, _size: u8) -> u32 {
-        if port == 0xCF8 { self.pci_address } else { u32::MAX }
+    /// The configuration space `CONFIG_ADDRESS` selects, if a device is
+    /// there: (config bytes, register offset).
+    fn pci_target(&mut self) -> Option<(&mut [u8; 256], usize)> {
+        let a = self.pci_address;
+        // Enable bit, bus 0, device 0, function 0.
+        if a & 0x8000_0000 == 0 || a & 0x00FF_FF00 != 0 {
+            return None;
+        }
+        let reg = (a & 0xFC) as usize;
+        self.host_bridge.as_mut().map(|c| (c, reg))
     }
 
-    /// Wide `OUT`; true if it resets the machine (never).
-    pub fn write_wide(&mut self, port: u16, _size: u8, value: u32) -> bool {
+    /// `IN` from 0xCF8 (dword) or CONFIG_DATA.
+    pub fn read_wide(&mut self, port: u16, size: u8) -> u32 {
+        if port == 0xCF8 {
+            return self.pci_address;
+        }
+        let ones = if size >= 4 { u32::MAX } else { (1u32 << (8 * size)) - 1 };
+        let off = (port - 0xCFC) as usize;
+        match self.pci_target() {
+            Some((c, reg)) => {
+                let mut v = 0u32;
+                for i in 0..size as usize {
+                    // Bytes beyond the dword float.
+                    let b = if off + i < 4 { c[reg + off + i] } else { 0xFF };
+                    v |= (b as u32) << (8 * i);
+                }
+                v
+            }
+            None => ones,
+        }
+    }
+
+    /// `OUT` to 0xCF8 (dword) or CONFIG_DATA; never resets (false).
+    pub fn write_wide(&mut self, port: u16, size: u8, value: u32) -> bool {
         if port == 0xCF8 {
             self.pci_address = value & 0x80FF_FFFC;
+            return false;
+        }
+        let off = (port - 0xCFC) as usize;
+        if let Some((c, reg)) = self.pci_target() {
+            for i in 0..size as usize {
+                if off + i >= 4 {
+                    break;
+                }
+                let at = reg + off + i;
+                let b = (value >> (8 * i)) as u8;
+                match at {
+                    0x04 => c[at] = b & 0x47, // I/O, memory, master, parity
+                    0x05 => c[at] = b & 0x01, // SERR enable
+                    0x0D => c[at] = b,        // latency timer
+                    _ => {}                   // read-only (status W1C not modelled)
+                }
+            }
         }
         false
     }
@@ -224,7 +288,7 @@ mod tests {
 
     #[test]
     fn i8042_present_without_keyboard() {
-        let mut m = Misc::new();
+        let mut m = Misc::new(true);
         assert_eq!(m.read(0x64) & 0x04, 0x04, "system flag set after POST");
         m.write(0x64, 0xAA);
         assert_eq!(m.read(0x64) & 1, 1);
@@ -247,7 +311,7 @@ mod tests {
 
     #[test]
     fn resets() {
-        let mut m = Misc::new();
+        let mut m = Misc::new(true);
         assert_eq!(m.write(0x64, 0xFE), Some(MiscEvent::Reset));
         assert_eq!(m.write(0xCF9, 0x02), None, "hard reset select alone");
         assert_eq!(m.write(0xCF9, 0x06), Some(MiscEvent::Reset));
@@ -257,19 +321,38 @@ mod tests {
     }
 
     #[test]
-    fn pci_no_device_and_post() {
-        let mut m = Misc::new();
+    fn pci_host_bridge_only_and_post() {
+        let mut m = Misc::new(true);
         m.write_wide(0xCF8, 4, 0x8000_0000);
         assert_eq!(m.read_wide(0xCF8, 4), 0x8000_0000, "mechanism #1 detectable");
-        assert_eq!(m.read_wide(0xCFC, 4), 0xFFFF_FFFF);
-        assert_eq!(m.read(0xCFE), 0xFF);
+        assert_eq!(m.read_wide(0xCFC, 4), 0x1237_8086);
+        // Linux pci_sanity_check: class word at 0x0A.
+        m.write_wide(0xCF8, 4, 0x8000_0008);
+        assert_eq!(m.read_wide(0xCFE, 2), 0x0600);
+        assert_eq!(m.read_wide(0xCFF, 1), 0x06);
+        // Latency timer writable, vendor ID not.
+        m.write_wide(0xCF8, 4, 0x8000_000C);
+        m.write_wide(0xCFD, 1, 0x40);
+        assert_eq!(m.read_wide(0xCFC, 4), 0x0000_4000);
+        m.write_wide(0xCF8, 4, 0x8000_0000);
+        m.write_wide(0xCFC, 4, 0);
+        assert_eq!(m.read_wide(0xCFC, 2), 0x8086);
+        // Device 1, bus 1, and accesses without the enable bit: nothing.
+        for a in [0x8000_0800u32, 0x8001_0000, 0x0000_0000] {
+            m.write_wide(0xCF8, 4, a);
+            assert_eq!(m.read_wide(0xCFC, 4), 0xFFFF_FFFF, "{a:#x}");
+            assert_eq!(m.read_wide(0xCFE, 1), 0xFF);
+        }
+        let mut bare = Misc::new(false);
+        bare.write_wide(0xCF8, 4, 0x8000_0000);
+        assert_eq!(bare.read_wide(0xCFC, 4), 0xFFFF_FFFF, "no device at all");
         m.write(0x80, 0x42);
         assert_eq!(m.read(0x80), 0x42);
     }
 
     #[test]
     fn bochs_shutdown_string() {
-        let mut m = Misc::new();
+        let mut m = Misc::new(true);
         for &b in b"ShutShutdow" {
             assert_eq!(m.write(0x8900, b), None);
         }

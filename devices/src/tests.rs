@@ -264,3 +264,145 @@ fn summary_line() {
     assert!(s.starts_with("apic xapic tpr=0x0 timer periodic vec=0xec"), "{s}");
     assert!(s.contains("pending none") && s.contains("next tsc 2000"), "{s}");
 }
+
+#[test]
+fn reset_keeps_time_and_restores_power_on_state() {
+    let mut p = pc();
+    enable_lapic(&mut p);
+    p.wrmsr(0x1B, 0xFEE0_0000 | 3 << 10).unwrap().unwrap();
+    p.advance(1_000_000);
+    p.io_out(0x64, 1, 0xFE);
+    assert_eq!(p.poll_event(), Some(Event::Reset));
+    p.reset();
+    assert_eq!(p.now(), 1_000_000);
+    assert_eq!(p.rdmsr(0x1B), Some(Ok(0xFEE0_0900)), "xAPIC mode again");
+    // A timer armed right after the reset counts from now, not from TSC 0.
+    p.mmio_write(APIC + 0x3E0, 4, 0xB);
+    p.mmio_write(APIC + 0xF0, 4, 0x1FF);
+    p.mmio_write(APIC + 0x320, 4, 0x40);
+    p.mmio_write(APIC + 0x380, 4, 500);
+    assert_eq!(p.next_deadline_tsc(), Some(1_000_500));
+}
+
+/// xorshift64*: a fixed, dependency-free stream of pseudo-random numbers.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A hostile L1: random port, MMIO and MSR traffic aimed at every device,
+/// random time steps, injection of whatever is pending. Nothing may panic
+/// (overflow checks are on in tests), time never runs backwards, and what
+/// the platform offers for injection is always a vector the CPU can take.
+#[test]
+fn hostile_register_traffic_never_panics() {
+    const PORTS: [u16; 34] = [
+        0x20, 0x21, 0xA0, 0xA1, 0x4D0, 0x4D1, 0x40, 0x41, 0x42, 0x43, 0x61, 0x70, 0x71, 0x3F8, 0x3F9, 0x3FA,
+        0x3FB, 0x3FC, 0x3FD, 0x3FE, 0x3FF, 0x600, 0x602, 0x604, 0x608, 0x60, 0x64, 0x80, 0x92, 0xCF8, 0xCFC,
+        0xCFE, 0xCF9, 0x8900,
+    ];
+    for seed in 1..=8u64 {
+        let mut interrupts = 0u32;
+        let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut cfg = Config::new(1_000_000 + r.below(3_000_000_000), 256 << 20, r.below(1 << 40));
+        cfg.lapic_timer_hz = 1_000_000 + r.below(1_000_000_000);
+        let mut p = Platform::new(cfg);
+        let mut now = 0u64;
+        for _ in 0..60_000 {
+            let size = [1u8, 2, 4, 3, 8][r.below(5) as usize];
+            match r.below(12) {
+                0 | 1 => {
+                    let port = PORTS[r.below(PORTS.len() as u64) as usize].wrapping_add(r.below(2) as u16);
+                    p.io_out(port, size, r.next() as u32);
+                }
+                2 | 3 => {
+                    let port = PORTS[r.below(PORTS.len() as u64) as usize];
+                    let v = p.io_in(port, size);
+                    if size < 4 && size != 3 {
+                        assert!(v < 1 << (8 * size as u32), "port {port:#x} size {size} gave {v:#x}");
+                    }
+                }
+                4 | 5 => {
+                    let base = if r.below(2) == 0 { LAPIC_BASE } else { IOAPIC_BASE };
+                    let gpa = base + r.below(0x1000);
+                    if r.below(2) == 0 {
+                        p.mmio_write(gpa, size, r.next());
+                    } else {
+                        p.mmio_read(gpa, size);
+                    }
+                }
+                6 => {
+                    let msr = [0x1B, 0x6E0, 0x800 + r.below(0x100) as u32][r.below(3) as usize];
+                    let v = if r.below(2) == 0 { r.next() } else { r.next() & 0xFFFF_FFFF & !0xF00 | 0xFEE0_0900 };
+                    let _ = p.wrmsr(msr, v);
+                    let _ = p.rdmsr(msr);
+                }
+                7 | 8 => {
+                    let bits = r.below(40);
+                    now = now.saturating_add(r.below(1 << bits));
+                    // Now and then a TSC near the end of its range.
+                    if r.below(2_000) == 0 {
+                        now = now.max(u64::MAX - r.below(1 << 40));
+                    }
+                    p.advance(now);
+                }
+                9 => {
+                    if let Some(v) = p.pending_interrupt() {
+                        interrupts += 1;
+                        p.acknowledge(v);
+                    }
+                    if p.pending_nmi() {
+                        p.acknowledge_nmi();
+                    }
+                }
+                10 => {
+                    p.uart_receive(r.next() as u8);
+                    while p.uart_take_tx().is_some() {}
+                }
+                _ => {
+                    if r.below(50) == 0 {
+                        p.reset();
+                    }
+                    let _ = p.poll_event();
+                    let _ = format!("{}", p.summary());
+                }
+            }
+            assert_eq!(p.now(), now);
+        }
+        assert!(interrupts > 0, "seed {seed}: the traffic never raised an interrupt");
+    }
+}
+
+#[test]
+fn apic_base_reserved_bits_follow_maxphyaddr() {
+    let mut p = pc();
+    assert_eq!(p.wrmsr(0x1B, 0x10_FEE0_0900), Some(Err(Gp)), "bit 36 with MAXPHYADDR 36");
+    let mut cfg = Config::new(50_000_000, 256 << 20, 0);
+    cfg.phys_addr_bits = 39;
+    let mut p = Platform::new(cfg);
+    assert_eq!(p.wrmsr(0x1B, 0x10_FEE0_0900), Some(Ok(())));
+    assert!(p.is_mmio(0x10_FEE0_0030) && !p.is_mmio(0xFEE0_0030), "the page moved");
+}
+
+#[test]
+fn a_pc_without_apics() {
+    let mut cfg = Config::new(50_000_000, 256 << 20, 0);
+    cfg.lapic = false;
+    cfg.ioapic = false;
+    let mut p = Platform::new(cfg);
+    assert_eq!(p.rdmsr(0x1B), Some(Err(Gp)), "no APIC: IA32_APIC_BASE does not exist");
+    assert!(!p.is_mmio(LAPIC_BASE) && !p.is_mmio(IOAPIC_BASE));
+    assert_eq!(p.mmio_read(IOAPIC_BASE, 4), None);
+    init_pic(&mut p, 0xFE, 0xFF);
+    pit_periodic(&mut p, 100);
+    p.advance(p.next_deadline_tsc().unwrap());
+    assert_eq!(p.pending_interrupt(), Some(0x20), "the 8259 drives INTR directly");
+}
