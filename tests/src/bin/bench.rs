@@ -1,6 +1,7 @@
 //! `make bench`: boots nvmx in Bochs `corei7_haswell_4770` (the model with
 //! VMCS shadowing), runs the shell's `bench` command and prints its report;
-//! the CSV lines go to `build/bench.csv`. Figures, not a pass/fail test.
+//! the CSV lines go to `build/bench.csv`, and `stats --csv` after it to
+//! `build/stats.csv` (both for `make plot`). Figures, not a pass/fail test.
 //!
 //! Usage: bench [<exits>] [<cpus>]   (defaults 4000, 2)
 
@@ -28,6 +29,10 @@ fn main() -> Result<()> {
         text.push('\n');
     }
     std::fs::write(&path, text)?;
-    println!("CSV: {}", path.display());
+    // The counters of the last (shadowing on) run, per core and level, for `make plot`.
+    let stats = m.command("stats --csv", Duration::from_secs(60))?;
+    let stats_path = nvmx_tests::paths::workspace().join("build").join("stats.csv");
+    std::fs::write(&stats_path, stats)?;
+    println!("CSV: {} and {} (`make plot` draws them)", path.display(), stats_path.display());
     Ok(())
 }
