@@ -70,8 +70,10 @@ help:
 deps: toolchain
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages (once, a few minutes):$$missing"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	  mkdir -p build; \
+	  echo "installing Debian packages (once, a few minutes; apt's output in build/deps.log):$$missing"; \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; } \
+	    >build/deps.log 2>&1 || { tail -n 20 build/deps.log; echo "make deps: apt-get failed (build/deps.log)"; exit 1; }; \
 	fi
 
 toolchain:
@@ -105,9 +107,9 @@ run: iso
 	@if [ -r /dev/kvm ] && grep -qw vmx /proc/cpuinfo; then \
 	  echo "VT-x and /dev/kvm found: QEMU+KVM -cpu host, $(CPUS) cores"; \
 	  qemu-system-x86_64 -enable-kvm -cpu host -cdrom $(ISO) -serial stdio -smp $(CPUS) \
-	    -m $(MEM) -no-reboot -display none; \
+	    -m $(MEM) -no-reboot -display none && echo "QEMU has stopped: the machine powered off"; \
 	else \
-	  echo "no VT-x here: Bochs $(MODEL), $(CPUS) cores (screen on VNC :5900)"; \
+	  echo "no VT-x here (no /dev/kvm with VMX): Bochs emulates it"; \
 	  $(MAKE) --no-print-directory run-bochs-only; \
 	fi
 
@@ -134,7 +136,7 @@ run-bochs-only:
 	@# Bochs exits with status 1 when the machine powers itself off (poweroff).
 	@bochs -q -f $(RUN_DIR)/bochsrc -rc $(RUN_DIR)/bochs-cont.rc </dev/null >$(RUN_DIR)/bochs-run.log 2>&1; status=$$?; \
 	if [ $$status -le 1 ]; then echo "Bochs has stopped: the machine powered off"; \
-	else echo "Bochs failed (exit status $$status): see $(RUN_DIR)/bochs-run.log and $(RUN_DIR)/bochs.log"; exit $$status; fi
+	else stty sane 2>/dev/null; echo "Bochs failed (exit status $$status): see $(RUN_DIR)/bochs-run.log and $(RUN_DIR)/bochs.log"; exit $$status; fi
 
 # --- tests ------------------------------------------------------------------
 test: test-host test-system

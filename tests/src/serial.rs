@@ -290,10 +290,11 @@ impl Serial {
     ///
     /// A log line from another core while the command is typed is printed above the prompt,
     /// which is then drawn again with the partial line (a line editor's redraw): the prompt
-    /// that ends the command is the first one after the echoed line's end, `cmd` + CRLF.
+    /// that ends the command is the first one after the echoed line's end, `cmd` + line end.
     pub fn command(&mut self, cmd: &str, timeout: Duration) -> Result<String> {
         self.send(format!("{cmd}\r").as_bytes())?;
-        let echo = regex::Regex::new(&format!("{}\r\n", regex::escape(cmd))).expect("escaped");
+        // The editor's CRLF becomes CR CR LF on COM1 (the UART path turns LF into CRLF).
+        let echo = regex::Regex::new(&format!("{}\r*\n", regex::escape(cmd))).expect("escaped");
         self.expect(echo, timeout).map_err(|e| Error::new(format!("command `{cmd}` was not echoed:\n{}", e.message())))?;
         let found = self.expect(PROMPT, timeout).map_err(|e| {
             Error::new(format!("command `{cmd}` did not give the prompt back:\n{}", e.message()))

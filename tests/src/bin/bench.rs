@@ -3,7 +3,9 @@
 //! `time`) for its TSC ticks per L2 exit, then nvmx on the same model, runs
 //! the shell's `bench` command with that bare figure and prints its report;
 //! the CSV lines go to `build/bench.csv` (counters) and
-//! `build/bench-figures.csv` (figures). Figures, not a pass/fail test.
+//! `build/bench-figures.csv` (figures), and `stats --csv` after it to
+//! `build/stats.csv` (`make plot` draws bench.csv and stats.csv).
+//! Figures, not a pass/fail test.
 //!
 //! Usage: bench [<exits>] [<cpus>] [<cycles per VM exit/entry pair>] [<bare ticks per L2 exit>]
 //! (defaults 4000, 2, 1000; the bare figure given, the bare run is skipped —
@@ -54,6 +56,9 @@ fn main() -> Result<()> {
     }
     std::fs::write(build.join("bench.csv"), counters)?;
     std::fs::write(build.join("bench-figures.csv"), figures)?;
-    println!("CSV: {} and bench-figures.csv", build.join("bench.csv").display());
+    // The counters of the last run, per core and level, for `make plot`.
+    let stats = m.command("stats --csv", Duration::from_secs(60))?;
+    std::fs::write(build.join("stats.csv"), stats)?;
+    println!("CSV: {}, bench-figures.csv and stats.csv (`make plot` draws them)", build.join("bench.csv").display());
     Ok(())
 }

@@ -9,3 +9,4 @@ mod bochs;
 mod common;
 mod l1;
 mod qemu;
+mod term;
