@@ -15,10 +15,10 @@
 //! | 16550A UART ([`uart`]) | COM1 0x3F8-0x3FF | IRQ4 | all registers, DLAB, 16-byte RX FIFO with trigger levels, LSR errors (overrun), THRE / RX / line-status / modem interrupts, loopback, OUT2 gating the IRQ as on a PC | baud-rate timing (transmission is instant), parity/framing errors, break |
 //! | ACPI PM block ([`pm`]) | PM1a_EVT 0x600, PM1a_CNT 0x604, PM timer 0x608, reset 0xCF9 | SCI 9 (level, high) | 32-bit PM timer, PM1 status/enable (timer overflow, power button), SCI_EN, S5 via SLP_TYP/SLP_EN, reset register | S1-S4, GPE blocks, SMI_CMD (ACPI is always on) |
 //! | ACPI tables ([`acpi`]) | built for any guest-physical base | - | RSDP v2, XSDT, RSDT, FADT (rev. 6), FACS, DSDT (`\_S5`), MADT (LAPIC, IOAPIC, IRQ0->GSI2 and SCI overrides, LINT1 NMI) | HPET, SSDT, MCFG, PCI root bridge in the DSDT |
-//! | IOAPIC ([`ioapic`]) | 0xFEC00000 | GSI 0-23 | IOREGSEL/IOWIN, ID, version 0x20, 24 redirection entries, edge/level, polarity, remote IRR, EOI register and LAPIC EOI broadcast, physical/logical destinations | delivery to other CPUs (one CPU), arbitration ID |
+//! | IOAPIC ([`ioapic`]) | 0xFEC00000 | GSI 0-23 | IOREGSEL/IOWIN, ID, version 0x11 (82093AA, as Bochs), 24 redirection entries, edge/level, polarity, remote IRR cleared by the LAPIC EOI broadcast or an edge/level switch, physical/logical destinations | delivery to other CPUs (one CPU), arbitration ID |
 //! | local APIC ([`lapic`]) | 0xFEE00000 (xAPIC), MSRs 0x800-0x83F (x2APIC), IA32_APIC_BASE, IA32_TSC_DEADLINE | vectors 16-255 | IA32_APIC_BASE mode transitions, ID/version/TPR/PPR/EOI/LDR/DFR/SVR, ISR/TMR/IRR, ESR with its errors, ICR (self, all-incl-self, fixed/lowest/NMI), SELF IPI, LVT timer/LINT0/LINT1/error/thermal/perf/CMCI, timer one-shot, periodic and TSC-deadline | INIT/SIPI (one CPU), SMI, directed EOI, arbitration |
-//! | i8042 ([`misc`]) | 0x60/0x64 | (IRQ1/12 never raised) | controller present with self-test, command byte, output port, pulse-reset 0xFE and output-port reset | keyboard and mouse (none attached) |
-//! | misc ([`misc`]) | 0x80 POST, 0x92 port A, PCI 0xCF8/0xCFC, QEMU exit 0xF4, Bochs 0x8900 | - | POST code, fast reset, PCI type-1 address register with no device behind it (reads all-ones), exit conventions | PCI devices |
+//! | i8042 ([`misc`]) | 0x60/0x64 | IRQ1 (keyboard timeouts only) | controller present with self-test, command byte, output port, pulse-reset 0xFE and output-port reset; bytes for the keyboard time out (status TIMEOUT, IRQ1) | keyboard and mouse (none attached; no aux port) |
+//! | misc ([`misc`]) | 0x80 POST, 0x92 port A, PCI 0xCF8/0xCFC, QEMU exit 0xF4, Bochs 0x8900 | - | POST code, fast reset, PCI mechanism #1 with one host bridge (i440FX 8086:1237, as Bochs) and nothing else (all-ones), exit conventions | other PCI devices, MMCONFIG |
 //!
 //! Every other port reads all-ones and ignores writes, as an empty ISA bus
 //! does. Time comes from one source, the L1's TSC, handed in by
@@ -26,6 +26,22 @@
 //! the LAPIC timer (bus clock [`Config::lapic_timer_hz`]) and the RTC all
 //! derive from it by exact integer scaling, so an L1 calibrating one against
 //! another finds the true frequency.
+//!
+//! # How the glue drives it
+//!
+//! One [`Platform`] per L1. On every exit: [`Platform::advance`] with the
+//! L1's current TSC, then hand the exit over ([`Platform::io_in`] /
+//! [`Platform::io_out`], [`Platform::mmio_read`] / [`Platform::mmio_write`]
+//! for addresses [`Platform::is_mmio`] claims, [`Platform::rdmsr`] /
+//! [`Platform::wrmsr`], [`Platform::set_cr8`]); then drain
+//! [`Platform::poll_event`] and [`Platform::uart_take_tx`], and if the L1 can
+//! take an interrupt inject [`Platform::pending_nmi`] /
+//! [`Platform::pending_interrupt`] and report it with
+//! [`Platform::acknowledge_nmi`] / [`Platform::acknowledge`]. While the L1
+//! runs or halts, [`Platform::next_deadline_tsc`] is when it must get an
+//! exit again (a VMX-preemption timer or L0 timer) so timer interrupts reach
+//! an L1 that busy-waits for them, as Linux's `timer_irq_works` does.
+//! [`Platform::summary`] is a one-line view for the shell.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
@@ -79,6 +95,9 @@ pub struct Config {
     pub lapic: bool,
     /// x2APIC mode may be entered (CPUID.1:ECX[21] should say the same).
     pub x2apic: bool,
+    /// A PCI host bridge (i440FX, as Bochs has) at 00:00.0; otherwise PCI
+    /// configuration reads are all-ones everywhere.
+    pub pci_host_bridge: bool,
 }
 
 impl Config {
@@ -94,6 +113,7 @@ impl Config {
             ioapic: true,
             lapic: true,
             x2apic: true,
+            pci_host_bridge: true,
         }
     }
 }
@@ -114,6 +134,82 @@ pub enum Event {
 /// The MSR access raises #GP(0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Gp;
+
+/// What [`Platform::summary`] reports.
+#[derive(Clone, Copy, Debug)]
+pub struct Summary {
+    /// The LAPIC's mode (`None`: no LAPIC).
+    pub apic_mode: Option<lapic::ApicMode>,
+    /// SVR bit 8.
+    pub apic_sw_enabled: bool,
+    /// LVT Timer's mode.
+    pub timer_mode: lapic::TimerMode,
+    /// LVT Timer (vector, mask bit 16).
+    pub lvt_timer: u32,
+    /// TPR.
+    pub tpr: u8,
+    /// Highest vector in IRR.
+    pub highest_irr: Option<u8>,
+    /// Highest vector in ISR.
+    pub highest_isr: Option<u8>,
+    /// 8259 masks, slave in the high byte.
+    pub pic_imr: u16,
+    /// 8259 requests, slave in the high byte.
+    pub pic_irr: u16,
+    /// PIT counter 0 (mode, reload) if counting.
+    pub pit0: Option<(u8, u32)>,
+    /// IOAPIC entries unmasked.
+    pub ioapic_unmasked: u8,
+    /// [`Platform::next_deadline_tsc`].
+    pub next_deadline_tsc: Option<u64>,
+    /// [`Platform::pending_interrupt`].
+    pub pending: Option<u8>,
+    /// [`Platform::pending_nmi`].
+    pub nmi: bool,
+}
+
+impl core::fmt::Display for Summary {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.apic_mode {
+            None => write!(f, "apic none")?,
+            Some(m) => {
+                let mode = match m {
+                    lapic::ApicMode::Disabled => "disabled",
+                    lapic::ApicMode::XApic => "xapic",
+                    lapic::ApicMode::X2Apic => "x2apic",
+                };
+                let timer = match self.timer_mode {
+                    lapic::TimerMode::OneShot => "oneshot",
+                    lapic::TimerMode::Periodic => "periodic",
+                    lapic::TimerMode::TscDeadline => "tsc-deadline",
+                };
+                write!(f, "apic {mode}{} tpr={:#x} timer {timer} vec={:#x}{}", if self.apic_sw_enabled { "" } else { "(sw-off)" }, self.tpr, self.lvt_timer & 0xFF, if self.lvt_timer & (1 << 16) != 0 { " masked" } else { "" })?;
+                if let Some(v) = self.highest_irr {
+                    write!(f, " irr={v:#x}")?;
+                }
+                if let Some(v) = self.highest_isr {
+                    write!(f, " isr={v:#x}")?;
+                }
+            }
+        }
+        write!(f, " | pic imr={:#06x} irr={:#06x}", self.pic_imr, self.pic_irr)?;
+        if let Some((m, n)) = self.pit0 {
+            write!(f, " | pit0 mode {m} count {n}")?;
+        }
+        write!(f, " | ioapic {} unmasked", self.ioapic_unmasked)?;
+        match self.pending {
+            Some(v) => write!(f, " | pending {v:#x}")?,
+            None => write!(f, " | pending none")?,
+        }
+        if self.nmi {
+            write!(f, " +nmi")?;
+        }
+        if let Some(d) = self.next_deadline_tsc {
+            write!(f, " | next tsc {d}")?;
+        }
+        Ok(())
+    }
+}
 
 /// The L1's PC: every device, their interrupt wiring, and the event queue.
 ///
@@ -158,7 +254,7 @@ impl Platform {
             pm: pm::PmBlock::new(cfg.tsc_hz),
             ioapic: ioapic::IoApic::new(),
             lapic,
-            misc: misc::Misc::new(),
+            misc: misc::Misc::new(cfg.pci_host_bridge),
             events: VecDeque::new(),
             isa_lines: 0,
             glue_lines: 0,
@@ -171,10 +267,7 @@ impl Platform {
     pub fn reset(&mut self) {
         let now = self.now;
         *self = Platform::new(self.cfg.clone());
-        self.now = now;
-        self.pit.advance(now);
-        self.pm.advance(now);
-        self.rtc.advance(now);
+        self.advance(now);
     }
 
     /// The configuration this PC was built from.
@@ -265,7 +358,8 @@ impl Platform {
 
     fn drive_isa_irq(&mut self, irq: u8, level: bool) {
         self.pic.set_irq(irq, level);
-        if self.cfg.ioapic {
+        // IRQ2 is the cascade; GSI 2 belongs to IRQ0 (the override).
+        if self.cfg.ioapic && irq != 2 {
             // The SCI is active-high level on GSI 9 (MADT override); the
             // other ISA lines are active-high edge as the IOAPIC sees them.
             self.ioapic.set_irq(Self::gsi_of(irq), level, &mut self.lapic);
@@ -288,6 +382,9 @@ impl Platform {
         }
         if self.rtc.irq_line() {
             lines |= 1 << 8;
+        }
+        if self.misc.irq1_line() {
+            lines |= 1 << 1;
         }
         if self.cfg.acpi && self.pm.sci_line() {
             lines |= 1 << SCI_IRQ;
@@ -346,6 +443,29 @@ impl Platform {
     /// The glue injected the pending NMI.
     pub fn acknowledge_nmi(&mut self) {
         self.lapic.acknowledge_nmi()
+    }
+
+    /// A byte arrives on COM1's line (the console attach); false if the
+    /// receive FIFO was full and the byte was lost (overrun), as on the chip.
+    /// Feed no more than `self.uart.rx_space()` bytes to lose none.
+    pub fn uart_receive(&mut self, byte: u8) -> bool {
+        let ok = self.uart.receive(byte);
+        self.sync_lines();
+        ok
+    }
+
+    /// The next byte the L1 sent on COM1, oldest first.
+    pub fn uart_take_tx(&mut self) -> Option<u8> {
+        self.uart.take_tx()
+    }
+
+    /// Press the ACPI fixed-feature power button (an orderly shutdown
+    /// request to an ACPI OS: PWRBTN_STS and the SCI if enabled).
+    pub fn press_power_button(&mut self) {
+        if self.cfg.acpi {
+            self.pm.press_power_button();
+            self.sync_lines();
+        }
     }
 
     /// The next power/reset/exit event, oldest first.
@@ -518,9 +638,32 @@ impl Platform {
         self.lapic.set_tpr(((value & 0xF) << 4) as u8);
     }
 
-    /// The ACPI tables of this PC placed at guest-physical `base_gpa`.
+    /// A snapshot of what matters for a shell view of this PC.
+    pub fn summary(&self) -> Summary {
+        let (pit_mode, pit_reload, pit_running) = self.pit.counter_state(0);
+        Summary {
+            apic_mode: if self.cfg.lapic { Some(self.lapic.mode()) } else { None },
+            apic_sw_enabled: self.lapic.sw_enabled(),
+            timer_mode: self.lapic.timer_mode(),
+            lvt_timer: self.lapic.lvt_timer(),
+            tpr: self.lapic.tpr(),
+            highest_irr: self.lapic.highest_irr(),
+            highest_isr: self.lapic.highest_isr(),
+            pic_imr: u16::from(self.pic.master.imr()) | u16::from(self.pic.slave.imr()) << 8,
+            pic_irr: u16::from(self.pic.master.irr()) | u16::from(self.pic.slave.irr()) << 8,
+            pit0: pit_running.then_some((pit_mode, pit_reload)),
+            ioapic_unmasked: (0..ioapic::PINS).filter(|&i| self.ioapic.entry(i) & (1 << 16) == 0).count() as u8,
+            next_deadline_tsc: self.next_deadline_tsc(),
+            pending: self.pending_interrupt(),
+            nmi: self.pending_nmi(),
+        }
+    }
+
+    /// The ACPI tables of this PC placed at guest-physical `base_gpa`
+    /// (64-byte aligned, below 4 GiB; the BIOS area 0xE0000-0xFFFFF makes
+    /// the RSDP findable by the standard scan).
     pub fn acpi_tables(&self, base_gpa: u64) -> acpi::AcpiTables {
-        acpi::build(base_gpa, &acpi::AcpiConfig::default())
+        acpi::build(base_gpa, &acpi::AcpiConfig { ioapic: self.cfg.ioapic, ..Default::default() })
     }
 }
 
