@@ -190,6 +190,11 @@ impl Vcpu {
                 // A write no device decodes is dropped, as on a PC.
                 let _ = self.platform.pc.mmio_write(gpa, size, value);
             }
+            mmio::Access::Compare { size, other, test, mem_first } => {
+                let v = self.platform.pc.mmio_read(gpa, size).unwrap_or(u64::MAX);
+                let (a, b) = if mem_first { (v, other) } else { (other, v) };
+                vmwrite(F::GUEST_RFLAGS, mmio::compare_flags(vmread(F::GUEST_RFLAGS), a, b, size, test));
+            }
         }
         vmwrite(F::GUEST_RIP, rip.wrapping_add(len as u64));
         // The access completed: an STI/MOV-SS shadow it sat in is over.
