@@ -190,6 +190,11 @@ impl Vcpu {
                 // A write no device decodes is dropped, as on a PC.
                 let _ = self.platform.pc.mmio_write(gpa, size, value);
             }
+            mmio::Access::Compare { size, other, test, mem_first } => {
+                let v = self.platform.pc.mmio_read(gpa, size).unwrap_or(u64::MAX);
+                let (a, b) = if mem_first { (v, other) } else { (other, v) };
+                vmwrite(F::GUEST_RFLAGS, mmio::compare_flags(vmread(F::GUEST_RFLAGS), a, b, size, test));
+            }
         }
         vmwrite(F::GUEST_RIP, rip.wrapping_add(len as u64));
         // The access completed: an STI/MOV-SS shadow it sat in is over.
@@ -294,6 +299,7 @@ impl Vcpu {
                     want |= proc1::INTERRUPT_WINDOW_EXITING;
                 }
                 self.platform.set_windows(want);
+                self.prepare_sleep();
                 return;
             }
             want |= if self.platform.vnmi && intr & BLOCK_NMI != 0 {
@@ -330,16 +336,18 @@ impl Vcpu {
     /// the VMX-preemption timer set to its next deadline: the core really
     /// sleeps in HLT until then (or until an L0 interrupt, the shell's IPI).
     /// The boot core wakes at least every `PREEMPT_TICKS` to poll the shell.
+    ///
+    /// A running L1 gets the same bound, so a device deadline (its LAPIC
+    /// timer, the PIT) is acted on when it falls due, not only at L1's next
+    /// exit of its own.
     fn prepare_sleep(&mut self) {
-        if !self.platform.halted {
-            return;
-        }
-        if vmread(F::VM_ENTRY_INTR_INFO_FIELD) & (1 << 31) != 0 {
+        if self.platform.halted && vmread(F::VM_ENTRY_INTR_INFO_FIELD) & (1 << 31) != 0 {
             self.wake();
-            return;
         }
-        vmwrite(F::GUEST_ACTIVITY_STATE, HLT);
-        let cap = if self.cpu == 0 { crate::vmx::run::PREEMPT_TICKS } else { u64::from(u32::MAX) };
+        let cap = if self.cpu == 0 || !self.platform.halted { crate::vmx::run::PREEMPT_TICKS } else { u64::from(u32::MAX) };
+        if self.platform.halted {
+            vmwrite(F::GUEST_ACTIVITY_STATE, HLT);
+        }
         let ticks = match self.platform.pc.next_deadline_tsc() {
             Some(d) => (d.saturating_sub(cpu::rdtsc()) >> self.platform.timer_rate).clamp(1, cap),
             None => cap,

@@ -8,5 +8,6 @@
 mod bochs;
 mod common;
 mod l1;
+mod platform;
 mod qemu;
 mod term;
