@@ -8,4 +8,5 @@
 mod bochs;
 mod common;
 mod l1;
+mod loaders;
 mod qemu;
