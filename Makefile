@@ -99,6 +99,7 @@ iso: deps kernel
 	@echo "writing the GRUB ISOs under build/"
 	@L1_MODULE="$(L1_MODULE)" L1_MODULE_ARGS="$(L1_MODULE_ARGS)" grub/mkiso.sh $(KERNEL_ELF) $(ISO) $(CMDLINE)
 	@L1_MODULE=$(L1_ELF) L1_MODULE_ARGS="workload=selftest" grub/mkiso.sh $(KERNEL_ELF) build/nvmx-module-l1.iso $(CMDLINE)
+	@grub/mkiso.sh $(KERNEL_ELF) build/nvmx-mb1.iso $(CMDLINE) l1boot=multiboot1 l1args=workload=selftest
 	@grub/mkiso.sh $(L1_ELF) $(L1_ISO) $(L1_ARGS)
 	@grub/mkiso.sh $(L1_ELF) build/l1-selftest.iso workload=selftest
 	@grub/mkiso.sh $(L1_ELF) build/l1-fuzz.iso workload=fuzz seed=1 exits=6000
@@ -146,7 +147,7 @@ test: test-host test-system
 test-host: toolchain
 	$(CARGO) test
 
-test-system: iso
+test-system: iso linux
 	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) test -p nvmx-tests -- --test-threads=2
 
 SEED ?= 1

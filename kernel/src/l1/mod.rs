@@ -620,11 +620,8 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
         .ok_or_else(|| alloc::format!("no {} MiB of contiguous memory for the L1", cfg.mem_size >> 20))?;
     // SAFETY: the chunk was just allocated for this L1 and is identity mapped.
     let mem = unsafe { core::slice::from_raw_parts_mut(mem_base as *mut u8, cfg.mem_size as usize) };
-    let entry = image::load_elf(image::l1_image().0, mem).map_err(|e| alloc::format!("{e}"))?;
-    let mbi = image::multiboot_info(cfg.mem_size, &cfg.args);
-    // The boot information goes at 64 KiB, where GRUB-loaded kernels do not live.
-    const MBI_GPA: u64 = 0x1_0000;
-    mem[MBI_GPA as usize..MBI_GPA as usize + mbi.len()].copy_from_slice(&mbi);
+    let loaded = image::load(mem, &cfg.args)?;
+    let entry = u64::from(loaded.entry.eip);
 
     let eptp = run::build_ept01(&mut owned, mem_base, cfg.mem_size).ok_or("no memory for EPT0-1")?;
     let maps = run::build_bitmaps(&mut owned).ok_or("no memory for the bitmaps")?;
@@ -638,10 +635,16 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
     // SAFETY: the VMCS region is ours and initialised.
     unsafe { insn::vmclear(vmcs).and_then(|()| insn::vmptrld(vmcs)) }.map_err(|e| alloc::format!("VMCS0-1: {e}"))?;
     run::setup_vmcs01(caps, eptp, &maps, entry, (cpu + 1) as u16)?;
+    // The protocol's flat selectors (Linux: __BOOT_CS/__BOOT_DS), same descriptors.
+    vmwrite(F::GUEST_CS_SELECTOR, loaded.entry.cs.into());
+    for f in [F::GUEST_DS_SELECTOR, F::GUEST_ES_SELECTOR, F::GUEST_FS_SELECTOR, F::GUEST_GS_SELECTOR, F::GUEST_SS_SELECTOR] {
+        vmwrite(f, loaded.entry.ds.into());
+    }
 
     let mut regs = GuestRegs::default();
-    regs.gpr[0] = 0x36d7_6289; // EAX: Multiboot2 magic
-    regs.gpr[3] = MBI_GPA; // EBX: boot information
+    regs.gpr[0] = loaded.entry.eax.into(); // Multiboot magic
+    regs.gpr[3] = loaded.entry.ebx.into(); // Multiboot information
+    regs.gpr[6] = loaded.entry.esi.into(); // Linux: boot_params
     *L1S[cpu].console.lock() = Some(ConsoleRing::new());
     L1S[cpu].stats.reset();
     L1S[cpu].started_tsc.store(cpu::rdtsc(), Ordering::Relaxed);
@@ -663,7 +666,12 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
         L1S[cpu].shadow_want.store(2, Ordering::Release);
     }
     *L1S[cpu].state.lock() = L1State::Running;
-    info!("l1: cpu {cpu}: {} MiB at host {mem_base:#x}, entry {entry:#x}, args '{}'", cfg.mem_size >> 20, cfg.args);
+    info!(
+        "l1: cpu {cpu}: {} MiB at host {mem_base:#x}, {} entry {entry:#x}, args '{}'",
+        cfg.mem_size >> 20,
+        loaded.protocol.name(),
+        cfg.args
+    );
     Ok(Vcpu {
         regs,
         launched: false,
