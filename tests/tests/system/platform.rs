@@ -34,6 +34,11 @@ fn differential(name: &str, model: &str) -> Result<()> {
         }
         std::thread::sleep(Duration::from_secs(2));
     }
+    if !console.contains("l1: done") {
+        let state = m.command("l1 0", t.command)?;
+        let trace = m.command("trace 0 12", t.command)?;
+        m.check(false, || format!("the nested run did not finish:\n{console}\n{state}\n{trace}"))?;
+    }
     let nested = platform_lines(&console);
     m.check(bare.iter().any(|l| l.ends_with(" passed, 0 failed")), || format!("platform failures bare:\n{}", bare.join("\n")))?;
     m.check(nested == bare, || {
