@@ -506,8 +506,10 @@ pub fn run(mbi: u64) {
     let want_tsc = u64::from(init) * 1000 / lapic_per_ktsc;
     let before = count(0x40);
     lapic_write(LVT_TIMER, 0x40);
-    let t0 = rdtsc();
     lapic_write(TIMER_INIT, init);
+    // Counted from after the write: under a hypervisor the write itself is
+    // an exit whose cost is not the timer's.
+    let t0 = rdtsc();
     sti();
     while count(0x40) == before && rdtsc() - t0 < 8 * want_tsc {}
     let fired_at = LAST_TSC[0x40].load(Ordering::SeqCst).wrapping_sub(t0);
@@ -515,7 +517,7 @@ pub fn run(mbi: u64) {
     while rdtsc() - t1 < 2 * want_tsc {}
     cli();
     let n = count(0x40) - before;
-    let on_time = fired_at >= want_tsc * 99 / 100 && fired_at <= want_tsc * 105 / 100;
+    let on_time = fired_at >= want_tsc * 97 / 100 && fired_at <= want_tsc * 105 / 100;
     t.check("lapic timer one-shot: vector 0x40, once, after its count", n == 1 && on_time && lapic_read(TIMER_CUR) == 0, format_args!("{n} interrupt(s), {}", Timing { on_time, at: fired_at, due: want_tsc }));
 
     // Periodic: the interval between interrupts is the count.

@@ -63,3 +63,40 @@ fn bochs_platform_differential_haswell() -> Result<()> {
 fn bochs_platform_differential_ivy() -> Result<()> {
     differential("bochs_platform_differential_ivy", "corei7_ivy_bridge_3770k")
 }
+
+/// `attach`: the shell's serial line to core 1's L1 COM1 and back. The L1
+/// (`workload=echo`) reads its receiver and answers each line; Ctrl-]
+/// returns to the shell, core 0's L1 runs on meanwhile. `l1 1` shows that
+/// L1's platform (APIC mode, timer, interrupts), read on its core.
+#[test]
+fn bochs_attach_echo_haswell_2cpu() -> Result<()> {
+    let t = BOCHS;
+    let mut m = Bochs::new("bochs_attach_echo_haswell_2cpu", "corei7_haswell_4770").cpus(2).hard_limit(Duration::from_secs(300)).start()?;
+    m.boot_to_prompt(t.boot)?;
+    m.command("l1 restart 1 workload=echo", t.command)?;
+    // The L1's greeting is in its console (not on the shell's line).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut c = String::new();
+    while std::time::Instant::now() < deadline && !c.contains("l1: echo ready") {
+        std::thread::sleep(Duration::from_millis(500));
+        c = m.command("console 1", t.command)?;
+    }
+    m.check(c.contains("l1: echo ready"), || format!("the echo L1 did not start:\n{c}"))?;
+    let out = m.command("l1 1", t.command)?;
+    m.check(out.contains("cpu 1: platform: TSC") && out.contains("LAPIC xAPIC (IA32_APIC_BASE 0xfee00900)"), || format!("`l1 1` lacks the platform view:\n{out}"))?;
+    m.send(b"attach 1\r")?;
+    m.expect("Ctrl-] returns to the shell", t.command)?;
+    for word in ["hello", "nested"] {
+        m.send(format!("{word}\r").as_bytes())?;
+        m.expect(format!("l1: echo got '{word}'"), t.command)?;
+    }
+    m.send(&[0x1D])?;
+    m.expect("[detached from cpu 1]", t.command)?;
+    m.expect("nvmx> ", t.command)?;
+    let out = m.command("l1", t.command)?;
+    m.check(out.contains("cpu 0: running") && out.contains("cpu 1: running"), || format!("after attach:\n{out}"))?;
+    // What the L1 printed while attached is in its console too.
+    let out = m.command("console 1", t.command)?;
+    m.check(out.contains("l1: echo got 'nested'"), || format!("console 1:\n{out}"))?;
+    crate::common::poweroff(&mut m, t)
+}
