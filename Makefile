@@ -35,7 +35,8 @@ help:
 	@echo "nvmx make targets:"
 	@echo "  make / make iso    build the kernel and $(ISO) (BIOS+UEFI GRUB ISO), and the"
 	@echo "                     built-in L1 alone as $(L1_ISO) (bare runs, L1_ARGS) and"
-	@echo "                     build/l1-selftest.iso (its VMX conformance checks), and"
+	@echo "                     build/l1-selftest.iso (its VMX conformance checks), build/l1-platform.iso"
+	@echo "                     (its PC checks: ACPI, LAPIC, PIT, IOAPIC, UART, RTC, S5), and"
 	@echo "                     build/nvmx-module-l1.iso (nvmx with the L1 as a GRUB module)"
 	@echo "  make run           boot with the shell on this terminal: QEMU+KVM -cpu host when"
 	@echo "                     /dev/kvm offers VT-x, else Bochs $(MODEL) with CPUS cores"
@@ -87,6 +88,7 @@ iso: deps kernel
 	grub/mkiso.sh $(L1_ELF) $(L1_ISO) $(L1_ARGS)
 	grub/mkiso.sh $(L1_ELF) build/l1-selftest.iso workload=selftest
 	grub/mkiso.sh $(L1_ELF) build/l1-fuzz.iso workload=fuzz seed=1 exits=6000
+	grub/mkiso.sh $(L1_ELF) build/l1-platform.iso workload=platform
 
 # --- run --------------------------------------------------------------------
 run: iso

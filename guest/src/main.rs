@@ -6,7 +6,7 @@
 //! nvmx's nested VMX is checked. Its console is COM1, driven by raw port I/O
 //! (under nvmx that COM1 is a virtual 16550).
 //!
-//! Arguments (the Multiboot command line): `workload=forum|selftest|fuzz|plain`,
+//! Arguments (the Multiboot command line): `workload=forum|selftest|platform|fuzz|plain`,
 //! `exits=N` (0 = run forever; fuzz: operations), `seed=N` (fuzz),
 //! `crash=triple|memory`, `novmx`.
 
@@ -18,6 +18,7 @@ mod console;
 mod forum;
 mod fuzz;
 mod paging_check;
+mod platform;
 mod selftest;
 mod vmx;
 
@@ -122,6 +123,15 @@ extern "C" fn l1_main(magic: u32, mbi: u32) -> ! {
             let _ = writeln!(out, "l1: the write went through (no hypervisor stopped it)");
         }
         None => {}
+    }
+    if args.workload == "platform" {
+        // The PC, not VMX: runs on any x86-64 PC, bare or as an L1; ends
+        // with an ACPI S5 power-off.
+        platform::run(if magic == 0x36d7_6289 { mbi.into() } else { 0 });
+        let _ = writeln!(out, "l1: done");
+        platform::power_off_s5();
+        boot::power_off_emulator();
+        boot::halt()
     }
     let vmx = if args.novmx { Err("novmx on the command line") } else { vmx::probe() };
     match (args.workload, vmx) {

@@ -21,6 +21,9 @@ pub enum Request {
     /// Dump VMCS0-1, VMCS1-2 (L0's cache of it) or VMCS0-2, grouped like
     /// Linux `dump_vmcs`.
     DumpVmcs(nvmx_shell::VmcsKind),
+    /// The L1's platform as `l1 <cpu>` shows it (APIC mode, timer,
+    /// pending interrupts): device state lives on that core.
+    Platform,
 }
 
 struct Slot {

@@ -28,6 +28,9 @@ pub fn start() {
 /// core between L1 exits and whenever it has nothing else to do.
 pub fn poll() {
     bench_step();
+    if attached_poll() {
+        return;
+    }
     loop {
         if BENCH.lock().is_some() {
             return; // input waits until the benchmark is done
@@ -94,6 +97,7 @@ fn execute(cmd: Command, out: &mut String) {
         Command::L1Status(cpu) => l1_status(cpu, out),
         Command::L1Control { action, cpu, args } => l1_control(action, cpu, args, out),
         Command::Console(cpu) => console(cpu, out),
+        Command::Attach(cpu) => attach(cpu, out),
         Command::Vmcs { which, cpu } => vmcs(which, cpu, out),
         Command::Trace { cpu, count } => trace(cpu, count, out),
         Command::Shadow { on, cpus } => shadow(on, cpus, out),
@@ -201,12 +205,22 @@ fn l1_status(sel: Option<usize>, out: &mut String) -> core::fmt::Result {
         let state = match state {
             L1State::NotStarted => String::from("not started"),
             L1State::Running => String::from("running"),
-            L1State::Halted => String::from("halted"),
+            L1State::Halted => String::from("halted for good"),
+            L1State::PoweredOff => String::from("powered off"),
+            L1State::Restarting => String::from("restarting"),
+            L1State::Exited(code) => alloc::format!("exited (code {code})"),
             L1State::Stopped(why) => alloc::format!("stopped: {why}"),
         };
         writeln!(out, "cpu {cpu}: {state}; exits {exits}; last exit {last}; uptime {up} tsc")?;
         if let Some(check) = *s.last_check.lock() {
             writeln!(out, "cpu {cpu}: last failed VM-entry check: {check}")?;
+        }
+        // One core asked by number: its platform too, read on that core.
+        if sel.is_some() && *s.state.lock() == L1State::Running {
+            match crate::mailbox::call(cpu, crate::mailbox::Request::Platform, 2000) {
+                Ok(text) => out.push_str(&text),
+                Err(e) => writeln!(out, "cpu {cpu}: platform: {e}")?,
+            }
         }
     }
     Ok(())
@@ -403,4 +417,53 @@ fn bench_step() {
     drop(guard);
     crate::console::write_bytes(out.as_bytes());
     crate::print!("{PROMPT}");
+}
+
+/// The L1 whose COM1 the shell's serial line is attached to, and how far
+/// its output has been printed.
+static ATTACHED: Mutex<Option<(usize, u64)>> = Mutex::new(None);
+
+/// Ctrl-]: the escape that ends `attach` (as in telnet and `virsh console`).
+const ATTACH_ESCAPE: u8 = 0x1D;
+
+fn attach(cpu: usize, out: &mut String) -> core::fmt::Result {
+    let pos = match l1::shared(cpu).console.lock().as_ref() {
+        Some(ring) => ring.total(),
+        None => return writeln!(out, "error: attach: cpu {cpu} has no L1 (never started)"),
+    };
+    *ATTACHED.lock() = Some((cpu, pos));
+    writeln!(out, "attached to cpu {cpu}'s L1 COM1; Ctrl-] returns to the shell")
+}
+
+/// While attached: input goes to the L1's receiver, its output comes here.
+/// `true` while attached (the line editor is bypassed).
+fn attached_poll() -> bool {
+    let Some((cpu, pos)) = *ATTACHED.lock() else { return false };
+    let mut bytes = alloc::vec::Vec::new();
+    let pos = match l1::shared(cpu).console.lock().as_ref() {
+        Some(ring) => ring.since(pos, &mut bytes),
+        None => pos,
+    };
+    if !bytes.is_empty() {
+        crate::console::write_bytes(&bytes);
+    }
+    let mut input = alloc::vec::Vec::new();
+    let mut detach = false;
+    while let Some(b) = crate::serial::try_read().or_else(crate::keyboard::try_read) {
+        if b == ATTACH_ESCAPE {
+            detach = true;
+            break;
+        }
+        input.push(b);
+    }
+    if !input.is_empty() {
+        l1::platform::send_to_l1(cpu, &input);
+    }
+    if detach {
+        *ATTACHED.lock() = None;
+        crate::print!("\n[detached from cpu {cpu}]\n{PROMPT}");
+        return false;
+    }
+    *ATTACHED.lock() = Some((cpu, pos));
+    true
 }

@@ -26,6 +26,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     CommandSpec { name: "stats", usage: "stats [<cpu>|all] [reset] [--csv]", summary: "exit counters per exit reason", help: "Per core and exit reason: exits (hex and decimal), completed, L0 cycles (sum, min, avg, max), totals and L0's share of the core. `reset` zeroes them, `--csv` prints CSV." },
     CommandSpec { name: "trace", usage: "trace [<cpu>] [<n>]", summary: "the last exits of a core", help: "The last n (default 16) exits: TSC, reason, qualification, RIP, level, L0 cycles." },
     CommandSpec { name: "console", usage: "console <cpu>", summary: "an L1's console output", help: "The newest output the L1 of that core wrote to its COM1." },
+    CommandSpec { name: "attach", usage: "attach <cpu>", summary: "talk to an L1's COM1 (Ctrl-] ends)", help: "Connects this serial line and the keyboard to that core's L1 serial port both ways, like `virsh console`: what you type goes to its receiver, what it sends is printed. Ctrl-] returns to the shell." },
     CommandSpec { name: "vmcs", usage: "vmcs 01|12|02 [<cpu>]", summary: "dump a VMCS of a core, live", help: "Dumps VMCS0-1 (runs L1), VMCS1-2 (what L1 asked) or VMCS0-2 (runs L2), read on that core, grouped like Linux dump_vmcs." },
     CommandSpec { name: "shadow", usage: "shadow [status] | shadow on|off [<cpu>|all]", summary: "VMCS shadowing per core: show, switch live", help: "Shows, per core, whether the CPU has VMCS shadowing, whether it is on for that L1 and how many fields are shadowed; `on`/`off` switch it for a running L1 (default: all cores)." },
     CommandSpec { name: "bench", usage: "bench [<exits>] [--csv]", summary: "forum workload, shadowing off vs on, on every core", help: "Restarts every core's L1 with the forum workload for <exits> L2 exits (default 4000), first with VMCS shadowing off, then on, and prints per core the VMX-instruction exits side by side in the seed thread's format, the exit multiplication, L0 cycles per reflected exit and per emulated VMREAD/VMWRITE/VMPTRLD, and L0's share; --csv adds CSV lines." },
@@ -85,6 +86,7 @@ pub enum Command {
     L1Status(Option<usize>),
     L1Control { action: L1Action, cpu: usize, args: Option<String> },
     Console(usize),
+    Attach(usize),
     Vmcs { which: VmcsKind, cpu: usize },
     Trace { cpu: Option<usize>, count: Option<usize> },
     /// `None`: show the status.
@@ -243,6 +245,13 @@ pub fn parse(line: &str, ctx: &Context) -> Result<Option<Command>, ParseError> {
                 Command::Console(cpu_arg("console", cpu, ctx)?)
             }
         },
+        "attach" => match args {
+            [] => return Err(ParseError::MissingArgument { cmd: "attach", what: "cpu" }),
+            [cpu, rest @ ..] => {
+                no_more("attach", rest)?;
+                Command::Attach(cpu_arg("attach", cpu, ctx)?)
+            }
+        },
         "vmcs" => {
             let [which, rest @ ..] = args else {
                 return Err(ParseError::MissingArgument { cmd: "vmcs", what: "01|12|02" });
@@ -365,6 +374,9 @@ mod tests {
         assert_eq!(err("stats 9"), "stats: cpu 9 does not exist (0-3)");
         assert_eq!(err("help foo"), "help: no command 'foo'");
         assert_eq!(err("console"), "console: missing cpu");
+        assert_eq!(err("attach"), "attach: missing cpu");
+        assert_eq!(ok("attach 1"), Command::Attach(1));
+        assert_eq!(err("attach 1 2"), "attach: unexpected argument '2'");
         assert_eq!(err("console x"), "console: 'x' is not a number");
         assert_eq!(err("vmcs 03"), "vmcs: unknown vmcs '03' (01|12|02)");
         assert_eq!(err("l1 stop"), "l1: missing cpu");
@@ -423,6 +435,7 @@ mod tests {
         for spec in COMMANDS {
             let line = match spec.name {
                 "console" => "console 0",
+                "attach" => "attach 0",
                 "vmcs" => "vmcs 01",
                 n => n,
             };

@@ -3,7 +3,9 @@
 //! trace) lives in [`L1Shared`], readable from any core.
 
 pub mod image;
+mod mmio;
 mod nested;
+pub mod platform;
 mod shadow;
 pub mod uart;
 
@@ -19,7 +21,8 @@ use crate::percpu::{self, MAX_CPUS};
 use crate::stats::{CpuStats, Level};
 use crate::vmx::run::{self, GuestRegs, vmread, vmwrite};
 use crate::vmx::{self, insn};
-use uart::{ConsoleRing, Uart16550};
+use platform::L1Platform;
+use uart::ConsoleRing;
 
 /// What an L1 is doing, as `l1` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,8 +30,15 @@ pub enum L1State {
     /// Not started (no VMX, or not yet).
     NotStarted,
     Running,
-    /// Executed HLT with nothing to wake it: finished its work.
+    /// `cli; hlt` with no NMI to come: halted for good (finished its work).
     Halted,
+    /// ACPI S5 (PM1a_CNT SLP_EN with SLP_TYP 5).
+    PoweredOff,
+    /// Reset (reset register, 0xCF9, i8042 0xFE, port 0x92): restarts.
+    Restarting,
+    /// An exit convention: QEMU's isa-debug-exit (0xF4) or Bochs' 0x8900
+    /// "Shutdown", with its code.
+    Exited(u32),
     /// Stopped by L0: why.
     Stopped(String),
 }
@@ -106,6 +116,8 @@ pub struct L1Shared {
     /// The nested VM-entry check that failed last (VMfailValid 7/8 or a
     /// VM-entry failure), for `l1 <cpu>`.
     pub last_check: Mutex<Option<&'static str>>,
+    /// Bytes for the L1's COM1 receiver (`attach`), drained on its core.
+    pub rx: Mutex<platform::RxQueue>,
 }
 
 impl L1Shared {
@@ -120,6 +132,7 @@ impl L1Shared {
             last_reason: AtomicU64::new(u64::MAX),
             args: Mutex::new(None),
             last_check: Mutex::new(None),
+            rx: Mutex::new(alloc::collections::VecDeque::new()),
             shadow_want: AtomicU8::new(0),
             shadow_pref: AtomicU8::new(0),
             shadow_on: core::sync::atomic::AtomicBool::new(false),
@@ -185,8 +198,10 @@ pub fn answer(req: crate::mailbox::Request) -> String {
     let Some(v) = (unsafe { ptr.as_mut() }) else {
         return alloc::format!("error: cpu {me} runs no L1, so it has no VMCS loaded\n");
     };
-    let crate::mailbox::Request::DumpVmcs(which) = req;
-    v.dump(which)
+    match req {
+        crate::mailbox::Request::DumpVmcs(which) => v.dump(which),
+        crate::mailbox::Request::Platform => v.platform_view(),
+    }
 }
 
 /// The shared state of core `cpu`'s L1.
@@ -223,7 +238,11 @@ impl L1Config {
 struct Vcpu {
     regs: GuestRegs,
     launched: bool,
-    uart: Uart16550,
+    /// The L1's PC: devices, time, interrupts.
+    platform: L1Platform,
+    /// The exit VMCS0-1 holds was just handled (its IDT-vectoring
+    /// information is current); cleared once looked at.
+    l1_exit_pending: bool,
     cpu: usize,
     mem_base: u64,
     mem_size: u64,
@@ -291,6 +310,8 @@ fn vmcs_msr(msr: u32) -> Option<F> {
 enum Exit {
     ExternalInterrupt { vector: u8 },
     TripleFault,
+    /// Interrupt window (7) or NMI window (8) open: injection follows.
+    Window,
     Cpuid,
     Hlt,
     Io { port: u16, size: u8, input: bool, string: bool },
@@ -316,6 +337,7 @@ fn decode(reason: u32, qualification: u64) -> Exit {
     match basic {
         1 => Exit::ExternalInterrupt { vector: (vmread(F::VM_EXIT_INTR_INFO) & 0xFF) as u8 },
         2 => Exit::TripleFault,
+        7 | 8 => Exit::Window,
         10 => Exit::Cpuid,
         12 => Exit::Hlt,
         13 | 54 => Exit::Skippable,
@@ -358,42 +380,23 @@ impl Vcpu {
                 crate::mailbox::on_ipi(vector);
                 Handled::Resume
             }
-            Exit::PreemptionTimer => Handled::Resume,
+            Exit::PreemptionTimer | Exit::Window => Handled::Resume,
             Exit::TripleFault => Handled::Stop("triple fault".into()),
             Exit::Cpuid => {
                 let (leaf, sub) = (self.regs.gpr[0] as u32, self.regs.gpr[1] as u32);
-                let (a, b, mut c, d) = cpu::cpuid(leaf, sub);
-                if leaf == 1 && !self.nested.enabled {
-                    c &= !(1 << 5); // VMX hidden from L1 (nested=off), as on a CPU without VT-x
-                }
+                let (a, b, c, d) = self.l1_cpuid(leaf, sub);
                 self.regs.gpr[0] = a.into();
                 self.regs.gpr[3] = b.into();
                 self.regs.gpr[1] = c.into();
                 self.regs.gpr[2] = d.into();
                 Handled::Skip
             }
-            Exit::Hlt => Handled::Halt,
+            Exit::Hlt => self.platform_hlt(),
             Exit::Io { port, size, input, string } => {
                 if string {
                     return Handled::Stop(alloc::format!("string I/O to port {port:#x} is not emulated"));
                 }
-                let console = &L1S[self.cpu].console;
-                let in_uart = (uart::COM1_BASE..uart::COM1_BASE + 8).contains(&port);
-                if input {
-                    let value: u64 = if in_uart && size == 1 {
-                        self.uart.read(port - uart::COM1_BASE).into()
-                    } else {
-                        // No device here: the bus floats high.
-                        (1u64 << (8 * u32::from(size))) - 1
-                    };
-                    let mask = (1u64 << (8 * u32::from(size))) - 1;
-                    self.regs.gpr[0] = (self.regs.gpr[0] & !mask) | value;
-                } else if in_uart && size == 1 {
-                    if let Some(ring) = console.lock().as_mut() {
-                        self.uart.write(port - uart::COM1_BASE, self.regs.gpr[0] as u8, ring);
-                    }
-                }
-                Handled::Skip
+                self.platform_io(port, size, input)
             }
             Exit::Rdmsr => match self.l1_rdmsr(self.regs.gpr[1] as u32) {
                 Some(v) => {
@@ -408,10 +411,7 @@ impl Vcpu {
                 if self.l1_wrmsr(self.regs.gpr[1] as u32, value) { Handled::Skip } else { Handled::Inject(13, Some(0)) }
             }
             Exit::CrAccess { cr, access, gpr } => self.cr_access(cr, access, gpr),
-            Exit::EptViolation { gpa, qualification } => Handled::Stop(alloc::format!(
-                "access to guest-physical {gpa:#x} outside its {} MiB (qualification {qualification:#x})",
-                self.mem_size >> 20
-            )),
+            Exit::EptViolation { gpa, qualification } => self.platform_mmio(gpa, qualification),
             Exit::VmxInstruction(_) if !self.nested.enabled => Handled::Inject(6, None),
             Exit::VmxInstruction(reason) => match self.emulate_vmx(reason) {
                 nested::Emulated::Done { ok: true } => Handled::Skip,
@@ -450,7 +450,13 @@ impl Vcpu {
     /// RDMSR as L1 (or, on behalf of L1, its L2) sees it: `None` = #GP.
     /// EFER, PAT and DEBUGCTL come from the current VMCS (VMCS0-1 for L1,
     /// VMCS0-2 while an L2 exit is handled), which switches them.
-    pub(super) fn l1_rdmsr(&self, msr: u32) -> Option<u64> {
+    pub(super) fn l1_rdmsr(&mut self, msr: u32) -> Option<u64> {
+        // IA32_APIC_BASE, x2APIC, TSC_DEADLINE: the L1's own local APIC,
+        // never the host's (issue 9).
+        self.platform.pc.advance(cpu::rdtsc());
+        if let Some(r) = self.platform.pc.rdmsr(msr) {
+            return r.ok();
+        }
         if let Some(f) = vmcs_msr(msr) {
             return Some(vmread(f));
         }
@@ -472,6 +478,10 @@ impl Vcpu {
     /// one faults, as on the CPU). The CPU's checks of the value itself
     /// (reserved bits) are not repeated.
     pub(super) fn l1_wrmsr(&mut self, msr: u32, value: u64) -> bool {
+        self.platform.pc.advance(cpu::rdtsc());
+        if let Some(r) = self.platform.pc.wrmsr(msr, value) {
+            return r.is_ok();
+        }
         if let Some(f) = vmcs_msr(msr) {
             let value = match msr {
                 // LMA is the CPU's to set (SDM 10.8.5); keep the current one.
@@ -500,6 +510,51 @@ impl Vcpu {
                 true
             }
         }
+    }
+
+    /// CPUID as a real CPU of the L1's platform: the host's model, features
+    /// and caches, but one logical processor whose local APIC is the
+    /// emulated one. The project's law is "everything must look as if it
+    /// ran on real hardware", so there is no hypervisor bit (CPUID.1:ECX[31])
+    /// and no hypervisor leaf: leaves 0x40000000-0x4FFFFFFF answer like any
+    /// unsupported leaf above the basic range on Intel CPUs, with the
+    /// highest basic leaf's data (SDM Vol. 2A, CPUID, "INPUT EAX = 0"
+    /// notes) — also when nvmx itself runs under a hypervisor.
+    fn l1_cpuid(&mut self, leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
+        let max_basic = cpu::cpuid(0, 0).0;
+        let leaf_in = if (0x4000_0000..0x5000_0000).contains(&leaf) { max_basic } else { leaf };
+        let (mut a, mut b, mut c, mut d) = cpu::cpuid(leaf_in, sub);
+        match leaf_in {
+            1 => {
+                if !self.nested.enabled {
+                    c &= !(1 << 5); // VMX hidden from L1 (nested=off), as on a CPU without VT-x
+                }
+                // EBX[31:24] initial APIC ID 0, [23:16] one logical processor.
+                b = (b & 0xFFFF) | (1 << 16);
+                // x2APIC (21) and TSC-deadline (24) are emulated; no
+                // hypervisor bit (31); OSXSAVE (27) follows L1's CR4.
+                let x2apic = self.platform.pc.config().x2apic;
+                c = (c & !((1 << 21) | (1 << 24) | (1 << 31) | (1 << 27))) | (u32::from(x2apic) << 21) | (1 << 24);
+                if vmread(F::CR4_READ_SHADOW) & (1 << 18) != 0 && c & (1 << 26) != 0 {
+                    c |= 1 << 27;
+                }
+                // EDX[9]: the APIC is there while IA32_APIC_BASE enables it
+                // (SDM 11.4.3: clearing EN hides it from CPUID).
+                let apic_on = self.platform.pc.rdmsr(0x1B).and_then(|r| r.ok()).is_some_and(|v| v & (1 << 11) != 0);
+                d = (d & !(1 << 9)) | (u32::from(apic_on) << 9);
+            }
+            // Deterministic cache parameters: one core, one thread per cache.
+            4 => a &= 0x3FFF,
+            // x2APIC topology: one thread, one core, x2APIC ID 0.
+            0xB | 0x1F => {
+                if c & 0xFF00 != 0 {
+                    b = 1;
+                }
+                d = 0;
+            }
+            _ => {}
+        }
+        (a, b, c, d)
     }
 
     /// MOV to/from CR0/CR4 on bits L0 owns (SDM 28.1.3: only masked bits
@@ -598,7 +653,8 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
     Ok(Vcpu {
         regs,
         launched: false,
-        uart: Uart16550::default(),
+        platform: L1Platform::new(cfg.mem_size, caps),
+        l1_exit_pending: false,
         cpu,
         mem_base,
         mem_size: cfg.mem_size,
@@ -661,6 +717,10 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
         };
         apply_shadow(cpu, v);
         if let Some(stop) = step(v) {
+            // A reset restarts the L1 (its machine), like `l1 restart`.
+            if stop == L1State::Restarting {
+                want_running = vmx::enabled();
+            }
             *shared.state.lock() = stop;
             vcpu = None;
         }
@@ -691,6 +751,13 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
     }
     vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, run::PREEMPT_TICKS);
     let in_l2 = v.nested.in_l2;
+    if !in_l2 {
+        // Time, console, power events, interrupts for L1 (VMCS0-1 current).
+        let after_exit = core::mem::take(&mut v.l1_exit_pending);
+        if let Some(end) = v.platform_before_entry(after_exit) {
+            return Some(end);
+        }
+    }
     let launched = if in_l2 { v.launched02() } else { v.launched };
     if let Err(e) = run::enter(&mut v.regs, launched) {
         if let (true, nvmx_vmx::error::VmFail::Valid(n)) = (in_l2, e) {
@@ -722,12 +789,19 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
         return result;
     }
     v.launched = true;
+    v.l1_exit_pending = true;
     let handled = v.handle(decode(reason, qualification));
     let (result, completed) = match handled {
         Handled::Resume => (None, true),
         Handled::EntryFailed => (None, false),
         Handled::Skip | Handled::SkipFailed => {
             vmwrite(F::GUEST_RIP, rip + vmread(F::VM_EXIT_INSTRUCTION_LEN));
+            // The instruction completed, so an STI or MOV-SS shadow it sat in
+            // is over (SDM 26.3.1.5 forbids HLT activity with one pending).
+            let intr = vmread(F::GUEST_INTERRUPTIBILITY_INFO);
+            if intr & 3 != 0 {
+                vmwrite(F::GUEST_INTERRUPTIBILITY_INFO, intr & !3);
+            }
             (None, matches!(handled, Handled::Skip))
         }
         Handled::EnterL2 => {

@@ -54,6 +54,12 @@ pub fn build_ept01(owned: &mut crate::mm::frames::Owned, host_base: u64, size: u
     let mut pd = 0;
     let mut gpa = 0;
     while gpa < size {
+        // The IOAPIC and LAPIC pages stay unmapped whatever the RAM size:
+        // their accesses must exit to be emulated (EPT violation, SDM 29.3.3).
+        if (0xFEC0_0000..0xFF00_0000).contains(&gpa) {
+            gpa += 2 << 20;
+            continue;
+        }
         // SAFETY: the tables are frames just allocated for EPT0-1 and
         // identity mapped; indices are < 512.
         unsafe {
@@ -129,7 +135,10 @@ pub const PREEMPT_TICKS: u64 = 1 << 12;
 pub fn setup_vmcs01(caps: &VmxCaps, eptp01: u64, maps: &Bitmaps, entry: u64, vpid: u16) -> Result<(), &'static str> {
     // --- Controls (SDM 25.6-25.8), adjusted to what the CPU allows (A.3). ---
     let pin_ctl = adjust_controls(
-        pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING | pin::PREEMPTION_TIMER,
+        pin::EXTERNAL_INTERRUPT_EXITING
+            | pin::NMI_EXITING
+            | pin::PREEMPTION_TIMER
+            | crate::l1::platform::L1Platform::extra_pin_controls(caps),
         caps.pinbased(),
     )
     .map_err(|_| "pin-based controls not supported")?;

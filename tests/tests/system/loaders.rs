@@ -80,11 +80,11 @@ fn linux_bare(name: &str, model: &str) -> Result<()> {
         .build_iso("linux/bare.iso")
         .megs(512)
         .ips(50_000_000)
-        .hard_limit(Duration::from_secs(420))
+        .hard_limit(Duration::from_secs(900))
         .start()?;
-    m.expect("init: up at", Duration::from_secs(300))?;
+    m.expect("init: up at", Duration::from_secs(700))?;
     let pass = regex::Regex::new(r"kvmtest: (PASS|FAIL)[^\r\n]*\r?\n").expect("valid regex");
-    let found = m.expect(pass, Duration::from_secs(120))?;
+    let found = m.expect(pass, Duration::from_secs(180))?;
     let verdict = found.text.trim().to_string();
     m.expect("init: done", Duration::from_secs(60))?;
     let text = m.serial().transcript();

@@ -9,4 +9,5 @@ mod bochs;
 mod common;
 mod l1;
 mod loaders;
+mod platform;
 mod qemu;
