@@ -179,6 +179,14 @@ fn align(v: &mut Vec<u8>, a: usize) {
     }
 }
 
+impl AcpiTables {
+    /// The 36-byte RSDP (for a Multiboot2 ACPI-new tag, which carries a
+    /// copy of it).
+    pub fn rsdp(&self) -> &[u8] {
+        &self.bytes[self.rsdp_offset..self.rsdp_offset + 36]
+    }
+}
+
 /// Build the tables for guest-physical `base` (16-byte aligned; below
 /// 4 GiB so the 32-bit pointers hold).
 pub fn build(base: u64, cfg: &AcpiConfig) -> AcpiTables {

@@ -212,7 +212,7 @@ impl LocalApic {
     }
 
     /// The physical-address width for IA32_APIC_BASE's reserved-bit check
-    /// (CPUID.80000008H:EAX[7:0]); 36 unless told.
+    /// (CPUID.80000008H:EAX bits 7:0); 36 unless told.
     pub fn set_phys_addr_bits(&mut self, bits: u8) {
         self.base_mask = ((1u64 << bits.clamp(32, 52)) - 1) & !0xFFF;
     }
@@ -307,7 +307,7 @@ impl LocalApic {
         Self::highest(&self.isr)
     }
 
-    /// PPR (11.8.3.1): TPR if its class is at least ISRV's, else ISRV[7:4].
+    /// PPR (11.8.3.1): TPR if its class is at least ISRV's, else ISRV bits 7:4.
     pub fn ppr(&self) -> u8 {
         let isrv = Self::highest(&self.isr).unwrap_or(0);
         if self.tpr >> 4 >= isrv >> 4 { self.tpr } else { isrv & 0xF0 }
@@ -668,6 +668,13 @@ impl LocalApic {
         let _ = level_assert;
     }
 
+    /// The value of register `reg` (its xAPIC page offset, e.g. 0x320 for
+    /// LVT Timer) as the current mode reads it, without the side effects an
+    /// L1's access has (no ESR error for unimplemented ones): for views.
+    pub fn peek(&self, reg: u32) -> Option<u32> {
+        self.read_reg(reg & 0xFF0)
+    }
+
     // ---- xAPIC MMIO ----
 
     /// Whether `gpa` is in the xAPIC page (decoded in xAPIC mode only).
@@ -851,6 +858,9 @@ mod tests {
         let mut a = LocalApic::new(HZ, HZ, true);
         assert_eq!(a.rdmsr(MSR_APIC_BASE, 0), Ok(0xFEE0_0900));
         assert_eq!(a.mmio_read(0x30, 4), 0x0005_0014);
+        assert_eq!(a.peek(0x3A0), None, "peek names unimplemented registers");
+        a.mmio_write(0x280, 4, 0);
+        assert_eq!(a.peek(0x280), Some(0), "and leaves no ESR error behind");
         assert_eq!(a.mmio_read(0xF0, 4), 0xFF);
         assert_eq!(a.mmio_read(0xE0, 4), 0xFFFF_FFFF);
         assert!(a.lint0_extint(), "virtual wire: LINT0 is ExtINT");

@@ -27,6 +27,27 @@
 //! derive from it by exact integer scaling, so an L1 calibrating one against
 //! another finds the true frequency.
 //!
+//! # Choices
+//!
+//! - Power-on state is what a BIOS hands a boot loader: LAPIC enabled in
+//!   xAPIC mode but software-disabled, LINT0 ExtINT and LINT1 NMI (virtual
+//!   wire, so an L1 that never touches the APIC still gets the 8259's
+//!   interrupts), 8259 vector bases 0x08/0x70, everything else at reset.
+//! - The LAPIC timer's input clock defaults to the TSC frequency, as on
+//!   Bochs (whose APIC timer counts the same ticks as its TSC); CPUID leaf
+//!   0x15 may then say crystal = TSC frequency truthfully.
+//! - Where the data sheets leave room, Bochs' own devices decide (APIC
+//!   version 0x00050014, IOAPIC version 0x11, xAPIC ID read-only, x2APIC
+//!   reserved-bit rules, an i440FX host bridge): Bochs bare is the reference
+//!   the built-in L1's selftest compares nvmx with.
+//! - Bad input gets what the hardware does, never a panic: reserved APIC
+//!   registers set ESR bit 7 (xAPIC) or #GP (x2APIC), illegal vectors set
+//!   the ESR's illegal-vector bits and go nowhere, MMIO a real APIC refuses
+//!   is dropped, PIT mode 1 on counter 0 waits forever for a gate edge.
+//!   A test throws random traffic at every register to hold that.
+//! - The tables name the firmware "NVMX" (as Bochs' say "BOCHS"); nothing
+//!   advertises a hypervisor (the FADT's hypervisor vendor identity is 0).
+//!
 //! # How the glue drives it
 //!
 //! One [`Platform`] per L1. On every exit: [`Platform::advance`] with the
@@ -93,11 +114,14 @@ pub struct Config {
     pub ioapic: bool,
     /// Local APIC present (IA32_APIC_BASE, the xAPIC page, x2APIC MSRs).
     pub lapic: bool,
-    /// x2APIC mode may be entered (CPUID.1:ECX[21] should say the same).
+    /// x2APIC mode may be entered (CPUID.1:ECX bit 21 should say the same).
     pub x2apic: bool,
     /// A PCI host bridge (i440FX, as Bochs has) at 00:00.0; otherwise PCI
     /// configuration reads are all-ones everywhere.
     pub pci_host_bridge: bool,
+    /// MAXPHYADDR as the L1's CPUID.80000008H reports it: IA32_APIC_BASE
+    /// bits at and above it are reserved (#GP).
+    pub phys_addr_bits: u8,
 }
 
 impl Config {
@@ -114,6 +138,7 @@ impl Config {
             lapic: true,
             x2apic: true,
             pci_host_bridge: true,
+            phys_addr_bits: 36,
         }
     }
 }
@@ -244,7 +269,8 @@ pub struct Platform {
 impl Platform {
     /// A PC in the state a BIOS hands to a boot loader.
     pub fn new(cfg: Config) -> Self {
-        let lapic = lapic::LocalApic::new(cfg.tsc_hz, cfg.lapic_timer_hz, cfg.x2apic);
+        let mut lapic = lapic::LocalApic::new(cfg.tsc_hz, cfg.lapic_timer_hz, cfg.x2apic);
+        lapic.set_phys_addr_bits(cfg.phys_addr_bits);
         Platform {
             now: 0,
             pic: pic::PicPair::new(),
@@ -628,12 +654,12 @@ impl Platform {
         }
     }
 
-    /// CR8 as the L1 reads it (TPR[7:4], SDM 10.8.6.1).
+    /// CR8 as the L1 reads it (TPR bits 7:4, SDM 11.8.6.1).
     pub fn cr8(&self) -> u64 {
         (self.lapic.tpr() >> 4) as u64
     }
 
-    /// MOV to CR8: TPR[7:4] = value[3:0], TPR[3:0] = 0.
+    /// MOV to CR8: TPR bits 7:4 = value bits 3:0, TPR bits 3:0 = 0.
     pub fn set_cr8(&mut self, value: u64) {
         self.lapic.set_tpr(((value & 0xF) << 4) as u8);
     }

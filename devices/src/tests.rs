@@ -380,3 +380,29 @@ fn hostile_register_traffic_never_panics() {
         assert!(interrupts > 0, "seed {seed}: the traffic never raised an interrupt");
     }
 }
+
+#[test]
+fn apic_base_reserved_bits_follow_maxphyaddr() {
+    let mut p = pc();
+    assert_eq!(p.wrmsr(0x1B, 0x10_FEE0_0900), Some(Err(Gp)), "bit 36 with MAXPHYADDR 36");
+    let mut cfg = Config::new(50_000_000, 256 << 20, 0);
+    cfg.phys_addr_bits = 39;
+    let mut p = Platform::new(cfg);
+    assert_eq!(p.wrmsr(0x1B, 0x10_FEE0_0900), Some(Ok(())));
+    assert!(p.is_mmio(0x10_FEE0_0030) && !p.is_mmio(0xFEE0_0030), "the page moved");
+}
+
+#[test]
+fn a_pc_without_apics() {
+    let mut cfg = Config::new(50_000_000, 256 << 20, 0);
+    cfg.lapic = false;
+    cfg.ioapic = false;
+    let mut p = Platform::new(cfg);
+    assert_eq!(p.rdmsr(0x1B), Some(Err(Gp)), "no APIC: IA32_APIC_BASE does not exist");
+    assert!(!p.is_mmio(LAPIC_BASE) && !p.is_mmio(IOAPIC_BASE));
+    assert_eq!(p.mmio_read(IOAPIC_BASE, 4), None);
+    init_pic(&mut p, 0xFE, 0xFF);
+    pit_periodic(&mut p, 100);
+    p.advance(p.next_deadline_tsc().unwrap());
+    assert_eq!(p.pending_interrupt(), Some(0x20), "the 8259 drives INTR directly");
+}

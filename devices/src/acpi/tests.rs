@@ -96,6 +96,7 @@ fn rsdp_found_by_the_bios_area_scan_and_checksums_hold() {
         .expect("RSDP found by scanning");
     assert_eq!(found, t.rsdp_offset);
     let rsdp = &t.bytes[found..found + 36];
+    assert_eq!(rsdp, t.rsdp());
     assert_eq!(rsdp[15], 2, "revision 2");
     assert_eq!(sum(rsdp), 0, "extended checksum");
     // Every table the XSDT and RSDT list has a valid checksum, and both list
