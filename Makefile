@@ -84,6 +84,7 @@ iso: deps kernel
 	@mkdir -p build
 	L1_MODULE="$(L1_MODULE)" L1_MODULE_ARGS="$(L1_MODULE_ARGS)" grub/mkiso.sh $(KERNEL_ELF) $(ISO) $(CMDLINE)
 	L1_MODULE=$(L1_ELF) L1_MODULE_ARGS="workload=selftest" grub/mkiso.sh $(KERNEL_ELF) build/nvmx-module-l1.iso $(CMDLINE)
+	grub/mkiso.sh $(KERNEL_ELF) build/nvmx-mb1.iso $(CMDLINE) l1boot=multiboot1 l1args=workload=selftest
 	grub/mkiso.sh $(L1_ELF) $(L1_ISO) $(L1_ARGS)
 	grub/mkiso.sh $(L1_ELF) build/l1-selftest.iso workload=selftest
 	grub/mkiso.sh $(L1_ELF) build/l1-fuzz.iso workload=fuzz seed=1 exits=6000
@@ -122,7 +123,7 @@ test: test-host test-system
 test-host: toolchain
 	$(CARGO) test
 
-test-system: iso
+test-system: iso linux
 	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) test -p nvmx-tests -- --test-threads=2
 
 SEED ?= 1
@@ -136,6 +137,8 @@ fuzz: iso
 BENCH_EXITS ?= 4000
 bench: iso
 	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) run -q -p nvmx-tests --bin bench -- $(BENCH_EXITS) $(CPUS)
+
+include linux/linux.mk
 
 clean:
 	$(CARGO) clean

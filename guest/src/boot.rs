@@ -1,4 +1,4 @@
-//! Multiboot2 entry → long mode on an identity map of the first GiB (2 MiB
+//! Multiboot2 or Multiboot1 entry → long mode on an identity map of the first GiB (2 MiB
 //! pages), a GDT with a TSS (VM entries need a non-null host TR, SDM
 //! 27.2.3), and an IDT that reports any exception on COM1 and halts.
 
@@ -17,6 +17,14 @@ l1_mb2:
     .short 0, 0
     .long 8
 l1_mb2_end:
+    /* Multiboot1 header too (spec 0.6.96 3.1): the same ELF loads with
+       either protocol (nvmx: l1boot=multiboot1; GRUB: `multiboot`). Flags:
+       bit 1, memory information wanted. */
+    .balign 4
+l1_mb1:
+    .long 0x1badb002
+    .long 0x00000002
+    .long -(0x1badb002 + 0x00000002)
 
     .section .bss
     .balign 4096
@@ -42,6 +50,7 @@ l1_gdt_end:
 l1_gdt_ptr:
     .short l1_gdt_end - l1_gdt - 1
     .quad l1_gdt
+    .global l1_magic
 l1_magic: .long 0
 l1_info:  .long 0
 

@@ -1,12 +1,12 @@
 //! nvmx-l1: the built-in L1 guest hypervisor.
 //!
-//! A small Multiboot2 kernel that GRUB can boot bare (then it uses the CPU's
+//! A small Multiboot2 (and Multiboot1) kernel that GRUB can boot bare (then it uses the CPU's
 //! VT-x directly) and that nvmx loads as L1 the way GRUB would. The same image
 //! and arguments give the same output lines bare and nested, which is how
 //! nvmx's nested VMX is checked. Its console is COM1, driven by raw port I/O
 //! (under nvmx that COM1 is a virtual 16550).
 //!
-//! Arguments (Multiboot2 command line): `workload=forum|selftest|platform|echo|fuzz|plain`,
+//! Arguments (the Multiboot command line): `workload=forum|selftest|platform|echo|fuzz|plain`,
 //! `exits=N` (0 = run forever; fuzz: operations), `seed=N` (fuzz),
 //! `crash=triple|memory`, `novmx`.
 
@@ -79,12 +79,34 @@ fn cmdline(mbi: u64) -> &'static str {
     ""
 }
 
+/// The Multiboot1 command line (information flag 2, pointer at +16), or "".
+fn cmdline_mb1(mbi: u64) -> &'static str {
+    // SAFETY: the loader put a Multiboot1 information structure at `mbi`
+    // (spec 0.6.96 3.3); its cmdline field, when flagged, points to a
+    // NUL-terminated string in the first GiB, which is identity mapped.
+    unsafe {
+        if *(mbi as *const u32) & (1 << 2) == 0 {
+            return "";
+        }
+        let p = *((mbi + 16) as *const u32) as *const u8;
+        let mut len = 0;
+        while *p.add(len) != 0 {
+            len += 1;
+        }
+        core::str::from_utf8(core::slice::from_raw_parts(p, len)).unwrap_or("")
+    }
+}
+
 /// Rust entry, from `boot.rs` in long mode.
 #[unsafe(no_mangle)]
 extern "C" fn l1_main(magic: u32, mbi: u32) -> ! {
     console::init();
     let mut out = Console;
-    let line = if magic == 0x36d7_6289 { cmdline(mbi.into()) } else { "" };
+    let line = match magic {
+        0x36d7_6289 => cmdline(mbi.into()),
+        0x2bad_b002 => cmdline_mb1(mbi.into()),
+        _ => "",
+    };
     let _ = writeln!(out, "nvmx-l1 {}: {}", env!("CARGO_PKG_VERSION"), line);
     boot::init_idt();
     let args = parse_args(line);

@@ -34,10 +34,20 @@ l1_pc_word_end:
     .section .text.boot, "ax"
     .code32
     .global l1_paging_check
-/* In: EBX = Multiboot2 information. Paging off; clobbers all but EBX/ESP. */
+/* In: EBX = Multiboot2 or Multiboot1 information (l1_magic says which).
+   Paging off; clobbers all but EBX/ESP. */
 l1_paging_check:
     pushl %ebx
-    /* Only for the selftest: find the word in the command line tag. */
+    /* Only for the selftest: find the word in the command line. Multiboot1:
+       the string at info+16 when flag 2 is set (spec 0.6.96 3.3). */
+    cmpl $0x2badb002, l1_magic
+    jne l1_pc_mb2
+    testl $4, (%ebx)
+    jz 9f
+    movl 16(%ebx), %esi
+    jmp 3f
+l1_pc_mb2:
+    /* Multiboot2: the command line tag (type 1). */
     movl (%ebx), %edx
     addl %ebx, %edx              /* EDX = end of the information */
     leal 8(%ebx), %esi

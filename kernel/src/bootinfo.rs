@@ -10,7 +10,9 @@ use spin::Once;
 pub const MAX_REGIONS: usize = 128;
 /// Most GRUB modules kept.
 pub const MAX_MODULES: usize = 8;
-const CMDLINE_LEN: usize = 512;
+/// Command lines and module strings are kept whole up to 4 KiB (what GRUB
+/// passes at least); longer ones are cut there.
+const CMDLINE_LEN: usize = 4096;
 
 /// One memory-map entry.
 #[derive(Clone, Copy, Debug, Default)]
@@ -41,14 +43,14 @@ pub struct Module {
     pub start: u64,
     pub end: u64,
     /// The module's string (GRUB: what follows the file name on the
-    /// `module2` line), truncated to 128 bytes.
-    string: [u8; 128],
+    /// `module2` line), kept up to CMDLINE_LEN bytes.
+    string: [u8; CMDLINE_LEN],
     string_len: usize,
 }
 
 impl Default for Module {
     fn default() -> Self {
-        Module { start: 0, end: 0, string: [0; 128], string_len: 0 }
+        Module { start: 0, end: 0, string: [0; CMDLINE_LEN], string_len: 0 }
     }
 }
 

@@ -190,10 +190,7 @@ fn stats(sel: CpuSel, reset: bool, csv: bool, out: &mut String) -> core::fmt::Re
 fn l1_status(sel: Option<usize>, out: &mut String) -> core::fmt::Result {
     let range = sel.map_or(0..percpu::count(), |c| c..c + 1);
     let now = crate::arch::cpu::rdtsc();
-    match crate::bootinfo::get().modules().first() {
-        Some(m) => writeln!(out, "L1 image: GRUB module ({} bytes), module string \"{}\"", m.end - m.start, m.string())?,
-        None => writeln!(out, "L1 image: built-in nvmx-l1 ({} bytes)", l1::image::BUILTIN_L1.len())?,
-    }
+    out.push_str(&l1::image::describe());
     for cpu in range {
         let s = l1::shared(cpu);
         let state = s.state.lock().clone();

@@ -227,8 +227,11 @@ impl L1Config {
         let key = alloc::format!("l1args{cpu}");
         // A GRUB module L1 gets its module string unless l1args says otherwise.
         let module_args = image::l1_image().1;
-        let raw = info.arg(&key).or_else(|| info.arg("l1args")).or(module_args).unwrap_or("workload=forum exits=0");
-        let args = L1S[cpu].args.lock().clone().unwrap_or_else(|| raw.replace(',', " "));
+        // Commas stand for spaces in `l1args=` only: a module string is the
+        // L1's command line as written (Linux's `console=ttyS0,115200`).
+        let from_cmdline = info.arg(&key).or_else(|| info.arg("l1args")).map(|a| a.replace(',', " "));
+        let raw = from_cmdline.unwrap_or_else(|| String::from(module_args.unwrap_or("workload=forum exits=0")));
+        let args = L1S[cpu].args.lock().clone().unwrap_or(raw);
         let nested = info.arg("nested") != Some("off");
         L1Config { mem_size: (mem_mib << 20).next_multiple_of(2 << 20), args, nested }
     }
@@ -424,10 +427,18 @@ impl Vcpu {
             Exit::Xsetbv => {
                 // XCR0 is per core and L0 does not use extended state: let L1 set it.
                 let value = (self.regs.gpr[2] << 32) | (self.regs.gpr[0] & 0xFFFF_FFFF);
-                let ok = self.regs.gpr[1] == 0 && value & 1 != 0;
-                if ok {
-                    // SAFETY: XSETBV of XCR0 with x87 set; CR4.OSXSAVE is set
-                    // in L1's CR4 (the exit only happens then).
+                if self.regs.gpr[1] == 0 && xcr0_valid(value) {
+                    // XSETBV needs CR4.OSXSAVE in L0 too (else #UD in L0: found
+                    // by Linux as L1). The CPU has XSAVE (L1 could set
+                    // CR4.OSXSAVE); keep it in HOST_CR4 so exits keep it.
+                    let cr4 = cpu::read_cr4();
+                    if cr4 & CR4_OSXSAVE == 0 {
+                        // SAFETY: setting OSXSAVE only enables XSETBV/XGETBV.
+                        unsafe { cpu::write_cr4(cr4 | CR4_OSXSAVE) };
+                        vmwrite(F::HOST_CR4, cr4 | CR4_OSXSAVE);
+                    }
+                    // SAFETY: XCR0 checked against CPUID.(0DH,0) and SDM 13.3's
+                    // rules (no #GP); CR4.OSXSAVE is set just above.
                     unsafe {
                         core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") value as u32, in("edx") (value >> 32) as u32)
                     };
@@ -601,11 +612,8 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
         .ok_or_else(|| alloc::format!("no {} MiB of contiguous memory for the L1", cfg.mem_size >> 20))?;
     // SAFETY: the chunk was just allocated for this L1 and is identity mapped.
     let mem = unsafe { core::slice::from_raw_parts_mut(mem_base as *mut u8, cfg.mem_size as usize) };
-    let entry = image::load_elf(image::l1_image().0, mem).map_err(|e| alloc::format!("{e}"))?;
-    let mbi = image::multiboot_info(cfg.mem_size, &cfg.args);
-    // The boot information goes at 64 KiB, where GRUB-loaded kernels do not live.
-    const MBI_GPA: u64 = 0x1_0000;
-    mem[MBI_GPA as usize..MBI_GPA as usize + mbi.len()].copy_from_slice(&mbi);
+    let loaded = image::load(mem, &cfg.args)?;
+    let entry = u64::from(loaded.entry.eip);
 
     let eptp = run::build_ept01(&mut owned, mem_base, cfg.mem_size).ok_or("no memory for EPT0-1")?;
     let maps = run::build_bitmaps(&mut owned).ok_or("no memory for the bitmaps")?;
@@ -619,10 +627,16 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
     // SAFETY: the VMCS region is ours and initialised.
     unsafe { insn::vmclear(vmcs).and_then(|()| insn::vmptrld(vmcs)) }.map_err(|e| alloc::format!("VMCS0-1: {e}"))?;
     run::setup_vmcs01(caps, eptp, &maps, entry, (cpu + 1) as u16)?;
+    // The protocol's flat selectors (Linux: __BOOT_CS/__BOOT_DS), same descriptors.
+    vmwrite(F::GUEST_CS_SELECTOR, loaded.entry.cs.into());
+    for f in [F::GUEST_DS_SELECTOR, F::GUEST_ES_SELECTOR, F::GUEST_FS_SELECTOR, F::GUEST_GS_SELECTOR, F::GUEST_SS_SELECTOR] {
+        vmwrite(f, loaded.entry.ds.into());
+    }
 
     let mut regs = GuestRegs::default();
-    regs.gpr[0] = 0x36d7_6289; // EAX: Multiboot2 magic
-    regs.gpr[3] = MBI_GPA; // EBX: boot information
+    regs.gpr[0] = loaded.entry.eax.into(); // Multiboot magic
+    regs.gpr[3] = loaded.entry.ebx.into(); // Multiboot information
+    regs.gpr[6] = loaded.entry.esi.into(); // Linux: boot_params
     *L1S[cpu].console.lock() = Some(ConsoleRing::new());
     L1S[cpu].stats.reset();
     L1S[cpu].started_tsc.store(cpu::rdtsc(), Ordering::Relaxed);
@@ -641,7 +655,12 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
         L1S[cpu].shadow_want.store(2, Ordering::Release);
     }
     *L1S[cpu].state.lock() = L1State::Running;
-    info!("l1: cpu {cpu}: {} MiB at host {mem_base:#x}, entry {entry:#x}, args '{}'", cfg.mem_size >> 20, cfg.args);
+    info!(
+        "l1: cpu {cpu}: {} MiB at host {mem_base:#x}, {} entry {entry:#x}, args '{}'",
+        cfg.mem_size >> 20,
+        loaded.protocol.name(),
+        cfg.args
+    );
     Ok(Vcpu {
         regs,
         launched: false,
@@ -845,3 +864,19 @@ fn report_stop(cpu: usize, why: &str, reason: u32, qualification: u64, rip: u64)
     }
 }
 
+
+const CR4_OSXSAVE: u64 = 1 << 18;
+
+/// Would XSETBV of XCR0 = `v` succeed (SDM 13.3)? x87 set, only bits
+/// CPUID.(EAX=0DH,ECX=0) reports, AVX needs SSE, AVX-512 state all or none
+/// and with AVX, MPX bits both or neither.
+fn xcr0_valid(v: u64) -> bool {
+    let (a, _, _, d) = cpu::cpuid(0xD, 0);
+    let supported = u64::from(a) | u64::from(d) << 32;
+    let avx512 = v & 0xE0;
+    v & 1 != 0
+        && v & !supported == 0
+        && (v & 4 == 0 || v & 2 != 0)
+        && (avx512 == 0 || (avx512 == 0xE0 && v & 4 != 0))
+        && (v >> 3 & 1) == (v >> 4 & 1)
+}

@@ -8,5 +8,6 @@
 mod bochs;
 mod common;
 mod l1;
+mod loaders;
 mod platform;
 mod qemu;

@@ -1,0 +1,175 @@
+//! L1 loaders and Debian's Linux: the built-in L1 loaded as Multiboot1
+//! gives what it gives as Multiboot2; Linux with KVM bare on Bochs (the
+//! reference for Linux as L1).
+
+use crate::common::BOCHS;
+use nvmx_tests::{Bochs, Result};
+use std::time::Duration;
+
+/// The selftest's result lines (from its header to `l1: done`).
+fn selftest_lines(text: &str) -> Vec<String> {
+    let lines: Vec<String> = text.lines().map(|l| l.trim().to_string()).filter(|l| l.starts_with("l1: ")).collect();
+    let start = lines.iter().position(|l| l.starts_with("l1: selftest ")).unwrap_or(lines.len());
+    let end = lines.iter().position(|l| l == "l1: done").map_or(lines.len(), |e| e + 1);
+    lines[start..end.max(start)].to_vec()
+}
+
+/// `build/nvmx-mb1.iso` (nvmx with `l1boot=multiboot1 l1args=workload=selftest`)
+/// runs the built-in L1 loaded through its Multiboot1 header: `l1` says so,
+/// and the selftest prints line for line what GRUB's Multiboot2 boot of the
+/// same L1 prints bare (`l1-selftest.iso`).
+#[test]
+fn bochs_l1_multiboot1_selftest_haswell() -> Result<()> {
+    let model = "corei7_haswell_4770";
+    let bare = {
+        let mut b = Bochs::new("bochs_l1_multiboot1_selftest_haswell_bare", model)
+            .build_iso("l1-selftest.iso")
+            .hard_limit(Duration::from_secs(180))
+            .start()?;
+        b.expect("l1: done", Duration::from_secs(150))?;
+        selftest_lines(&b.serial().transcript())
+    };
+    let t = BOCHS;
+    let mut m = Bochs::new("bochs_l1_multiboot1_selftest_haswell", model)
+        .build_iso("nvmx-mb1.iso")
+        .hard_limit(Duration::from_secs(300))
+        .start()?;
+    m.boot_to_prompt(t.boot)?;
+    let out = m.command("l1", t.command)?;
+    m.check(out.contains("L1 image: built-in nvmx-l1 (") && out.contains(", multiboot1)"), || {
+        format!("`l1` does not say the L1 was loaded as Multiboot1:\n{out}")
+    })?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(200);
+    let mut console = String::new();
+    while std::time::Instant::now() < deadline && !console.contains("l1: done") {
+        std::thread::sleep(Duration::from_secs(2));
+        console = m.command("console 0", t.command)?;
+    }
+    m.check(console.contains("workload=selftest"), || format!("the Multiboot1 L1 did not get its command line:\n{console}"))?;
+    let nested = selftest_lines(&console);
+    m.check(bare.iter().any(|l| l.ends_with(" passed, 0 failed")), || format!("bare selftest:\n{}", bare.join("\n")))?;
+    m.check(nested == bare, || format!("Multiboot1 nested differs from Multiboot2 bare:\nbare:\n{}\nnested:\n{}", bare.join("\n"), nested.join("\n")))?;
+    crate::common::poweroff(&mut m, t)
+}
+
+/// What kvm_intel must enable on each Bochs model (../shared/L1-PLATFORM.md).
+fn kvm_intel_expected(model: &str) -> Vec<(&'static str, &'static str)> {
+    let mut want = vec![
+        ("ept", "Y"),
+        ("unrestricted_guest", "Y"),
+        ("vpid", "Y"),
+        ("flexpriority", "Y"),
+        ("vnmi", "Y"),
+        ("preemption_timer", "Y"),
+        ("nested", "Y"),
+    ];
+    let haswell = if model.contains("haswell") { "Y" } else { "N" };
+    want.push(("eptad", haswell));
+    want.push(("enable_shadow_vmcs", haswell));
+    want
+}
+
+/// Debian's cloud kernel bare on Bochs (`make linux` builds
+/// `build/linux/bare.iso`): boots to its /init, loads kvm_intel with the
+/// features the model offers, kvmtest runs its real- and long-mode L2 and
+/// prints PASS with the exact exit counts, the kernel reports no warning and
+/// no KVM error, and it powers off. The parameters are written to
+/// `target/systest/<test>/kvm_intel.txt` (the reference for nested runs).
+fn linux_bare(name: &str, model: &str) -> Result<()> {
+    let mut m = Bochs::new(name, model)
+        .build_iso("linux/bare.iso")
+        .megs(512)
+        .ips(50_000_000)
+        .hard_limit(Duration::from_secs(900))
+        .start()?;
+    m.expect("init: up at", Duration::from_secs(700))?;
+    let pass = regex::Regex::new(r"kvmtest: (PASS|FAIL)[^\r\n]*\r?\n").expect("valid regex");
+    let found = m.expect(pass, Duration::from_secs(180))?;
+    let verdict = found.text.trim().to_string();
+    m.expect("init: done", Duration::from_secs(60))?;
+    let text = m.serial().transcript();
+    m.check(verdict.starts_with("kvmtest: PASS cpuid 400, io 1608, mmio 800, hlt 2, irq-window 2, interrupts 4, exits to user 2412, time "), || {
+        format!("kvmtest said: {verdict}")
+    })?;
+    for phase in ["real", "long"] {
+        let want = format!("kvmtest: {phase} mode: cpuid 200, io 804, mmio 400, hlt 1, irq-window 1, interrupts 2, exits to user 1206");
+        m.check(text.contains(&want), || format!("no `{want}`"))?;
+    }
+    let params: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("init: kvm_intel ")?.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    let dir = nvmx_tests::paths::systest_dir().join(nvmx_tests::paths::sanitize(name));
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join("kvm_intel.txt"), params.iter().map(|(k, v)| format!("{k}={v}\n")).collect::<String>());
+    for (k, v) in kvm_intel_expected(model) {
+        let got = params.iter().find(|(p, _)| p == k).map(|(_, v)| v.as_str());
+        m.check(got == Some(v), || format!("kvm_intel {k}: {got:?}, expected {v} on {model} (all: {params:?})"))?;
+    }
+    for bad in ["WARNING:", "vmwrite error", "VM-entry failure", "BUG:", "Call Trace"] {
+        m.check(!text.contains(bad), || format!("the kernel said `{bad}`"))?;
+    }
+    m.wait_exit(Duration::from_secs(60)).map(|_| ())
+}
+
+#[test]
+fn bochs_linux_bare_kvm_haswell() -> Result<()> {
+    linux_bare("bochs_linux_bare_kvm_haswell", "corei7_haswell_4770")
+}
+
+/// Polls `console 0` until `done` holds or `secs` pass; returns the last console.
+fn console_until(m: &mut nvmx_tests::Machine, secs: u64, done: impl Fn(&str) -> bool) -> Result<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut console = String::new();
+    while std::time::Instant::now() < deadline {
+        console = m.command("console 0", BOCHS.command)?;
+        if done(&console) {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    Ok(console)
+}
+
+/// Debian's Linux as the L1 of nvmx (`build/linux/nested-smallpc.iso`: the
+/// smallest PC — `acpi=off noapic nolapic` —, then `nested.iso`: ACPI,
+/// LAPIC and IOAPIC on): boots to /init, kvm_intel loads with the features
+/// it enables bare, kvmtest's L2 passes with the bare run's exact counts, no
+/// kernel warning or KVM error; the shell answers throughout.
+fn linux_nested(name: &str, iso: &str) -> Result<()> {
+    let model = "corei7_haswell_4770";
+    let t = BOCHS;
+    let mut m = Bochs::new(name, model)
+        .build_iso(iso)
+        .megs(768)
+        .ips(50_000_000)
+        .hard_limit(Duration::from_secs(1500))
+        .start()?;
+    m.boot_to_prompt(Duration::from_secs(600))?;
+    let out = m.command("l1", t.command)?;
+    m.check(out.contains("linux)") && out.contains("L1 module 0: "), || format!("`l1` does not show Linux and its initrd:\n{out}"))?;
+    let console = console_until(&mut m, 1200, |c| c.contains("init: done") || c.contains("Kernel panic"))?;
+    let l1 = m.command("l1", t.command)?;
+    m.check(console.contains("init: up at"), || format!("Linux did not reach /init; `l1`:\n{l1}\nconsole:\n{console}"))?;
+    m.check(console.contains("kvmtest: PASS cpuid 400, io 1608, mmio 800, hlt 2, irq-window 2, interrupts 4, exits to user 2412"), || {
+        format!("kvmtest did not pass nested; `l1`:\n{l1}\nconsole:\n{console}")
+    })?;
+    for (k, v) in kvm_intel_expected(model) {
+        let want = format!("init: kvm_intel {k}={v}");
+        m.check(console.contains(&want), || format!("nested: no `{want}`:\n{console}"))?;
+    }
+    for bad in ["WARNING:", "vmwrite error", "VM-entry failure", "BUG:", "Call Trace"] {
+        m.check(!console.contains(bad), || format!("the nested kernel said `{bad}`:\n{console}"))?;
+    }
+    crate::common::poweroff(&mut m, t)
+}
+
+#[test]
+fn bochs_linux_nested_smallpc_haswell() -> Result<()> {
+    linux_nested("bochs_linux_nested_smallpc_haswell", "linux/nested-smallpc.iso")
+}
+
+#[test]
+fn bochs_linux_nested_haswell() -> Result<()> {
+    linux_nested("bochs_linux_nested_haswell", "linux/nested.iso")
+}
