@@ -28,6 +28,12 @@ module=""
 if [ -n "${L1_MODULE:-}" ]; then
     cp "$L1_MODULE" "$stage/boot/l1"
     module="module2 /boot/l1 ${L1_MODULE_ARGS:-}"
+    # L1_MODULE_1=<file> (and L1_MODULE_1_ARGS): one module of the L1's own
+    # (its Multiboot module, Linux's initrd), after the L1 image.
+    if [ -n "${L1_MODULE_1:-}" ]; then
+        cp "$L1_MODULE_1" "$stage/boot/l1-module-1"
+        module="$module\n        module2 /boot/l1-module-1 ${L1_MODULE_1_ARGS:-}"
+    fi
 fi
 sed -e "s|@CMDLINE@|${cmdline//|/\\|}|" -e "s|@MODULE@|${module//|/\\|}|" "$here/grub.cfg" > "$stage/boot/grub/grub.cfg"
 for k in nvmx nvmx-text; do

@@ -17,7 +17,13 @@ LINUX_SMALLPC := acpi=off noapic nolapic hpet=disable pci=off io_delay=none i804
 LINUX_CMDLINE ?= console=ttyS0,115200 $(LINUX_FAST) kvmtest=200 then=poweroff
 LINUX_IPS     ?= 50000000
 
-.PHONY: linux linux-deps run-linux-bare
+# nvmx with this Linux as the L1 (GRUB module2 lines: the kernel with its
+# command line, then the initrd). One core: the L1 runs on the boot core.
+LINUX_NVMX    ?= log=info l1mem=256
+LINUX_NESTED_SMALLPC := console=ttyS0,115200 $(LINUX_FAST) $(LINUX_SMALLPC) kvmtest=200 then=poweroff
+LINUX_NESTED_FULLPC  := console=ttyS0,115200 $(LINUX_FAST) kvmtest=200 then=poweroff
+
+.PHONY: linux linux-deps run-linux-bare run-linux-nested
 
 linux-deps:
 	@missing=""; for p in $(LINUX_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -41,12 +47,30 @@ $(LINUX_DIR)/initrd.img: $(LINUX_DIR)/kvmtest linux/init linux/build.sh linux/li
 $(LINUX_DIR)/bare.iso: $(LINUX_DIR)/initrd.img linux/mkiso.sh
 	linux/mkiso.sh $(LINUX_DIR)/vmlinuz $(LINUX_DIR)/initrd.img $@ $(LINUX_CMDLINE)
 
-# Everything the Linux runs need: kernel, initrd, the bare reference ISO.
-linux: $(LINUX_DIR)/bare.iso
+$(LINUX_DIR)/nested-smallpc.iso: $(LINUX_DIR)/initrd.img kernel
+	L1_MODULE=$(LINUX_DIR)/vmlinuz L1_MODULE_ARGS="$(LINUX_NESTED_SMALLPC)" L1_MODULE_1=$(LINUX_DIR)/initrd.img \
+	  L1_MODULE_1_ARGS=initrd grub/mkiso.sh $(KERNEL_ELF) $@ $(LINUX_NVMX)
+
+$(LINUX_DIR)/nested.iso: $(LINUX_DIR)/initrd.img kernel
+	L1_MODULE=$(LINUX_DIR)/vmlinuz L1_MODULE_ARGS="$(LINUX_NESTED_FULLPC)" L1_MODULE_1=$(LINUX_DIR)/initrd.img \
+	  L1_MODULE_1_ARGS=initrd grub/mkiso.sh $(KERNEL_ELF) $@ $(LINUX_NVMX)
+
+# Everything the Linux runs need: kernel, initrd, the bare reference ISO,
+# and nvmx ISOs with that Linux as L1 (smallest PC, then the full one).
+linux: $(LINUX_DIR)/bare.iso $(LINUX_DIR)/nested-smallpc.iso $(LINUX_DIR)/nested.iso
 
 # Debian's Linux on bare Bochs (no nvmx): the reference. Loads kvm_intel,
 # runs kvmtest, powers off. MODEL= picks the CPU.
 run-linux-bare: linux
 	tools/bochsrc.sh $(LINUX_DIR)/bare.iso $(MODEL) 1 512 "mode=term, dev=$$(tty)" build/bochs-linux.log $(LINUX_IPS) > build/bochsrc-linux
+	@echo c > build/bochs-cont.rc
+	bochs -q -f build/bochsrc-linux -rc build/bochs-cont.rc; status=$$?; [ $$status -le 1 ] || exit $$status
+
+# nvmx on Bochs with Debian's Linux as L1 (LINUX_PC=smallpc: acpi=off noapic
+# nolapic …; default: ACPI, LAPIC and IOAPIC on). The nvmx shell is on this
+# terminal; `console 0` shows Linux's output.
+LINUX_PC ?=
+run-linux-nested: linux
+	tools/bochsrc.sh $(LINUX_DIR)/nested$(if $(LINUX_PC),-$(LINUX_PC)).iso $(MODEL) 1 768 "mode=term, dev=$$(tty)" $(LINUX_IPS) > build/bochsrc-linux
 	@echo c > build/bochs-cont.rc
 	bochs -q -f build/bochsrc-linux -rc build/bochs-cont.rc; status=$$?; [ $$status -le 1 ] || exit $$status

@@ -48,3 +48,34 @@ impl fmt::Write for Console {
         Ok(())
     }
 }
+
+/// `workload=echo`: reads lines from COM1's receiver (LSR bit 0, data
+/// ready) and answers each with `l1: echo got '<line>'`; the line `exit`
+/// ends it. Under nvmx the bytes come from the shell's `attach`.
+pub fn echo() {
+    use fmt::Write;
+    let _ = writeln!(Console, "l1: echo ready");
+    let mut line = [0u8; 128];
+    let mut n = 0;
+    loop {
+        while inb(COM1 + 5) & 1 == 0 {
+            core::hint::spin_loop();
+        }
+        match inb(COM1) {
+            b'\r' | b'\n' => {
+                let text = core::str::from_utf8(&line[..n]).unwrap_or("?");
+                let _ = writeln!(Console, "\nl1: echo got '{text}'");
+                if text == "exit" {
+                    return;
+                }
+                n = 0;
+            }
+            b if n < line.len() => {
+                put(b);
+                line[n] = b;
+                n += 1;
+            }
+            _ => {}
+        }
+    }
+}

@@ -6,7 +6,7 @@
 //! nvmx's nested VMX is checked. Its console is COM1, driven by raw port I/O
 //! (under nvmx that COM1 is a virtual 16550).
 //!
-//! Arguments (the Multiboot command line): `workload=forum|selftest|platform|fuzz|plain`,
+//! Arguments (the Multiboot command line): `workload=forum|selftest|platform|echo|fuzz|plain`,
 //! `exits=N` (0 = run forever; fuzz: operations), `seed=N` (fuzz),
 //! `crash=triple|memory`, `novmx`.
 
@@ -128,6 +128,12 @@ extern "C" fn l1_main(magic: u32, mbi: u32) -> ! {
             let _ = writeln!(out, "l1: the write went through (no hypervisor stopped it)");
         }
         None => {}
+    }
+    if args.workload == "echo" {
+        console::echo();
+        let _ = writeln!(out, "l1: done");
+        boot::power_off_emulator();
+        boot::halt()
     }
     if args.workload == "platform" {
         // The PC, not VMX: runs on any x86-64 PC, bare or as an L1; ends

@@ -20,7 +20,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
 
-use nvmx_loader::{Boot, Loaded, Module, Prefer, space::AddressSpace};
+use nvmx_loader::{Acpi, Boot, Loaded, Module, Prefer, space::AddressSpace};
 
 /// The built-in L1 (guest/ crate), embedded at build time. Empty when the
 /// kernel was built without it (build.rs says so).
@@ -64,7 +64,11 @@ fn prefer() -> Result<Prefer, String> {
 pub fn load(mem: &mut [u8], cmdline: &str) -> Result<Loaded, String> {
     let space = AddressSpace::new(mem.len() as u64);
     let modules = l1_modules();
-    let boot = Boot { image: l1_image().0, cmdline, modules: &modules, acpi: None, prefer: prefer()? };
+    // The L1 PC's ACPI tables (nvmx-devices), built for the BIOS area where
+    // the loader puts them; the boot information points at their RSDP too.
+    let tables = nvmx_devices::acpi::build(nvmx_loader::space::BIOS_AREA, &nvmx_devices::acpi::AcpiConfig::default());
+    let acpi = Some(Acpi { bytes: &tables.bytes, rsdp_offset: tables.rsdp_offset });
+    let boot = Boot { image: l1_image().0, cmdline, modules: &modules, acpi, prefer: prefer()? };
     nvmx_loader::load(mem, &space, &boot).map_err(|e| alloc::format!("{e}"))
 }
 

@@ -237,8 +237,11 @@ impl L1Config {
         let key = alloc::format!("l1args{cpu}");
         // A GRUB module L1 gets its module string unless l1args says otherwise.
         let module_args = image::l1_image().1;
-        let raw = info.arg(&key).or_else(|| info.arg("l1args")).or(module_args).unwrap_or("workload=forum exits=0");
-        let args = L1S[cpu].args.lock().clone().unwrap_or_else(|| raw.replace(',', " "));
+        // Commas stand for spaces in `l1args=` only: a module string is the
+        // L1's command line as written (Linux's `console=ttyS0,115200`).
+        let from_cmdline = info.arg(&key).or_else(|| info.arg("l1args")).map(|a| a.replace(',', " "));
+        let raw = from_cmdline.unwrap_or_else(|| String::from(module_args.unwrap_or("workload=forum exits=0")));
+        let args = L1S[cpu].args.lock().clone().unwrap_or(raw);
         let nested = info.arg("nested") != Some("off");
         L1Config { mem_size: (mem_mib << 20).next_multiple_of(2 << 20), args, nested }
     }
@@ -438,10 +441,18 @@ impl Vcpu {
             Exit::Xsetbv => {
                 // XCR0 is per core and L0 does not use extended state: let L1 set it.
                 let value = (self.regs.gpr[2] << 32) | (self.regs.gpr[0] & 0xFFFF_FFFF);
-                let ok = self.regs.gpr[1] == 0 && value & 1 != 0;
-                if ok {
-                    // SAFETY: XSETBV of XCR0 with x87 set; CR4.OSXSAVE is set
-                    // in L1's CR4 (the exit only happens then).
+                if self.regs.gpr[1] == 0 && xcr0_valid(value) {
+                    // XSETBV needs CR4.OSXSAVE in L0 too (else #UD in L0: found
+                    // by Linux as L1). The CPU has XSAVE (L1 could set
+                    // CR4.OSXSAVE); keep it in HOST_CR4 so exits keep it.
+                    let cr4 = cpu::read_cr4();
+                    if cr4 & CR4_OSXSAVE == 0 {
+                        // SAFETY: setting OSXSAVE only enables XSETBV/XGETBV.
+                        unsafe { cpu::write_cr4(cr4 | CR4_OSXSAVE) };
+                        vmwrite(F::HOST_CR4, cr4 | CR4_OSXSAVE);
+                    }
+                    // SAFETY: XCR0 checked against CPUID.(0DH,0) and SDM 13.3's
+                    // rules (no #GP); CR4.OSXSAVE is set just above.
                     unsafe {
                         core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") value as u32, in("edx") (value >> 32) as u32)
                     };
@@ -887,3 +898,19 @@ fn report_stop(cpu: usize, why: &str, reason: u32, qualification: u64, rip: u64)
     }
 }
 
+
+const CR4_OSXSAVE: u64 = 1 << 18;
+
+/// Would XSETBV of XCR0 = `v` succeed (SDM 13.3)? x87 set, only bits
+/// CPUID.(EAX=0DH,ECX=0) reports, AVX needs SSE, AVX-512 state all or none
+/// and with AVX, MPX bits both or neither.
+fn xcr0_valid(v: u64) -> bool {
+    let (a, _, _, d) = cpu::cpuid(0xD, 0);
+    let supported = u64::from(a) | u64::from(d) << 32;
+    let avx512 = v & 0xE0;
+    v & 1 != 0
+        && v & !supported == 0
+        && (v & 4 == 0 || v & 2 != 0)
+        && (avx512 == 0 || (avx512 == 0xE0 && v & 4 != 0))
+        && (v >> 3 & 1) == (v >> 4 & 1)
+}

@@ -349,7 +349,9 @@ impl Vcpu {
             vmwrite(F::GUEST_ACTIVITY_STATE, HLT);
         }
         let ticks = match self.platform.pc.next_deadline_tsc() {
-            Some(d) => (d.saturating_sub(cpu::rdtsc()) >> self.platform.timer_rate).clamp(1, cap),
+            // Rounded up: an exit before the deadline would find nothing due
+            // and cost a second one.
+            Some(d) => d.saturating_sub(cpu::rdtsc()).div_ceil(1 << self.platform.timer_rate).clamp(1, cap),
             None => cap,
         };
         vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, ticks);
