@@ -23,7 +23,7 @@ LINUX_NVMX    ?= log=info l1mem=256
 LINUX_NESTED_SMALLPC := console=ttyS0,115200 $(LINUX_FAST) $(LINUX_SMALLPC) kvmtest=200 then=poweroff
 LINUX_NESTED_FULLPC  := console=ttyS0,115200 $(LINUX_FAST) kvmtest=200 then=poweroff
 
-.PHONY: linux linux-deps run-linux-bare run-linux-nested
+.PHONY: linux linux-deps run-linux-bare run-linux-nested test-linux-nested
 
 linux-deps:
 	@missing=""; for p in $(LINUX_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -74,3 +74,8 @@ run-linux-nested: linux
 	tools/bochsrc.sh $(LINUX_DIR)/nested$(if $(LINUX_PC),-$(LINUX_PC)).iso $(MODEL) 1 768 "mode=term, dev=$$(tty)" $(LINUX_IPS) > build/bochsrc-linux
 	@echo c > build/bochs-cont.rc
 	bochs -q -f build/bochsrc-linux -rc build/bochs-cont.rc; status=$$?; [ $$status -le 1 ] || exit $$status
+
+# The nested Linux system tests (slow: 10-20 minutes of Bochs each; not in
+# `make test` until they pass — see tests/README.md).
+test-linux-nested: iso linux
+	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) test -p nvmx-tests --test system -- --ignored bochs_linux_nested --test-threads=1 --nocapture

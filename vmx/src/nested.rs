@@ -17,14 +17,16 @@ pub const VMCS12_REVISION: u32 = 0x4E56_4D58 & 0x7FFF_FFFF;
 pub const L1_PIN: u32 = pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING;
 pub const L1_PROC: u32 = proc1::INTERRUPT_WINDOW_EXITING | proc1::USE_TSC_OFFSETTING | proc1::HLT_EXITING
     | proc1::INVLPG_EXITING | proc1::MWAIT_EXITING | proc1::RDPMC_EXITING | proc1::RDTSC_EXITING
-    | proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING | proc1::MOV_DR_EXITING
-    | proc1::UNCONDITIONAL_IO_EXITING | proc1::USE_IO_BITMAPS | proc1::USE_MSR_BITMAPS
+    | proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING | proc1::CR8_LOAD_EXITING | proc1::CR8_STORE_EXITING
+    | proc1::MOV_DR_EXITING | proc1::UNCONDITIONAL_IO_EXITING | proc1::USE_IO_BITMAPS | proc1::USE_MSR_BITMAPS
     | proc1::MONITOR_EXITING | proc1::PAUSE_EXITING | proc1::SECONDARY_CONTROLS;
 pub const L1_PROC2: u32 =
     proc2::ENABLE_EPT | proc2::ENABLE_VPID | proc2::ENABLE_RDTSCP | proc2::UNRESTRICTED_GUEST | proc2::ENABLE_INVPCID;
-pub const L1_EXIT: u32 = exitc::HOST_ADDRESS_SPACE_SIZE | exitc::ACK_INTERRUPT_ON_EXIT | exitc::SAVE_PAT
-    | exitc::LOAD_PAT | exitc::SAVE_EFER | exitc::LOAD_EFER;
-pub const L1_ENTRY: u32 = entry::IA32E_MODE_GUEST | entry::LOAD_PAT | entry::LOAD_EFER;
+// KVM (6.1 setup_vmcs_config) requires CR8 load/store exiting, save and
+// load debug controls: without them kvm_intel refuses to load (EIO).
+pub const L1_EXIT: u32 = exitc::SAVE_DEBUG_CONTROLS | exitc::HOST_ADDRESS_SPACE_SIZE | exitc::ACK_INTERRUPT_ON_EXIT
+    | exitc::SAVE_PAT | exitc::LOAD_PAT | exitc::SAVE_EFER | exitc::LOAD_EFER;
+pub const L1_ENTRY: u32 = entry::LOAD_DEBUG_CONTROLS | entry::IA32E_MODE_GUEST | entry::LOAD_PAT | entry::LOAD_EFER;
 
 /// What L1 reads in the VMX capability MSRs: what nvmx emulates, within what
 /// the CPU can run for L2 (SDM Appendix A). `None` for MSRs not advertised.

@@ -905,8 +905,8 @@ impl Vcpu {
         let proc2_12 = if proc12 & proc1::SECONDARY_CONTROLS != 0 { cur.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 } else { 0 };
         let pass1 = proc1::INTERRUPT_WINDOW_EXITING | proc1::USE_TSC_OFFSETTING | proc1::HLT_EXITING
             | proc1::INVLPG_EXITING | proc1::MWAIT_EXITING | proc1::RDPMC_EXITING | proc1::RDTSC_EXITING
-            | proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING | proc1::MOV_DR_EXITING
-            | proc1::MONITOR_EXITING | proc1::PAUSE_EXITING;
+            | proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING | proc1::CR8_LOAD_EXITING | proc1::CR8_STORE_EXITING
+            | proc1::MOV_DR_EXITING | proc1::MONITOR_EXITING | proc1::PAUSE_EXITING;
         // L0 takes every I/O and MSR access and decides with L1's bitmaps
         // whether L1 wants it (nested_vmx_l1_wants_exit).
         let pin02 = adj(pin12 | pin::EXTERNAL_INTERRUPT_EXITING | pin::PREEMPTION_TIMER, caps.pinbased());
@@ -916,12 +916,18 @@ impl Vcpu {
                 | proc2::ENABLE_EPT,
             caps.procbased2(),
         );
+        // Debug controls as L1 asked: DR7/DEBUGCTL saved into vmcs02 (and on
+        // to vmcs12 under L1's "save debug controls"), loaded from vmcs12.
+        let exit12 = cur.get(F::VM_EXIT_CONTROLS) as u32;
         let exit02 = adj(
-            exitc::HOST_ADDRESS_SPACE_SIZE | exitc::ACK_INTERRUPT_ON_EXIT | exitc::SAVE_EFER | exitc::LOAD_EFER
-                | exitc::SAVE_PAT | exitc::LOAD_PAT,
+            (exit12 & exitc::SAVE_DEBUG_CONTROLS) | exitc::HOST_ADDRESS_SPACE_SIZE | exitc::ACK_INTERRUPT_ON_EXIT
+                | exitc::SAVE_EFER | exitc::LOAD_EFER | exitc::SAVE_PAT | exitc::LOAD_PAT,
             caps.exit(),
         );
-        let entry02 = adj((entry12 & entry::IA32E_MODE_GUEST) | entry::LOAD_EFER | entry::LOAD_PAT, caps.entry());
+        let entry02 = adj(
+            (entry12 & (entry::IA32E_MODE_GUEST | entry::LOAD_DEBUG_CONTROLS)) | entry::LOAD_EFER | entry::LOAD_PAT,
+            caps.entry(),
+        );
         let (Ok(pin02), Ok(proc02), Ok(proc2_02), Ok(exit02), Ok(entry02)) = (pin02, proc02, proc2_02, exit02, entry02)
         else {
             return Err("VMCS0-2 controls not supported by this CPU");
