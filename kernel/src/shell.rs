@@ -418,6 +418,7 @@ struct Snapshot {
     l1_ticks: Option<u64>,
     phases: [u64; crate::stats::PHASES],
     switches: u64,
+    slow: [u64; crate::stats::SLOWS],
 }
 
 static BENCH: Mutex<Option<Bench>> = Mutex::new(None);
@@ -493,14 +494,19 @@ fn bench_step() {
     let snaps: alloc::vec::Vec<Snapshot> = (0..percpu::count())
         .map(|cpu| {
             let s = l1::shared(cpu);
-            let last = s.trace.lock().last(1).next().map_or(0, |e| e.tsc + e.cycles);
+            // The L1's window when it closed one, else the whole run.
+            let end = match s.stats.window_end.load(Ordering::Relaxed) {
+                0 => s.trace.lock().last(1).next().map_or(0, |e| e.tsc + e.cycles),
+                end => end,
+            };
             Snapshot {
                 rows: crate::stats_view::rows(&s.stats),
-                elapsed: last.saturating_sub(s.stats.since.load(Ordering::Relaxed)),
+                elapsed: end.saturating_sub(s.stats.since.load(Ordering::Relaxed)),
                 loop_cycles: s.stats.loop_cycles.load(Ordering::Relaxed),
                 l1_ticks: l1_ticks(cpu),
                 phases: core::array::from_fn(|p| s.stats.phases[p].load(Ordering::Relaxed)),
                 switches: s.stats.phase_switches.load(Ordering::Relaxed),
+                slow: core::array::from_fn(|p| s.stats.slow[p].load(Ordering::Relaxed)),
             }
         })
         .collect();
@@ -521,7 +527,8 @@ fn bench_step() {
         use nvmx_shell::report::{BenchProfile, bench};
         let (off, on, prof) = (&b.runs[0][cpu], &b.runs[1][cpu], &b.runs[2][cpu]);
         let phases: alloc::vec::Vec<(&str, u64)> = crate::stats::PHASE_NAMES.iter().copied().zip(prof.phases).collect();
-        let profile = BenchProfile { run: run(prof), phases: &phases, switches: prof.switches };
+        let slow: alloc::vec::Vec<(&str, u64)> = crate::stats::SLOW_NAMES.iter().copied().zip(prof.slow).collect();
+        let profile = BenchProfile { run: run(prof), phases: &phases, switches: prof.switches, slow: &slow };
         out.push_str(&bench(cpu, &run(off), &run(on), Some(&profile), &b.units, b.csv));
     }
     *guard = None;

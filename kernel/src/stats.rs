@@ -75,6 +75,26 @@ pub const PHASES: usize = 9;
 pub const PHASE_NAMES: [&str; PHASES] =
     ["decode+emulate", "checks", "prepare_vmcs02", "shadow sync", "sync to vmcs12", "host-state load", "VMCS switches", "counting", "loop+entry"];
 
+/// Slow paths L0 takes on nested entries and exits, counted for `bench`
+/// (how often the fast paths were left, and why the figures are what they are).
+#[derive(Clone, Copy, Debug)]
+#[repr(u8)]
+pub enum Slow {
+    /// A nested VM entry ran every check (not only the volatile ones).
+    FullChecks = 0,
+    /// prepare_vmcs02 rebuilt VMCS0-2's controls (prepare_vmcs02_rare).
+    Rebuild,
+    /// The rare guest fields were copied from VMCS0-2 to vmcs12.
+    RareSync,
+    /// The shadow VMCS was loaded to copy fields into or out of it.
+    ShadowLoad,
+}
+
+/// Number of [`Slow`] paths.
+pub const SLOWS: usize = 4;
+/// Their names in `bench`.
+pub const SLOW_NAMES: [&str; SLOWS] = ["entries with every check", "prepare_vmcs02_rare", "rare guest-field syncs", "shadow VMCS loads"];
+
 /// One core's counters.
 pub struct CpuStats {
     pub l1: [ReasonStats; REASONS],
@@ -91,6 +111,11 @@ pub struct CpuStats {
     pub phase_switches: AtomicU64,
     /// Profile the next L1 run of this core (set by `bench`).
     pub profile: core::sync::atomic::AtomicBool,
+    /// The L1 closed its measurement window (`bench`): nothing more is
+    /// counted until the next reset; TSC of the close.
+    pub window_end: AtomicU64,
+    /// How often each [`Slow`] path ran.
+    pub slow: [AtomicU64; SLOWS],
 }
 
 impl CpuStats {
@@ -104,6 +129,8 @@ impl CpuStats {
             phases: [const { AtomicU64::new(0) }; PHASES],
             phase_switches: AtomicU64::new(0),
             profile: core::sync::atomic::AtomicBool::new(false),
+            window_end: AtomicU64::new(0),
+            slow: [const { AtomicU64::new(0) }; SLOWS],
         }
     }
 
@@ -115,16 +142,31 @@ impl CpuStats {
         }
     }
 
+    /// Counts one run of a slow path.
+    #[inline]
+    pub fn slow(&self, which: Slow) {
+        self.slow[which as usize].fetch_add(1, Relaxed);
+    }
+
     /// Counts one exit of `reason` that took `cycles` in L0.
     pub fn record(&self, level: Level, reason: u16, completed: bool, cycles: u64) {
+        if self.window_end.load(Relaxed) != 0 {
+            return;
+        }
         let Some(s) = self.table(level).get(usize::from(reason)) else { return };
         s.exits.fetch_add(1, Relaxed);
         if completed {
             s.completed.fetch_add(1, Relaxed);
         }
         s.cycles.fetch_add(cycles, Relaxed);
-        s.min.fetch_min(cycles, Relaxed);
-        s.max.fetch_max(cycles, Relaxed);
+        // Only this core writes its counters (a reset aside): compare first
+        // instead of a compare-exchange loop on every exit.
+        if cycles < s.min.load(Relaxed) {
+            s.min.store(cycles, Relaxed);
+        }
+        if cycles > s.max.load(Relaxed) {
+            s.max.store(cycles, Relaxed);
+        }
     }
 
     /// Zeroes everything and restarts the clock.
@@ -143,6 +185,10 @@ impl CpuStats {
             p.store(0, Relaxed);
         }
         self.phase_switches.store(0, Relaxed);
+        self.window_end.store(0, Relaxed);
+        for c in &self.slow {
+            c.store(0, Relaxed);
+        }
         self.since.store(crate::arch::cpu::rdtsc(), Relaxed);
     }
 
@@ -170,7 +216,7 @@ impl Default for CpuStats {
 /// the phase that ran, then runs `to`. Off (one load and branch per switch)
 /// unless `bench` asked for a profiled run. Lives with the vCPU on its core.
 pub struct Profiler {
-    on: bool,
+    pub on: bool,
     cur: core::cell::Cell<Phase>,
     mark: core::cell::Cell<u64>,
     stats: &'static CpuStats,
@@ -220,7 +266,10 @@ impl Profiler {
     fn switch(&self, to: Phase) -> Phase {
         let now = crate::arch::cpu::rdtsc();
         let prev = self.cur.replace(to);
-        self.stats.phases[prev as usize].fetch_add(now - self.mark.get(), Relaxed);
+        // Nothing to charge before the first exit.
+        if self.mark.get() != 0 {
+            self.stats.phases[prev as usize].fetch_add(now - self.mark.get(), Relaxed);
+        }
         self.stats.phase_switches.fetch_add(1, Relaxed);
         self.mark.set(now);
         prev

@@ -102,6 +102,8 @@ pub struct BenchProfile<'a> {
     pub phases: &'a [(&'a str, u64)],
     /// Phase switches the profile made (each costs a few instructions).
     pub switches: u64,
+    /// (slow path name, times it ran).
+    pub slow: &'a [(&'a str, u64)],
 }
 
 /// How TSC ticks become instructions and modelled cycles.
@@ -282,6 +284,9 @@ pub fn bench(cpu: usize, off: &BenchRun, on: &BenchRun, prof: Option<&BenchProfi
         }
         b.row(&[&alloc::format!("{cpu}"), "total (profiled; the profile's own switches included)", &opt(fp.per_l2_exit(i(total))), ""]);
         b.row(&[&alloc::format!("{cpu}"), "phase switches per L2 exit", &opt(fp.per_l2_exit(p.switches)), ""]);
+        for (name, n) in p.slow {
+            b.row(&[&alloc::format!("{cpu}"), &alloc::format!("slow path: {name}, per 100 L2 exits"), &opt(fp.per_l2_exit(n * 100)), ""]);
+        }
         out.push_str(&b.render());
     }
 

@@ -83,6 +83,7 @@ macro_rules! fields {
 
         impl Field {
             /// The full-access encoding.
+            #[inline]
             pub const fn encoding(self) -> u32 {
                 match self {
                     $(Field::$name => $enc,)*
@@ -273,6 +274,7 @@ fields! {
 
 impl Field {
     /// Width from encoding bits 14:13.
+    #[inline]
     pub const fn width(self) -> Width {
         match (self.encoding() >> 13) & 3 {
             0 => Width::U16,
@@ -283,6 +285,7 @@ impl Field {
     }
 
     /// Type from encoding bits 11:10.
+    #[inline]
     pub const fn kind(self) -> Kind {
         match (self.encoding() >> 10) & 3 {
             0 => Kind::Control,
@@ -293,6 +296,7 @@ impl Field {
     }
 
     /// The dump group (the type, named as `dump_vmcs` does).
+    #[inline]
     pub const fn group(self) -> Group {
         match self.kind() {
             Kind::Control => Group::Controls,
@@ -305,6 +309,7 @@ impl Field {
     /// Position in [`ALL`]: a dense index for per-field storage (a vmcs12
     /// can keep field `f` at byte offset `f.index() * 8`).
     /// (The enum's variants are declared in table order.)
+    #[inline]
     pub const fn index(self) -> usize {
         self as usize
     }
@@ -346,6 +351,73 @@ pub fn decode(enc: u32) -> Result<(Field, Access), EncodingError> {
 /// The highest index (encoding bits 9:1) of any field, as IA32_VMX_VMCS_ENUM reports it.
 pub fn highest_index() -> u32 {
     ALL.iter().map(|f| (f.encoding() >> 1) & 0x1FF).max().unwrap_or(0)
+}
+
+/// A set of fields, one bit per position in the field table: what changed
+/// since VMCS0-2, the checks or the shadow VMCS last saw a vmcs12 (KVM's
+/// dirty tracking), in a few words and without allocation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FieldSet(pub [u64; 3]);
+
+const _: () = assert!(COUNT <= 3 * 64, "FieldSet holds every field");
+
+impl FieldSet {
+    pub const EMPTY: FieldSet = FieldSet([0; 3]);
+
+    /// The set of `fields`.
+    pub const fn of(fields: &[Field]) -> FieldSet {
+        let mut s = FieldSet::EMPTY;
+        let mut i = 0;
+        while i < fields.len() {
+            let n = fields[i].index();
+            s.0[n / 64] |= 1 << (n % 64);
+            i += 1;
+        }
+        s
+    }
+    /// Every field of `group`.
+    pub fn group(group: Group) -> FieldSet {
+        let mut s = FieldSet::EMPTY;
+        ALL.iter().filter(|f| f.group() == group).for_each(|&f| s.insert(f));
+        s
+    }
+    #[inline]
+    pub fn insert(&mut self, f: Field) {
+        self.0[f.index() / 64] |= 1 << (f.index() % 64);
+    }
+    #[inline]
+    pub fn contains(&self, f: Field) -> bool {
+        self.0[f.index() / 64] & (1 << (f.index() % 64)) != 0
+    }
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.0 == [0; 3]
+    }
+    #[inline]
+    pub fn union(self, o: FieldSet) -> FieldSet {
+        FieldSet([self.0[0] | o.0[0], self.0[1] | o.0[1], self.0[2] | o.0[2]])
+    }
+    #[inline]
+    pub fn intersect(self, o: FieldSet) -> FieldSet {
+        FieldSet([self.0[0] & o.0[0], self.0[1] & o.0[1], self.0[2] & o.0[2]])
+    }
+    #[inline]
+    pub fn minus(self, o: FieldSet) -> FieldSet {
+        FieldSet([self.0[0] & !o.0[0], self.0[1] & !o.0[1], self.0[2] & !o.0[2]])
+    }
+    /// The fields in table order.
+    pub fn iter(self) -> impl Iterator<Item = Field> {
+        (0..3).flat_map(move |w| {
+            let mut bits = self.0[w];
+            core::iter::from_fn(move || {
+                (bits != 0).then(|| {
+                    let i = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    ALL[w * 64 + i]
+                })
+            })
+        })
+    }
 }
 
 #[cfg(test)]
@@ -417,5 +489,22 @@ mod tests {
         }
         // TSC_MULTIPLIER (0x2032) has index 0x19, the largest in the table.
         assert_eq!(highest_index(), 0x19);
+    }
+
+    #[test]
+    fn field_sets() {
+        let a = FieldSet::of(&[Field::GUEST_RIP, Field::HOST_RIP, Field::VM_EXIT_REASON]);
+        assert!(a.contains(Field::GUEST_RIP) && a.contains(Field::HOST_RIP) && !a.contains(Field::GUEST_RSP));
+        let guest = FieldSet::group(Group::GuestState);
+        assert_eq!(a.intersect(guest).iter().collect::<std::vec::Vec<_>>(), [Field::GUEST_RIP]);
+        assert_eq!(a.minus(guest).iter().count(), 2);
+        assert!(a.minus(a).is_empty() && !a.is_empty());
+        assert_eq!(FieldSet::group(Group::HostState).union(guest).iter().count(), ALL.iter().filter(|f| matches!(f.kind(), Kind::Host | Kind::Guest)).count());
+        // iter() is in table order and covers every word.
+        let all = ALL.iter().fold(FieldSet::EMPTY, |mut s, &f| {
+            s.insert(f);
+            s
+        });
+        assert!(all.iter().eq(ALL.iter().copied()));
     }
 }

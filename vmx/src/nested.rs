@@ -6,6 +6,7 @@
 use crate::caps::VmxCaps;
 use crate::controls::{entry, exit as exitc, pin, proc1, proc2};
 use crate::field::Field as F;
+use crate::field::FieldSet;
 use crate::regs::{EFER_LMA, EFER_LME};
 
 /// The VMCS revision identifier of nvmx's vmcs12 format, advertised to L1
@@ -321,6 +322,35 @@ pub struct L2ExitInfo {
     /// VM-exit interruption information and error code (reason 0).
     pub intr_info: u32,
     pub intr_error: u32,
+}
+
+/// How sync_vmcs02_to_vmcs12 treats vmcs12's guest fields on a reflected
+/// exit with vmcs12's exit controls `exit` (SDM 28.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitSync {
+    /// Saved on exit, read at once: [`crate::guest_state::VOLATILE`], what
+    /// L1 reads on nearly every exit and the next VMRESUME checks.
+    pub eager: FieldSet,
+    /// Saved on exit, left in VMCS0-2 until L0 needs vmcs12's copy (an
+    /// emulated VMREAD/VMWRITE, VMCLEAR, VMPTRLD, a full entry check, a
+    /// dump) — KVM's sync_vmcs02_to_vmcs12_rare.
+    pub lazy: FieldSet,
+    /// Not saved: vmcs12 keeps its value, VMCS0-2 gets it again on entry.
+    pub unsaved: FieldSet,
+}
+
+/// The three sets for exit controls `exit` and `pae_with_ept` (see [`saved_on_exit`]).
+pub fn exit_sync(exit: u32, pae_with_ept: bool) -> ExitSync {
+    let (mut saved, mut unsaved) = (FieldSet::EMPTY, FieldSet::EMPTY);
+    for &f in crate::field::ALL.iter().filter(|f| f.group() == crate::field::Group::GuestState) {
+        if saved_on_exit(f, exit, pae_with_ept) {
+            saved.insert(f);
+        } else {
+            unsaved.insert(f);
+        }
+    }
+    let eager = crate::guest_state::VOLATILE;
+    ExitSync { eager, lazy: saved.minus(eager), unsaved }
 }
 
 /// Whether L1 asked for an L2 exit (KVM's nested_vmx_l1_wants_exit and
@@ -749,5 +779,18 @@ mod tests {
         assert!(l1_wants_exit(&pf(1), r, get, none), "bit 14 clear, no match: exits");
         assert!(l1_wants_exit(&ud, r, get, none), "#UD in the bitmap");
         assert!(l1_wants_exit(&nmi, r, get, none), "NMI exiting");
+    }
+
+    #[test]
+    fn exit_sync_splits_the_guest_state() {
+        let all = exit_sync(exitc::SAVE_EFER, false);
+        let guest = FieldSet::group(crate::field::Group::GuestState);
+        assert_eq!(all.eager.union(all.lazy).union(all.unsaved), guest);
+        assert!(all.eager.intersect(all.lazy).is_empty() && all.lazy.intersect(all.unsaved).is_empty());
+        assert!(all.eager.contains(F::GUEST_RIP) && all.lazy.contains(F::GUEST_CS_AR_BYTES));
+        assert!(all.lazy.contains(F::GUEST_IA32_EFER) && all.unsaved.contains(F::GUEST_IA32_PAT));
+        assert!(all.unsaved.contains(F::VMCS_LINK_POINTER) && all.unsaved.contains(F::GUEST_PDPTR0));
+        assert!(exit_sync(0, true).lazy.contains(F::GUEST_PDPTR0));
+        assert!(exit_sync(0, false).unsaved.contains(F::GUEST_IA32_EFER));
     }
 }

@@ -389,7 +389,25 @@ const EFER_LMA: u64 = 1 << 10;
 const PAT: u32 = 0x277;
 const DEBUGCTL: u32 = 0x1D9;
 
+/// CPUID leaf ("NVMX") with which the built-in L1's timed forum loop opens
+/// (ECX 0) and closes (ECX 1) its measurement window; the CPU answers it as
+/// any unused leaf, L0 also counts only inside it (`bench`).
+const BENCH_WINDOW_LEAF: u32 = 0x4E56_4D58;
+
 impl Vcpu {
+    /// The L1 opens (0) or closes (1) its `bench` window: the counters
+    /// restart, or stop counting.
+    fn bench_window(&mut self, edge: u32) {
+        let stats = &L1S[self.cpu].stats;
+        if edge == 0 {
+            stats.reset();
+            self.handled_tsc = 0;
+        } else if stats.window_end.load(Ordering::Relaxed) == 0 {
+            stats.window_end.store(cpu::rdtsc(), Ordering::Relaxed);
+            self.prof.on = false;
+        }
+    }
+
     fn handle(&mut self, exit: Exit) -> Handled {
         match exit {
             Exit::ExternalInterrupt { vector } => {
@@ -401,6 +419,9 @@ impl Vcpu {
             Exit::TripleFault => Handled::Stop("triple fault".into()),
             Exit::Cpuid => {
                 let (leaf, sub) = (self.regs.gpr[0] as u32, self.regs.gpr[1] as u32);
+                if leaf == BENCH_WINDOW_LEAF {
+                    self.bench_window(sub);
+                }
                 let (a, b, c, d) = self.l1_cpuid(leaf, sub);
                 self.regs.gpr[0] = a.into();
                 self.regs.gpr[3] = b.into();
@@ -795,8 +816,9 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
     }
     let launched = if in_l2 { v.launched02() } else { v.launched };
     v.prof.entering();
-    if v.handled_tsc != 0 {
-        L1S[v.cpu].stats.loop_cycles.fetch_add(cpu::rdtsc() - v.handled_tsc, Ordering::Relaxed);
+    let stats = &L1S[v.cpu].stats;
+    if v.handled_tsc != 0 && stats.window_end.load(Ordering::Relaxed) == 0 {
+        stats.loop_cycles.fetch_add(cpu::rdtsc() - v.handled_tsc, Ordering::Relaxed);
     }
     if let Err(e) = run::enter(&mut v.regs, launched) {
         if let (true, nvmx_vmx::error::VmFail::Valid(n)) = (in_l2, e) {

@@ -17,11 +17,11 @@ use alloc::vec;
 use nvmx_vmx::caps::VmxCaps;
 use nvmx_vmx::controls::{entry, exit as exitc, pin, proc1, proc2};
 use nvmx_vmx::exit::InstructionInfo;
-use nvmx_vmx::field::{self, ALL, Access, EncodingError, Field as F, Group, Kind, Width};
+use nvmx_vmx::field::{self, ALL, Access, EncodingError, Field as F, FieldSet, Group, Kind, Width};
 use nvmx_vmx::walk::{self, GuestMemory};
 
 use super::{Handled, Vcpu};
-use crate::stats::Phase;
+use crate::stats::{Phase, Slow};
 use crate::vmx::insn;
 use crate::vmx::run::{vmread, vmwrite};
 
@@ -75,6 +75,38 @@ pub struct Nested {
     /// gave VMfailValid(12)): the only VMX errors of L0's own VMREADs and
     /// VMWRITEs it may pass over.
     absent: FieldSet,
+    /// The last reflected exit left guest fields (`exit_sync`'s lazy set)
+    /// in VMCS0-2 that vmcs12's cache does not have yet (KVM's
+    /// need_sync_vmcs02_to_vmcs12_rare); `sync_rare` copies them.
+    rare_pending: bool,
+    /// The guest-field split of the last reflected exit, for its exit controls
+    /// and PAE-with-EPT state.
+    exit_sync: Option<(u32, bool, nvmx_vmx::nested::ExitSync)>,
+    /// The field array of the last vmcs12 that stopped being current, for
+    /// the next VMPTRLD (no allocation on L1's VMCS switches).
+    spare: Option<Box<[u64]>>,
+    /// The EPT pointer VMCS0-2 holds.
+    eptp02: u64,
+    /// Field sets computed once per L1.
+    sets: Sets,
+}
+
+/// Field sets derived from the field table once (not on every exit).
+struct Sets {
+    rebuild: FieldSet,
+    guest: FieldSet,
+    /// What the VM-entry checks read: all but the exit-information fields.
+    checked: FieldSet,
+}
+
+impl Sets {
+    fn new() -> Sets {
+        Sets {
+            rebuild: rebuild_on_change(),
+            guest: FieldSet::group(Group::GuestState),
+            checked: FieldSet([u64::MAX; 3]).minus(FieldSet::group(Group::ExitInfo)),
+        }
+    }
 }
 
 /// A vmcs12 as cached in L0.
@@ -85,51 +117,89 @@ struct Vmcs12 {
     /// Fields changed since VMCS0-2 last got them (KVM's dirty tracking
     /// behind prepare_vmcs02_rare): a VMRESUME rewrites only these.
     stale02: FieldSet,
+    /// Fields whose value changed since the VM-entry checks last passed on
+    /// this vmcs12 (`checked`): a VMRESUME after an L2 exit re-runs only
+    /// the checks that read what changed.
+    unchecked: FieldSet,
+    /// The environment the checks last passed in; `None`: never, or failed since.
+    checked: Option<Checked>,
+    /// Fields changed in the cache since the shadow VMCS last got them.
+    unshadowed: FieldSet,
+}
+
+/// What the last passing VM-entry checks saw besides vmcs12's fields.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Checked {
+    l1_long_mode: bool,
+    /// RFLAGS.VM, which the segment checks read.
+    rflags_vm: bool,
 }
 
 impl Vmcs12 {
+    fn new(gpa: u64, fields: Box<[u64]>, launched: bool) -> Vmcs12 {
+        let all = FieldSet([u64::MAX; 3]);
+        Vmcs12 { gpa, fields, launched, stale02: FieldSet::EMPTY, unchecked: all, checked: None, unshadowed: all }
+    }
+    #[inline]
     fn get(&self, f: F) -> u64 {
         self.fields[f.index()]
     }
-    /// A change by L1 (VMWRITE, shadow VMCS) or by L0: VMCS0-2 must follow.
+    /// A change by L1 (VMWRITE) or by L0: VMCS0-2 and the shadow must follow.
+    #[inline]
     fn set(&mut self, f: F, v: u64) {
         let slot = &mut self.fields[f.index()];
         if *slot != v {
             *slot = v;
             self.stale02.insert(f);
+            self.unchecked.insert(f);
+            self.unshadowed.insert(f);
+        }
+    }
+    /// A change L1 made in the shadow VMCS, which therefore holds it already.
+    #[inline]
+    fn set_from_shadow(&mut self, f: F, v: u64) {
+        let slot = &mut self.fields[f.index()];
+        if *slot != v {
+            *slot = v;
+            self.stale02.insert(f);
+            self.unchecked.insert(f);
         }
     }
     /// A value read back from VMCS0-2, which therefore holds it already.
+    #[inline]
     fn set_from_vmcs02(&mut self, f: F, v: u64) {
-        self.fields[f.index()] = v;
+        let slot = &mut self.fields[f.index()];
+        if *slot != v {
+            *slot = v;
+            self.unchecked.insert(f);
+            self.unshadowed.insert(f);
+        }
     }
 }
 
-/// A set of fields, one bit per position in the field table.
-#[derive(Clone, Copy, Default)]
-struct FieldSet([u64; 3]);
+/// Guest fields VMCS0-2 may hold other values of than vmcs12 after an L2
+/// exit of a PAE-paging L2 although the exit did not save them for L1: the
+/// CPU saves the PDPTEs into VMCS0-2 (L0 runs L2 with EPT, SDM 28.3.4); a
+/// VMRESUME writes vmcs12's back. (EFER and PAT, which VMCS0-2's exit
+/// controls save too, are rewritten on every entry anyway.)
+const MOVED_IN_VMCS02: FieldSet = FieldSet::of(&[F::GUEST_PDPTR0, F::GUEST_PDPTR1, F::GUEST_PDPTR2, F::GUEST_PDPTR3]);
 
-const _: () = assert!(field::COUNT <= 3 * 64, "FieldSet holds every field");
+/// `nvmx_vmx::guest_state::VOLATILE` as a list: the guest fields a
+/// reflected exit reads at once.
+const EAGER: [F; 6] = [
+    F::GUEST_RIP,
+    F::GUEST_RSP,
+    F::GUEST_RFLAGS,
+    F::GUEST_INTERRUPTIBILITY_INFO,
+    F::GUEST_ACTIVITY_STATE,
+    F::GUEST_PENDING_DBG_EXCEPTIONS,
+];
 
-impl FieldSet {
-    fn insert(&mut self, f: F) {
-        self.0[f.index() / 64] |= 1 << (f.index() % 64);
-    }
-    fn contains(&self, f: F) -> bool {
-        self.0[f.index() / 64] & (1 << (f.index() % 64)) != 0
-    }
-    fn iter(self) -> impl Iterator<Item = F> {
-        (0..3).flat_map(move |w| {
-            let mut bits = self.0[w];
-            core::iter::from_fn(move || {
-                (bits != 0).then(|| {
-                    let i = bits.trailing_zeros() as usize;
-                    bits &= bits - 1;
-                    ALL[w * 64 + i]
-                })
-            })
-        })
-    }
+/// Fields whose change makes a VMRESUME rebuild VMCS0-2's controls (KVM's
+/// prepare_vmcs02_rare): every control field, and CR0/CR4 (merged with L0's
+/// forced bits).
+fn rebuild_on_change() -> FieldSet {
+    FieldSet::group(Group::Controls).union(FieldSet::of(&[F::GUEST_CR0, F::GUEST_CR4]))
 }
 
 /// L1 memory as the page walks see it.
@@ -149,6 +219,26 @@ impl GuestMemory for L1Mem {
 }
 
 impl L1Mem {
+    /// `gpa..gpa + 8 * n` when it lies in L1's memory, as a host address.
+    fn range(&self, gpa: u64, n: usize) -> Option<u64> {
+        let end = gpa.checked_add(8 * n as u64)?;
+        (end <= self.size).then_some(self.base + gpa)
+    }
+    /// Copies `out.len()` quadwords from L1's memory at `gpa` (a vmcs12's fields).
+    fn read_all(&self, gpa: u64, out: &mut [u64]) -> bool {
+        let Some(src) = self.range(gpa, out.len()) else { return false };
+        // SAFETY: inside the L1's memory chunk (checked above), identity
+        // mapped in L0, not overlapping L0's own `out`.
+        unsafe { core::ptr::copy_nonoverlapping(src as *const u8, out.as_mut_ptr() as *mut u8, 8 * out.len()) };
+        true
+    }
+    /// Copies `data` into L1's memory at `gpa`.
+    fn write_all(&self, gpa: u64, data: &[u64]) -> bool {
+        let Some(dst) = self.range(gpa, data.len()) else { return false };
+        // SAFETY: as `read_all`.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr() as *const u8, dst as *mut u8, 8 * data.len()) };
+        true
+    }
     fn write_u64(&self, gpa: u64, v: u64) -> bool {
         if gpa.checked_add(8).is_none_or(|e| e > self.size) {
             return false;
@@ -235,6 +325,11 @@ impl Nested {
             shadow,
             owned: crate::mm::frames::Owned::default(),
             absent: FieldSet::default(),
+            rare_pending: false,
+            exit_sync: None,
+            spare: None,
+            eptp02: 0,
+            sets: Sets::new(),
         }
     }
 
@@ -406,38 +501,87 @@ impl Vcpu {
 
     /// Writes the cached vmcs12 back to L1 memory (VMCLEAR or switch).
     fn flush_current(&mut self) {
+        self.sync_rare();
         let mem = self.l1mem();
         if let Some(c) = self.nested.current.take() {
-            for (i, v) in c.fields.iter().enumerate() {
-                mem.write_u64(c.gpa + FIELDS_OFFSET + 8 * i as u64, *v);
-            }
+            // A 4 KiB-aligned region inside L1's memory (checked by VMPTRLD).
+            mem.write_all(c.gpa + FIELDS_OFFSET, &c.fields);
             mem.write_u64(c.gpa + 8, u64::from(c.launched));
+            self.nested.spare = Some(c.fields);
         }
+    }
+
+    /// Copies the guest fields the last reflected exit left in VMCS0-2
+    /// into vmcs12's cache (KVM's sync_vmcs02_to_vmcs12_rare), before L0
+    /// reads or changes them there; VMCS0-2 still holds them, so they do not
+    /// make it stale.
+    fn sync_rare(&mut self) {
+        if !self.nested.rare_pending {
+            return;
+        }
+        self.nested.rare_pending = false;
+        let Some((_, _, sets)) = self.nested.exit_sync else { return };
+        super::shared(self.cpu).stats.slow(Slow::RareSync);
+        let switch = !self.nested.in_l2;
+        let phase = self.prof.enter(Phase::Reflect);
+        if switch {
+            // SAFETY: VMCS0-2 is L0's and holds this vmcs12's L2.
+            unsafe { insn::vmptrld(self.nested.vmcs02) }.expect("VMPTRLD of VMCS0-2");
+        }
+        let (cpu, absent) = (self.cpu, &self.nested.absent);
+        let cur = self.nested.current.as_mut().expect("a pending sync has a current vmcs12");
+        let crs = FieldSet::of(&[F::GUEST_CR0, F::GUEST_CR4]);
+        for f in sets.lazy.minus(crs).iter() {
+            match insn::vmread(f.encoding()) {
+                Ok(v) => cur.set_from_vmcs02(f, v),
+                // vmcs12 keeps a stale value: counted unless the CPU lacks the field.
+                Err(e) => l0_vmx_failed(cpu, absent, f, e),
+            }
+        }
+        // L1 sees its own CR0/CR4 bits, not the ones L0 forced.
+        for (guest, mask) in [(F::GUEST_CR0, F::CR0_GUEST_HOST_MASK), (F::GUEST_CR4, F::CR4_GUEST_HOST_MASK)] {
+            let mask12 = cur.get(mask);
+            let v02 = vmread(guest);
+            let l1_view = cur.get(guest);
+            // Bits L1 owns follow L2; bits only L0 forces keep L1's value.
+            let forced = vmread(mask) & !mask12;
+            cur.set_from_vmcs02(guest, (v02 & !forced) | (l1_view & forced));
+        }
+        if switch {
+            // SAFETY: VMCS0-1 is L0's.
+            unsafe { insn::vmptrld(self.nested.vmcs01) }.expect("VMPTRLD of VMCS0-1");
+        }
+        self.prof.leave(phase);
     }
 
     fn running_vmcs(&self) -> u64 {
         if self.nested.in_l2 { self.nested.vmcs02 } else { self.nested.vmcs01 }
     }
 
-    /// Shadow VMCS → vmcs12 cache (before L0 reads or changes the cache).
+    /// Shadow VMCS → vmcs12 cache (before L0 reads or changes the cache):
+    /// the fields L1 can write there, the others it cannot have changed
+    /// (KVM's copy_shadow_to_vmcs12).
     pub(super) fn shadow_pull(&mut self) {
         let running = self.running_vmcs();
         if let (true, Some(c)) = (self.nested.shadow.on, self.nested.current.as_mut()) {
             let p = self.prof.enter(Phase::ShadowSync);
-            self.nested.shadow.to_vmcs12(running, |f, v| c.set(f, v));
+            self.nested.shadow.to_vmcs12(running, |f, v| c.set_from_shadow(f, v));
             self.prof.leave(p);
         }
     }
 
-    /// vmcs12 cache → shadow VMCS, and VMCS0-1's link pointer (when it is current).
+    /// vmcs12 cache → shadow VMCS: the shadowed fields that changed in the
+    /// cache since the last push (all of them after `set_shadowing` or a
+    /// VMPTRLD), and VMCS0-1's link pointer (when it is current).
     fn shadow_push(&mut self) {
         if !self.nested.shadow.on {
             return;
         }
         let p = self.prof.enter(Phase::ShadowSync);
         let running = self.running_vmcs();
-        if let Some(c) = self.nested.current.as_ref() {
-            let failed = self.nested.shadow.from_vmcs12(running, |f| c.get(f));
+        if let Some(c) = self.nested.current.as_mut() {
+            let dirty = core::mem::take(&mut c.unshadowed);
+            let failed = self.nested.shadow.from_vmcs12(running, dirty, |f| c.get(f));
             if failed != 0 {
                 super::shared(self.cpu).vmx_errors.fetch_add(failed, core::sync::atomic::Ordering::Relaxed);
             }
@@ -467,6 +611,9 @@ impl Vcpu {
         // SAFETY: as above.
         unsafe { insn::vmptrld(running) }.expect("VMPTRLD back");
         if on {
+            if let Some(c) = self.nested.current.as_mut() {
+                c.unshadowed = FieldSet([u64::MAX; 3]);
+            }
             self.shadow_push();
         }
         Ok(())
@@ -475,7 +622,11 @@ impl Vcpu {
     /// Emulates an L1 VMX instruction (exit reasons 18-27, 50, 53), with the
     /// shadow VMCS synced around it.
     pub(super) fn emulate_vmx(&mut self, reason: u16) -> Emulated {
-        self.shadow_pull();
+        // VMREAD/VMWRITE exit only for fields the shadow does not hold for
+        // L1 (or without shadowing): they pull what they need themselves.
+        if !matches!(reason, 23 | 25) {
+            self.shadow_pull();
+        }
         self.nested.note = None;
         let r = self.emulate_vmx_inner(reason);
         if let Emulated::Fault(vector, _) = r {
@@ -597,15 +748,30 @@ impl Vcpu {
             return self.succeed();
         }
         self.flush_current();
-        let mut fields = vec![0u64; ALL.len()].into_boxed_slice();
-        for (i, f) in fields.iter_mut().enumerate() {
-            *f = mem.read_u64(ptr + FIELDS_OFFSET + 8 * i as u64).unwrap_or(0);
+        let mut fields = self.nested.spare.take().unwrap_or_else(|| vec![0u64; ALL.len()].into_boxed_slice());
+        if !mem.read_all(ptr + FIELDS_OFFSET, &mut fields) {
+            // The region's tail lies beyond L1's memory: those fields read as 0.
+            for (i, f) in fields.iter_mut().enumerate() {
+                *f = mem.read_u64(ptr + FIELDS_OFFSET + 8 * i as u64).unwrap_or(0);
+            }
         }
         let launched = mem.read_u64(ptr + 8).unwrap_or(0) & 1 != 0;
-        self.nested.current = Some(Vmcs12 { gpa: ptr, fields, launched, stale02: FieldSet::default() });
+        self.nested.current = Some(Vmcs12::new(ptr, fields, launched));
         // Read from memory: VMCS0-2 may hold an older copy of this region.
         self.nested.vmcs02_holds = None;
         self.succeed()
+    }
+
+    /// Before an emulated VMREAD/VMWRITE of `f` uses the cache: L1's value
+    /// from the shadow VMCS (where L1 writes `f` without an exit), and the
+    /// rare guest fields from VMCS0-2 (where the last exit left them).
+    fn sync_field(&mut self, f: F) {
+        if self.nested.shadow.on && self.nested.shadow.writes(f) {
+            self.shadow_pull();
+        }
+        if self.nested.rare_pending && self.nested.exit_sync.is_some_and(|(_, _, s)| s.lazy.contains(f)) {
+            self.sync_rare();
+        }
     }
 
     /// The field named by the register operand, or the VMfail error.
@@ -623,12 +789,15 @@ impl Vcpu {
     /// VMREAD (SDM 32.3): VMfailInvalid without a current VMCS, error 12
     /// for unsupported fields; widths and "high" accesses as the SDM says.
     fn vmread12(&mut self, info: &InstructionInfo) -> Emulated {
-        let Some(cur) = self.nested.current.as_ref() else { return self.fail_invalid() };
+        if self.nested.current.is_none() {
+            return self.fail_invalid();
+        }
         let (f, access) = match self.field_operand(info) {
             Ok(fa) => fa,
             Err(e) => return self.fail(e),
         };
-        let raw = cur.get(f);
+        self.sync_field(f);
+        let raw = self.nested.current.as_ref().expect("checked above").get(f);
         let value = match (f.width(), access) {
             (Width::U16, _) => raw & 0xFFFF,
             (Width::U32, _) => raw & 0xFFFF_FFFF,
@@ -665,10 +834,10 @@ impl Vcpu {
             Ok(fa) => fa,
             Err(e) => return self.fail(e),
         };
-        let misc29 = crate::vmx::probe().is_some_and(|c| c.misc & (1 << 29) != 0);
-        if f.kind() == Kind::ReadOnly && !misc29 {
+        if f.kind() == Kind::ReadOnly && !crate::vmx::probe().is_some_and(|c| c.misc & (1 << 29) != 0) {
             return self.fail(13);
         }
+        self.sync_field(f);
         let cur = self.nested.current.as_mut().expect("checked above");
         let old = cur.get(f);
         let new = match (f.width(), access) {
@@ -724,30 +893,48 @@ impl Vcpu {
         let host = crate::vmx::probe().expect("nested VMX runs on VMX");
         let l1_caps = |msr| nvmx_vmx::nested::l1_vmx_msr(host, msr).unwrap_or(0);
         let env = nvmx_vmx::nested::Env { phys_bits: self.nested.phys_bits, l1_long_mode: vmread(F::GUEST_IA32_EFER) & (1 << 10) != 0 };
-        if let Err(what) = nvmx_vmx::nested::check_controls(|f| cur.get(f), l1_caps, &env) {
-            self.prof.leave(phase);
-            log::debug!("l1 cpu {}: VMfailValid(7): {what}", self.cpu);
-            self.check_failed(what);
-            return self.fail(7);
-        }
-        if let Err(what) = nvmx_vmx::nested::check_host_state(|f| cur.get(f), host.cr0_fixed(), host.cr4_fixed(), &env) {
-            self.prof.leave(phase);
-            log::debug!("l1 cpu {}: VMfailValid(8): {what}", self.cpu);
-            self.check_failed(what);
-            return self.fail(8);
-        }
+        let now = Checked { l1_long_mode: env.l1_long_mode, rflags_vm: cur.get(F::GUEST_RFLAGS) & (1 << 17) != 0 };
+        // The checks passed on this vmcs12 before, and since then only
+        // fields of the guest state's volatile part changed (an L2 exit and
+        // L1's handling of it): the checks that read nothing of those would
+        // pass again, so only the others run (same order, same first failure).
+        let volatile_only = cur.checked == Some(now)
+            && cur.unchecked.intersect(self.nested.sets.checked).minus(nvmx_vmx::guest_state::VOLATILE).is_empty();
         let mem = self.l1mem();
         let vmxon = self.nested.vmxon;
-        let link_ok = |p: u64| {
-            Some(p) != vmxon && mem.read_u64(p).is_some_and(|v| v as u32 == VMCS12_REVISION)
-        };
-        let (cr0_fixed, cr4_fixed) = (host.cr0_fixed(), host.cr4_fixed());
+        let link_ok = |p: u64| Some(p) != vmxon && mem.read_u64(p).is_some_and(|v| v as u32 == VMCS12_REVISION);
         let l1_misc = l1_caps(nvmx_vmx::caps::IA32_VMX_MISC);
-        let guest_ok = nvmx_vmx::guest_state::check_guest_state(|f| cur.get(f), cr0_fixed, cr4_fixed, env.phys_bits, l1_misc, link_ok);
+        let guest_ok = if volatile_only {
+            nvmx_vmx::guest_state::check_guest_state_volatile(|f| cur.get(f), l1_misc, link_ok)
+        } else {
+            // Every check reads vmcs12's whole guest state.
+            super::shared(self.cpu).stats.slow(Slow::FullChecks);
+            self.sync_rare();
+            let cur = self.nested.current.as_mut().expect("checked above");
+            cur.checked = None;
+            if let Err(what) = nvmx_vmx::nested::check_controls(|f| cur.get(f), l1_caps, &env) {
+                self.prof.leave(phase);
+                log::debug!("l1 cpu {}: VMfailValid(7): {what}", self.cpu);
+                self.check_failed(what);
+                return self.fail(7);
+            }
+            if let Err(what) = nvmx_vmx::nested::check_host_state(|f| cur.get(f), host.cr0_fixed(), host.cr4_fixed(), &env) {
+                self.prof.leave(phase);
+                log::debug!("l1 cpu {}: VMfailValid(8): {what}", self.cpu);
+                self.check_failed(what);
+                return self.fail(8);
+            }
+            let (cr0_fixed, cr4_fixed) = (host.cr0_fixed(), host.cr4_fixed());
+            nvmx_vmx::guest_state::check_guest_state(|f| cur.get(f), cr0_fixed, cr4_fixed, env.phys_bits, l1_misc, link_ok)
+        };
         self.prof.leave(phase);
+        let cur = self.nested.current.as_mut().expect("checked above");
         if let Err(e) = guest_ok {
+            cur.checked = None;
             return self.entry_failure(EXIT_REASON_INVALID_STATE, e.qualification, e.check);
         }
+        cur.checked = Some(now);
+        cur.unchecked = FieldSet::EMPTY;
         let phase = self.prof.enter(Phase::Prepare);
         let prepared = self.prepare_vmcs02();
         self.prof.leave(phase);
@@ -846,6 +1033,16 @@ impl Vcpu {
         let l1_efer = vmread(F::GUEST_IA32_EFER);
         let l1_pat = vmread(F::GUEST_IA32_PAT);
         let eptp01 = vmread(F::EPT_POINTER);
+        let cur = self.nested.current.as_ref().expect("checked by the caller");
+        let holds = self.nested.vmcs02_holds == Some(cur.gpa);
+        // KVM's prepare_vmcs02_rare: VMCS0-2's controls, CR0/CR4 and the
+        // whole guest state only when VMCS0-2 holds another vmcs12 or L1
+        // changed a control; else only the guest fields that changed.
+        let rebuild = !holds || !cur.stale02.intersect(self.nested.sets.rebuild).is_empty();
+        if rebuild {
+            // Built from the cache, which must have all of it.
+            self.sync_rare();
+        }
         let fresh = self.nested.vmcs02 == 0;
         if fresh {
             let page = self.nested.owned.alloc(1, 1).ok_or("no memory for VMCS0-2")?;
@@ -881,10 +1078,10 @@ impl Vcpu {
                 l0_vmx_failed(cpu, absent, *f, e);
             }
         };
-        if self.nested.vmcs02_holds == Some(cur.gpa) {
-            stale.iter().filter(|f| f.group() == Group::GuestState).for_each(|f| write(&f));
+        if holds {
+            stale.intersect(self.nested.sets.guest).iter().for_each(|f| write(&f));
         } else {
-            ALL.iter().filter(|f| f.group() == Group::GuestState).for_each(write);
+            self.nested.sets.guest.iter().for_each(|f| write(&f));
         }
         vmwrite(F::VMCS_LINK_POINTER, u64::MAX);
         let entry12 = cur.get(F::VM_ENTRY_CONTROLS) as u32;
@@ -899,7 +1096,50 @@ impl Vcpu {
         vmwrite(F::GUEST_IA32_EFER, efer);
         vmwrite(F::GUEST_IA32_PAT, if entry12 & entry::LOAD_PAT != 0 { cur.get(F::GUEST_IA32_PAT) } else { l1_pat });
 
+        let proc12 = cur.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
+        let proc2_12 = if proc12 & proc1::SECONDARY_CONTROLS != 0 { cur.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 } else { 0 };
+        if rebuild {
+            super::shared(self.cpu).stats.slow(Slow::Rebuild);
+            self.prepare_vmcs02_rare(caps)?;
+        }
+        let cur = self.nested.current.as_ref().expect("checked by the caller");
+        // VPID: L2's translations are tagged with one L0 VPID per core
+        // (vpid02), apart from L1's. When the L2 that runs next has another
+        // VPID in L1's eyes (or none), vpid02's translations belong to
+        // another L2: flush them (KVM's nested_vmx_transition_tlb_flush).
+        // Without that, two L1 VPIDs sharing vpid02 would see each other's
+        // translations, which distinct VPIDs never do on the CPU.
+        let vpid12 = if proc2_12 & proc2::ENABLE_VPID != 0 { cur.get(F::VIRTUAL_PROCESSOR_ID) } else { 0 };
+        let vpid02 = 0x100 + self.cpu as u16;
+        if self.nested.last_vpid12 != Some(vpid12) || vpid12 == 0 {
+            let _ = insn::invvpid(1, vpid02, 0);
+            self.nested.last_vpid12 = Some(vpid12);
+        }
+        // EPT0-2: the shadow of EPT1-2 when L1 uses EPT, else L1's own EPT0-1
+        // (its root changes when INVEPT drops it).
+        let l1_ept = proc2_12 & proc2::ENABLE_EPT != 0;
+        let eptp02 = if l1_ept { self.nested.ept02.eptp().ok_or("no memory for EPT0-2")? } else { eptp01 };
+        if rebuild || eptp02 != self.nested.eptp02 {
+            vmwrite(F::VIRTUAL_PROCESSOR_ID, vpid02.into());
+            vmwrite(F::EPT_POINTER, eptp02);
+            self.nested.eptp02 = eptp02;
+        }
+        // L0's host state is the same for every entry on this core.
+        if fresh {
+            crate::vmx::run::setup_host_state();
+        }
+        self.nested.vmcs02_holds = Some(self.nested.current.as_ref().expect("checked by the caller").gpa);
+        Ok(())
+    }
+
+    /// The part of prepare_vmcs02 that depends only on vmcs12's controls and
+    /// CR0/CR4 (KVM's prepare_vmcs02_rare): VMCS0-2's controls = what L1
+    /// asked merged with what L0 needs, CR masks and shadows. VMCS0-2 is current.
+    fn prepare_vmcs02_rare(&mut self, caps: &VmxCaps) -> Result<(), &'static str> {
+        let (cpu, absent) = (self.cpu, &self.nested.absent);
+        let cur = self.nested.current.as_ref().expect("checked by the caller");
         let adj = |want: u32, allowed| nvmx_vmx::controls::adjust_controls(want, allowed);
+        let entry12 = cur.get(F::VM_ENTRY_CONTROLS) as u32;
         let pin12 = cur.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32;
         let proc12 = cur.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
         let proc2_12 = if proc12 & proc1::SECONDARY_CONTROLS != 0 { cur.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 } else { 0 };
@@ -973,28 +1213,6 @@ impl Vcpu {
             vmwrite(shadow, (cur.get(shadow) & mask12) | (value & !mask12));
             vmwrite(guest, value | forced);
         }
-        // VPID: L2's translations are tagged with one L0 VPID per core
-        // (vpid02), apart from L1's. When the L2 that runs next has another
-        // VPID in L1's eyes (or none), vpid02's translations belong to
-        // another L2: flush them (KVM's nested_vmx_transition_tlb_flush).
-        // Without that, two L1 VPIDs sharing vpid02 would see each other's
-        // translations, which distinct VPIDs never do on the CPU.
-        let vpid12 = if proc2_12 & proc2::ENABLE_VPID != 0 { cur.get(F::VIRTUAL_PROCESSOR_ID) } else { 0 };
-        let vpid02 = 0x100 + self.cpu as u16;
-        if self.nested.last_vpid12 != Some(vpid12) || vpid12 == 0 {
-            let _ = insn::invvpid(1, vpid02, 0);
-            self.nested.last_vpid12 = Some(vpid12);
-        }
-        vmwrite(F::VIRTUAL_PROCESSOR_ID, vpid02.into());
-        // EPT0-2: the shadow of EPT1-2 when L1 uses EPT, else L1's own EPT0-1.
-        let l1_ept = proc2_12 & proc2::ENABLE_EPT != 0;
-        let eptp02 = if l1_ept { self.nested.ept02.eptp().ok_or("no memory for EPT0-2")? } else { eptp01 };
-        vmwrite(F::EPT_POINTER, eptp02);
-        // L0's host state is the same for every entry on this core.
-        if fresh {
-            crate::vmx::run::setup_host_state();
-        }
-        self.nested.vmcs02_holds = Some(self.nested.current.as_ref().expect("checked by the caller").gpa);
         Ok(())
     }
 
@@ -1003,6 +1221,8 @@ impl Vcpu {
     /// VMRESUME ends in that VMfailValid, as it would on the CPU.
     pub(super) fn vmcs02_refused(&mut self, error: u32) {
         log::warn!("l1 cpu {}: the CPU refused VMCS0-2 (VMfailValid {error}); passed on to L1", self.cpu);
+        // VMCS0-2 (current) still holds what the last exit left there.
+        self.sync_rare();
         // SAFETY: VMCS0-1 is ours; L1's VMLAUNCH/VMRESUME exit is its last.
         unsafe { insn::vmptrld(self.nested.vmcs01) }.expect("VMPTRLD of VMCS0-1");
         self.nested.in_l2 = false;
@@ -1127,10 +1347,14 @@ impl Vcpu {
             intr_info: if basic == 0 { vmread(F::VM_EXIT_INTR_INFO) as u32 } else { 0 },
             intr_error: if basic == 0 { vmread(F::VM_EXIT_INTR_ERROR_CODE) as u32 } else { 0 },
         };
-        if !self.l1_wants_exit(&exit) && basic == 28 {
+        // Decided once (L1's bitmaps are in its memory).
+        if self.l1_wants_exit(&exit) {
+            return self.reflect(reason, qualification).map(|()| false);
+        }
+        if basic == 28 {
             return self.l2_cr_access(qualification);
         }
-        if !self.l1_wants_exit(&exit) && basic == 0 {
+        if basic == 0 {
             // An exception L1 does not intercept: delivered to L2 as it came
             // (bit 12, NMI unblocking, is not part of an injected event).
             if exit.intr_info & (1 << 11) != 0 {
@@ -1140,19 +1364,16 @@ impl Vcpu {
             vmwrite(F::VM_ENTRY_INTR_INFO_FIELD, u64::from(exit.intr_info & 0x8000_0FFF));
             return Ok(true);
         }
-        if !self.l1_wants_exit(&exit) {
-            // L0 handles it for L2 the way it would for L1 (its virtual devices).
-            let rip = vmread(F::GUEST_RIP);
-            return match self.handle(super::decode(reason, qualification)) {
-                Handled::Skip => {
-                    vmwrite(F::GUEST_RIP, rip + vmread(F::VM_EXIT_INSTRUCTION_LEN));
-                    Ok(true)
-                }
-                Handled::Resume => Ok(true),
-                _ => self.reflect(reason, qualification).map(|()| false),
-            };
+        // L0 handles it for L2 the way it would for L1 (its virtual devices).
+        let rip = vmread(F::GUEST_RIP);
+        match self.handle(super::decode(reason, qualification)) {
+            Handled::Skip => {
+                vmwrite(F::GUEST_RIP, rip + vmread(F::VM_EXIT_INSTRUCTION_LEN));
+                Ok(true)
+            }
+            Handled::Resume => Ok(true),
+            _ => self.reflect(reason, qualification).map(|()| false),
         }
-        self.reflect(reason, qualification).map(|()| false)
     }
 
     /// An EPT violation of L2: fill EPT0-2 from EPT1-2 when L1 maps the
@@ -1239,26 +1460,30 @@ impl Vcpu {
             && cur.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 & proc2::ENABLE_EPT != 0;
         let (cr0, cr4, efer) = (vmread(F::GUEST_CR0), vmread(F::GUEST_CR4), vmread(F::GUEST_IA32_EFER));
         let pae_with_ept = l1_ept && cr0 & (1 << 31) != 0 && cr4 & (1 << 5) != 0 && efer & (1 << 10) == 0;
-        for &f in ALL.iter().filter(|f| f.group() == Group::GuestState) {
-            if !nvmx_vmx::nested::saved_on_exit(f, exit12, pae_with_ept) {
-                // vmcs12 keeps its value; VMCS0-2's may have moved with L2.
-                cur.stale02.insert(f);
-            } else {
-                match insn::vmread(f.encoding()) {
-                    Ok(v) => cur.set_from_vmcs02(f, v),
-                    // vmcs12 keeps a stale value: counted unless the CPU lacks the field.
-                    Err(e) => l0_vmx_failed(cpu, absent, f, e),
-                }
+        let sets = match self.nested.exit_sync {
+            Some((e, p, sets)) if e == exit12 && p == pae_with_ept => sets,
+            _ => {
+                let sets = nvmx_vmx::nested::exit_sync(exit12, pae_with_ept);
+                self.nested.exit_sync = Some((exit12, pae_with_ept, sets));
+                sets
+            }
+        };
+        // The volatile guest fields now; the rest stays in VMCS0-2 until L0
+        // needs it (`sync_rare`), which for a VMRESUME of this vmcs12 is never.
+        debug_assert_eq!(sets.eager, FieldSet::of(&EAGER));
+        for f in EAGER {
+            match insn::vmread(f.encoding()) {
+                Ok(v) => cur.set_from_vmcs02(f, v),
+                // vmcs12 keeps a stale value: counted unless the CPU lacks the field.
+                Err(e) => l0_vmx_failed(cpu, absent, f, e),
             }
         }
-        // L1 sees its own CR0/CR4 bits, not the ones L0 forced.
-        for (guest, mask) in [(F::GUEST_CR0, F::CR0_GUEST_HOST_MASK), (F::GUEST_CR4, F::CR4_GUEST_HOST_MASK)] {
-            let mask12 = cur.get(mask);
-            let v02 = vmread(guest);
-            let l1_view = cur.get(guest);
-            // Bits L1 owns follow L2; bits only L0 forces keep L1's value.
-            let forced = vmread(mask) & !mask12;
-            cur.set_from_vmcs02(guest, (v02 & !forced) | (l1_view & forced));
+        self.nested.rare_pending = true;
+        // Not saved for L1: vmcs12 keeps its value; VMCS0-2's may have moved
+        // with L2 under L0's own exit controls.
+        let l2_pae = cr0 & (1 << 31) != 0 && cr4 & (1 << 5) != 0 && efer & (1 << 10) == 0;
+        if l2_pae {
+            cur.stale02 = cur.stale02.union(sets.unsaved.intersect(MOVED_IN_VMCS02));
         }
         for f in [
             F::VM_EXIT_INTR_INFO,
@@ -1279,7 +1504,7 @@ impl Vcpu {
         // advertised as the CPU has it; SDM 28.2, "Recording VM-Exit Information").
         let info = cur.get(F::VM_ENTRY_INTR_INFO_FIELD);
         cur.set_from_vmcs02(F::VM_ENTRY_INTR_INFO_FIELD, info & !(1 << 31));
-        let lma = vmread(F::GUEST_IA32_EFER) & (1 << 10) != 0;
+        let lma = efer & (1 << 10) != 0;
         let e12 = cur.get(F::VM_ENTRY_CONTROLS) & !u64::from(entry::IA32E_MODE_GUEST);
         cur.set_from_vmcs02(F::VM_ENTRY_CONTROLS, e12 | if lma { u64::from(entry::IA32E_MODE_GUEST) } else { 0 });
     }
@@ -1387,6 +1612,7 @@ impl Vcpu {
             VmcsKind::V02 => return alloc::format!("error: cpu {cpu}: no VMCS0-2 yet (L1 has not launched an L2)\n"),
             VmcsKind::V12 => {
                 self.shadow_pull();
+                self.sync_rare();
                 let Some(c) = self.nested.current.as_ref() else {
                     return alloc::format!("error: cpu {cpu}: L1 has no current VMCS1-2\n");
                 };

@@ -12,7 +12,7 @@
 
 use nvmx_vmx::caps::VmxCaps;
 use nvmx_vmx::controls::proc2;
-use nvmx_vmx::field::Field as F;
+use nvmx_vmx::field::{Field as F, FieldSet};
 
 use crate::vmx::insn;
 use crate::vmx::run::{vmread, vmwrite};
@@ -27,14 +27,26 @@ pub struct Shadow {
     write_bitmap: u64,
     /// Shadowing is on in VMCS0-1.
     pub on: bool,
-    /// Fields synced (the union of the read and write sets).
-    fields: alloc::vec::Vec<F>,
+    /// Fields synced cache → shadow (the union of the read and write sets).
+    fields: FieldSet,
+    /// Fields synced shadow → cache: those L1 can write in the shadow.
+    writes: FieldSet,
+    /// What VMCS0-1's link pointer was last set to (`None`: not yet).
+    linked: core::cell::Cell<Option<bool>>,
 }
 
 impl Shadow {
     /// Allocates the shadow VMCS and bitmaps when the CPU has shadowing.
     pub fn new(caps: &VmxCaps, owned: &mut crate::mm::frames::Owned) -> Shadow {
-        let mut s = Shadow { vmcs: 0, read_bitmap: 0, write_bitmap: 0, on: false, fields: alloc::vec::Vec::new() };
+        let mut s = Shadow {
+            vmcs: 0,
+            read_bitmap: 0,
+            write_bitmap: 0,
+            on: false,
+            fields: FieldSet::EMPTY,
+            writes: FieldSet::EMPTY,
+            linked: core::cell::Cell::new(None),
+        };
         if !caps.vmcs_shadowing() {
             return s;
         }
@@ -50,8 +62,9 @@ impl Shadow {
             for (bitmap, f) in reads.map(|f| (rb, f)).chain(writes.map(|f| (wb, f))) {
                 let bit = bitmap_bit(f);
                 *((bitmap + u64::from(bit / 8)) as *mut u8) &= !(1 << (bit % 8));
-                if !s.fields.contains(&f) {
-                    s.fields.push(f);
+                s.fields.insert(f);
+                if bitmap == wb {
+                    s.writes.insert(f);
                 }
             }
             if insn::vmclear(vmcs).is_err() {
@@ -69,7 +82,12 @@ impl Shadow {
     }
 
     pub fn field_count(&self) -> usize {
-        self.fields.len()
+        self.fields.iter().count()
+    }
+
+    /// L1 writes `f` in the shadow VMCS without a VM exit.
+    pub fn writes(&self, f: F) -> bool {
+        self.writes.contains(f)
     }
 
     /// Turns shadowing on or off in VMCS0-1, which must be current. The
@@ -84,37 +102,46 @@ impl Shadow {
             vmwrite(F::SECONDARY_VM_EXEC_CONTROL, p2 & !u64::from(proc2::VMCS_SHADOWING));
             vmwrite(F::VMCS_LINK_POINTER, u64::MAX);
         }
+        self.linked.set(None);
         self.on = on;
     }
 
     /// Points VMCS0-1 (current) at the shadow when L1 has a current vmcs12,
     /// else at nothing: L1's VMREAD/VMWRITE then fail as without a VMCS.
     pub fn link(&self, has_current: bool) {
-        if self.on {
+        if self.on && self.linked.get() != Some(has_current) {
             vmwrite(F::VMCS_LINK_POINTER, if has_current { self.vmcs } else { u64::MAX });
+            self.linked.set(Some(has_current));
         }
     }
 
-    /// Copies the shadowed fields out of the shadow VMCS; `running` is made
-    /// current again afterwards.
+    /// Copies the fields L1 can write out of the shadow VMCS; `running` is
+    /// made current again afterwards.
     pub fn to_vmcs12(&self, running: u64, mut set: impl FnMut(F, u64)) {
+        crate::l1::shared(crate::percpu::current().index).stats.slow(crate::stats::Slow::ShadowLoad);
         // SAFETY: the shadow VMCS and `running` are L0's VMCS regions.
         unsafe { insn::vmptrld(self.vmcs) }.expect("VMPTRLD of the shadow VMCS");
-        for &f in &self.fields {
+        for f in self.writes.iter() {
             set(f, vmread(f));
         }
         // SAFETY: as above.
         unsafe { insn::vmptrld(running) }.expect("VMPTRLD back after the shadow");
     }
 
-    /// Copies the shadowed fields into the shadow VMCS; returns how many
-    /// VMWRITEs failed (none should: read-only fields are in the set only
-    /// where the CPU allows writing them), for the caller to count.
-    pub fn from_vmcs12(&self, running: u64, get: impl Fn(F) -> u64) -> u64 {
+    /// Copies the shadowed fields among `which` (those that changed) into
+    /// the shadow VMCS; returns how many VMWRITEs failed (none should:
+    /// read-only fields are in the set only where the CPU allows writing
+    /// them), for the caller to count.
+    pub fn from_vmcs12(&self, running: u64, which: FieldSet, get: impl Fn(F) -> u64) -> u64 {
+        let which = which.intersect(self.fields);
+        if which.is_empty() {
+            return 0;
+        }
+        crate::l1::shared(crate::percpu::current().index).stats.slow(crate::stats::Slow::ShadowLoad);
         // SAFETY: as in `to_vmcs12`.
         unsafe { insn::vmptrld(self.vmcs) }.expect("VMPTRLD of the shadow VMCS");
         let mut failed = 0;
-        for &f in &self.fields {
+        for f in which.iter() {
             if let Err(e) = insn::vmwrite(f.encoding(), get(f)) {
                 log::warn!("VMWRITE of {} to the shadow VMCS failed: {e}", f.name());
                 failed += 1;

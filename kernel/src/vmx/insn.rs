@@ -73,24 +73,43 @@ unsafe fn vmread_raw(field: u32) -> Result<u64, ()> {
     if rflags & 0x41 != 0 { Err(()) } else { Ok(value) }
 }
 
-/// VMREAD of `field` from the current VMCS.
+/// VMREAD of `field` from the current VMCS. Inlined with the failure test
+/// on the flags (SETBE: CF or ZF) and the error read only on failure: L0
+/// does a few dozen of these per nested exit.
+#[inline(always)]
 pub fn vmread(field: u32) -> Result<u64, VmFail> {
     let value: u64;
-    let rflags: u64;
+    let failed: u8;
     // SAFETY: callers are in VMX root with a current VMCS; a bad field gives
     // VMfailValid(12), reported, not a fault.
     unsafe {
-        asm!("vmread {}, {}; pushfq; pop {}", lateout(reg) value, in(reg) u64::from(field), lateout(reg) rflags)
+        asm!("vmread {v}, {f}", "setbe {r}", v = lateout(reg) value, f = in(reg) u64::from(field), r = lateout(reg_byte) failed, options(nostack))
     };
-    outcome(rflags).map(|()| value)
+    if failed == 0 { Ok(value) } else { Err(failure()) }
 }
 
-/// VMWRITE of `field` in the current VMCS.
+/// VMWRITE of `field` in the current VMCS (inlined as `vmread`).
+#[inline(always)]
 pub fn vmwrite(field: u32, value: u64) -> Result<(), VmFail> {
-    let rflags: u64;
+    let failed: u8;
     // SAFETY: as `vmread`; a VMWRITE only changes the current VMCS, which L0 owns.
-    unsafe { asm!("vmwrite {}, {}; pushfq; pop {}", in(reg) u64::from(field), in(reg) value, lateout(reg) rflags) };
-    outcome(rflags)
+    unsafe {
+        asm!("vmwrite {f}, {v}", "setbe {r}", f = in(reg) u64::from(field), v = in(reg) value, r = lateout(reg_byte) failed, options(nostack))
+    };
+    if failed == 0 { Ok(()) } else { Err(failure()) }
+}
+
+/// How a VMREAD/VMWRITE failed: with a current VMCS it is VMfailValid and
+/// the error is in VM_INSTRUCTION_ERROR; without one that VMREAD fails too,
+/// and it was VMfailInvalid (SDM 31.2).
+#[cold]
+#[inline(never)]
+fn failure() -> VmFail {
+    // SAFETY: in VMX root (the failed instruction did not #UD).
+    match unsafe { vmread_raw(VM_INSTRUCTION_ERROR) } {
+        Ok(error) => VmFail::Valid(error as u32),
+        Err(()) => VmFail::Invalid,
+    }
 }
 
 /// INVEPT of `kind` (1 single-context, 2 all-context) for `eptp`.

@@ -18,15 +18,26 @@ pub use nvmx_vmx::entry::GuestRegs;
 
 /// VMREAD of a field L0 knows exists in its own VMCS; a failure here is an
 /// L0 bug, reported loudly rather than hidden behind a default value.
+#[inline(always)]
 pub fn vmread(field: F) -> u64 {
-    insn::vmread(field.encoding()).unwrap_or_else(|e| panic!("VMREAD {} failed: {e}", field.name()))
+    match insn::vmread(field.encoding()) {
+        Ok(v) => v,
+        Err(e) => vmx_bug("VMREAD", field, 0, e),
+    }
 }
 
 /// VMWRITE of a field L0 knows exists in its own VMCS.
+#[inline(always)]
 pub fn vmwrite(field: F, value: u64) {
     if let Err(e) = insn::vmwrite(field.encoding(), value) {
-        panic!("VMWRITE {} = {value:#x} failed: {e}", field.name());
+        vmx_bug("VMWRITE", field, value, e);
     }
+}
+
+#[cold]
+#[inline(never)]
+fn vmx_bug(what: &str, field: F, value: u64, e: insn::VmFail) -> ! {
+    panic!("{what} {} (value {value:#x}) failed: {e}", field.name());
 }
 
 /// Enters the guest of the current VMCS with `regs`; `Ok` after a VM exit.
