@@ -68,6 +68,7 @@ help:
 	@echo "  MODEL=$(MODEL)  (Bochs: corei7_ivy_bridge_3770k has no VMCS shadowing)"
 	@echo "  CMDLINE='$(CMDLINE)'  (nvmx command line: log=…, l1mem=<MiB>, l1args=a,b,…)"
 	@echo "  L1_ARGS='$(L1_ARGS)'  (command line of the bare L1 ISO)"
+	@echo "  RUN_DIR=$(RUN_DIR)  (make run-bochs: bochsrc, Bochs' messages and log)"
 	@echo "  L1_MODULE=<elf> L1_MODULE_ARGS='…'  (run that Multiboot2 kernel as every core's L1"
 	@echo "                     instead of the built-in one; build/nvmx-module-l1.iso is the test copy)"
 

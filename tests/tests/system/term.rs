@@ -199,16 +199,32 @@ fn plot(m: &Machine, dir: &Path) -> Result<()> {
         let mut reader = decoder.read_info().map_err(|e| m.error(&format!("{}: not a PNG: {e}", png.display())))?;
         let mut buf = vec![0; reader.output_buffer_size()];
         let info = reader.next_frame(&mut buf).map_err(|e| m.error(&format!("{}: bad PNG data: {e}", png.display())))?;
-        let px = info.color_type.samples() * if info.bit_depth == png::BitDepth::Sixteen { 2 } else { 1 };
-        let colours: std::collections::BTreeSet<&[u8]> = buf[..info.buffer_size()].chunks(px).collect();
-        m.check(info.width >= 400 && info.height >= 300 && colours.len() > 3, || {
-            format!("{}: {}x{} with {} colours: no chart", png.display(), info.width, info.height, colours.len())
+        m.check(info.color_type == png::ColorType::Rgba || info.color_type == png::ColorType::Rgb, || {
+            format!("{}: colour type {:?}, expected RGB(A)", png.display(), info.color_type)
+        })?;
+        m.check(info.bit_depth == png::BitDepth::Eight, || format!("{}: bit depth {:?}", png.display(), info.bit_depth))?;
+        // Bars, not just anti-aliased text and axes: at least two saturated colours covering
+        // 500 pixels or more each (a legend swatch is far smaller).
+        let mut area: std::collections::BTreeMap<&[u8], usize> = std::collections::BTreeMap::new();
+        for p in buf[..info.buffer_size()].chunks(info.color_type.samples()) {
+            let (hi, lo) = (p[..3].iter().max().copied().unwrap_or(0), p[..3].iter().min().copied().unwrap_or(0));
+            if hi - lo > 60 {
+                *area.entry(&p[..3]).or_default() += 1;
+            }
+        }
+        let big = area.values().filter(|&&n| n >= 500).count();
+        m.check(info.width >= 400 && info.height >= 300 && big >= 2, || {
+            format!("{}: {}x{}, {big} colours with bars' area: no chart", png.display(), info.width, info.height)
         })?;
         let svg = std::fs::read_to_string(dir.join(format!("{stem}.svg")))?;
-        let fills: std::collections::BTreeSet<&str> =
-            svg.match_indices("fill: #").map(|(i, _)| &svg[i + 6..(i + 13).min(svg.len())]).collect();
-        m.check(svg.contains("<svg") && svg.contains("</svg>") && fills.len() > 2, || {
-            format!("{stem}.svg: not an SVG chart ({} fill colours)", fills.len())
+        let grey = |c: &str| c.len() == 6 && c[0..2] == c[2..4] && c[2..4] == c[4..6];
+        let fills = svg
+            .match_indices("fill: #")
+            .map(|(i, _)| &svg[i + 7..(i + 13).min(svg.len())])
+            .filter(|c| !grey(c))
+            .count();
+        m.check(svg.contains("<svg") && svg.contains("</svg>") && fills > 6, || {
+            format!("{stem}.svg: not an SVG chart ({fills} coloured shapes)")
         })?;
     }
     Ok(())
