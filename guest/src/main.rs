@@ -125,7 +125,9 @@ extern "C" fn l1_main(magic: u32, mbi: u32) -> ! {
             // SAFETY: the point is to touch memory this L1 may not have;
             // the address is identity-mapped by the L1's 1 GiB page tables.
             unsafe { core::ptr::write_volatile(0x3FFF_F000 as *mut u64, 0x5A) };
-            let _ = writeln!(out, "l1: the write went through (no hypervisor stopped it)");
+            // SAFETY: as above; a PC answers all-ones where nothing decodes.
+            let back = unsafe { core::ptr::read_volatile(0x3FFF_F000 as *const u64) };
+            let _ = writeln!(out, "l1: the write went through (no hypervisor stopped it); reads back {back:#x}");
         }
         None => {}
     }

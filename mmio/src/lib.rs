@@ -9,10 +9,12 @@
 //! performs the access on the device, writes a load's result to its
 //! register and advances RIP past the instruction.
 //!
-//! Emulated: MOV (load, store, store of an immediate), MOVZX, MOVSX, MOVSXD
-//! with a memory operand of 1, 2, 4 or 8 bytes — what compilers emit for
-//! `volatile` register accesses and what Linux, test kernels and nvmx's own
-//! L1 use for the APIC. Anything else touching MMIO stops the L1 with a
+//! Emulated: MOV (load, store, store of an immediate), MOVZX, MOVSX, MOVSXD,
+//! and CMP/TEST with a memory operand (compilers fold a volatile load into
+//! them), of 1, 2, 4 or 8 bytes — what compilers emit for `volatile`
+//! register accesses and what Linux, test kernels and nvmx's own L1 use for
+//! the APIC. Not emulated: read-modify-write forms (ADD/OR/AND/XCHG to MMIO),
+//! string moves, SSE/AVX accesses. Anything else touching MMIO stops the L1 with a
 //! report naming the instruction (a PC would have done *something*; nvmx
 //! says clearly what it does not emulate instead of guessing).
 

@@ -868,6 +868,9 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
         }
         Handled::EnterL2 => {
             v.nested.in_l2 = true;
+            // VMCS0-2 is current now: VMCS0-1's exit information is not
+            // looked at again until a fresh L1 exit.
+            v.l1_exit_pending = false;
             (None, true)
         }
         Handled::Inject(vector, error) => {

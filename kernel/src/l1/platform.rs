@@ -229,14 +229,14 @@ impl Vcpu {
             let mut rx = shared.rx.lock();
             while !rx.is_empty() && self.platform.pc.uart.rx_space() > 0 {
                 let b = rx.pop_front().unwrap_or(0);
-                self.platform.pc.uart.receive(b);
+                self.platform.pc.uart_receive(b);
             }
         }
         let now = cpu::rdtsc();
         self.platform.pc.advance(now);
         // Bytes the L1 sent.
         if let Some(ring) = shared.console.lock().as_mut() {
-            while let Some(b) = self.platform.pc.uart.take_tx() {
+            while let Some(b) = self.platform.pc.uart_take_tx() {
                 ring.push(b);
             }
         }
@@ -361,24 +361,15 @@ impl Vcpu {
     pub(super) fn platform_view(&mut self) -> String {
         let pc = &mut self.platform.pc;
         pc.advance(cpu::rdtsc());
-        let base = pc.rdmsr(0x1B).and_then(|r| r.ok()).unwrap_or(0);
-        let x2 = base & (3 << 10) == 3 << 10;
+        let base = pc.lapic.apic_base();
         let mode = match (base >> 10) & 3 {
             3 => "x2APIC",
             2 => "xAPIC",
             _ => "disabled",
         };
-        // The timer registers as the L1 reads them (LVT timer, initial and
-        // current count, divide: SDM 11.5.4), through the mode it uses.
-        let mut reg = |off: u64| -> u64 {
-            if x2 {
-                pc.rdmsr(0x800 + (off >> 4) as u32).and_then(|r| r.ok()).unwrap_or(0)
-            } else if base & (1 << 11) != 0 {
-                pc.mmio_read((base & !0xFFF) + off, 4).unwrap_or(0)
-            } else {
-                0
-            }
-        };
+        // The timer registers (LVT timer, initial and current count, divide:
+        // SDM 11.5.4), read without the side effects of an L1 read.
+        let reg = |off: u32| -> u64 { pc.lapic.peek(off).map_or(0, u64::from) };
         let (lvt, init, cur, div) = (reg(0x320), reg(0x380), reg(0x390), reg(0x3E0));
         let timer = match (lvt >> 17) & 3 {
             0 => "one-shot",
@@ -408,6 +399,7 @@ impl Vcpu {
             self.platform.injected_nmis,
             if self.platform.halted { "in HLT (waiting for an interrupt)" } else { "active" },
         );
+        let _ = writeln!(s, "cpu {}: devices: {}", self.cpu, pc.summary());
         s
     }
 }

@@ -99,8 +99,31 @@ fn bochs_attach_echo_haswell_2cpu() -> Result<()> {
     m.expect("nvmx> ", t.command)?;
     let out = m.command("l1", t.command)?;
     m.check(out.contains("cpu 0: running") && out.contains("cpu 1: running"), || format!("after attach:\n{out}"))?;
+    // Attached again: `exit` ends the L1 by Bochs' 0x8900 "Shutdown"
+    // convention, which nvmx shows as its exit code.
+    m.send(b"attach 1\r")?;
+    m.expect("Ctrl-] returns to the shell", t.command)?;
+    m.send(b"exit\r")?;
+    m.expect("l1: echo got 'exit'", t.command)?;
+    m.send(&[0x1D])?;
+    m.expect("[detached from cpu 1]", t.command)?;
+    let out = poll_l1(&mut m, "cpu 1: exited")?;
+    m.check(out.contains("cpu 1: exited (code 0)") && out.contains("cpu 0: running"), || format!("after `exit`:\n{out}"))?;
     // What the L1 printed while attached is in its console too.
     let out = m.command("console 1", t.command)?;
     m.check(out.contains("l1: echo got 'nested'"), || format!("console 1:\n{out}"))?;
     crate::common::poweroff(&mut m, t)
+}
+
+/// `l1` until it contains `want` (or 10 s).
+fn poll_l1(m: &mut nvmx_tests::Machine, want: &str) -> Result<String> {
+    let mut out = String::new();
+    for _ in 0..40 {
+        out = m.command("l1", BOCHS.command)?;
+        if out.contains(want) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Ok(out)
 }
