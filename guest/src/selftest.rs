@@ -186,6 +186,7 @@ pub fn run(caps: &VmxCaps) {
 global_asm!(
     r#"
     .global st_cpuid, st_hlt, st_out, st_rdmsr, st_wrmsr, st_vmcall, st_ud2, st_load, st_store
+    .global st_cr4_tsd, st_cr4_vmxe, st_cr0_mp, st_dr7
 st_cpuid:  cpuid
 st_hlt:    hlt
 st_out:    out 0x80, al
@@ -197,6 +198,20 @@ st_load:   mov rax, [rsi]
            vmcall
 st_store:  mov byte ptr [rsi], 1
            vmcall
+st_cr4_tsd:  mov rax, cr4
+             btc rax, 2
+             mov cr4, rax
+             vmcall
+st_cr4_vmxe: mov rax, cr4
+             btr rax, 13
+             mov cr4, rax
+             vmcall
+st_cr0_mp:   mov rax, cr0
+             btc rax, 1
+             mov cr0, rax
+             vmcall
+st_dr7:      mov rax, dr7
+             vmcall
 
     /* For the operand-fault checks (L1 code, called through boot::probe). */
     .global st_vmptrld_at, st_vmptrst_at
@@ -217,6 +232,10 @@ unsafe extern "C" {
     static st_ud2: u8;
     static st_load: u8;
     static st_store: u8;
+    static st_cr4_tsd: u8;
+    static st_cr4_vmxe: u8;
+    static st_cr0_mp: u8;
+    static st_dr7: u8;
     fn st_vmptrld_at(operand: u64);
     fn st_vmptrst_at(operand: u64);
 }
@@ -328,9 +347,13 @@ fn l2_checks(t: &mut Tally, caps: &VmxCaps, vmcs: u64) {
         });
         // EPT misconfigurations (SDM 29.3.3.1): a write-only entry, then a
         // leaf with memory type 2 (reserved): exit 49 with the address.
+        // Bits 51:MAXPHYADDR of an entry are reserved (SDM 29.3.3.1), not
+        // part of the address.
+        let maxphyaddr = core::arch::x86_64::__cpuid(0x8000_0008).eax & 0xFF;
         for (name, leaf) in [
             ("l2 read through a write-only EPT entry: EPT misconfiguration (49)", hole | 2 | (6 << 3)),
             ("l2 read through an EPT leaf with memory type 2: EPT misconfiguration (49)", hole | 7 | (2 << 3)),
+            ("l2 read through an EPT leaf with bit MAXPHYADDR set: EPT misconfiguration (49)", hole | 7 | (6 << 3) | (1 << maxphyaddr)),
         ] {
             l2.ept.set_leaf(hole, leaf);
             let _ = vmx::invept_single(l2.ept.eptp());
@@ -351,7 +374,55 @@ fn l2_checks(t: &mut Tally, caps: &VmxCaps, vmcs: u64) {
         set_window(new);
         t.check("invvpid single-context", Want::Succeed, vmx::try_invalidate(false, 1, [5, 0]));
         exit_is(t, "after invvpid l2 reads the new page", l2.run(rip(&st_load), 0, linear), 18, &|e| e.rax == 0x2222);
+
+        // Control-register accesses (SDM 26.1.3): only the bits L1 owns
+        // (its CR0/CR4 guest/host masks) decide. Clearing CR4.VMXE, which
+        // VMX fixes to 1, is the CPU's #GP (SDM 24.8) when L1 does not own
+        // it: L1 sees it only through its exception bitmap (reason 0).
+        let (cr0, cr4) = (vmx::vmread(F::GUEST_CR0), vmx::vmread(F::GUEST_CR4));
+        vmx::vmwrite(F::EXCEPTION_BITMAP, (1 << 6) | (1 << 13));
+        exit_is(t, "l2 mov to cr4 toggling TSD, a bit L1 does not own: no exit", l2.run(rip(&st_cr4_tsd), 0, 0), 18, &|_| {
+            vmx::vmread(F::GUEST_CR4) == cr4 ^ 4
+        });
+        vmx::vmwrite(F::GUEST_CR4, cr4);
+        vmx::vmwrite(F::CR4_GUEST_HOST_MASK, 4);
+        exit_is(t, "l2 mov to cr4 toggling TSD, a bit L1 owns: CR-access exit (28, qualification 4, length 3)", l2.run(rip(&st_cr4_tsd), 0, 0), 28, &|e| {
+            e.qualification == 4 && e.len == 3
+        });
+        vmx::vmwrite(F::CR4_GUEST_HOST_MASK, 0);
+        exit_is(t, "l2 mov to cr4 clearing VMXE, not L1's: #GP by the exception bitmap (0, info 0x80000b0d)", l2.run(rip(&st_cr4_vmxe), 0, 0), 0, &|e| {
+            e.intr_info & 0x8000_0FFF == 0x8000_0B0D && vmx::vmread(F::VM_EXIT_INTR_ERROR_CODE) == 0
+        });
+        vmx::vmwrite(F::CR4_GUEST_HOST_MASK, 1 << 13);
+        exit_is(t, "l2 mov to cr4 clearing VMXE, L1's bit: CR-access exit (28)", l2.run(rip(&st_cr4_vmxe), 0, 0), 28, &|e| e.qualification == 4);
+        vmx::vmwrite(F::CR4_GUEST_HOST_MASK, 0);
+        exit_is(t, "l2 mov to cr0 toggling MP, a bit L1 does not own: no exit", l2.run(rip(&st_cr0_mp), 0, 0), 18, &|_| {
+            vmx::vmread(F::GUEST_CR0) == cr0 ^ 2
+        });
+        vmx::vmwrite(F::GUEST_CR0, cr0);
+        vmx::vmwrite(F::CR0_GUEST_HOST_MASK, 2);
+        exit_is(t, "l2 mov to cr0 toggling MP, a bit L1 owns: CR-access exit (28, qualification 0)", l2.run(rip(&st_cr0_mp), 0, 0), 28, &|e| e.qualification == 0);
+        vmx::vmwrite(F::CR0_GUEST_HOST_MASK, 0);
+        vmx::vmwrite(F::GUEST_CR0, cr0);
+        vmx::vmwrite(F::EXCEPTION_BITMAP, 1 << 6);
+        // MOV DR by "MOV-DR exiting" (SDM 26.1.3), clear then set.
+        let proc = vmx::vmread(F::CPU_BASED_VM_EXEC_CONTROL);
+        exit_is(t, "l2 mov from dr7 without MOV-DR exiting: no exit", l2.run(rip(&st_dr7), 0, 0), 18, &|e| e.rax == 0x400);
+        vmx::vmwrite(F::CPU_BASED_VM_EXEC_CONTROL, proc | u64::from(nvmx_vmx::controls::proc1::MOV_DR_EXITING));
+        exit_is(t, "l2 mov from dr7 with MOV-DR exiting: exit (29, qualification 0x17)", l2.run(rip(&st_dr7), 0, 0), 29, &|e| e.qualification == 0x17);
+        vmx::vmwrite(F::CPU_BASED_VM_EXEC_CONTROL, proc);
+        // #PF by the exception bitmap with the error-code mask and match
+        // (SDM 26.2): bit 14 clear, so a #PF exits when (code & mask) != match.
+        let absent = linear + 0x1000;
+        vmx::vmwrite(F::PAGE_FAULT_ERROR_CODE_MASK, 1);
+        vmx::vmwrite(F::PAGE_FAULT_ERROR_CODE_MATCH, 1);
+        exit_is(t, "l2 #PF (not present) with bit 14 clear and mask/match 1/1: exit (0, vector 14, CR2 in the qualification)", l2.run(rip(&st_load), 0, absent), 0, &|e| {
+            e.intr_info & 0x8000_0FFF == 0x8000_0B0E && e.qualification == absent
+        });
+        vmx::vmwrite(F::PAGE_FAULT_ERROR_CODE_MASK, 0);
+        vmx::vmwrite(F::PAGE_FAULT_ERROR_CODE_MATCH, 0);
     }
+    unoffered_controls(t, caps, &mut l2);
     operand_faults(t, 1 << 39, vmcs);
 
     // VM-entry failures on guest state (SDM 27.3.1, exit reason 33 | bit 31).
@@ -382,6 +453,20 @@ fn l2_checks(t: &mut Tally, caps: &VmxCaps, vmcs: u64) {
     vmx::vmwrite(F::GUEST_CR0, cr0 & !(1 << 31));
     failure(t, "entry of a 64-bit guest with CR0.PG clear fails (33)", &mut l2, 33, 0);
     vmx::vmwrite(F::GUEST_CR0, cr0);
+    // One field broken at a time (SDM 27.3.1): each is one of nvmx's own
+    // checks, named in `l1 <cpu>` (the system test asserts the names).
+    for (name, f, bad) in [
+        ("entry with guest CR4.VMXE clear fails (33)", F::GUEST_CR4, vmx::vmread(F::GUEST_CR4) & !(1 << 13)),
+        ("entry with an unusable TR fails (33)", F::GUEST_TR_AR_BYTES, 0x8B | (1 << 16)),
+        ("entry with a non-canonical GDTR base fails (33)", F::GUEST_GDTR_BASE, 1 << 63),
+        ("entry with an IDTR limit above 0xffff fails (33)", F::GUEST_IDTR_LIMIT, 0x1_0000),
+        ("entry with a 64-bit CS that has D set fails (33)", F::GUEST_CS_AR_BYTES, 0xE09B),
+    ] {
+        let old = vmx::vmread(f);
+        vmx::vmwrite(f, bad);
+        failure(t, name, &mut l2, 33, 0);
+        vmx::vmwrite(f, old);
+    }
 
     // MSR lists (SDM 27.4, 28.4, 28.6): entry MSR-load, exit MSR-store and
     // exit MSR-load of IA32_KERNEL_GS_BASE, then two refused entries.
@@ -393,6 +478,16 @@ fn l2_checks(t: &mut Tally, caps: &VmxCaps, vmcs: u64) {
     wrmsr(0x2FF, def_type ^ (1 << 10));
     t.expect("wrmsr IA32_MTRR_DEF_TYPE reads back", "the written value", rdmsr(0x2FF) == def_type ^ (1 << 10));
     wrmsr(0x2FF, def_type);
+    // Values the CPU refuses are a #GP of the WRMSR, and the MSR keeps its
+    // value (SDM Vol. 3A 12.12.2 PAT, 2.2.1 and 10.8.5 EFER).
+    let gp = |f: Option<boot::Fault>| f.is_some_and(|f| (f.vector, f.error) == (13, 0));
+    let (pat, efer) = (rdmsr(0x277), rdmsr(0xC000_0080));
+    let got = boot::probe(wrmsr_pat, 0x0007_0406_0007_0402);
+    t.expect("wrmsr IA32_PAT with memory type 2: #GP(0), PAT unchanged", "#GP(0)", gp(got) && rdmsr(0x277) == pat);
+    let got = boot::probe(wrmsr_efer, efer | (1 << 2));
+    t.expect("wrmsr IA32_EFER with reserved bit 2: #GP(0), EFER unchanged", "#GP(0)", gp(got) && rdmsr(0xC000_0080) == efer);
+    let got = boot::probe(wrmsr_efer, efer & !(1 << 8));
+    t.expect("wrmsr IA32_EFER clearing LME with paging on: #GP(0)", "#GP(0)", gp(got) && rdmsr(0xC000_0080) == efer);
     let (entry_list, store_list, exit_list) = (alloc_page(), alloc_page(), alloc_page());
     let list = |p: u64, entries: &[(u64, u64)]| {
         for (i, (head, value)) in entries.iter().enumerate() {
@@ -425,6 +520,8 @@ fn l2_checks(t: &mut Tally, caps: &VmxCaps, vmcs: u64) {
     t.expect("exit MSR-load set L1's value", "0x33330000", rdmsr(KERNEL_GS_BASE as u32) == 0x3333_0000);
     vmx::vmwrite(F::VM_EXIT_MSR_STORE_COUNT, 0);
     vmx::vmwrite(F::VM_EXIT_MSR_LOAD_COUNT, 0);
+    list(entry_list, &[(0x277, 0x0007_0406_0007_0402)]);
+    failure(t, "entry MSR-load of an invalid IA32_PAT fails (34, qualification 1)", &mut l2, 34, 1);
     list(entry_list, &[(0xC000_0100, 0)]);
     failure(t, "entry MSR-load of IA32_FS_BASE fails (34, qualification 1)", &mut l2, 34, 1);
     list(entry_list, &[(KERNEL_GS_BASE, 0x4444_0000), (KERNEL_GS_BASE | (1 << 32), 0)]);
@@ -471,6 +568,51 @@ fn operand_faults(t: &mut Tally, linear: u64, vmcs: u64) {
     // SAFETY: `target` is a pool page, the one the window maps.
     let stored = unsafe { *(target as *const u64) };
     t.expect("vmptrst to a read-only page with CR0.WP=0 stores", "the VMCS pointer stored", got.is_none() && stored == vmcs);
+}
+
+extern "C" fn wrmsr_pat(value: u64) {
+    wrmsr(0x277, value);
+}
+
+extern "C" fn wrmsr_efer(value: u64) {
+    wrmsr(0xC000_0080, value);
+}
+
+/// Controls the CPU may have but the L1 reads as not allowed (its
+/// capability MSRs, SDM A.3-A.5): asking for one is VMfailValid(7) (SDM
+/// 27.2.1.1). Bare, Bochs offers most of them and the entry must not fail
+/// with 7 because of it; nested, nvmx does not offer them and it must. The
+/// line is the same either way, so the differential compares them.
+fn unoffered_controls(t: &mut Tally, caps: &VmxCaps, l2: &mut L2) {
+    use nvmx_vmx::controls::{entry, exit, pin, proc1, proc2};
+    let fields = [F::PIN_BASED_VM_EXEC_CONTROL, F::CPU_BASED_VM_EXEC_CONTROL, F::SECONDARY_VM_EXEC_CONTROL, F::VM_EXIT_CONTROLS, F::VM_ENTRY_CONTROLS];
+    let allowed1 = [caps.pinbased().1, caps.procbased().1, caps.procbased2().1, caps.exit().1, caps.entry().1];
+    for (i, bit, name) in [
+        (0, pin::PREEMPTION_TIMER, "the VMX-preemption timer"),
+        (0, pin::VIRTUAL_NMIS, "virtual NMIs"),
+        (1, proc1::CR8_LOAD_EXITING, "CR8-load exiting"),
+        (1, proc1::CR8_STORE_EXITING, "CR8-store exiting"),
+        (2, proc2::VIRTUALIZE_APIC_ACCESSES, "APIC-access virtualization"),
+        (2, proc2::DESCRIPTOR_TABLE_EXITING, "descriptor-table exiting"),
+        (2, proc2::WBINVD_EXITING, "WBINVD exiting"),
+        (2, proc2::ENABLE_VMFUNC, "VM functions"),
+        (2, proc2::VMCS_SHADOWING, "VMCS shadowing"),
+        (3, exit::SAVE_DEBUG_CONTROLS, "save debug controls"),
+        (4, entry::LOAD_DEBUG_CONTROLS, "load debug controls"),
+    ] {
+        let old = vmx::vmread(fields[i]);
+        vmx::vmwrite(fields[i], old | u64::from(bit));
+        // SAFETY: the L2 snippet above.
+        let r = l2.run(unsafe { &st_cpuid as *const u8 as u64 }, 0, 0);
+        let error = if r.is_none() { vmx::try_vmread(F::VM_INSTRUCTION_ERROR.encoding()).unwrap_or(0) } else { 0 };
+        vmx::vmwrite(fields[i], old);
+        let offered = allowed1[i] & bit != 0;
+        let ok = if offered { error != 7 } else { r.is_none() && error == 7 };
+        if !ok {
+            let _ = writeln!(Console, "l1: selftest {name}: offered {offered}, VM-instruction error {error}");
+        }
+        t.expect(&alloc_free_name(name, "VMfailValid(7) exactly where not advertised"), "as advertised", ok);
+    }
 }
 
 extern "C" fn vmptrld_at(operand: u64) {

@@ -138,7 +138,9 @@ impl Qemu {
         // probe and QEMU's bind. Then QEMU exits at once; pick another port and retry.
         for attempt in 0..5 {
             let port = free_port()?;
-            let args = self.args(&iso, port);
+            let mut args = self.args(&iso, port);
+            // Every CPU reset in a log, so `poweroff` can tell S5 from a triple fault.
+            args.extend(["-d".into(), "cpu_reset".into(), "-D".into(), dir.join("qemu.log").display().to_string()]);
             std::fs::write(dir.join("cmdline"), format!("qemu-system-x86_64 {}\n", args.join(" ")))?;
             let mut cmd = Command::new("qemu-system-x86_64");
             cmd.args(&args);
@@ -146,7 +148,8 @@ impl Qemu {
             let mut proc = Proc::new(child, self.hard_limit);
             match connect(port, &mut proc, Duration::from_secs(20)) {
                 Ok(stream) => {
-                    return Machine::new(self.name.clone(), "QEMU", proc, stream, dir, slot, vec![]);
+                    let log = dir.join("qemu.log");
+                    return Machine::new(self.name.clone(), "QEMU", proc, stream, dir, slot, vec![log]);
                 }
                 Err(e) => {
                     let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
@@ -410,6 +413,21 @@ impl Machine {
     /// The test name this machine was started for.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// "QEMU" or "Bochs".
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// What the emulator itself wrote so far: its stderr, its stdout, then each of its log
+    /// files (each only grows, so lengths taken earlier mark what came after).
+    pub fn emulator_logs(&self) -> Vec<String> {
+        [self.dir.join("stderr"), self.dir.join("stdout")]
+            .iter()
+            .chain(&self.logs)
+            .map(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned())
+            .collect()
     }
 
     /// Time since the emulator started.

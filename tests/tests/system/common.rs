@@ -100,14 +100,29 @@ pub fn help_lists_commands(m: &mut Machine, t: Timeouts) -> Result<()> {
     Ok(())
 }
 
-/// `mem`: lines with `frames` and `heap`, each with a number.
+/// `mem`: `frames: <usable> usable, <free> free, <allocated> allocated, <n> free ranges` with
+/// free + allocated = usable (to the rounding of the units) and usable > 0, and
+/// `heap: <used> used of <size>` with used <= size and size > 0.
 pub fn mem_reports_frames_and_heap(m: &mut Machine, t: Timeouts) -> Result<()> {
     let out = m.command("mem", t.command)?;
-    for word in ["frames", "heap"] {
-        let ok = out.lines().any(|l| l.contains(word) && l.chars().any(|c| c.is_ascii_digit()));
-        m.check(ok, || format!("`mem`: no line with `{word}` and a number:\n{out}"))?;
-    }
-    Ok(())
+    let size = r"(\d+(?:\.\d)?) (B|KiB|MiB|GiB)";
+    let frames = regex::Regex::new(&format!(r"^frames: {size} usable, {size} free, {size} allocated, (\d+) free ranges$")).expect("valid regex");
+    let heap = regex::Regex::new(&format!(r"^heap: {size} used of {size}$")).expect("valid regex");
+    let bytes = |c: &regex::Captures, i: usize| {
+        let unit = match &c[i + 1] { "GiB" => 1u64 << 30, "MiB" => 1 << 20, "KiB" => 1 << 10, _ => 1 };
+        (c[i].parse::<f64>().unwrap_or(-1.0) * unit as f64) as i64
+    };
+    let f = out.lines().find_map(|l| frames.captures(l.trim()));
+    let ok = f.as_ref().is_some_and(|c| {
+        let (usable, free, allocated) = (bytes(c, 1), bytes(c, 3), bytes(c, 5));
+        // Each figure is rounded to a tenth of its unit.
+        usable > 0 && (free + allocated - usable).abs() <= usable / 100 + (1 << 20)
+    });
+    m.check(ok, || format!("`mem`: no consistent `frames: … usable, … free, … allocated, … free ranges` line:\n{out}"))?;
+    let h = out.lines().find_map(|l| heap.captures(l.trim()));
+    m.check(h.as_ref().is_some_and(|c| bytes(c, 3) > 0 && bytes(c, 1) <= bytes(c, 3)), || {
+        format!("`mem`: no `heap: <used> used of <size>` line with used <= size:\n{out}")
+    })
 }
 
 /// `acpi`: lists the MADT and a MADT summary with the number of processors.
@@ -116,13 +131,10 @@ pub fn acpi_lists_madt(m: &mut Machine, t: Timeouts, cpus: usize) -> Result<()> 
     m.check(out.contains("MADT"), || format!("`acpi` does not mention MADT:\n{out}"))?;
     // The summary states the processor count: some line naming processors (or CPUs/APICs)
     // carries the number.
-    let n = cpus.to_string();
-    let summary = out.lines().any(|l| {
-        let low = l.to_ascii_lowercase();
-        (low.contains("processor") || low.contains("cpu") || low.contains("apic"))
-            && l.split(|c: char| !c.is_ascii_digit()).any(|w| w == n)
-    });
-    m.check(summary, || format!("`acpi`: no MADT summary line with {cpus} processors:\n{out}"))
+    // `MADT: <enabled>/<listed> processors enabled, …`: both exactly the machine's count.
+    let want = format!("MADT: {cpus}/{cpus} processors enabled,");
+    let summary = out.lines().any(|l| l.trim().starts_with(&want));
+    m.check(summary, || format!("`acpi`: no line starting `{want}`:\n{out}"))
 }
 
 /// `vmx` without VT-x: one line `vmx: VT-x not available: <reason>`.
@@ -165,10 +177,33 @@ pub fn vmx_capabilities(m: &mut Machine, t: Timeouts, shadowing: bool) -> Result
     Ok(())
 }
 
-/// `poweroff`: a line containing `powering off`, then the emulator exits by itself.
+/// `poweroff`: a line containing `powering off`, then the emulator exits by itself, and its
+/// own logs say it was the ACPI power-off (S5) and nothing else: Bochs reports the S5 write as
+/// the reason it ends (a triple fault or a panic would be named instead); QEMU, run with
+/// `-d cpu_reset`, logs "Triple fault" (and resets) there, none of which may follow the command.
 pub fn poweroff(m: &mut Machine, t: Timeouts) -> Result<()> {
+    let mark: Vec<usize> = m.emulator_logs().iter().map(String::len).collect();
     m.send(b"poweroff\r")?;
     m.expect("powering off", t.command)?;
     m.wait_exit(t.exit)?;
-    Ok(())
+    let after: String = m
+        .emulator_logs()
+        .iter()
+        .enumerate()
+        .map(|(i, text)| text.get(mark.get(i).copied().unwrap_or(0)..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let tail = || after.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    if m.kind() == "Bochs" {
+        m.check(after.contains(BOCHS_POWER_OFF) && !after.to_ascii_lowercase().contains("triple fault"), || {
+            format!("Bochs did not end by the ACPI power-off (`{BOCHS_POWER_OFF}`):\n{}", tail())
+        })
+    } else {
+        m.check(!after.contains("CPU Reset") && !after.contains("Triple fault"), || {
+            format!("QEMU logged a triple fault or a CPU reset after `poweroff`:\n{}", tail())
+        })
+    }
 }
+
+/// What Bochs 2.7 prints when the guest writes S5 to the ACPI PM1a control register.
+const BOCHS_POWER_OFF: &str = "ACPI control: soft power off";

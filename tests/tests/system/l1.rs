@@ -7,6 +7,35 @@ use nvmx_tests::{Bochs, Machine, Result};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// How many checks the built-in L1's selftest makes (README, tests/README).
+const SELFTEST_CHECKS: u32 = 115;
+
+/// `l1 <cpu>` for an L1 whose every VM entry nvmx judged itself.
+const NESTED_CLEAN: &str = "cpu 0: nested: 0 entries refused by the CPU after nvmx's checks passed, 0 failed L0 VMREAD/VMWRITEs";
+
+/// The VM-entry checks the selftest makes fail, by nvmx's names, with how
+/// often each trips, in the order they first trip (`l1 0`).
+const SELFTEST_FAILED_CHECKS: &[&str] = &[
+    "x1: pin-based controls: a must-be-1 bit is 0",
+    "x1: host address-space size must be 1 when L1 runs in IA-32e mode (SDM 27.2.4)",
+    "x2: pin-based controls: a bit set that is not allowed",
+    "x2: processor-based controls: a bit set that is not allowed",
+    "x5: secondary controls: a bit set that is not allowed",
+    "x1: VM-exit controls: a bit set that is not allowed",
+    "x1: VM-entry controls: a bit set that is not allowed",
+    "x1: guest RFLAGS: reserved bit 1 must be 1 (SDM 27.3.1.4)",
+    "x1: guest activity state: must be 0-3 (SDM 27.3.1.5)",
+    "x1: VMCS link pointer: not all ones, and not an aligned vmcs12 region (SDM 27.3.1.5)",
+    "x1: guest CR0: a bit IA32_VMX_CR0_FIXED0 fixes to 1 is 0 (SDM 27.3.1.1)",
+    "x1: guest CR4: a bit IA32_VMX_CR4_FIXED0 fixes to 1 is 0 (SDM 27.3.1.1)",
+    "x1: guest TR: must be usable (SDM 27.3.1.2)",
+    "x1: guest GDTR: base must be canonical (SDM 27.3.1.3)",
+    "x1: guest IDTR: limit bits 31:16 must be 0 (SDM 27.3.1.3)",
+    "x1: guest CS: D/B must be 0 when L=1 in IA-32e mode (SDM 27.3.1.2)",
+    "x3: VM-entry MSR-load list: entry refused (SDM 27.4)",
+    "x1: VM-entry MSR-load address misaligned or too high",
+];
+
 /// The L2 exit kinds the `forum` workload must produce.
 const FORUM_EXITS: [&str; 7] = ["cpuid", "hlt", "vmcall", "io", "rdmsr", "wrmsr", "ept_violation"];
 
@@ -118,9 +147,14 @@ fn nested_l1s(name: &str, model: &str, cpus: usize) -> Result<()> {
     // The L1s are live programs that start as the prompt appears: give each
     // a few seconds to get there.
     for cpu in 0..cpus {
-        let working = |o: &str| o.contains("l1: progress") || o.contains("l1: forum workload");
+        // A line that starts the workload or reports progress, and none that
+        // says it ended badly ("l1: forum workload aborted" starts like the first).
+        let working = |o: &str| {
+            o.lines().any(|l| l.starts_with("l1: progress ") || l.starts_with("l1: forum workload, "))
+                && !o.lines().any(|l| l.contains("aborted") || l.contains("FAIL") || l.contains("L1 stopped"))
+        };
         let out = poll(&mut m, &format!("console {cpu}"), working)?;
-        m.check(out.contains("nvmx-l1 ") && working(&out), || {
+        m.check(out.lines().any(|l| l.starts_with("nvmx-l1 ")) && working(&out), || {
             format!("`console {cpu}` does not show the L1 running:\n{out}")
         })?;
     }
@@ -173,8 +207,7 @@ fn nested_l1s(name: &str, model: &str, cpus: usize) -> Result<()> {
     m.check(hosts.iter().all(|h| h.0.is_some() && h.0 == hosts[0].0 && h.1 == hosts[0].1), || {
         format!("host CR3/RIP differ between cores: {hosts:?}")
     })?;
-    let mut gs: Vec<_> = hosts.iter().map(|h| h.2).collect();
-    gs.dedup();
+    let gs: std::collections::BTreeSet<_> = hosts.iter().filter_map(|h| h.2).collect();
     m.check(gs.len() == cpus, || format!("HOST_GS_BASE (per-CPU block) not distinct: {hosts:?}"))?;
 
     // `stats reset` zeroes the counters.
@@ -193,6 +226,11 @@ fn nested_l1s(name: &str, model: &str, cpus: usize) -> Result<()> {
     let trace = m.command(&format!("trace {victim} 4"), t.command)?;
     m.check(trace.contains("triple fault"), || format!("`trace {victim}` does not show the triple fault:\n{trace}"))?;
     still_running(&mut m, 0..victim, victim)?;
+    // The stopped L1 starts again (its default workload), so that on two
+    // cores too there is a running L1 left to watch below.
+    m.command(&format!("l1 restart {victim} workload=forum exits=0"), t.command)?;
+    let restarted = poll(&mut m, &format!("l1 {victim}"), |o| o.contains(&format!("cpu {victim}: running")))?;
+    m.check(restarted.contains(&format!("cpu {victim}: running")), || format!("`l1 {victim}` after `l1 restart`:\n{restarted}"))?;
 
     // The boot core's L1 touching memory it was not given is stopped too,
     // and the shell (on that same core) stays responsive.
@@ -201,7 +239,8 @@ fn nested_l1s(name: &str, model: &str, cpus: usize) -> Result<()> {
     m.check(stopped.contains("stopped: access to guest-physical 0x3ffff000 outside its 32 MiB"), || {
         format!("`l1 0` after crash=memory:\n{stopped}")
     })?;
-    still_running(&mut m, 1..victim, 0)?;
+    m.check(cpus > 1, || "the isolation check needs a second core".to_string())?;
+    still_running(&mut m, 1..cpus, 0)?;
     crate::common::poweroff(&mut m, t)
 }
 
@@ -270,7 +309,10 @@ fn differential_with(name: &str, model: &str, workload: &str, shadow: ShadowMode
     m.boot_to_prompt(t.boot)?;
     if shadow == ShadowMode::Off {
         let out = m.command("shadow off", t.command)?;
-        m.check(out.lines().all(|l| l.contains("shadowing off")), || format!("`shadow off`:\n{out}"))?;
+        let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+        m.check(lines.len() == cpus as usize && lines.iter().all(|l| l.contains("shadowing off")), || {
+            format!("`shadow off`: expected one `shadowing off` line per core:\n{out}")
+        })?;
     }
     if shadow == ShadowMode::Toggle {
         // Cores 1 and 3 stop (their time goes to the cores under test); 2
@@ -285,7 +327,7 @@ fn differential_with(name: &str, model: &str, workload: &str, shadow: ShadowMode
     let mut toggles = 0;
     while std::time::Instant::now() < deadline {
         console = m.command("console 0", t.command)?;
-        if console.contains("l1: done") {
+        if console.contains("l1: done") || console.contains("[nvmx: L1 stopped") {
             break;
         }
         if shadow == ShadowMode::Toggle {
@@ -310,17 +352,25 @@ fn differential_with(name: &str, model: &str, workload: &str, shadow: ShadowMode
         )
     })?;
     let rows = stats(&mut m, 0)?;
+    // nvmx answered every VM entry itself: none was left to the CPU's own
+    // checks on VMCS0-2, and none of L0's VMREAD/VMWRITEs failed.
+    let out = m.command("l1 0", t.command)?;
+    m.check(out.lines().any(|l| l == NESTED_CLEAN), || format!("`l1 0`: expected `{NESTED_CLEAN}`:\n{out}"))?;
     if workload == "selftest" {
-        // All checks pass bare and nested; the failing VMREADs are exits
-        // nvmx counts as not completed.
-        m.check(bare.iter().any(|l| l.ends_with(" passed, 0 failed")), || format!("selftest failures bare:\n{}", bare.join("\n")))?;
+        // All checks pass bare and nested, exactly as many as there are; the
+        // failing VMREADs are exits nvmx counts as not completed.
+        let tally = format!("l1: selftest {SELFTEST_CHECKS} passed, 0 failed");
+        m.check(bare.iter().any(|l| *l == tally), || format!("expected `{tally}` bare:\n{}", bare.join("\n")))?;
         let (exits, completed) = rows.get(&("L1".to_string(), 23)).copied().unwrap_or((0, 0));
         m.check(exits > completed && completed > 0, || format!("vmread: {exits} exits, {completed} completed"))?;
-        // The selftest's last refused entry is its misaligned MSR-load list:
-        // nvmx names that check (SDM 27.2.1.3), not just error 7.
-        let out = m.command("l1 0", t.command)?;
+        // Every entry the selftest makes fail, failed on nvmx's own check of
+        // that condition: the checks, by name, in the order they tripped.
+        let got: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("cpu 0: failed VM-entry check ")).collect();
+        m.check(got == SELFTEST_FAILED_CHECKS, || {
+            format!("`l1 0`: failed VM-entry checks\n{}\nexpected\n{}", got.join("\n"), SELFTEST_FAILED_CHECKS.join("\n"))
+        })?;
         let want = "cpu 0: last failed VM-entry check: VM-entry MSR-load address misaligned or too high";
-        m.check(out.contains(want), || format!("`l1 0` does not name the failed check:\n{out}"))?;
+        m.check(out.contains(want), || format!("`l1 0` does not name the last failed check:\n{out}"))?;
         return crate::common::poweroff(&mut m, t);
     }
     if shadow == ShadowMode::Toggle {
@@ -333,7 +383,8 @@ fn differential_with(name: &str, model: &str, workload: &str, shadow: ShadowMode
         m.check(out.contains("cpu 2: running"), || format!("core 2's L1 after the switches:\n{out}"))?;
         return crate::common::poweroff(&mut m, t);
     }
-    if shadow == ShadowMode::Default && model.contains("haswell") {
+    let shadowed = shadow == ShadowMode::Default && model.contains("haswell");
+    if shadowed {
         // With shadowing, the L1's per-exit VMREAD/VMWRITEs do not exit:
         // only set-up and the few unshadowed fields reach L0.
         let own = |insn: &str| nested.iter().find_map(|l| l.strip_prefix(&format!("l1: insn {insn} "))).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
@@ -343,12 +394,15 @@ fn differential_with(name: &str, model: &str, workload: &str, shadow: ShadowMode
                 format!("{insn} with shadowing: the L1 executed {}, nvmx saw {exits} exits", own(insn))
             })?;
         }
-        return crate::common::poweroff(&mut m, t);
     }
-    for (insn, reason) in [
-        ("vmxon", 27u32), ("vmclear", 19), ("vmptrld", 21), ("vmptrst", 22), ("vmread", 23), ("vmwrite", 25),
-        ("vmlaunch", 20), ("vmresume", 24), ("vmxoff", 26), ("invept", 50), ("invvpid", 53),
-    ] {
+    // Every VMX instruction the CPU does not shadow exits to nvmx exactly as
+    // often as the L1 executed it, and completed (VMREAD/VMWRITE too when
+    // nothing is shadowed).
+    let exact: &[(&str, u32)] = &[
+        ("vmxon", 27), ("vmclear", 19), ("vmptrld", 21), ("vmptrst", 22), ("vmlaunch", 20), ("vmresume", 24),
+        ("vmxoff", 26), ("invept", 50), ("invvpid", 53), ("vmread", 23), ("vmwrite", 25),
+    ];
+    for &(insn, reason) in &exact[..if shadowed { exact.len() - 2 } else { exact.len() }] {
         let own: u64 = nested
             .iter()
             .find_map(|l| l.strip_prefix(&format!("l1: insn {insn} ")))
@@ -471,9 +525,8 @@ fn bochs_l1_from_grub_module_haswell() -> Result<()> {
         console = m.command("console 0", t.command)?;
     }
     let lines = forum_lines(&console);
-    m.check(lines.iter().any(|l| l.starts_with("l1: selftest ") && l.ends_with(" passed, 0 failed")), || {
-        format!("the module L1 did not pass its selftest:\n{console}")
-    })?;
+    let tally = format!("l1: selftest {SELFTEST_CHECKS} passed, 0 failed");
+    m.check(lines.iter().any(|l| *l == tally), || format!("the module L1 did not end with `{tally}`:\n{console}"))?;
     crate::common::poweroff(&mut m, t)
 }
 
@@ -523,6 +576,10 @@ fn hostile_fuzz(name: &str, model: &str) -> Result<()> {
     }
     let nested = fuzz_lines(&fuzz);
     let state = m.command("l1 1", t.command)?;
+    // Every entry the fuzz broke was refused by nvmx's own checks, none by
+    // the CPU's on VMCS0-2; none of L0's VMREAD/VMWRITEs failed.
+    let clean = NESTED_CLEAN.replace("cpu 0:", "cpu 1:");
+    m.check(state.lines().any(|l| l == clean), || format!("`l1 1`: expected `{clean}`:\n{state}"))?;
     m.check(bare.last().map(String::as_str) == Some("l1: fuzz done"), || format!("bare fuzz run incomplete:\n{}", bare.join("\n")))?;
     m.check(nested == bare, || {
         let first = bare.iter().zip(&nested).position(|(a, b)| a != b).unwrap_or(bare.len().min(nested.len()));
