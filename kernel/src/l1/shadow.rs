@@ -31,6 +31,9 @@ pub struct Shadow {
     fields: FieldSet,
     /// Fields synced shadow → cache: those L1 can write in the shadow.
     writes: FieldSet,
+    /// The same two sets as lists (iterated on every sync).
+    field_list: alloc::vec::Vec<F>,
+    write_list: alloc::vec::Vec<F>,
     /// What VMCS0-1's link pointer was last set to (`None`: not yet).
     linked: core::cell::Cell<Option<bool>>,
 }
@@ -46,6 +49,8 @@ impl Shadow {
             fields: FieldSet::EMPTY,
             writes: FieldSet::EMPTY,
             linked: core::cell::Cell::new(None),
+            field_list: alloc::vec::Vec::new(),
+            write_list: alloc::vec::Vec::new(),
         };
         if !caps.vmcs_shadowing() {
             return s;
@@ -70,6 +75,8 @@ impl Shadow {
             if insn::vmclear(vmcs).is_err() {
                 return s;
             }
+            s.field_list = s.fields.iter().collect();
+            s.write_list = s.writes.iter().collect();
         }
         s.vmcs = vmcs;
         s.read_bitmap = rb;
@@ -121,7 +128,7 @@ impl Shadow {
         crate::l1::shared(crate::percpu::current().index).stats.slow(crate::stats::Slow::ShadowLoad);
         // SAFETY: the shadow VMCS and `running` are L0's VMCS regions.
         unsafe { insn::vmptrld(self.vmcs) }.expect("VMPTRLD of the shadow VMCS");
-        for f in self.writes.iter() {
+        for &f in &self.write_list {
             set(f, vmread(f));
         }
         // SAFETY: as above.
@@ -141,7 +148,7 @@ impl Shadow {
         // SAFETY: as in `to_vmcs12`.
         unsafe { insn::vmptrld(self.vmcs) }.expect("VMPTRLD of the shadow VMCS");
         let mut failed = 0;
-        for f in which.iter() {
+        for &f in self.field_list.iter().filter(|&&f| which.contains(f)) {
             if let Err(e) = insn::vmwrite(f.encoding(), get(f)) {
                 log::warn!("VMWRITE of {} to the shadow VMCS failed: {e}", f.name());
                 failed += 1;
