@@ -26,7 +26,7 @@ DEB_PKGS    := bochs bochsbios vgabios qemu-system-x86 ovmf grub-pc-bin grub-efi
                grub-common xorriso mtools
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all help deps toolchain guest kernel iso bench fuzz run run-qemu run-qemu-uefi run-bochs test test-host \
+.PHONY: all help deps toolchain guest kernel iso bench fuzz fuzz-long run run-qemu run-qemu-uefi run-bochs test test-host \
         test-system clean
 
 all: iso
@@ -47,6 +47,8 @@ help:
 	@echo "  make bench         Bochs haswell: forum workload, VMCS shadowing off vs on (BENCH_EXITS, CPUS)"
 	@echo "  make fuzz          the differential VMX fuzzer: the L1's workload=fuzz bare on Bochs"
 	@echo "                     MODEL and nested under nvmx, compared (SEED, OPS, SHOW=<op>)"
+	@echo "  make fuzz-long     the fuzzer for hours: SEEDS=1-200 x FUZZ_LONG_OPS=100000 x MODELS=a,b;"
+	@echo "                     resumable (build/fuzz-long/state.txt), summary and verdict; not in make test"
 	@echo "  make deps          install the Debian packages and the pinned toolchain"
 	@echo "  make clean"
 	@echo "variables:"
@@ -130,6 +132,14 @@ FUZZ_ARGS = workload=fuzz seed=$(SEED) exits=$(OPS)$(if $(SHOW), show=$(SHOW))
 fuzz: iso
 	grub/mkiso.sh $(L1_ELF) build/l1-fuzz-run.iso $(FUZZ_ARGS)
 	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) run -q -p nvmx-tests --bin fuzz -- "$(FUZZ_ARGS)" $(MODEL)
+
+# make fuzz-long: seeds × operations × models, resumable (build/fuzz-long/state.txt);
+# not part of make test. Delete the state file to start over.
+SEEDS  ?= 1-200
+FUZZ_LONG_OPS ?= 100000
+MODELS ?= corei7_haswell_4770,corei7_ivy_bridge_3770k
+fuzz-long: iso
+	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) run -q -p nvmx-tests --bin fuzz_long -- $(CURDIR)/$(L1_ELF) $(SEEDS) $(FUZZ_LONG_OPS) $(MODELS)
 
 BENCH_EXITS ?= 4000
 bench: iso

@@ -21,6 +21,9 @@ pub enum Request {
     /// Dump VMCS0-1, VMCS1-2 (L0's cache of it) or VMCS0-2, grouped like
     /// Linux `dump_vmcs`.
     DumpVmcs(nvmx_shell::VmcsKind),
+    /// `integrity`: this core's measured regions (VMCS0-1 host state, the
+    /// RAM of a halted L1) in `nvmx_shell::integrity::encode` lines.
+    Integrity,
 }
 
 struct Slot {

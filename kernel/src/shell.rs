@@ -98,6 +98,7 @@ fn execute(cmd: Command, out: &mut String) {
         Command::Trace { cpu, count } => trace(cpu, count, out),
         Command::Shadow { on, cpus } => shadow(on, cpus, out),
         Command::Bench { exits, csv } => bench_start(exits, csv, out),
+        Command::Integrity(action) => crate::integrity::command(action, out),
     };
 }
 

@@ -29,6 +29,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     CommandSpec { name: "vmcs", usage: "vmcs 01|12|02 [<cpu>]", summary: "dump a VMCS of a core, live", help: "Dumps VMCS0-1 (runs L1), VMCS1-2 (what L1 asked) or VMCS0-2 (runs L2), read on that core, grouped like Linux dump_vmcs." },
     CommandSpec { name: "shadow", usage: "shadow [status] | shadow on|off [<cpu>|all]", summary: "VMCS shadowing per core: show, switch live", help: "Shows, per core, whether the CPU has VMCS shadowing, whether it is on for that L1 and how many fields are shadowed; `on`/`off` switch it for a running L1 (default: all cores)." },
     CommandSpec { name: "bench", usage: "bench [<exits>] [--csv]", summary: "forum workload, shadowing off vs on, on every core", help: "Restarts every core's L1 with the forum workload for <exits> L2 exits (default 4000), first with VMCS shadowing off, then on, and prints per core the VMX-instruction exits side by side in the seed thread's format, the exit multiplication, L0 cycles per reflected exit and per emulated VMREAD/VMWRITE/VMPTRLD, and L0's share; --csv adds CSV lines." },
+    CommandSpec { name: "integrity", usage: "integrity [snap|check]", summary: "hash L0 and quiescent L1s; compare with a snapshot", help: "Hashes L0's text and read-only data, the whole RAM of every halted (quiescent) L1 and each core's VMCS0-1 host-state fields (read on that core). `snap` keeps them, `check` measures again and names every region that differs or can no longer be measured: after a hostile L1 ran, `unharmed` proves L0 and the other L1s untouched." },
     CommandSpec { name: "log", usage: "log [error|warn|info|debug|trace]", summary: "show or set the log level", help: "Kernel messages at this level and above are printed." },
     CommandSpec { name: "reboot", usage: "reboot", summary: "reset the machine", help: "ACPI reset register, then port 0xCF9, then the keyboard controller." },
     CommandSpec { name: "poweroff", usage: "poweroff", summary: "power off (ACPI S5)", help: "ACPI S5 through the FADT's PM1 control ports and \\_S5; QEMU and Bochs exit." },
@@ -47,6 +48,17 @@ pub enum L1Action {
     Stop,
     Start,
     Restart,
+}
+
+/// What `integrity` does with its measurement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntegrityAction {
+    /// Print it.
+    Show,
+    /// Keep it as the snapshot.
+    Snap,
+    /// Compare it with the snapshot.
+    Check,
 }
 
 /// Which of the three VMCSs.
@@ -90,6 +102,7 @@ pub enum Command {
     /// `None`: show the status.
     Shadow { on: Option<bool>, cpus: CpuSel },
     Bench { exits: u64, csv: bool },
+    Integrity(IntegrityAction),
 }
 
 /// What the parser needs to know of the machine.
@@ -296,6 +309,18 @@ pub fn parse(line: &str, ctx: &Context) -> Result<Option<Command>, ParseError> {
             }
             Command::Bench { exits, csv }
         }
+        "integrity" => match args {
+            [] => Command::Integrity(IntegrityAction::Show),
+            ["snap", rest @ ..] => no_more("integrity", rest).map(|()| Command::Integrity(IntegrityAction::Snap))?,
+            ["check", rest @ ..] => no_more("integrity", rest).map(|()| Command::Integrity(IntegrityAction::Check))?,
+            [other, ..] => {
+                return Err(ParseError::BadChoice {
+                    cmd: "integrity",
+                    arg: alloc::format!("argument '{other}'"),
+                    choices: "snap|check",
+                });
+            }
+        },
         "shadow" => {
             let (on, rest) = match args {
                 [] => (None, args),
@@ -396,6 +421,11 @@ mod tests {
         assert_eq!(ok("trace 1 32"), Command::Trace { cpu: Some(1), count: Some(32) });
         assert_eq!(ok("console 2"), Command::Console(2));
         assert_eq!(ok("bench"), Command::Bench { exits: 4000, csv: false });
+        assert_eq!(ok("integrity"), Command::Integrity(IntegrityAction::Show));
+        assert_eq!(ok("integrity snap"), Command::Integrity(IntegrityAction::Snap));
+        assert_eq!(ok("integrity check"), Command::Integrity(IntegrityAction::Check));
+        assert_eq!(err("integrity verify"), "integrity: unknown argument 'verify' (snap|check)");
+        assert_eq!(err("integrity snap 1"), "integrity: unexpected argument '1'");
         assert_eq!(ok("bench 100 --csv"), Command::Bench { exits: 100, csv: true });
         assert_eq!(err("bench 0"), "bench: '0' is not a number");
         assert_eq!(ok("shadow"), Command::Shadow { on: None, cpus: CpuSel::All });
