@@ -187,6 +187,9 @@ l1_pc_sequence:
     jbe 9f
     orl $32, %eax
 9:  ret
+    /* Back to 64-bit code for whatever global_asm the compiler puts next. */
+    .code64
+    .text
     "#,
     options(att_syntax)
 );

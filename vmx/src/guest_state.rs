@@ -486,6 +486,64 @@ fn check_non_register(
     Ok(())
 }
 
+/// Whether the SDM's segment checks fail on SS (the ones Bochs skips for
+/// SS with RPL 0 under a 64-bit CS).
+fn ss_check_fails(_get: &impl Fn(F) -> u64, entry: u32, ia32e: bool, unrestricted: bool, cr0: u64, rflags: u64, segs: [Seg; 6]) -> bool {
+    let g = Guest { entry, ia32e, unrestricted, cr0, rflags, segs };
+    check_segments(&g).is_err_and(|e| e.starts_with("guest SS"))
+}
+
+/// Where Bochs 2.7's VM-entry checks depart from the SDM (each "Bochs:" note
+/// in this file): `Some(what)` when the guest state in `get` is one on which
+/// the two may answer differently, so that a run on Bochs is no reference
+/// for it. The fuzz L1 asks this before every VM entry and leaves out exactly
+/// those entries, nothing else.
+pub fn bochs_departure(get: impl Fn(F) -> u64) -> Option<&'static str> {
+    let entry = get(F::VM_ENTRY_CONTROLS) as u32;
+    let proc2 = if get(F::CPU_BASED_VM_EXEC_CONTROL) as u32 & proc1::SECONDARY_CONTROLS != 0 {
+        get(F::SECONDARY_VM_EXEC_CONTROL) as u32
+    } else {
+        0
+    };
+    let ia32e = entry & entry::IA32E_MODE_GUEST != 0;
+    let unrestricted = proc2 & proc2::UNRESTRICTED_GUEST != 0;
+    let (cr0, rflags) = (get(F::GUEST_CR0), get(F::GUEST_RFLAGS));
+    let segs = SEGS.map(|f| Seg::read(&get, f));
+    let (cs, ss) = (segs[CS], segs[SS]);
+    let (intr, activity, pending) =
+        (get(F::GUEST_INTERRUPTIBILITY_INFO), get(F::GUEST_ACTIVITY_STATE) & 0xFFFF_FFFF, get(F::GUEST_PENDING_DBG_EXCEPTIONS));
+    let info = get(F::VM_ENTRY_INTR_INFO_FIELD) & 0xFFFF_FFFF;
+    let injecting_nmi = info & (1 << 31) != 0 && (info >> 8) & 7 == 2;
+    let single_step = rflags & RF_TF != 0 && get(F::GUEST_IA32_DEBUGCTL) & 2 == 0;
+    if rflags & RF_VM != 0 && cr0 & CR0_PE == 0 {
+        Some("RFLAGS.VM with CR0.PE=0 (Bochs: virtual-8086)")
+    } else if ia32e && unrestricted && cr0 & CR0_PG == 0 {
+        Some("IA-32e mode guest with CR0.PG=0 (Bochs: no PG check)")
+    } else if entry & entry::LOAD_DEBUG_CONTROLS != 0 && get(F::GUEST_IA32_DEBUGCTL) & DEBUGCTL_RESERVED != 0 {
+        Some("reserved DEBUGCTL bits (Bochs: not checked)")
+    } else if ia32e && cs.long() && ss.rpl() == 0 && !ss.unusable() && ss_check_fails(&get, entry, ia32e, unrestricted, cr0, rflags, segs) {
+        Some("a bad SS with RPL 0 under a 64-bit CS (Bochs: SS checks skipped)")
+    } else if !unrestricted && segs.iter().any(|s| !s.unusable() && s.typ() == 11 && s.dpl() < s.rpl()) {
+        Some("a type-11 segment with DPL < RPL (Bochs: types 0-10 only)")
+    } else if unrestricted && (cs.dpl() == cs.rpl()) != (cs.dpl() == ss.dpl()) {
+        Some("CS.DPL against CS.RPL or SS.DPL with unrestricted guest (Bochs: CS.RPL)")
+    } else if ia32e && cs.long() && !canonical(get(F::GUEST_RIP)) {
+        Some("a non-canonical RIP in 64-bit mode (Bochs: not checked)")
+    } else if pending >> 32 != 0 {
+        Some("pending debug exceptions bits 63:32 (Bochs: bits 31:0 only)")
+    } else if matches!(activity, SHUTDOWN | WAIT_FOR_SIPI) {
+        Some("activity state shutdown or wait-for-SIPI (Bochs: not as IA32_VMX_MISC lists)")
+    } else if activity == HLT && info & (1 << 31) != 0 {
+        Some("event injection into HLT (Bochs: no HLT rule)")
+    } else if injecting_nmi && intr & BLOCK_STI != 0 {
+        Some("NMI injection with STI blocking (Bochs: qualification 0, not 3)")
+    } else if (intr & (BLOCK_STI | BLOCK_MOV_SS) != 0 || activity == HLT) && single_step != (pending & (1 << 14) != 0) {
+        Some("BS against RFLAGS.TF with STI/MOV-SS blocking or HLT (Bochs: no BS check)")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -693,5 +751,21 @@ mod tests {
         assert_eq!(check(&v).unwrap_err().qualification, 4);
         v.insert(F::GUEST_RIP, 1 << 60);
         assert_eq!(check(&v).unwrap_err().qualification, 0);
+    }
+    #[test]
+    fn bochs_departures_are_flagged() {
+        let v = good_64bit();
+        assert_eq!(bochs_departure(|f| v.get(&f).copied().unwrap_or(0)), None, "the good state departs nowhere");
+        for (changes, what) in [
+            (vec![(F::GUEST_RIP, 0x8000_0000_0000_0000)], "non-canonical RIP"),
+            (vec![(F::GUEST_PENDING_DBG_EXCEPTIONS, 1 << 40)], "pending bits 63:32"),
+            (vec![(F::GUEST_ACTIVITY_STATE, 3)], "wait-for-SIPI"),
+            (vec![(F::GUEST_INTERRUPTIBILITY_INFO, 1), (F::GUEST_RFLAGS, 0x102)], "BS"),
+            (vec![(F::GUEST_INTERRUPTIBILITY_INFO, 1), (F::VM_ENTRY_INTR_INFO_FIELD, 0x8000_0202)], "NMI into STI blocking"),
+        ] {
+            let mut v = good_64bit();
+            v.extend(changes);
+            assert!(bochs_departure(|f| v.get(&f).copied().unwrap_or(0)).is_some(), "{what}");
+        }
     }
 }
