@@ -582,7 +582,7 @@ fn hostile_fuzz(name: &str, model: &str) -> Result<()> {
         fuzz_lines(&b.serial().transcript())
     };
     let t = BOCHS;
-    let mut m = Bochs::new(name, model).cpus(2).hard_limit(Duration::from_secs(500)).start()?;
+    let mut m = Bochs::new(name, model).cpus(2).hard_limit(Duration::from_secs(600)).start()?;
     m.boot_to_prompt(t.boot)?;
     let forum = run_to_halt(&mut m, 0, "workload=forum exits=4000", Duration::from_secs(120))?;
     m.check(forum.contains("l1: summary exits=4000 failures=0"), || format!("core 0's forum L1:\n{forum}"))?;
@@ -591,7 +591,7 @@ fn hostile_fuzz(name: &str, model: &str) -> Result<()> {
         m.check(snap.lines().any(|l| l.starts_with("integrity: ") && l.contains(item)), || format!("`integrity snap` measured no {item}:\n{snap}"))?;
     }
     m.check(snap.contains("integrity: snapshot of 5 items kept"), || format!("`integrity snap`:\n{snap}"))?;
-    let fuzz = run_to_halt(&mut m, 1, args, Duration::from_secs(300))?;
+    let fuzz = run_to_halt(&mut m, 1, args, Duration::from_secs(400))?;
     let nested = fuzz_lines(&fuzz);
     let state = m.command("l1 1", t.command)?;
     // Every entry the fuzz broke was refused by nvmx's own checks, none by
