@@ -31,7 +31,7 @@ PLOT_PYTHON := /usr/bin/python3
 RUN_DIR     ?= build
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all help deps toolchain guest kernel iso bench fuzz plot run run-qemu run-qemu-uefi run-bochs \
+.PHONY: all help deps toolchain guest kernel iso bench fuzz fuzz-long plot run run-qemu run-qemu-uefi run-bochs \
         run-bochs-only test test-host test-system clean
 
 all: iso
@@ -61,6 +61,8 @@ help:
 	@echo "                     kvmtest, and the ISOs build/linux/{bare,nested-smallpc,nested}.iso"
 	@echo "  make run-linux-bare    that Linux with KVM alone on Bochs MODEL (the reference)"
 	@echo "  make run-linux-nested  nvmx with that Linux as L1 (LINUX_PC=smallpc: acpi=off noapic nolapic)"
+	@echo "  make fuzz-long     the fuzzer for hours: SEEDS=1-200 x FUZZ_LONG_OPS=100000 x MODELS=a,b;"
+	@echo "                     resumable (build/fuzz-long/state.txt), summary and verdict; not in make test"
 	@echo "  make deps          install the Debian packages and the pinned toolchain"
 	@echo "  make clean"
 	@echo "variables:"
@@ -162,6 +164,14 @@ FUZZ_ARGS = workload=fuzz seed=$(SEED) exits=$(OPS)$(if $(SHOW), show=$(SHOW))
 fuzz: iso
 	grub/mkiso.sh $(L1_ELF) build/l1-fuzz-run.iso $(FUZZ_ARGS)
 	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) run -q -p nvmx-tests --bin fuzz -- "$(FUZZ_ARGS)" $(MODEL)
+
+# make fuzz-long: seeds × operations × models, resumable (build/fuzz-long/state.txt);
+# not part of make test. Delete the state file to start over.
+SEEDS  ?= 1-200
+FUZZ_LONG_OPS ?= 100000
+MODELS ?= corei7_haswell_4770,corei7_ivy_bridge_3770k
+fuzz-long: iso
+	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) run -q -p nvmx-tests --bin fuzz_long -- $(CURDIR)/$(L1_ELF) $(SEEDS) $(FUZZ_LONG_OPS) $(MODELS)
 
 BENCH_EXITS ?= 4000
 BENCH_PAIR  ?= 1000

@@ -24,6 +24,9 @@ pub enum Request {
     /// The L1's platform as `l1 <cpu>` shows it (APIC mode, timer,
     /// pending interrupts): device state lives on that core.
     Platform,
+    /// `integrity`: this core's measured regions (VMCS0-1 host state, the
+    /// RAM of a halted L1) in `nvmx_shell::integrity::encode` lines.
+    Integrity,
 }
 
 struct Slot {

@@ -14,6 +14,7 @@ mod console;
 mod l1;
 mod mailbox;
 mod firmware;
+mod integrity;
 mod keyboard;
 mod mm;
 mod panic;

@@ -136,6 +136,7 @@ fn execute(cmd: Command, out: &mut String) {
             crate::top::start(cpus_of(sel), out);
             Ok(())
         }
+        Command::Integrity(action) => crate::integrity::command(action, out),
     };
 }
 

@@ -31,6 +31,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     CommandSpec { name: "vmcs", usage: "vmcs 01|12|02 [<cpu>]", summary: "dump a VMCS of a core, live", help: "Dumps VMCS0-1 (runs L1), VMCS1-2 (what L1 asked) or VMCS0-2 (runs L2), read on that core, grouped like Linux dump_vmcs." },
     CommandSpec { name: "shadow", usage: "shadow [status] | shadow on|off [<cpu>|all]", summary: "VMCS shadowing per core: show, switch live", help: "Shows, per core, whether the CPU has VMCS shadowing, whether it is on for that L1 and how many fields are shadowed; `on`/`off` switch it for a running L1 (default: all cores)." },
     CommandSpec { name: "bench", usage: "bench [<exits>] [--csv] [--pair <cycles>] [--bare <ticks>]", summary: "forum workload, shadowing off vs on, on every core", help: "Restarts every core's L1 with the forum workload for <exits> L2 exits (default 4000), with VMCS shadowing off, on, and on with L0's phases profiled, and prints per core the VMX-instruction exits side by side in the seed thread's format; then, in instructions (the TSC calibrated against a known loop), L0's path per L2 exit, per reflection and per emulated VMREAD/VMWRITE/VMPTRLD, transitions per L2 exit, a modelled real-hardware figure (instructions + <cycles> per VM exit/entry pair, default 1000) for the bare L1 (--bare: its TSC ticks per L2 exit, measured by make bench) and nested, each with its goal, and where L0's instructions go, phase by phase; --csv adds CSV lines." },
+    CommandSpec { name: "integrity", usage: "integrity [snap|check]", summary: "hash L0 and quiescent L1s; compare with a snapshot", help: "Hashes L0's text and read-only data, the whole RAM of every halted (quiescent) L1 and each core's VMCS0-1 host-state fields (read on that core). `snap` keeps them, `check` measures again and names every region that differs or can no longer be measured: after a hostile L1 ran, `unharmed` proves L0 and the other L1s untouched." },
     CommandSpec { name: "log", usage: "log [error|warn|info|debug|trace]", summary: "show or set the log level", help: "Kernel messages at this level and above are printed." },
     CommandSpec { name: "reboot", usage: "reboot", summary: "reset the machine", help: "ACPI reset register, then port 0xCF9, then the keyboard controller." },
     CommandSpec { name: "poweroff", usage: "poweroff", summary: "power off (ACPI S5)", help: "ACPI S5 through the FADT's PM1 control ports and \\_S5; QEMU and Bochs exit." },
@@ -49,6 +50,17 @@ pub enum L1Action {
     Stop,
     Start,
     Restart,
+}
+
+/// What `integrity` does with its measurement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntegrityAction {
+    /// Print it.
+    Show,
+    /// Keep it as the snapshot.
+    Snap,
+    /// Compare it with the snapshot.
+    Check,
 }
 
 /// Which of the three VMCSs.
@@ -96,6 +108,7 @@ pub enum Command {
     /// TSC ticks per L2 exit of the same L1 booted bare (`make bench` measures it).
     Bench { exits: u64, csv: bool, pair: u64, bare: Option<u64> },
     Top(CpuSel),
+    Integrity(IntegrityAction),
 }
 
 /// What the parser needs to know of the machine.
@@ -328,6 +341,18 @@ pub fn parse(line: &str, ctx: &Context) -> Result<Option<Command>, ParseError> {
             [cpu] => Command::Top(CpuSel::One(cpu_arg("top", cpu, ctx)?)),
             [_, rest @ ..] => return no_more("top", rest).map(|()| None),
         },
+        "integrity" => match args {
+            [] => Command::Integrity(IntegrityAction::Show),
+            ["snap", rest @ ..] => no_more("integrity", rest).map(|()| Command::Integrity(IntegrityAction::Snap))?,
+            ["check", rest @ ..] => no_more("integrity", rest).map(|()| Command::Integrity(IntegrityAction::Check))?,
+            [other, ..] => {
+                return Err(ParseError::BadChoice {
+                    cmd: "integrity",
+                    arg: alloc::format!("argument '{other}'"),
+                    choices: "snap|check",
+                });
+            }
+        },
         "shadow" => {
             let (on, rest) = match args {
                 [] => (None, args),
@@ -433,6 +458,11 @@ mod tests {
         assert_eq!(ok("bench"), Command::Bench { exits: 4000, csv: false, pair: 1000, bare: None });
         assert_eq!(ok("bench 100 --csv"), Command::Bench { exits: 100, csv: true, pair: 1000, bare: None });
         assert_eq!(ok("bench 100 --pair 700 --bare 0x100"), Command::Bench { exits: 100, csv: false, pair: 700, bare: Some(256) });
+        assert_eq!(ok("integrity"), Command::Integrity(IntegrityAction::Show));
+        assert_eq!(ok("integrity snap"), Command::Integrity(IntegrityAction::Snap));
+        assert_eq!(ok("integrity check"), Command::Integrity(IntegrityAction::Check));
+        assert_eq!(err("integrity verify"), "integrity: unknown argument 'verify' (snap|check)");
+        assert_eq!(err("integrity snap 1"), "integrity: unexpected argument '1'");
         assert_eq!(err("bench 0"), "bench: '0' is not a number");
         assert_eq!(err("bench --pair 0"), "bench: '0' is not a number");
         assert_eq!(err("bench --bare"), "bench: missing <ticks> after --bare");

@@ -14,7 +14,8 @@ extern crate alloc;
 pub mod command;
 pub mod editor;
 pub mod format;
+pub mod integrity;
 pub mod report;
 
-pub use command::{COMMANDS, Command, CommandSpec, Context, CpuSel, L1Action, ParseError, VmcsKind, parse};
+pub use command::{COMMANDS, Command, CommandSpec, Context, CpuSel, IntegrityAction, L1Action, ParseError, VmcsKind, parse};
 pub use editor::{Event, LineEditor};

@@ -19,6 +19,7 @@
 
 pub mod emu;
 pub mod error;
+pub mod fuzz_long;
 pub mod output;
 pub mod paths;
 pub mod serial;

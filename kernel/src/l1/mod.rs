@@ -211,6 +211,57 @@ pub fn answer(req: crate::mailbox::Request) -> String {
     match req {
         crate::mailbox::Request::DumpVmcs(which) => v.dump(which),
         crate::mailbox::Request::Platform => v.platform_view(),
+        crate::mailbox::Request::Integrity => v.measure(),
+    }
+}
+
+impl Vcpu {
+    /// `integrity` on this core: the hash of VMCS0-1's host-state fields
+    /// (L0's own: what every exit from this L1 loads, SDM 28.5), and, if the
+    /// L1 is halted — quiescent: L0 enters it no more until `l1 start|restart`,
+    /// and no one else may write its RAM — the hash of its whole RAM.
+    fn measure(&mut self) -> String {
+        use nvmx_shell::integrity::{Hasher, Item, encode, hash_bytes};
+        let cpu = self.cpu;
+        let running = if self.nested.in_l2 { self.nested.vmcs02() } else { self.nested.vmcs01 };
+        let vmcs01 = self.nested.vmcs01;
+        let mut h = Hasher::default();
+        let mut n = 0;
+        let mut read_all = || {
+            for f in nvmx_vmx::field::ALL.iter().filter(|f| f.group() == nvmx_vmx::field::Group::HostState) {
+                h.word(u64::from(f.encoding()));
+                // A field this CPU lacks hashes as a value no field has.
+                h.word(insn::vmread(f.encoding()).unwrap_or(0xDEAD_0000_0000_DEAD));
+                n += 1;
+            }
+        };
+        if running == vmcs01 {
+            read_all();
+        } else {
+            // SAFETY: both are L0's VMCS regions on this core; the running one
+            // is made current again before the next entry (as `vmcs 01` does).
+            unsafe {
+                let _ = insn::vmptrld(vmcs01);
+                read_all();
+                let _ = insn::vmptrld(running);
+            }
+        }
+        let mut items = alloc::vec![Item {
+            name: alloc::format!("cpu {cpu} VMCS0-1 host state"),
+            hash: h.finish(),
+            detail: alloc::format!("{n} fields, read on cpu {cpu}"),
+        }];
+        if *L1S[cpu].state.lock() == L1State::Halted {
+            // SAFETY: the L1's own RAM chunk, identity mapped and owned by this
+            // vCPU; the L1 is halted, so nothing writes it while it is read.
+            let ram = unsafe { core::slice::from_raw_parts(self.mem_base as *const u8, self.mem_size as usize) };
+            items.push(Item {
+                name: alloc::format!("cpu {cpu} L1 RAM"),
+                hash: hash_bytes(ram),
+                detail: alloc::format!("halted L1, {} MiB at host {:#x}", self.mem_size >> 20, self.mem_base),
+            });
+        }
+        encode(&items)
     }
 }
 
@@ -738,6 +789,9 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
         *shared.state.lock() = L1State::Stopped(e.into());
     }
     let mut vcpu: Option<Vcpu> = None;
+    // A halted L1 keeps its memory and VMCS0-1 (quiescent, for `integrity`
+    // and `vmcs 01`) until it is stopped or started again.
+    let mut halted = false;
     let mut want_running = vmx::enabled();
     loop {
         VCPUS[cpu].store(vcpu.as_mut().map_or(core::ptr::null_mut(), |v| v as *mut Vcpu), Ordering::Release);
@@ -745,13 +799,15 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
         crate::mailbox::poll();
         match shared.take_request() {
             Control::Stop => {
-                if vcpu.take().is_some() {
+                if vcpu.take().is_some() && !halted {
                     *shared.state.lock() = L1State::Stopped("stopped from the shell".into());
                 }
+                halted = false;
                 want_running = false;
             }
             Control::Start | Control::Restart => {
                 vcpu = None;
+                halted = false;
                 want_running = vmx::enabled();
             }
             Control::None => {}
@@ -772,13 +828,24 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
             continue;
         };
         apply_shadow(cpu, v);
-        if let Some(stop) = step(v) {
-            // A reset restarts the L1 (its machine), like `l1 restart`.
-            if stop == L1State::Restarting {
-                want_running = vmx::enabled();
+        if halted {
+            wait(cpu);
+            continue;
+        }
+        match step(v) {
+            None => {}
+            Some(L1State::Halted) => {
+                *shared.state.lock() = L1State::Halted;
+                halted = true;
             }
-            *shared.state.lock() = stop;
-            vcpu = None;
+            Some(stop) => {
+                // A reset restarts the L1 (its machine), like `l1 restart`.
+                if stop == L1State::Restarting {
+                    want_running = vmx::enabled();
+                }
+                *shared.state.lock() = stop;
+                vcpu = None;
+            }
         }
     }
 }

@@ -535,12 +535,15 @@ fn bochs_l1_from_grub_module_haswell() -> Result<()> {
 
 /// A hostile L1: `workload=fuzz` runs thousands of random VMX operations
 /// (bad pointers, random fields and values, entries with broken controls,
-/// host or guest state, random INVEPT/INVVPID). Nested on core 1 while core
-/// 0 runs the forum workload: every operation ends architecturally — the
-/// fuzz L1 runs to its end instead of being stopped by nvmx — core 0's L1
-/// finishes without a failure, and the shell answers throughout. The fuzz
-/// summary (outcome counts per error number, entries, entry failures, exit
-/// reasons) equals the same seed's bare run on Bochs.
+/// host or guest state, random INVEPT/INVVPID). Nested on core 1 after core
+/// 0's forum L1 has finished (halted: quiescent): every operation ends
+/// architecturally — the fuzz L1 runs to its end instead of being stopped by
+/// nvmx — and the shell answers throughout. The fuzz summary (outcome counts
+/// per error number, entries, entry failures, exit reasons) equals the same
+/// seed's bare run on Bochs. `integrity` proves L0 and core 0's L1 unharmed
+/// (L0 text and rodata, core 0's whole L1 RAM, both cores' VMCS0-1 host
+/// state equal before and after), and sees core 0's RAM differ once that L1
+/// has run again.
 #[test]
 fn bochs_hostile_l1_fuzz_haswell_2cpu() -> Result<()> {
     hostile_fuzz("bochs_hostile_l1_fuzz_haswell_2cpu", "corei7_haswell_4770")
@@ -551,6 +554,24 @@ fn bochs_hostile_l1_fuzz_haswell_2cpu() -> Result<()> {
 #[test]
 fn bochs_hostile_l1_fuzz_ivy_2cpu() -> Result<()> {
     hostile_fuzz("bochs_hostile_l1_fuzz_ivy_2cpu", "corei7_ivy_bridge_3770k")
+}
+
+/// Restarts core `cpu`'s L1 with `args` and waits until it has printed
+/// `l1: done` and halted; returns its console.
+fn run_to_halt(m: &mut Machine, cpu: usize, args: &str, limit: Duration) -> Result<String> {
+    let t = BOCHS;
+    m.command(&format!("l1 restart {cpu} {args}"), t.command)?;
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        std::thread::sleep(Duration::from_secs(2));
+        let console = m.command(&format!("console {cpu}"), t.command)?;
+        let state = m.command(&format!("l1 {cpu}"), t.command)?;
+        m.check(!state.contains("stopped"), || format!("nvmx stopped the L1 of cpu {cpu}:\n{state}\n{console}"))?;
+        if console.contains("l1: done") && state.contains(&format!("cpu {cpu}: halted")) {
+            return Ok(console);
+        }
+        m.check(std::time::Instant::now() < deadline, || format!("cpu {cpu}'s L1 ({args}) did not halt in {limit:?}:\n{state}\n{console}"))?;
+    }
 }
 
 fn hostile_fuzz(name: &str, model: &str) -> Result<()> {
@@ -564,19 +585,16 @@ fn hostile_fuzz(name: &str, model: &str) -> Result<()> {
         fuzz_lines(&b.serial().transcript())
     };
     let t = BOCHS;
-    let mut m = Bochs::new(name, model).cpus(2).hard_limit(Duration::from_secs(400)).start()?;
+    let mut m = Bochs::new(name, model).cpus(2).hard_limit(Duration::from_secs(600)).start()?;
     m.boot_to_prompt(t.boot)?;
-    m.command(&format!("l1 restart 1 {args}"), t.command)?;
-    m.command("l1 restart 0 workload=forum exits=4000", t.command)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    let (mut fuzz, mut forum) = (String::new(), String::new());
-    while std::time::Instant::now() < deadline && !(fuzz.contains("l1: done") && forum.contains("l1: done")) {
-        std::thread::sleep(Duration::from_secs(2));
-        fuzz = m.command("console 1", t.command)?;
-        forum = m.command("console 0", t.command)?;
-        let state = m.command("l1 1", t.command)?;
-        m.check(!state.contains("stopped"), || format!("nvmx stopped the fuzzing L1:\n{state}\n{fuzz}"))?;
+    let forum = run_to_halt(&mut m, 0, "workload=forum exits=4000", Duration::from_secs(120))?;
+    m.check(forum.contains("l1: summary exits=4000 failures=0"), || format!("core 0's forum L1:\n{forum}"))?;
+    let snap = m.command("integrity snap", Duration::from_secs(60))?;
+    for item in ["L0 text", "L0 rodata", "cpu 0 VMCS0-1 host state", "cpu 1 VMCS0-1 host state", "cpu 0 L1 RAM (halted L1, 32 MiB"] {
+        m.check(snap.lines().any(|l| l.starts_with("integrity: ") && l.contains(item)), || format!("`integrity snap` measured no {item}:\n{snap}"))?;
     }
+    m.check(snap.contains("integrity: snapshot of 5 items kept"), || format!("`integrity snap`:\n{snap}"))?;
+    let fuzz = run_to_halt(&mut m, 1, args, Duration::from_secs(400))?;
     let nested = fuzz_lines(&fuzz);
     let state = m.command("l1 1", t.command)?;
     // Every entry the fuzz broke was refused by nvmx's own checks, none by
@@ -591,7 +609,18 @@ fn hostile_fuzz(name: &str, model: &str) -> Result<()> {
             bare.get(first), nested.get(first), bare.join("\n"), nested.join("\n")
         )
     })?;
-    m.check(forum.contains("l1: summary exits=4000 failures=0"), || format!("core 0's forum L1:\n{forum}"))?;
+    // L0 and the quiescent L1 are exactly as before the hostile run.
+    let check = m.command("integrity check", Duration::from_secs(60))?;
+    m.check(check.contains("integrity: unharmed: 5 of 5 items equal (1 new)"), || format!("`integrity check` after the fuzz:\n{check}"))?;
+    // The check can fail: core 0's L1 runs again with another command line,
+    // so its RAM is no longer what the snapshot saw.
+    run_to_halt(&mut m, 0, "workload=forum exits=100", Duration::from_secs(60))?;
+    let check = m.command("integrity check", Duration::from_secs(60))?;
+    m.check(
+        check.lines().any(|l| l.starts_with("integrity: DIFFERS") && l.contains(" cpu 0 L1 RAM "))
+            && check.contains("integrity: HARMED: 1 differ, 0 gone, 4 equal of 5 items"),
+        || format!("`integrity check` after core 0's L1 ran again must name its RAM alone:\n{check}"),
+    )?;
     crate::common::poweroff(&mut m, t)
 }
 

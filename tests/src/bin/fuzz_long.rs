@@ -1,0 +1,172 @@
+//! `make fuzz-long`: the differential fuzzer over seeds × models at length,
+//! unattended. For each (model, seed) not yet in the state file it runs the
+//! built-in L1's `workload=fuzz` bare on Bochs and nested under nvmx, one
+//! emulator at a time, compares the two (`nvmx_tests::fuzz_long`), appends
+//! one line to the state file (so an interrupted run resumes where it
+//! stopped) and prints a progress line with rates and an ETA; at the end a
+//! summary table and a verdict, divergences marked explained from
+//! `tools/fuzz-explained.txt`. Figures and a verdict, not a test.
+//!
+//! Usage: fuzz_long <l1 elf> <seeds e.g. 1-200> <ops> <models, comma-separated> [<state file>]
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nvmx_tests::fuzz_long::{Outcome, Run, compare, parse_explained, parse_seeds, summary};
+use nvmx_tests::{Bochs, Result, paths};
+
+fn fuzz_lines(text: &str) -> Vec<String> {
+    text.lines().map(|l| l.trim().to_string()).filter(|l| l.starts_with("l1: fuzz")).collect()
+}
+
+/// The bare run: `build/<iso>` booted alone on Bochs.
+fn bare(model: &str, iso: &str, limit: Duration) -> (Vec<String>, f64, Option<String>) {
+    let t = Instant::now();
+    let res = Bochs::new("fuzz_long_bare", model).build_iso(iso).hard_limit(limit).start().and_then(|mut b| {
+        b.expect("l1: done", limit)?;
+        Ok(fuzz_lines(&b.serial().transcript()))
+    });
+    match res {
+        Ok(lines) => (lines, t.elapsed().as_secs_f64(), None),
+        Err(e) => (Vec::new(), t.elapsed().as_secs_f64(), Some(first_line(&e.to_string()))),
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(120).collect()
+}
+
+/// The nested run: nvmx on Bochs, core 0's L1 restarted with `args`. The
+/// console ring keeps the newest 16 KiB, so lines are gathered as they come
+/// (each fuzz line is unique: hash lines carry their operation count).
+fn nested(model: &str, args: &str, limit: Duration) -> (Vec<String>, f64, Option<String>) {
+    let t = Instant::now();
+    let mut lines: Vec<String> = Vec::new();
+    let res = (|| -> Result<Option<String>> {
+        let mut m = Bochs::new("fuzz_long_nested", model).hard_limit(limit).start()?;
+        m.boot_to_prompt(Duration::from_secs(300))?;
+        m.command(&format!("l1 restart 0 {args}"), Duration::from_secs(60))?;
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_secs(5));
+            let console = m.command("console 0", Duration::from_secs(60))?;
+            for l in fuzz_lines(&console) {
+                if !lines.contains(&l) {
+                    lines.push(l);
+                }
+            }
+            if lines.last().map(String::as_str) == Some("l1: fuzz done") {
+                return Ok(None);
+            }
+            let state = m.command("l1 0", Duration::from_secs(60))?;
+            if let Some(l) = state.lines().find(|l| l.contains("stopped")) {
+                return Ok(Some(format!("nvmx stopped the L1 ({})", l.trim())));
+            }
+        }
+        Ok(Some(String::from("time limit")))
+    })();
+    let why = match res {
+        Ok(why) => why,
+        Err(e) => Some(first_line(&e.to_string())),
+    };
+    (lines, t.elapsed().as_secs_f64(), why)
+}
+
+fn hms(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+fn main() -> Result<()> {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: fuzz_long <l1 elf> <seeds, e.g. 1-200> <ops> <models,…> [<state file>]";
+    if a.len() < 4 {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    }
+    let l1_elf = PathBuf::from(&a[0]);
+    let Some(seeds) = parse_seeds(&a[1]) else {
+        eprintln!("fuzz-long: bad seed list '{}' ({usage})", a[1]);
+        std::process::exit(2);
+    };
+    let Ok(ops) = a[2].parse::<u64>() else {
+        eprintln!("fuzz-long: '{}' is not a number of operations", a[2]);
+        std::process::exit(2);
+    };
+    let models: Vec<String> = a[3].split(',').filter(|m| !m.is_empty()).map(String::from).collect();
+    let root = paths::workspace();
+    let state_path = a.get(4).map_or_else(|| root.join("build/fuzz-long/state.txt"), PathBuf::from);
+    std::fs::create_dir_all(root.join("build/fuzz-long"))?;
+    let explained = parse_explained(&std::fs::read_to_string(root.join("tools/fuzz-explained.txt")).unwrap_or_default());
+    let mut done: Vec<Run> =
+        std::fs::read_to_string(&state_path).unwrap_or_default().lines().filter_map(Run::from_line).collect();
+    let jobs: Vec<(String, u64)> = models
+        .iter()
+        .flat_map(|m| seeds.iter().map(move |s| (m.clone(), *s)))
+        .filter(|(m, s)| !done.iter().any(|r| r.model == *m && r.seed == *s && r.ops == ops))
+        .collect();
+    let total = jobs.len();
+    println!(
+        "fuzz-long: {} seeds × {ops} operations × {} models; {} runs already in {}, {total} to go",
+        seeds.len(),
+        models.len(),
+        seeds.len() * models.len() - total,
+        state_path.display()
+    );
+    // Per-run wall-clock limit: generous (a shared 2-core machine), overridable.
+    let limit = Duration::from_secs(
+        std::env::var("FUZZ_LONG_LIMIT").ok().and_then(|v| v.parse().ok()).unwrap_or(600 + ops / 20),
+    );
+    let started = Instant::now();
+    for (k, (model, seed)) in jobs.iter().enumerate() {
+        let args = format!("workload=fuzz seed={seed} exits={ops}");
+        let iso = format!("fuzz-long/seed{seed}-ops{ops}.iso");
+        if !root.join("build").join(&iso).exists() {
+            let st = Command::new(root.join("grub/mkiso.sh"))
+                .arg(&l1_elf)
+                .arg(root.join("build").join(&iso))
+                .arg(&args)
+                .current_dir(&root)
+                .output()?;
+            if !st.status.success() {
+                eprintln!("fuzz-long: mkiso for seed {seed} failed:\n{}", String::from_utf8_lossy(&st.stderr));
+                std::process::exit(1);
+            }
+        }
+        let (b, bare_secs, bare_err) = bare(model, &iso, limit);
+        let (n, nested_secs, nested_err) = nested(model, &args, limit);
+        let outcome = match (bare_err, nested_err) {
+            (Some(e), _) => Outcome::Incomplete(format!("bare: {e}")),
+            (None, Some(e)) => Outcome::Incomplete(format!("nested: {e}")),
+            (None, None) => compare(&b, &n),
+        };
+        let run = Run { model: model.clone(), seed: *seed, ops, outcome, bare_secs, nested_secs };
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&state_path)?;
+        writeln!(f, "{}", run.to_line())?;
+        let elapsed = started.elapsed().as_secs_f64();
+        let eta = elapsed / (k + 1) as f64 * (total - k - 1) as f64;
+        let what = match &run.outcome {
+            Outcome::Identical => String::from("identical"),
+            Outcome::PartedAt(0) => String::from("PARTED in the end counts"),
+            Outcome::PartedAt(at) => format!("PARTED before op {at}"),
+            Outcome::Incomplete(why) => format!("INCOMPLETE: {why}"),
+        };
+        println!(
+            "[{}/{total}] {model} seed {seed}: {what}; bare {:.0} op/s, nested {:.0} op/s; elapsed {}, ETA {}",
+            k + 1,
+            ops as f64 / bare_secs.max(0.001),
+            ops as f64 / nested_secs.max(0.001),
+            hms(elapsed),
+            hms(eta)
+        );
+        done.push(run);
+    }
+    let wanted: Vec<Run> = done
+        .into_iter()
+        .filter(|r| r.ops == ops && models.contains(&r.model) && seeds.contains(&r.seed))
+        .collect();
+    print!("{}", summary(&wanted, &explained));
+    Ok(())
+}
