@@ -561,11 +561,11 @@ fn hostile_fuzz(name: &str, model: &str) -> Result<()> {
         fuzz_lines(&b.serial().transcript())
     };
     let t = BOCHS;
-    let mut m = Bochs::new(name, model).cpus(2).hard_limit(Duration::from_secs(400)).start()?;
+    let mut m = Bochs::new(name, model).cpus(2).hard_limit(Duration::from_secs(600)).start()?;
     m.boot_to_prompt(t.boot)?;
     m.command(&format!("l1 restart 1 {args}"), t.command)?;
     m.command("l1 restart 0 workload=forum exits=4000", t.command)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let deadline = std::time::Instant::now() + Duration::from_secs(480);
     let (mut fuzz, mut forum) = (String::new(), String::new());
     while std::time::Instant::now() < deadline && !(fuzz.contains("l1: done") && forum.contains("l1: done")) {
         std::thread::sleep(Duration::from_secs(2));
