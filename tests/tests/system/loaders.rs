@@ -122,11 +122,13 @@ fn console_until(m: &mut nvmx_tests::Machine, secs: u64, done: impl Fn(&str) -> 
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     let mut console = String::new();
     while std::time::Instant::now() < deadline {
+        let l1 = m.command("l1 0", BOCHS.command)?;
+        println!("[{:>5.0?}] {}", m.elapsed(), l1.lines().find(|l| l.starts_with("cpu 0:")).unwrap_or(""));
         console = m.command("console 0", BOCHS.command)?;
         if done(&console) {
             break;
         }
-        std::thread::sleep(Duration::from_secs(5));
+        std::thread::sleep(Duration::from_secs(10));
     }
     Ok(console)
 }
@@ -144,13 +146,18 @@ fn linux_nested(name: &str, iso: &str) -> Result<()> {
         .build_iso(iso)
         .megs(768)
         .ips(50_000_000)
-        .hard_limit(Duration::from_secs(1500))
+        .hard_limit(Duration::from_secs(2400))
         .start()?;
     m.boot_to_prompt(Duration::from_secs(600))?;
     let out = m.command("l1", t.command)?;
     m.check(out.contains("linux)") && out.contains("L1 module 0: "), || format!("`l1` does not show Linux and its initrd:\n{out}"))?;
     let console = console_until(&mut m, 1200, |c| c.contains("init: done") || c.contains("Kernel panic"))?;
-    let l1 = m.command("l1", t.command)?;
+    let mut l1 = m.command("l1", t.command)?;
+    if !console.contains("kvmtest: PASS") {
+        // Where it stands: exits per reason and the last exits.
+        l1 += &m.command("stats 0", t.command)?;
+        l1 += &m.command("trace 0 40", t.command)?;
+    }
     m.check(console.contains("init: up at"), || format!("Linux did not reach /init; `l1`:\n{l1}\nconsole:\n{console}"))?;
     m.check(console.contains("kvmtest: PASS cpuid 400, io 1608, mmio 800, hlt 2, irq-window 2, interrupts 4, exits to user 2412"), || {
         format!("kvmtest did not pass nested; `l1`:\n{l1}\nconsole:\n{console}")
