@@ -50,14 +50,14 @@ impl Handler for Guest {
         }
     }
     fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
-    fn read_u8(&self, _a: usize) -> u8 { unimplemented!() }
-    fn read_u16(&self, _a: usize) -> u16 { unimplemented!() }
-    fn read_u32(&self, _a: usize) -> u32 { unimplemented!() }
-    fn read_u64(&self, _a: usize) -> u64 { unimplemented!() }
-    fn write_u8(&self, _a: usize, _v: u8) { unimplemented!() }
-    fn write_u16(&self, _a: usize, _v: u16) { unimplemented!() }
-    fn write_u32(&self, _a: usize, _v: u32) { unimplemented!() }
-    fn write_u64(&self, _a: usize, _v: u64) { unimplemented!() }
+    fn read_u8(&self, _a: usize) -> u8 { unreachable!("the DSDT's AML does no memory or PCI access") }
+    fn read_u16(&self, _a: usize) -> u16 { unreachable!("the DSDT's AML does no memory or PCI access") }
+    fn read_u32(&self, _a: usize) -> u32 { unreachable!("the DSDT's AML does no memory or PCI access") }
+    fn read_u64(&self, _a: usize) -> u64 { unreachable!("the DSDT's AML does no memory or PCI access") }
+    fn write_u8(&self, _a: usize, _v: u8) { unreachable!("the DSDT's AML does no memory or PCI access") }
+    fn write_u16(&self, _a: usize, _v: u16) { unreachable!("the DSDT's AML does no memory or PCI access") }
+    fn write_u32(&self, _a: usize, _v: u32) { unreachable!("the DSDT's AML does no memory or PCI access") }
+    fn write_u64(&self, _a: usize, _v: u64) { unreachable!("the DSDT's AML does no memory or PCI access") }
     fn read_io_u8(&self, port: u16) -> u8 { self.pc.borrow_mut().io_in(port, 1) as u8 }
     fn read_io_u16(&self, port: u16) -> u16 { self.pc.borrow_mut().io_in(port, 2) as u16 }
     fn read_io_u32(&self, port: u16) -> u32 { self.pc.borrow_mut().io_in(port, 4) }
