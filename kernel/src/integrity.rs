@@ -1,6 +1,6 @@
 //! `integrity [snap|check]`: measures what a hostile L1 must not touch — L0's
 //! text and read-only data (linker symbols), and per core (through the
-//! mailbox, on that core) VMCS0-1's host state and the RAM of a halted L1 —
+//! mailbox, on that core) VMCS0-1's host state and the RAM of a quiescent (halted, powered-off or exited) L1 —
 //! and compares with a snapshot. Hashing and comparing are
 //! `nvmx_shell::integrity` (host-tested).
 

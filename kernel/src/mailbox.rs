@@ -25,7 +25,7 @@ pub enum Request {
     /// pending interrupts): device state lives on that core.
     Platform,
     /// `integrity`: this core's measured regions (VMCS0-1 host state, the
-    /// RAM of a halted L1) in `nvmx_shell::integrity::encode` lines.
+    /// RAM of a quiescent L1) in `nvmx_shell::integrity::encode` lines.
     Integrity,
 }
 

@@ -43,6 +43,15 @@ pub enum L1State {
     Stopped(String),
 }
 
+impl L1State {
+    /// The L1 ended its run by itself (halted for good, powered off, exited):
+    /// L0 enters it no more until `l1 start|restart`, and keeps its memory
+    /// and VMCS0-1 until then — quiescent, for `integrity` and `vmcs 01`.
+    pub fn is_quiescent(&self) -> bool {
+        matches!(self, L1State::Halted | L1State::PoweredOff | L1State::Exited(_))
+    }
+}
+
 /// Requests from the shell to an L1's core.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -251,14 +260,14 @@ impl Vcpu {
             hash: h.finish(),
             detail: alloc::format!("{n} fields, read on cpu {cpu}"),
         }];
-        if *L1S[cpu].state.lock() == L1State::Halted {
+        if L1S[cpu].state.lock().is_quiescent() {
             // SAFETY: the L1's own RAM chunk, identity mapped and owned by this
-            // vCPU; the L1 is halted, so nothing writes it while it is read.
+            // vCPU; the L1 is quiescent, so nothing writes it while it is read.
             let ram = unsafe { core::slice::from_raw_parts(self.mem_base as *const u8, self.mem_size as usize) };
             items.push(Item {
                 name: alloc::format!("cpu {cpu} L1 RAM"),
                 hash: hash_bytes(ram),
-                detail: alloc::format!("halted L1, {} MiB at host {:#x}", self.mem_size >> 20, self.mem_base),
+                detail: alloc::format!("quiescent L1, {} MiB at host {:#x}", self.mem_size >> 20, self.mem_base),
             });
         }
         encode(&items)
@@ -834,8 +843,8 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
         }
         match step(v) {
             None => {}
-            Some(L1State::Halted) => {
-                *shared.state.lock() = L1State::Halted;
+            Some(end) if end.is_quiescent() => {
+                *shared.state.lock() = end;
                 halted = true;
             }
             Some(stop) => {
