@@ -290,18 +290,30 @@ impl Bochs {
         // The internal debugger stops at its prompt before the first instruction: `c`
         // continues. With stdin at /dev/null it never waits for a keyboard.
         std::fs::write(dir.join("cont.rc"), "c\n")?;
-        let mut cmd = Command::new("bochs");
-        cmd.args(["-q", "-f", "bochsrc", "-rc", "cont.rc"]).current_dir(&dir);
-        let child = spawn_logged(cmd, &dir, "bochs")?;
-        let mut proc = Proc::new(child, self.hard_limit);
-        let stream = match accept(&listener, &mut proc, Duration::from_secs(30)) {
-            Ok(s) => s,
-            Err(e) => {
+        // Bochs' VNC display (its screen, not the machine under test) once found none of its
+        // ports 5900-5949 free and Bochs then crashed (cause not found). It opens the display
+        // right after COM1 connects: such a start is retried once, and said so.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut cmd = Command::new("bochs");
+            cmd.args(["-q", "-f", "bochsrc", "-rc", "cont.rc"]).current_dir(&dir);
+            let child = spawn_logged(cmd, &dir, "bochs")?;
+            let mut proc = Proc::new(child, self.hard_limit);
+            let stream = match accept(&listener, &mut proc, Duration::from_secs(30)) {
+                Ok(s) => s,
+                Err(e) => {
+                    proc.kill();
+                    return Err(with_logs(e, &dir, &[log]));
+                }
+            };
+            if attempt == 1 && rfb_failed(&log) {
+                eprintln!("{}: Bochs could not open its VNC display (RFB ports 5900-5949); starting it again", self.name);
                 proc.kill();
-                return Err(with_logs(e, &dir, &[log]));
+                continue;
             }
-        };
-        Machine::new(self.name.clone(), "Bochs", proc, stream, dir, slot, vec![log])
+            return Machine::new(self.name.clone(), "Bochs", proc, stream, dir, slot, vec![log]);
+        }
     }
 }
 
@@ -580,6 +592,23 @@ fn spawn_logged(mut cmd: Command, dir: &Path, what: &str) -> Result<Child> {
         .stdout(File::create(dir.join("stdout"))?)
         .stderr(File::create(dir.join("stderr"))?);
     cmd.spawn().map_err(|e| Error::new(format!("cannot start `{what}`: {e} (is it installed and on PATH?)")))
+}
+
+/// Whether Bochs' log at `log` says its VNC display found no port, waiting up to 5 s for the
+/// display's verdict (it follows COM1's connection at once).
+fn rfb_failed(log: &Path) -> bool {
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains("RFB could not bind any port") {
+            return true;
+        }
+        if text.contains("listening for connections on port") {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
