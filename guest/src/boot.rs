@@ -292,3 +292,28 @@ pub fn triple_fault() -> ! {
     unsafe { core::arch::asm!("lidt [{}]; int3", in(reg) empty.as_ptr()) };
     halt()
 }
+
+/// Resets the machine the way a PC's firmware and OSes do: `cf9` writes the
+/// PCI reset control register (hard reset select, then reset CPU: 0x02,
+/// 0x06), `kbd` pulses the reset line through the 8042's command 0xFE, `92`
+/// sets port 0x92's fast-reset bit (keeping A20 on). Returns only if the
+/// machine did not reset.
+pub fn reset(how: &str) {
+    let out = |port: u16, v: u8| {
+        // SAFETY: the point is to reset this machine; these ports are the
+        // PC's reset controls.
+        unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") v) };
+    };
+    match how {
+        "cf9" => {
+            out(0xCF9, 0x02);
+            out(0xCF9, 0x06);
+        }
+        "kbd" => out(0x64, 0xFE),
+        _ => out(0x92, 0x03),
+    }
+    // A reset takes effect at once; give a slow one time before reporting.
+    for _ in 0..1_000_000 {
+        core::hint::spin_loop();
+    }
+}

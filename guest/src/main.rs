@@ -41,10 +41,13 @@ pub struct Args {
     /// loop took (for `make bench`; left out otherwise, so that bare and
     /// nested runs print the same lines).
     pub time: bool,
+    /// `reset=cf9|kbd|92`: reset the machine at once through the PCI reset
+    /// control register, the keyboard controller or port 0x92's fast reset.
+    pub reset: Option<&'static str>,
 }
 
 fn parse_args(cmdline: &'static str) -> Args {
-    let mut a = Args { workload: "forum", exits: 20_000, crash: None, novmx: false, seed: 1, show: None, time: false };
+    let mut a = Args { workload: "forum", exits: 20_000, crash: None, novmx: false, seed: 1, show: None, time: false, reset: None };
     for w in cmdline.split_ascii_whitespace() {
         match w.split_once('=') {
             Some(("workload", v)) => a.workload = v,
@@ -52,6 +55,7 @@ fn parse_args(cmdline: &'static str) -> Args {
             Some(("seed", v)) => a.seed = v.parse().unwrap_or(a.seed),
             Some(("show", v)) => a.show = v.parse().ok(),
             Some(("crash", v @ ("triple" | "memory"))) => a.crash = Some(v),
+            Some(("reset", v @ ("cf9" | "kbd" | "92"))) => a.reset = Some(v),
             None if w == "novmx" => a.novmx = true,
             None if w == "time" => a.time = true,
             _ => {}
@@ -130,6 +134,12 @@ extern "C" fn l1_main(magic: u32, mbi: u32) -> ! {
             let _ = writeln!(out, "l1: the write went through (no hypervisor stopped it); reads back {back:#x}");
         }
         None => {}
+    }
+    if let Some(how) = args.reset {
+        let _ = writeln!(out, "l1: resetting the machine through {how}");
+        boot::reset(how);
+        let _ = writeln!(out, "l1: the reset through {how} did nothing");
+        boot::halt()
     }
     if args.workload == "echo" {
         console::echo();

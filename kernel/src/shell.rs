@@ -259,7 +259,11 @@ fn l1_status(sel: Option<usize>, out: &mut String) -> core::fmt::Result {
             L1State::Exited(code) => alloc::format!("exited (code {code})"),
             L1State::Stopped(why) => alloc::format!("stopped: {why}"),
         };
-        writeln!(out, "cpu {cpu}: {state}; exits {exits}; last exit {last}; uptime {up} tsc")?;
+        let resets = match s.resets.load(Ordering::Relaxed) {
+            0 => String::new(),
+            n => alloc::format!("; machine reset {n} times"),
+        };
+        writeln!(out, "cpu {cpu}: {state}; exits {exits}; last exit {last}; uptime {up} tsc{resets}")?;
         if let Some(check) = *s.last_check.lock() {
             writeln!(out, "cpu {cpu}: last failed VM-entry check: {check}")?;
         }

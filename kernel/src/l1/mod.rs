@@ -134,6 +134,9 @@ pub struct L1Shared {
     pub vmx_errors: AtomicU64,
     /// Bytes for the L1's COM1 receiver (`attach`), drained on its core.
     pub rx: Mutex<platform::RxQueue>,
+    /// Resets of the L1's machine (reset register, 0xCF9, i8042, port
+    /// 0x92), each followed by a fresh start (`l1`).
+    pub resets: AtomicU64,
 }
 
 impl L1Shared {
@@ -152,6 +155,7 @@ impl L1Shared {
             fallbacks: AtomicU64::new(0),
             vmx_errors: AtomicU64::new(0),
             rx: Mutex::new(alloc::collections::VecDeque::new()),
+            resets: AtomicU64::new(0),
             shadow_want: AtomicU8::new(0),
             shadow_pref: AtomicU8::new(0),
             shadow_on: core::sync::atomic::AtomicBool::new(false),
@@ -850,6 +854,7 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
             Some(stop) => {
                 // A reset restarts the L1 (its machine), like `l1 restart`.
                 if stop == L1State::Restarting {
+                    shared.resets.fetch_add(1, Ordering::Relaxed);
                     want_running = vmx::enabled();
                 }
                 *shared.state.lock() = stop;

@@ -118,6 +118,51 @@ fn bochs_attach_echo_haswell_2cpu() -> Result<()> {
     crate::common::poweroff(&mut m, t)
 }
 
+/// Issue 9 item 7: each of the PC's reset controls restarts the L1's machine (the L1 boots
+/// again from its image), and only that core's: the other core's L1 runs on, the shell answers.
+/// The L1 given `reset=…` resets at once on every boot, so its resets are counted until two
+/// more came, then it is stopped.
+#[test]
+fn bochs_l1_reset_haswell_2cpu() -> Result<()> {
+    let t = BOCHS;
+    let mut m = Bochs::new("bochs_l1_reset_haswell_2cpu", "corei7_haswell_4770").cpus(2).hard_limit(Duration::from_secs(400)).start()?;
+    m.boot_to_prompt(t.boot)?;
+    // Core 0's L1 runs without end, so "running" below cannot race its finishing.
+    m.command("l1 restart 0 workload=plain exits=0", t.command)?;
+    let resets = |out: &str| -> u64 {
+        let line = out.lines().find(|l| l.starts_with("cpu 1: ")).unwrap_or("");
+        line.split("machine reset ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    let exits0 = |out: &str| -> u64 {
+        let line = out.lines().find(|l| l.starts_with("cpu 0: ")).unwrap_or("");
+        line.split("exits ").nth(1).and_then(|r| r.split(';').next()).and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    let mut before = m.command("l1", t.command)?;
+    for how in ["cf9", "kbd", "92"] {
+        let (n0, e0) = (resets(&before), exits0(&before));
+        m.command(&format!("l1 restart 1 workload=plain reset={how}"), t.command)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        let mut out = before.clone();
+        while std::time::Instant::now() < deadline && resets(&out) < n0 + 2 {
+            std::thread::sleep(Duration::from_millis(500));
+            out = m.command("l1", t.command)?;
+        }
+        m.check(resets(&out) >= n0 + 2, || format!("reset={how}: the L1's machine did not reset twice (from {n0}):\n{out}"))?;
+        m.check(!out.contains("cpu 1: stopped"), || format!("reset={how}: the L1 was stopped instead:\n{out}"))?;
+        let c = m.command("console 1", t.command)?;
+        m.check(
+            c.contains(&format!("l1: resetting the machine through {how}")) && !c.contains("did nothing"),
+            || format!("reset={how}: console 1:\n{c}"),
+        )?;
+        m.command("l1 stop 1", t.command)?;
+        before = poll_l1(&mut m, "cpu 1: stopped")?;
+        m.check(before.contains("cpu 1: stopped: stopped from the shell"), || format!("reset={how}: `l1 stop 1`:\n{before}"))?;
+        // The other core's L1 kept running through all of it.
+        m.check(before.contains("cpu 0: running") && exits0(&before) > e0, || format!("reset={how}: cpu 0 did not run on:\n{before}"))?;
+    }
+    crate::common::poweroff(&mut m, t)
+}
+
 /// `l1` until it contains `want` (or 10 s).
 fn poll_l1(m: &mut nvmx_tests::Machine, want: &str) -> Result<String> {
     let mut out = String::new();
