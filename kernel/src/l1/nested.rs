@@ -200,9 +200,12 @@ const EAGER: [F; 6] = [
 
 /// Fields whose change makes a VMRESUME rebuild VMCS0-2's controls (KVM's
 /// prepare_vmcs02_rare): every control field, and CR0/CR4 (merged with L0's
-/// forced bits).
+/// forced bits). Not the event L1 injects: `prepare_vmcs02` copies it on
+/// every entry.
 fn rebuild_on_change() -> FieldSet {
-    FieldSet::group(Group::Controls).union(FieldSet::of(&[F::GUEST_CR0, F::GUEST_CR4]))
+    FieldSet::group(Group::Controls)
+        .union(FieldSet::of(&[F::GUEST_CR0, F::GUEST_CR4]))
+        .minus(FieldSet::of(&[F::VM_ENTRY_INTR_INFO_FIELD, F::VM_ENTRY_EXCEPTION_ERROR_CODE, F::VM_ENTRY_INSTRUCTION_LEN]))
 }
 
 /// L1 memory as the page walks see it.
