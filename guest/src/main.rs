@@ -17,6 +17,7 @@ mod boot;
 mod console;
 mod forum;
 mod fuzz;
+mod irqtest;
 mod paging_check;
 mod platform;
 mod selftest;

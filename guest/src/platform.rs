@@ -39,7 +39,7 @@ impl Tally {
 
 // ---- port I/O, MSRs, TSC --------------------------------------------------
 
-fn outb(port: u16, v: u8) {
+pub(crate) fn outb(port: u16, v: u8) {
     // SAFETY: the platform ports this test drives; the L1 owns its PC.
     unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack)) };
 }
@@ -59,7 +59,7 @@ fn inl(port: u16) -> u32 {
     unsafe { core::arch::asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack)) };
     v
 }
-fn rdtsc() -> u64 {
+pub(crate) fn rdtsc() -> u64 {
     // SAFETY: RDTSC is always allowed at CPL 0.
     unsafe { core::arch::x86_64::_rdtsc() }
 }
@@ -99,7 +99,7 @@ static mut MMIO_PD: Page = Page([0; 512]);
 /// Maps the fourth GiB's top (IOAPIC 0xFEC00000, LAPIC 0xFEE00000) with
 /// 2 MiB uncached pages into the boot code's page tables (which map only the
 /// first GiB).
-fn map_mmio() {
+pub(crate) fn map_mmio() {
     // SAFETY: the boot code's PML4/PDPT are identity mapped in the first GiB;
     // this adds PDPT entry 3 (the fourth GiB) pointing at a PD of our own.
     unsafe {
@@ -128,35 +128,35 @@ const LAPIC: u64 = 0xFEE0_0000;
 const IOAPIC: u64 = 0xFEC0_0000;
 const ID: u64 = 0x20;
 const VER: u64 = 0x30;
-const TPR: u64 = 0x80;
-const EOI: u64 = 0xB0;
-const SVR: u64 = 0xF0;
-const ISR: u64 = 0x100;
-const IRR: u64 = 0x200;
+pub(crate) const TPR: u64 = 0x80;
+pub(crate) const EOI: u64 = 0xB0;
+pub(crate) const SVR: u64 = 0xF0;
+pub(crate) const ISR: u64 = 0x100;
+pub(crate) const IRR: u64 = 0x200;
 const ESR: u64 = 0x280;
 const ICR_LO: u64 = 0x300;
 const ICR_HI: u64 = 0x310;
-const LVT_TIMER: u64 = 0x320;
-const LVT_LINT0: u64 = 0x350;
-const LVT_LINT1: u64 = 0x360;
-const LVT_ERROR: u64 = 0x370;
-const TIMER_INIT: u64 = 0x380;
-const TIMER_CUR: u64 = 0x390;
-const TIMER_DIV: u64 = 0x3E0;
+pub(crate) const LVT_TIMER: u64 = 0x320;
+pub(crate) const LVT_LINT0: u64 = 0x350;
+pub(crate) const LVT_LINT1: u64 = 0x360;
+pub(crate) const LVT_ERROR: u64 = 0x370;
+pub(crate) const TIMER_INIT: u64 = 0x380;
+pub(crate) const TIMER_CUR: u64 = 0x390;
+pub(crate) const TIMER_DIV: u64 = 0x3E0;
 
-fn lapic_read(off: u64) -> u32 {
+pub(crate) fn lapic_read(off: u64) -> u32 {
     // SAFETY: the xAPIC page, mapped uncached by `map_mmio`; 32-bit aligned
     // accesses as the SDM requires (11.4.1).
     unsafe { ((LAPIC + off) as *const u32).read_volatile() }
 }
-fn lapic_write(off: u64, v: u32) {
+pub(crate) fn lapic_write(off: u64, v: u32) {
     // SAFETY: as `lapic_read`.
     unsafe { ((LAPIC + off) as *mut u32).write_volatile(v) }
 }
-fn eoi() {
+pub(crate) fn eoi() {
     lapic_write(EOI, 0);
 }
-fn vector_bit(base: u64, v: u8) -> bool {
+pub(crate) fn vector_bit(base: u64, v: u8) -> bool {
     lapic_read(base + 0x10 * u64::from(v / 32)) & (1 << (v % 32)) != 0
 }
 fn ioapic_write(reg: u32, v: u32) {
@@ -265,7 +265,7 @@ static mut IDT: Idt = Idt([0; 256]);
 
 /// An IDT with the boot code's exception gates (0-31 but NMI) and counting
 /// handlers for the NMI and vectors 32-255; returns the old IDTR.
-fn install_idt() -> [u8; 10] {
+pub(crate) fn install_idt() -> [u8; 10] {
     let mut old = [0u8; 10];
     // SAFETY: single-threaded; the new IDT is a static that outlives its use.
     unsafe {
@@ -290,7 +290,7 @@ fn install_idt() -> [u8; 10] {
     old
 }
 
-fn count(v: u8) -> u32 {
+pub(crate) fn count(v: u8) -> u32 {
     COUNT[usize::from(v)].load(Ordering::SeqCst)
 }
 

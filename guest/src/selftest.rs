@@ -63,7 +63,7 @@ impl Tally {
         let g = got(r);
         self.value(name, show(want), show(g), g == want);
     }
-    fn value(&mut self, name: &str, want: &str, got: &str, ok: bool) {
+    pub(crate) fn value(&mut self, name: &str, want: &str, got: &str, ok: bool) {
         if ok {
             self.passed += 1;
             let _ = writeln!(Console, "l1: selftest {name}: pass ({got})");
@@ -173,6 +173,7 @@ pub fn run(caps: &VmxCaps) {
     t.check("invept all-context", Want::Succeed, vmx::try_invalidate(true, 2, desc));
     t.check("invvpid all-context", Want::Succeed, vmx::try_invalidate(false, 2, desc));
     l2_checks(&mut t, caps, page(rev));
+    crate::irqtest::run(&mut t, caps, page(rev));
     t.check("vmptrld back", Want::Succeed, vmx::try_op("vmptrld", a));
     t.check("vmclear of the current VMCS", Want::Succeed, vmx::try_op("vmclear", a));
     t.check("vmread after it", Want::FailInvalid, vmx::try_vmread(F::GUEST_RIP.encoding()).map(|_| ()));

@@ -9,6 +9,7 @@ pub mod controls;
 #[cfg(target_arch = "x86_64")]
 pub mod entry;
 pub mod error;
+pub mod events;
 pub mod exit;
 pub mod field;
 pub mod guest_state;

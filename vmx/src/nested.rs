@@ -15,8 +15,10 @@ pub const VMCS12_REVISION: u32 = 0x4E56_4D58 & 0x7FFF_FFFF;
 
 /// The controls nvmx emulates for L1, each offered where the CPU has it:
 /// pin-based, processor-based, secondary, VM-exit and VM-entry.
-pub const L1_PIN: u32 = pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING;
-pub const L1_PROC: u32 = proc1::INTERRUPT_WINDOW_EXITING | proc1::USE_TSC_OFFSETTING | proc1::HLT_EXITING
+// Virtual NMIs and NMI-window exiting run on VMCS0-2's own (the CPU's),
+// L1's NMIs reach L2 or exit to L1 by kernel/src/l1/events.rs (issue 10).
+pub const L1_PIN: u32 = pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING | pin::VIRTUAL_NMIS;
+pub const L1_PROC: u32 = proc1::INTERRUPT_WINDOW_EXITING | proc1::NMI_WINDOW_EXITING | proc1::USE_TSC_OFFSETTING | proc1::HLT_EXITING
     | proc1::INVLPG_EXITING | proc1::MWAIT_EXITING | proc1::RDPMC_EXITING | proc1::RDTSC_EXITING
     | proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING | proc1::CR8_LOAD_EXITING | proc1::CR8_STORE_EXITING
     | proc1::MOV_DR_EXITING | proc1::UNCONDITIONAL_IO_EXITING | proc1::USE_IO_BITMAPS | proc1::USE_MSR_BITMAPS
@@ -137,6 +139,15 @@ pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64, env:
         }
     }
     let proc = get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
+    // SDM 27.2.1.1: virtual NMIs need NMI exiting, NMI-window exiting
+    // needs virtual NMIs.
+    let pin12 = get(F::PIN_BASED_VM_EXEC_CONTROL) as u32;
+    if pin12 & pin::VIRTUAL_NMIS != 0 && pin12 & pin::NMI_EXITING == 0 {
+        return Err("virtual NMIs without NMI exiting (SDM 27.2.1.1)");
+    }
+    if proc & proc1::NMI_WINDOW_EXITING != 0 && pin12 & pin::VIRTUAL_NMIS == 0 {
+        return Err("NMI-window exiting without virtual NMIs (SDM 27.2.1.1)");
+    }
     // SDM 27.2.1.1: bitmaps 4 KiB aligned within the physical-address
     // width (addresses beyond L1's memory are caught when L0 reads them).
     let (io_a, io_b, msr) = (get(F::IO_BITMAP_A), get(F::IO_BITMAP_B), get(F::MSR_BITMAP));
@@ -559,6 +570,15 @@ mod tests {
         assert_eq!(checks(&v).0, Ok(()));
         v.insert(F::SECONDARY_VM_EXEC_CONTROL, u64::from(proc2::ENABLE_VPID));
         assert_eq!(checks(&v).0, Err("VPID enabled with VPID 0"));
+        let mut v = good();
+        *v.get_mut(&F::PIN_BASED_VM_EXEC_CONTROL).unwrap() |= u64::from(pin::VIRTUAL_NMIS);
+        assert_eq!(checks(&v).0, Err("virtual NMIs without NMI exiting (SDM 27.2.1.1)"));
+        *v.get_mut(&F::PIN_BASED_VM_EXEC_CONTROL).unwrap() |= u64::from(pin::NMI_EXITING);
+        assert_eq!(checks(&v).0, Ok(()));
+        *v.get_mut(&F::CPU_BASED_VM_EXEC_CONTROL).unwrap() |= u64::from(proc1::NMI_WINDOW_EXITING);
+        assert_eq!(checks(&v).0, Ok(()));
+        *v.get_mut(&F::PIN_BASED_VM_EXEC_CONTROL).unwrap() &= !u64::from(pin::VIRTUAL_NMIS);
+        assert_eq!(checks(&v).0, Err("NMI-window exiting without virtual NMIs (SDM 27.2.1.1)"));
         let mut v = good();
         v.insert(F::VM_ENTRY_MSR_LOAD_COUNT, 1);
         v.insert(F::VM_ENTRY_MSR_LOAD_ADDR, 0x5008);

@@ -2,6 +2,7 @@
 //! handles its exits. What the shell shows of an L1 (state, console, counters,
 //! trace) lives in [`L1Shared`], readable from any core.
 
+mod events;
 pub mod image;
 mod mmio;
 mod nested;
@@ -894,6 +895,19 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
         if let Some(end) = v.platform_before_entry(after_exit) {
             return Some(end);
         }
+    } else {
+        // L1's PC while L2 runs: its interrupts and NMIs go to L2 or exit
+        // to L1 (VMCS0-2 current).
+        match v.l2_before_entry() {
+            events::L2Next::Enter => {}
+            events::L2Next::Exited { reason } => {
+                let start = cpu::rdtsc();
+                let rip = vmread(F::GUEST_RIP);
+                record(v, Level::L2Reflected, reason, 0, rip, true, start);
+                return None;
+            }
+            events::L2Next::End(end) => return Some(end),
+        }
     }
     let launched = if in_l2 { v.launched02() } else { v.launched };
     v.prof.entering();
@@ -921,7 +935,10 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
             v.l2_entered();
         }
         let (level, result) = match v.l2_exit(reason, qualification) {
-            Ok(true) => (Level::L2InL0, None),
+            Ok(true) => {
+                v.l2_reinject();
+                (Level::L2InL0, None)
+            }
             Ok(false) => (Level::L2Reflected, None),
             Err(why) => {
                 report_stop(v.cpu, &why, reason, qualification, rip);

@@ -89,6 +89,9 @@ pub struct Nested {
     eptp02: u64,
     /// Field sets computed once per L1.
     sets: Sets,
+    /// The exit being reflected is one L0 makes up (an L1 interrupt or NMI
+    /// while L2 runs, `super::events`): no L2 exit saved information for it.
+    synthetic: bool,
 }
 
 /// Field sets derived from the field table once (not on every exit).
@@ -197,9 +200,12 @@ const EAGER: [F; 6] = [
 
 /// Fields whose change makes a VMRESUME rebuild VMCS0-2's controls (KVM's
 /// prepare_vmcs02_rare): every control field, and CR0/CR4 (merged with L0's
-/// forced bits).
+/// forced bits). Not the event L1 injects: `prepare_vmcs02` copies it on
+/// every entry.
 fn rebuild_on_change() -> FieldSet {
-    FieldSet::group(Group::Controls).union(FieldSet::of(&[F::GUEST_CR0, F::GUEST_CR4]))
+    FieldSet::group(Group::Controls)
+        .union(FieldSet::of(&[F::GUEST_CR0, F::GUEST_CR4]))
+        .minus(FieldSet::of(&[F::VM_ENTRY_INTR_INFO_FIELD, F::VM_ENTRY_EXCEPTION_ERROR_CODE, F::VM_ENTRY_INSTRUCTION_LEN]))
 }
 
 /// L1 memory as the page walks see it.
@@ -330,7 +336,14 @@ impl Nested {
             spare: None,
             eptp02: 0,
             sets: Sets::new(),
+            synthetic: false,
         }
+    }
+
+    /// A field of the current vmcs12 as L0 caches it (0 without one); the
+    /// cache is current while L2 runs (the shadow is pulled at VMLAUNCH/VMRESUME).
+    pub fn field12(&self, f: F) -> u64 {
+        self.current.as_ref().map_or(0, |c| c.get(f))
     }
 
     /// VMCS0-2's region, 0 before L1's first VMLAUNCH.
@@ -1103,6 +1116,13 @@ impl Vcpu {
             self.prepare_vmcs02_rare(caps)?;
         }
         let cur = self.nested.current.as_ref().expect("checked by the caller");
+        // The event L1 injects into L2 (SDM 27.6), on every VMLAUNCH/VMRESUME:
+        // an exit clears its valid bit in vmcs12, so a stale one never comes
+        // back. L0's own injections compose with it before the entry
+        // (`super::events`), never over it.
+        for f in [F::VM_ENTRY_INTR_INFO_FIELD, F::VM_ENTRY_EXCEPTION_ERROR_CODE, F::VM_ENTRY_INSTRUCTION_LEN] {
+            vmwrite(f, cur.get(f));
+        }
         // VPID: L2's translations are tagged with one L0 VPID per core
         // (vpid02), apart from L1's. When the L2 that runs next has another
         // VPID in L1's eyes (or none), vpid02's translations belong to
@@ -1143,13 +1163,19 @@ impl Vcpu {
         let pin12 = cur.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32;
         let proc12 = cur.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
         let proc2_12 = if proc12 & proc1::SECONDARY_CONTROLS != 0 { cur.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 } else { 0 };
-        let pass1 = proc1::INTERRUPT_WINDOW_EXITING | proc1::USE_TSC_OFFSETTING | proc1::HLT_EXITING
+        let pass1 = proc1::INTERRUPT_WINDOW_EXITING | proc1::NMI_WINDOW_EXITING | proc1::USE_TSC_OFFSETTING | proc1::HLT_EXITING
             | proc1::INVLPG_EXITING | proc1::MWAIT_EXITING | proc1::RDPMC_EXITING | proc1::RDTSC_EXITING
             | proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING | proc1::CR8_LOAD_EXITING | proc1::CR8_STORE_EXITING
             | proc1::MOV_DR_EXITING | proc1::MONITOR_EXITING | proc1::PAUSE_EXITING;
         // L0 takes every I/O and MSR access and decides with L1's bitmaps
         // whether L1 wants it (nested_vmx_l1_wants_exit).
-        let pin02 = adj(pin12 | pin::EXTERNAL_INTERRUPT_EXITING | pin::PREEMPTION_TIMER, caps.pinbased());
+        // L1's NMIs that go into L2 (no NMI exiting in vmcs12) need L0's
+        // NMI window, hence virtual NMIs on VMCS0-2 where the CPU has them
+        // (their blocking bit is then L2's NMI blocking, cleared by L2's IRET
+        // as without NMI exiting, SDM 25.3); with NMI exiting, L1's own choice.
+        let vnmi = super::platform::L1Platform::extra_pin_controls(caps);
+        let l0_nmi = if pin12 & pin::NMI_EXITING == 0 && vnmi != 0 { pin::NMI_EXITING | vnmi } else { 0 };
+        let pin02 = adj(pin12 | l0_nmi | pin::EXTERNAL_INTERRUPT_EXITING | pin::PREEMPTION_TIMER, caps.pinbased());
         let proc02 = adj((proc12 & pass1) | proc1::UNCONDITIONAL_IO_EXITING | proc1::SECONDARY_CONTROLS, caps.procbased());
         let proc2_02 = adj(
             (proc2_12 & (proc2::ENABLE_VPID | proc2::ENABLE_RDTSCP | proc2::UNRESTRICTED_GUEST | proc2::ENABLE_INVPCID))
@@ -1182,9 +1208,6 @@ impl Vcpu {
             F::EXCEPTION_BITMAP,
             F::PAGE_FAULT_ERROR_CODE_MASK,
             F::PAGE_FAULT_ERROR_CODE_MATCH,
-            F::VM_ENTRY_INTR_INFO_FIELD,
-            F::VM_ENTRY_EXCEPTION_ERROR_CODE,
-            F::VM_ENTRY_INSTRUCTION_LEN,
             F::TSC_OFFSET,
         ] {
             vmwrite(f, cur.get(f));
@@ -1334,6 +1357,7 @@ impl Vcpu {
         }
         match basic {
             1 => {
+                // L0's own interrupt (the shell's IPI); L1's are `super::events`'.
                 crate::apic::eoi();
                 return Ok(true);
             }
@@ -1446,6 +1470,19 @@ impl Vcpu {
         loaded
     }
 
+    /// An exit to L1 that no L2 exit caused: L1's interrupt (reason 1) or
+    /// NMI (reason 0) while L2 runs (SDM 26.2, 27.2.2), with exit
+    /// interruption information `info`; the rest of the exit information
+    /// is cleared (KVM's nested_vmx_vmexit with its own exit_intr_info).
+    /// The entry it follows counts as done: a VMLAUNCHed vmcs12 is launched.
+    pub(super) fn reflect_synthetic(&mut self, reason: u32, info: u32) -> Result<(), alloc::string::String> {
+        if let Some(c) = self.nested.current.as_mut() {
+            c.launched = true;
+        }
+        self.nested.synthetic = true;
+        self.reflect_with(reason, 0, Some((info, 0)))
+    }
+
     /// VMCS0-2 → vmcs12: guest state and exit information (SDM 28.2-28.3).
     /// VMCS0-2 holds these values, so they do not make vmcs12 stale for it
     /// (CR0/CR4, EFER, PAT and the controls are recomputed on every entry).
@@ -1496,6 +1533,12 @@ impl Vcpu {
             F::GUEST_PHYSICAL_ADDRESS,
         ] {
             cur.set_from_vmcs02(f, vmread(f));
+        }
+        if core::mem::take(&mut self.nested.synthetic) {
+            // No exit of L2 happened: nothing was being delivered (SDM 27.2.4).
+            for f in [F::IDT_VECTORING_INFO_FIELD, F::IDT_VECTORING_ERROR_CODE, F::VM_EXIT_INSTRUCTION_LEN, F::VMX_INSTRUCTION_INFO] {
+                cur.set_from_vmcs02(f, 0);
+            }
         }
         cur.set_from_vmcs02(F::VM_EXIT_REASON, reason.into());
         cur.set_from_vmcs02(F::EXIT_QUALIFICATION, qualification);

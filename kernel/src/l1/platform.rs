@@ -13,8 +13,8 @@
 //! exit (SDM 26.7.5/26.7.6) and injects then. An event whose delivery an
 //! exit interrupted (IDT-vectoring information, SDM 28.2.4) is re-injected
 //! first, so nothing is lost or doubled. While L1 runs an L2 (VMCS0-2
-//! current) nothing is injected: interrupts across two levels are issue 10;
-//! they stay pending in the platform until L1 runs again.
+//! current) the same platform is advanced before every entry of VMCS0-2 and
+//! its events go to L2 or exit to L1 as vmcs12 asks (`super::events`).
 
 use alloc::collections::VecDeque;
 use alloc::string::String;
@@ -61,10 +61,14 @@ pub struct L1Platform {
     /// The CPU offers virtual NMIs and NMI-window exiting to L0.
     vnmi: bool,
     /// Preemption-timer rate (TSC ticks = timer ticks << rate, SDM 26.5.1).
-    timer_rate: u32,
+    pub timer_rate: u32,
     /// Injections made, for the `l1` view.
     pub injected: u64,
     pub injected_nmis: u64,
+    /// While L2 runs: interrupts and NMIs of L1 delivered into L2, and
+    /// exits 1 and 0 (NMI) made for L1 (kernel/src/l1/events.rs).
+    pub l2_injected: u64,
+    pub l2_exits: u64,
 }
 
 impl L1Platform {
@@ -86,6 +90,8 @@ impl L1Platform {
             timer_rate: caps.preemption_timer_rate(),
             injected: 0,
             injected_nmis: 0,
+            l2_injected: 0,
+            l2_exits: 0,
         }
     }
 
@@ -223,6 +229,16 @@ impl Vcpu {
     /// is pending. `Some` when the L1's machine ends (power-off, reset,
     /// exit convention).
     pub(super) fn platform_before_entry(&mut self, after_exit: bool) -> Option<L1State> {
+        if let Some(end) = self.platform_advance() {
+            return Some(end);
+        }
+        self.inject_pending(after_exit);
+        None
+    }
+
+    /// Time, console bytes both ways and power events of the L1's PC,
+    /// before any entry (of VMCS0-1 or, while L2 runs, VMCS0-2).
+    pub(super) fn platform_advance(&mut self) -> Option<L1State> {
         let shared = &L1S[self.cpu];
         // Bytes the shell typed at an attached L1.
         {
@@ -247,7 +263,6 @@ impl Vcpu {
                 Event::Exit(code) => L1State::Exited(code),
             });
         }
-        self.inject_pending(after_exit);
         None
     }
 
@@ -392,11 +407,13 @@ impl Vcpu {
         );
         let _ = writeln!(
             s,
-            "cpu {}: interrupts: pending {pending}{}; injected {} interrupts, {} NMIs; L1 {}",
+            "cpu {}: interrupts: pending {pending}{}; injected {} interrupts, {} NMIs; while L2 ran: {} into L2, {} exits to L1; L1 {}",
             self.cpu,
             if pc.pending_nmi() { ", NMI" } else { "" },
             self.platform.injected,
             self.platform.injected_nmis,
+            self.platform.l2_injected,
+            self.platform.l2_exits,
             if self.platform.halted { "in HLT (waiting for an interrupt)" } else { "active" },
         );
         let _ = writeln!(s, "cpu {}: devices: {}", self.cpu, pc.summary());
