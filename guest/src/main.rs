@@ -19,6 +19,7 @@ mod forum;
 mod fuzz;
 mod paging_check;
 mod platform;
+mod ptimer;
 mod selftest;
 mod vmx;
 
