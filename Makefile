@@ -21,6 +21,13 @@ L1_ARGS     ?= workload=forum
 # of your own); empty = nvmx's built-in L1.
 L1_MODULE      ?=
 L1_MODULE_ARGS ?=
+# make turtles: nvmx's own kernel as the L1 (its command line TURTLES_INNER),
+# the built-in L1 as the inner nvmx's module (its L1, TURTLES_L2_ARGS); one
+# core (the inner nvmx is a one-CPU PC), outer L1 memory TURTLES_L1MEM MiB.
+TURTLES_ISO     := build/turtles.iso
+TURTLES_CMDLINE ?= log=info l1mem=192
+TURTLES_INNER   ?= log=info
+TURTLES_L2_ARGS ?= workload=forum
 OVMF        := /usr/share/ovmf/OVMF.fd
 DEB_PKGS    := bochs bochsbios vgabios qemu-system-x86 ovmf grub-pc-bin grub-efi-amd64-bin \
                grub-common xorriso mtools python3-matplotlib
@@ -31,7 +38,7 @@ PLOT_PYTHON := /usr/bin/python3
 RUN_DIR     ?= build
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all help deps toolchain guest kernel iso bench fuzz fuzz-long plot run run-qemu run-qemu-uefi run-bochs \
+.PHONY: all help deps toolchain guest kernel iso bench fuzz fuzz-long plot run run-qemu run-qemu-uefi run-bochs turtles \
         run-bochs-only test test-host test-system clean
 
 all: iso
@@ -48,6 +55,8 @@ help:
 	@echo "  make run-qemu      QEMU (TCG, no VT-x) BIOS, -serial stdio"
 	@echo "  make run-qemu-uefi QEMU with OVMF (UEFI), -serial stdio"
 	@echo "  make run-bochs     Bochs MODEL=... CPUS=..., serial on this terminal"
+	@echo "  make turtles       nvmx with nvmx as its L1 (build/turtles.iso; the built-in L1 is the"
+	@echo "                     inner nvmx's L1) on Bochs MODEL, 1 core: \`attach 0\` = the inner shell"
 	@echo "  make test          host unit tests + system tests (QEMU and Bochs)"
 	@echo "  make test-host     host unit tests only (cargo test)"
 	@echo "  make bench         Bochs haswell: forum workload bare, then nested with VMCS shadowing off"
@@ -111,6 +120,8 @@ iso: deps kernel
 	@grub/mkiso.sh $(L1_ELF) build/l1-selftest.iso workload=selftest
 	@grub/mkiso.sh $(L1_ELF) build/l1-fuzz.iso workload=fuzz seed=1 exits=6000
 	@grub/mkiso.sh $(L1_ELF) build/l1-platform.iso workload=platform
+	@L1_MODULE=$(KERNEL_ELF) L1_MODULE_ARGS="$(TURTLES_INNER)" L1_MODULE_1=$(L1_ELF) \
+	  L1_MODULE_1_ARGS="$(TURTLES_L2_ARGS)" grub/mkiso.sh $(KERNEL_ELF) $(TURTLES_ISO) $(TURTLES_CMDLINE)
 
 # --- run --------------------------------------------------------------------
 run: iso
@@ -131,6 +142,11 @@ run-qemu-uefi: iso
 	  -m $(MEM) -no-reboot
 
 run-bochs: iso run-bochs-only
+
+# nvmx as its own L1 on Bochs MODEL, one core, 512 MiB: `attach 0` reaches
+# the inner nvmx's shell (Ctrl-] comes back).
+turtles: iso
+	@$(MAKE) --no-print-directory run-bochs-only ISO=$(TURTLES_ISO) CPUS=1 MEM=512
 
 # The terminal shows GRUB and nvmx only: COM1 is this terminal (`mode=term`),
 # Bochs' own chatter (plugin loading, its debugger's `Next at t=0` and

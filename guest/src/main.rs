@@ -20,6 +20,7 @@ mod fuzz;
 mod irqtest;
 mod paging_check;
 mod platform;
+mod ptimer;
 mod selftest;
 mod vmx;
 

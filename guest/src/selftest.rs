@@ -73,7 +73,7 @@ impl Tally {
         }
     }
     /// A check whose outcome is a yes/no against `want`.
-    fn expect(&mut self, name: &str, want: &str, ok: bool) {
+    pub(crate) fn expect(&mut self, name: &str, want: &str, ok: bool) {
         self.value(name, want, if ok { "as expected" } else { "something else" }, ok);
     }
     fn equal(&mut self, name: &str, want: u64, got: Result<u64, VmFail>) {
@@ -242,18 +242,18 @@ unsafe extern "C" {
 }
 
 /// What an L2 exit left in the VMCS.
-struct L2Exit {
-    reason: u64,
+pub(crate) struct L2Exit {
+    pub(crate) reason: u64,
     qualification: u64,
     intr_info: u64,
     len: u64,
     gpa: u64,
-    rax: u64,
+    pub(crate) rax: u64,
 }
 
 /// One L2 vCPU on the current VMCS; its EPT maps pages on demand except
 /// the `hole`.
-struct L2 {
+pub(crate) struct L2 {
     ept: Ept,
     launched: bool,
     hole: u64,
@@ -262,7 +262,7 @@ struct L2 {
 impl L2 {
     /// Runs the L2 at `rip` with RCX/RSI = `rcx`/`rsi` until an exit other
     /// than an EPT violation L1 fills. `None` if VMLAUNCH/VMRESUME failed.
-    fn run(&mut self, rip: u64, rcx: u64, rsi: u64) -> Option<L2Exit> {
+    pub(crate) fn run(&mut self, rip: u64, rcx: u64, rsi: u64) -> Option<L2Exit> {
         let mut regs = L2Regs::default();
         regs.gpr[1] = rcx;
         regs.gpr[6] = rsi;
@@ -424,6 +424,7 @@ fn l2_checks(t: &mut Tally, caps: &VmxCaps, vmcs: u64) {
         vmx::vmwrite(F::PAGE_FAULT_ERROR_CODE_MATCH, 0);
     }
     unoffered_controls(t, caps, &mut l2);
+    crate::ptimer::checks(t, caps, &mut l2);
     operand_faults(t, 1 << 39, vmcs);
 
     // VM-entry failures on guest state (SDM 27.3.1, exit reason 33 | bit 31).

@@ -17,7 +17,7 @@ pub const VMCS12_REVISION: u32 = 0x4E56_4D58 & 0x7FFF_FFFF;
 /// pin-based, processor-based, secondary, VM-exit and VM-entry.
 // Virtual NMIs and NMI-window exiting run on VMCS0-2's own (the CPU's),
 // L1's NMIs reach L2 or exit to L1 by kernel/src/l1/events.rs (issue 10).
-pub const L1_PIN: u32 = pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING | pin::VIRTUAL_NMIS;
+pub const L1_PIN: u32 = pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING | pin::VIRTUAL_NMIS | pin::PREEMPTION_TIMER;
 pub const L1_PROC: u32 = proc1::INTERRUPT_WINDOW_EXITING | proc1::NMI_WINDOW_EXITING | proc1::USE_TSC_OFFSETTING | proc1::HLT_EXITING
     | proc1::INVLPG_EXITING | proc1::MWAIT_EXITING | proc1::RDPMC_EXITING | proc1::RDTSC_EXITING
     | proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING | proc1::CR8_LOAD_EXITING | proc1::CR8_STORE_EXITING
@@ -28,7 +28,7 @@ pub const L1_PROC2: u32 =
 // KVM (6.1 setup_vmcs_config) requires CR8 load/store exiting, save and
 // load debug controls: without them kvm_intel refuses to load (EIO).
 pub const L1_EXIT: u32 = exitc::SAVE_DEBUG_CONTROLS | exitc::HOST_ADDRESS_SPACE_SIZE | exitc::ACK_INTERRUPT_ON_EXIT
-    | exitc::SAVE_PAT | exitc::LOAD_PAT | exitc::SAVE_EFER | exitc::LOAD_EFER;
+    | exitc::SAVE_PAT | exitc::LOAD_PAT | exitc::SAVE_EFER | exitc::LOAD_EFER | exitc::SAVE_PREEMPTION_TIMER;
 pub const L1_ENTRY: u32 = entry::LOAD_DEBUG_CONTROLS | entry::IA32E_MODE_GUEST | entry::LOAD_PAT | entry::LOAD_EFER;
 
 /// What L1 reads in the VMX capability MSRs: what nvmx emulates, within what
@@ -45,11 +45,13 @@ pub fn l1_vmx_msr(host: &VmxCaps, msr: u32) -> Option<u64> {
         IA32_VMX_PROCBASED_CTLS2 => ctl(host.procbased2(), proc2_ok),
         IA32_VMX_EXIT_CTLS | IA32_VMX_TRUE_EXIT_CTLS => ctl(host.exit(), exit_ok),
         IA32_VMX_ENTRY_CTLS | IA32_VMX_TRUE_ENTRY_CTLS => ctl(host.entry(), entry_ok),
-        // No preemption timer; exits store EFER.LMA in "IA-32e mode guest"
-        // (bit 5: nvmx does, as every CPU with unrestricted guest); activity
-        // state HLT; the CPU's number of CR3 targets (bits 24:16); VMWRITE to
-        // exit-information fields when the CPU allows it (bit 29).
-        IA32_VMX_MISC => host.misc & ((1 << 5) | (1 << 6) | (0x1FF << 16) | (1 << 29)),
+        // The CPU's preemption-timer rate (bits 4:0, SDM A.6: L1's timer
+        // counts at the rate it reads, emulated in TSC terms); exits store
+        // EFER.LMA in "IA-32e mode guest" (bit 5: nvmx does, as every CPU
+        // with unrestricted guest); activity state HLT; the CPU's number of
+        // CR3 targets (bits 24:16); VMWRITE to exit-information fields when
+        // the CPU allows it (bit 29).
+        IA32_VMX_MISC => host.misc & (0x1F | (1 << 5) | (1 << 6) | (0x1FF << 16) | (1 << 29)),
         IA32_VMX_CR0_FIXED0 => host.cr0_fixed0,
         IA32_VMX_CR0_FIXED1 => host.cr0_fixed1,
         IA32_VMX_CR4_FIXED0 => host.cr4_fixed0,
@@ -168,6 +170,12 @@ pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64, env:
         if n != 0 && (a & 0xF != 0 || beyond(a) || beyond(a + n * 16 - 1)) {
             return Err(what);
         }
+    }
+    // SDM 27.2.1.1: "save VMX-preemption timer value" only with the timer active.
+    if get(F::VM_EXIT_CONTROLS) as u32 & exitc::SAVE_PREEMPTION_TIMER != 0
+        && get(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & pin::PREEMPTION_TIMER == 0
+    {
+        return Err("save VMX-preemption timer value without the timer activated");
     }
     // SDM 27.2.1.1: no more CR3 targets than IA32_VMX_MISC[24:16] offers.
     if get(F::CR3_TARGET_COUNT) & 0xFFFF_FFFF > (l1_caps(IA32_VMX_MISC) >> 16) & 0x1FF {
@@ -303,8 +311,10 @@ pub fn check_invalidation(invept: bool, kind: u64, desc: [u64; 2], phys_bits: u3
 /// most of them always, DR7/DEBUGCTL, PAT and EFER only under their "save"
 /// exit controls (`exit` is vmcs12's), the PDPTEs only for a PAE guest with
 /// EPT (`pae_with_ept`), and never the VMCS link pointer or the fields of
-/// features nvmx does not offer (preemption timer, PERF_GLOBAL_CTRL, BNDCFGS,
-/// SMBASE, interrupt status, PML index).
+/// features nvmx does not offer (PERF_GLOBAL_CTRL, BNDCFGS, SMBASE,
+/// interrupt status, PML index). The preemption-timer value is not copied
+/// from VMCS0-2 (which holds L0's composed value): L0 stores vmcs12's own
+/// remaining count under "save VMX-preemption timer value".
 pub fn saved_on_exit(f: F, exit: u32, pae_with_ept: bool) -> bool {
     use crate::field::Group;
     match f {
@@ -320,6 +330,57 @@ pub fn saved_on_exit(f: F, exit: u32, pae_with_ept: bool) -> bool {
         | F::GUEST_INTR_STATUS
         | F::GUEST_PML_INDEX => false,
         _ => f.group() == Group::GuestState,
+    }
+}
+
+/// L1's VMX-preemption timer while L2 runs (SDM 26.5.1, 27.7.4, 28.3.4;
+/// KVM's nested preemption-timer emulation), in timer ticks at the rate L1
+/// reads in IA32_VMX_MISC[4:0] (the CPU's). L0 runs VMCS0-2 with the
+/// smaller of its own need and what is left of vmcs12's count; the count
+/// goes down by the L2 time that passed — what VMCS0-2's own "save
+/// VMX-preemption timer value" reports, so L0's handling of exits L1 never
+/// sees does not count (to L1 that time does not exist; on the CPU the
+/// timer counts only in VMX non-root operation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PreemptTimer12 {
+    /// Timer ticks of L2 time left.
+    pub left: u64,
+    /// What VMCS0-2's timer was set to at the last entry.
+    pub programmed: u64,
+    /// The CPU's timer was set from vmcs12's count at the last entry (not
+    /// from L0's smaller need): its exit 52 is L1's.
+    pub armed: bool,
+}
+
+impl PreemptTimer12 {
+    /// Loaded from vmcs12's value field at an emulated VM entry.
+    pub fn load(value: u32) -> Self {
+        PreemptTimer12 { left: u64::from(value), programmed: 0, armed: false }
+    }
+
+    /// The value for VMCS0-2 at this entry: vmcs12's remaining count or
+    /// L0's `l0_ticks`, whichever is smaller (equal: L1's).
+    pub fn compose(&mut self, l0_ticks: u64) -> u64 {
+        self.armed = self.left <= l0_ticks;
+        self.programmed = self.left.min(l0_ticks);
+        self.programmed
+    }
+
+    /// After VMCS0-2 exited with `reason` and its timer left at
+    /// `remaining` (what the CPU saved): whether the exit is L1's timer
+    /// running out (then nothing is left).
+    pub fn exited(&mut self, remaining: u64, reason: u16) -> bool {
+        if reason == 52 && self.armed {
+            self.left = 0;
+            return true;
+        }
+        self.left = self.left.saturating_sub(self.programmed.saturating_sub(remaining));
+        false
+    }
+
+    /// What "save VMX-preemption timer value" stores in vmcs12 (SDM 28.3.4).
+    pub fn saved(&self) -> u32 {
+        self.left.min(u64::from(u32::MAX)) as u32
     }
 }
 
@@ -442,7 +503,9 @@ pub fn l1_wants_exit(
         46 | 47 => proc2_12 & proc2::DESCRIPTOR_TABLE_EXITING != 0,
         // RDTSCP exits with "RDTSC exiting" when it is enabled at all.
         51 => proc12 & proc1::RDTSC_EXITING != 0 && proc2_12 & proc2::ENABLE_RDTSCP != 0,
-        52 => false, // the preemption timer is L0's (not advertised to L1)
+        // SDM 26.5.1: only with vmcs12's timer active; whether vmcs12's
+        // count (not L0's) ran out is the caller's to say.
+        52 => pin12 & pin::PREEMPTION_TIMER != 0,
         54 => proc2_12 & proc2::WBINVD_EXITING != 0,
         57 => proc2_12 & proc2::RDRAND_EXITING != 0,
         // INVPCID exits with "INVLPG exiting" when it is enabled at all.
@@ -699,6 +762,52 @@ mod tests {
         assert!(!wrmsr_value_faults(0x10, u64::MAX, 0, true), "other MSRs are not judged here");
     }
 
+    #[test]
+    fn preemption_timer_composes_with_l0s_need() {
+        let mut t = PreemptTimer12::load(100);
+        // L0 needs an exit sooner: its value, and its exit 52 is not L1's.
+        assert_eq!(t.compose(40), 40);
+        assert!(!t.exited(0, 52));
+        assert_eq!(t.saved(), 60);
+        // L1's count is the smaller: its exit 52 is L1's, nothing left.
+        assert_eq!(t.compose(4096), 60);
+        assert!(t.exited(0, 52));
+        assert_eq!(t.saved(), 0);
+        // Another exit meanwhile only takes the L2 time that passed.
+        let mut t = PreemptTimer12::load(10);
+        t.compose(4096);
+        assert!(!t.exited(7, 10));
+        assert_eq!(t.saved(), 7);
+        assert_eq!(t.compose(4096), 7);
+        // Equal needs: the exit is L1's.
+        let mut t = PreemptTimer12::load(4096);
+        t.compose(4096);
+        assert!(t.exited(0, 52));
+        // Zero: VMCS0-2 gets 0 and exits at once (SDM 26.7.4).
+        let mut t = PreemptTimer12::load(0);
+        assert_eq!(t.compose(4096), 0);
+        assert!(t.exited(0, 52));
+    }
+
+    #[test]
+    fn save_preemption_timer_needs_the_timer() {
+        let h = VmxCaps { exit: 0x36DFF | (0x7FFFFF << 32), ..host() };
+        let save = u64::from(exitc::SAVE_PREEMPTION_TIMER);
+        let mut v = HashMap::from([
+            (F::PIN_BASED_VM_EXEC_CONTROL, 0x16),
+            (F::CPU_BASED_VM_EXEC_CONTROL, 0x0401_E172),
+            (F::VM_EXIT_CONTROLS, 0x36DFF | save),
+            (F::VM_ENTRY_CONTROLS, 0x11FF),
+        ]);
+        let check = |v: &HashMap<F, u64>| {
+            check_controls(|f| v.get(&f).copied().unwrap_or(0), |m| l1_vmx_msr(&h, m).unwrap_or(0), &ENV)
+        };
+        assert_eq!(check(&v), Err("save VMX-preemption timer value without the timer activated"));
+        v.insert(F::PIN_BASED_VM_EXEC_CONTROL, 0x16 | u64::from(pin::PREEMPTION_TIMER));
+        assert_eq!(check(&v), Ok(()));
+        assert_eq!(l1_vmx_msr(&h, crate::caps::IA32_VMX_MISC).map(|m| m & 0x1F), Some(h.misc & 0x1F));
+    }
+
     fn ex(reason: u16, qualification: u64) -> L2ExitInfo {
         L2ExitInfo { reason, qualification, ..L2ExitInfo::default() }
     }
@@ -714,7 +823,7 @@ mod tests {
         assert!(l1_wants_exit(&ex(12, 0), rcx(0), get, none), "HLT exiting on");
         assert!(!l1_wants_exit(&ex(30, io_port_80), rcx(0), get, none), "no I/O exiting");
         assert!(l1_wants_exit(&ex(31, 0), rcx(0x10), get, none), "no MSR bitmaps: every RDMSR exits");
-        assert!(!l1_wants_exit(&ex(52, 0), rcx(0), get, none), "the preemption timer is L0's");
+        assert!(!l1_wants_exit(&ex(52, 0), rcx(0), get, none), "L1's preemption timer is not active");
         assert!(!l1_wants_exit(&ex(1, 0), rcx(0), get, none), "no external-interrupt exiting");
         for (reason, what) in [(7, "interrupt window"), (8, "NMI window"), (14, "INVLPG"), (15, "RDPMC"), (16, "RDTSC"), (29, "MOV DR"), (36, "MWAIT"), (37, "MTF"), (39, "MONITOR"), (40, "PAUSE"), (43, "TPR below threshold"), (44, "APIC access"), (46, "GDTR/IDTR"), (47, "LDTR/TR"), (51, "RDTSCP"), (54, "WBINVD"), (57, "RDRAND"), (58, "INVPCID"), (61, "RDSEED"), (62, "PML full"), (63, "XSAVES")] {
             assert!(!l1_wants_exit(&ex(reason, 0), rcx(0), get, none), "{what} ({reason}) without its control");

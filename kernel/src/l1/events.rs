@@ -107,8 +107,9 @@ impl Vcpu {
         if ctl & mask != want {
             vmwrite(F::CPU_BASED_VM_EXEC_CONTROL, ((ctl & !mask) | want).into());
         }
+        // L0's need (0: exit at once) composed with vmcs12's own timer.
         let ticks = if plan.immediate_exit { 0 } else { self.l2_timer_ticks() };
-        vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, ticks);
+        self.arm_vmcs02_preemption_timer(ticks);
         L2Next::Enter
     }
 

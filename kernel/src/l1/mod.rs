@@ -887,9 +887,9 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
     if intr & 4 != 0 {
         vmwrite(F::GUEST_INTERRUPTIBILITY_INFO, intr & !4);
     }
-    vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, run::PREEMPT_TICKS);
     let in_l2 = v.nested.in_l2;
     if !in_l2 {
+        vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, run::PREEMPT_TICKS);
         // Time, console, power events, interrupts for L1 (VMCS0-1 current).
         let after_exit = core::mem::take(&mut v.l1_exit_pending);
         if let Some(end) = v.platform_before_entry(after_exit) {

@@ -92,6 +92,15 @@ pub struct Nested {
     /// The exit being reflected is one L0 makes up (an L1 interrupt or NMI
     /// while L2 runs, `super::events`): no L2 exit saved information for it.
     synthetic: bool,
+    /// vmcs12's VMX-preemption timer while L2 runs (its pin control set),
+    /// loaded at each emulated VM entry.
+    ptimer12: Option<nvmx_vmx::nested::PreemptTimer12>,
+    /// The CPU saves VMCS0-2's timer on exit (how much L2 time passed);
+    /// without it, the TSC between entry and exit at IA32_VMX_MISC[4:0]'s rate.
+    ptimer_saved02: bool,
+    ptimer_rate: u32,
+    /// TSC when VMCS0-2 was last entered.
+    entered02_tsc: u64,
 }
 
 /// Field sets derived from the field table once (not on every exit).
@@ -337,6 +346,10 @@ impl Nested {
             eptp02: 0,
             sets: Sets::new(),
             synthetic: false,
+            ptimer12: None,
+            ptimer_saved02: caps.exit().1 & exitc::SAVE_PREEMPTION_TIMER != 0,
+            ptimer_rate: caps.preemption_timer_rate(),
+            entered02_tsc: 0,
         }
     }
 
@@ -965,6 +978,10 @@ impl Vcpu {
         if let Err(n) = self.load_msr_list(list) {
             return self.entry_failure(EXIT_REASON_MSR_LOADING, n, "VM-entry MSR-load list: entry refused (SDM 27.4)");
         }
+        // SDM 27.7.4: the timer starts from vmcs12's value at every entry.
+        let cur = self.nested.current.as_ref().expect("checked above");
+        self.nested.ptimer12 = (cur.get(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & pin::PREEMPTION_TIMER != 0)
+            .then(|| nvmx_vmx::nested::PreemptTimer12::load(cur.get(F::VMX_PREEMPTION_TIMER_VALUE) as u32));
         Emulated::EnterL2
     }
 
@@ -1185,9 +1202,11 @@ impl Vcpu {
         // Debug controls as L1 asked: DR7/DEBUGCTL saved into vmcs02 (and on
         // to vmcs12 under L1's "save debug controls"), loaded from vmcs12.
         let exit12 = cur.get(F::VM_EXIT_CONTROLS) as u32;
+        // The timer saved: how much L2 time passed, for L1's own timer.
+        let save_timer = if self.nested.ptimer_saved02 { exitc::SAVE_PREEMPTION_TIMER } else { 0 };
         let exit02 = adj(
             (exit12 & exitc::SAVE_DEBUG_CONTROLS) | exitc::HOST_ADDRESS_SPACE_SIZE | exitc::ACK_INTERRUPT_ON_EXIT
-                | exitc::SAVE_EFER | exitc::LOAD_EFER | exitc::SAVE_PAT | exitc::LOAD_PAT,
+                | exitc::SAVE_EFER | exitc::LOAD_EFER | exitc::SAVE_PAT | exitc::LOAD_PAT | save_timer,
             caps.exit(),
         );
         let entry02 = adj(
@@ -1255,6 +1274,16 @@ impl Vcpu {
         vmwrite(F::GUEST_RIP, vmread(F::GUEST_RIP) + vmread(F::VM_EXIT_INSTRUCTION_LEN));
         let _ = self.fail(error);
         self.shadow_push();
+    }
+
+    /// The VMX-preemption timer value for the next entry of VMCS0-2: L0's
+    /// own need `l0_ticks` (timer ticks) composed with vmcs12's remaining
+    /// count when L1 activated the timer (KVM's vmx_start_preemption_timer
+    /// for the nested case). The count of L2 time starts now.
+    pub(super) fn arm_vmcs02_preemption_timer(&mut self, l0_ticks: u64) {
+        let ticks = self.nested.ptimer12.as_mut().map_or(l0_ticks, |t| t.compose(l0_ticks));
+        vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, ticks);
+        self.nested.entered02_tsc = crate::arch::cpu::rdtsc();
     }
 
     /// After VMCS0-2 ran: marks the vmcs12 launched once an entry worked.
@@ -1355,12 +1384,28 @@ impl Vcpu {
                 _ => Ok(false),
             };
         }
+        // L1's preemption timer: the L2 time that passed; its exit 52 is
+        // L1's only when vmcs12's count ran out, else L0's (L2 resumes
+        // with the rest).
+        let l1_timer_out = match self.nested.ptimer12.as_mut() {
+            Some(t) => {
+                let remaining = if self.nested.ptimer_saved02 {
+                    vmread(F::VMX_PREEMPTION_TIMER_VALUE)
+                } else {
+                    let elapsed = crate::arch::cpu::rdtsc().saturating_sub(self.nested.entered02_tsc);
+                    t.programmed.saturating_sub(elapsed >> self.nested.ptimer_rate)
+                };
+                t.exited(remaining, basic)
+            }
+            None => false,
+        };
         match basic {
             1 => {
                 // L0's own interrupt (the shell's IPI); L1's are `super::events`'.
                 crate::apic::eoi();
                 return Ok(true);
             }
+            52 if l1_timer_out => return self.reflect(reason, qualification).map(|()| false),
             52 => return Ok(true),
             48 => return self.ept02_violation(reason, qualification),
             _ => {}
@@ -1542,6 +1587,10 @@ impl Vcpu {
         }
         cur.set_from_vmcs02(F::VM_EXIT_REASON, reason.into());
         cur.set_from_vmcs02(F::EXIT_QUALIFICATION, qualification);
+        // SDM 28.3.4: vmcs12's own remaining count, not VMCS0-2's.
+        if let Some(t) = self.nested.ptimer12.filter(|_| exit12 & exitc::SAVE_PREEMPTION_TIMER != 0) {
+            cur.set_from_vmcs02(F::VMX_PREEMPTION_TIMER_VALUE, t.saved().into());
+        }
         // Exits clear the valid bit of the entry-interruption field (SDM 28.2.4)
         // and store IA32_EFER.LMA into "IA-32e mode guest" (IA32_VMX_MISC bit 5,
         // advertised as the CPU has it; SDM 28.2, "Recording VM-Exit Information").

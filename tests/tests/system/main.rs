@@ -12,3 +12,4 @@ mod loaders;
 mod platform;
 mod qemu;
 mod term;
+mod turtles;
