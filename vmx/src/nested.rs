@@ -761,17 +761,18 @@ mod tests {
         };
         let v = with(proc1::USE_IO_BITMAPS | proc1::UNCONDITIONAL_IO_EXITING | proc1::USE_MSR_BITMAPS);
         let get = |f| v.get(&f).copied().unwrap_or(0);
-        // Set: port 0x81 (A), port 0x8000 (B bit 0); MSR 0x1FFF read, 0xC0001FFF write.
+        // Set: port 0x81 (A), port 0x8001 (B bit 1); MSR 0x1FFF read, 0xC0001FFF write.
         let bits = |map: u64, n: u64| {
-            matches!((map, n), (0xA000, 0x81) | (0xB000, 0) | (0x7000, 0x1FFF)) || (map, n) == (0x7000 + 2048 + 1024, 0x1FFF)
+            matches!((map, n), (0xA000, 0x81) | (0xB000, 1) | (0x7000, 0x1FFF)) || (map, n) == (0x7000 + 2048 + 1024, 0x1FFF)
         };
         let wants = |q: u64| l1_wants_exit(&ex(30, q), rcx(0), get, bits);
         assert!(!wants(io(0x80, 1)), "port 0x80 clear");
         assert!(wants(io(0x80, 2)), "a word at 0x80 touches 0x81, which is set");
         assert!(!wants(io(0x7E, 2)), "a word at 0x7E touches 0x7E-0x7F, clear");
         assert!(!wants(io(0x7FFE, 2)), "0x7FFE-0x7FFF in A, clear");
-        assert!(wants(io(0x7FFF, 2)), "0x7FFF-0x8000 spans A and B, B bit 0 set");
-        assert!(wants(io(0x7FFD, 4)), "a dword at 0x7FFD reaches 0x8000");
+        assert!(!wants(io(0x7FFF, 2)), "0x7FFF-0x8000 spans A and B, both clear");
+        assert!(wants(io(0x7FFE, 4)), "a dword at 0x7FFE reaches 0x8001 in B, set");
+        assert!(wants(io(0x8000, 2)), "a word at 0x8000 touches 0x8001");
         assert!(!wants(io(0xFFFE, 2)), "0xFFFE-0xFFFF, clear, no wrap");
         assert!(wants(io(0xFFFF, 2)), "0xFFFF-0x10000 wraps: always exits");
         assert!(wants(io(0xFFFD, 4)), "a dword at 0xFFFD wraps");
