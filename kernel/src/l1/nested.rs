@@ -412,31 +412,46 @@ impl Vcpu {
         if n == 4 { vmwrite(F::GUEST_RSP, v) } else { self.regs.gpr[usize::from(n)] = v }
     }
 
-    /// The guest-physical address of a VMX instruction's memory operand
-    /// (SDM 28.2.5 for the encoding): segment base + offset, then L1's page
+    /// L1 executes in 64-bit mode (IA32_EFER.LMA and CS.L): register
+    /// operands are 64 bits wide, VMREAD/VMWRITE memory operands 8 bytes.
+    fn l1_long64(&self) -> bool {
+        vmread(F::GUEST_IA32_EFER) & (1 << 10) != 0 && vmread(F::GUEST_CS_AR_BYTES) & (1 << 13) != 0
+    }
+
+    /// A register operand as wide as L1's mode makes it (SDM 32.3: 32 bits
+    /// outside 64-bit mode, the upper half ignored).
+    fn gpr_operand(&self, n: u8) -> u64 {
+        let v = self.gpr(n);
+        if self.l1_long64() { v } else { v & 0xFFFF_FFFF }
+    }
+
+    /// The guest-physical address of a VMX instruction's memory operand of
+    /// `size` bytes (SDM 28.2.5 for the encoding): the segment and
+    /// canonical checks first — #GP(0), or #SS(0) for an SS operand, before
+    /// any page walk (`nvmx_vmx::exit::operand_linear`) —, then L1's page
     /// tables in whatever paging mode L1 uses. `Err` = the exception L1
-    /// gets: #PF (with CR2 set, as the CPU would) or #GP for memory L1
-    /// does not have.
-    fn operand_gpa(&self, info: &InstructionInfo, write: bool) -> Result<u64, (u8, Option<u32>)> {
-        self.operand_gpa_with(info, write, 0)
+    /// gets: #GP/#SS, or #PF with CR2 set, as the CPU would.
+    fn operand_gpa(&self, info: &InstructionInfo, size: u64, write: bool) -> Result<u64, (u8, Option<u32>)> {
+        let linear = self.operand_linear(info, size, write)?;
+        self.operand_walk(linear, write)
     }
 
-    /// The second half of a 16-byte operand (it may lie on another page).
-    fn operand_gpa_at(&self, info: &InstructionInfo, skip: u64) -> Result<u64, (u8, Option<u32>)> {
-        self.operand_gpa_with(info, false, skip)
-    }
-
-    fn operand_gpa_with(&self, info: &InstructionInfo, write: bool, skip: u64) -> Result<u64, (u8, Option<u32>)> {
-        let offset = info.offset(vmread(F::EXIT_QUALIFICATION), |r| self.gpr(r)).wrapping_add(skip);
-        let seg_base = match info.segment {
-            4 => vmread(F::GUEST_FS_BASE),
-            5 => vmread(F::GUEST_GS_BASE),
-            0 => vmread(F::GUEST_ES_BASE),
-            1 => vmread(F::GUEST_CS_BASE),
-            2 => vmread(F::GUEST_SS_BASE),
-            _ => vmread(F::GUEST_DS_BASE),
+    fn operand_linear(&self, info: &InstructionInfo, size: u64, write: bool) -> Result<u64, (u8, Option<u32>)> {
+        let offset = info.offset(vmread(F::EXIT_QUALIFICATION), |r| self.gpr(r));
+        let (base, limit, ar) = match info.segment {
+            0 => (F::GUEST_ES_BASE, F::GUEST_ES_LIMIT, F::GUEST_ES_AR_BYTES),
+            1 => (F::GUEST_CS_BASE, F::GUEST_CS_LIMIT, F::GUEST_CS_AR_BYTES),
+            2 => (F::GUEST_SS_BASE, F::GUEST_SS_LIMIT, F::GUEST_SS_AR_BYTES),
+            4 => (F::GUEST_FS_BASE, F::GUEST_FS_LIMIT, F::GUEST_FS_AR_BYTES),
+            5 => (F::GUEST_GS_BASE, F::GUEST_GS_LIMIT, F::GUEST_GS_AR_BYTES),
+            _ => (F::GUEST_DS_BASE, F::GUEST_DS_LIMIT, F::GUEST_DS_AR_BYTES),
         };
-        let linear = offset.wrapping_add(seg_base);
+        let seg = nvmx_vmx::exit::Segment { base: vmread(base), limit: vmread(limit) as u32, ar: vmread(ar) as u32 };
+        nvmx_vmx::exit::operand_linear(seg, info.segment, offset, size, write, self.l1_long64()).map_err(|v| (v, Some(0)))
+    }
+
+    /// L1's page walk of an operand's `linear` address (its paging mode).
+    fn operand_walk(&self, linear: u64, write: bool) -> Result<u64, (u8, Option<u32>)> {
         let cr0 = vmread(F::GUEST_CR0);
         // The PDPTE registers of a PAE L1 are in VMCS0-1 (L1 runs with EPT).
         let (cr4, efer) = (vmread(F::GUEST_CR4), vmread(F::GUEST_IA32_EFER));
@@ -461,9 +476,29 @@ impl Vcpu {
         })
     }
 
+    /// Reads the 64-bit memory operand of VMXON/VMCLEAR/VMPTRLD. Outside
+    /// L1's RAM it reads all-ones, as memory no device decodes on a PC.
     fn read_operand(&self, info: &InstructionInfo) -> Result<u64, (u8, Option<u32>)> {
-        let gpa = self.operand_gpa(info, false)?;
-        self.l1mem().read_u64(gpa).ok_or((13, Some(0)))
+        let gpa = self.operand_gpa(info, 8, false)?;
+        Ok(self.l1mem().read_u64(gpa).unwrap_or(u64::MAX))
+    }
+
+    /// Writes `size` (4 or 8) bytes of `v` to a store operand; outside L1's
+    /// RAM the write is dropped, as on a PC.
+    fn write_operand(&self, info: &InstructionInfo, size: u64, v: u64) -> Result<(), (u8, Option<u32>)> {
+        let gpa = self.operand_gpa(info, size, true)?;
+        let mem = self.l1mem();
+        if size == 8 {
+            mem.write_u64(gpa, v);
+        } else if let Some(old) = mem.read_u64(gpa) {
+            mem.write_u64(gpa, (old & !0xFFFF_FFFF) | (v & 0xFFFF_FFFF));
+        } else if gpa >= 4 {
+            // The last 4 bytes of RAM: merge with the 4 before them.
+            if let Some(old) = mem.read_u64(gpa - 4) {
+                mem.write_u64(gpa - 4, (old & 0xFFFF_FFFF) | (v << 32));
+            }
+        }
+        Ok(())
     }
 
     fn set_rflags(&self, set: u64) {
@@ -645,9 +680,15 @@ impl Vcpu {
 
     fn emulate_vmx_inner(&mut self, reason: u16) -> Emulated {
         let info = InstructionInfo::decode(vmread(F::VMX_INSTRUCTION_INFO) as u32);
-        // Faults before anything else (SDM 32.3, each instruction's
-        // "Operation"): not in VMX operation → #UD (except VMXON); CPL > 0 → #GP(0).
+        // Faults before anything else, in each instruction's "Operation"
+        // order (SDM 32.3). Real mode, virtual-8086 and compatibility mode
+        // are #UD the CPU raises itself, before any VM exit (SDM 26.1.1).
+        // Not in VMX operation → #UD (VMXON: CR4.VMXE = 0 → #UD); then
+        // CPL > 0 → #GP(0).
         if reason != 27 && self.nested.vmxon.is_none() {
+            return Emulated::Fault(6, None);
+        }
+        if reason == 27 && vmread(F::CR4_READ_SHADOW) & (1 << 13) == 0 {
             return Emulated::Fault(6, None);
         }
         if (vmread(F::GUEST_CS_AR_BYTES) >> 5) & 3 != 0 {
@@ -667,9 +708,8 @@ impl Vcpu {
             21 => self.vmptrld(&info),
             22 => {
                 let ptr = self.nested.current.as_ref().map_or(u64::MAX, |c| c.gpa);
-                match self.operand_gpa(&info, true) {
-                    Ok(gpa) if self.l1mem().write_u64(gpa, ptr) => self.succeed(),
-                    Ok(_) => Emulated::Fault(13, Some(0)),
+                match self.write_operand(&info, 8, ptr) {
+                    Ok(()) => self.succeed(),
                     Err((v, e)) => Emulated::Fault(v, e),
                 }
             }
@@ -681,23 +721,45 @@ impl Vcpu {
         }
     }
 
-    /// VMXON (SDM 32.3 "VMXON"): CR4.VMXE, the region aligned, in memory,
-    /// with our revision id.
+    /// L1's view of CR0 and CR4: its own bits where L0 forces a value
+    /// (VMCS0-1's guest/host masks), through the read shadows.
+    fn l1_cr0_cr4(&self) -> (u64, u64) {
+        let view = |guest, mask, shadow| {
+            let m = vmread(mask);
+            (vmread(guest) & !m) | (vmread(shadow) & m)
+        };
+        (
+            view(F::GUEST_CR0, F::CR0_GUEST_HOST_MASK, F::CR0_READ_SHADOW),
+            view(F::GUEST_CR4, F::CR4_GUEST_HOST_MASK, F::CR4_READ_SHADOW),
+        )
+    }
+
+    /// VMXON (SDM 32.3 "VMXON", in its order; CR4.VMXE and CPL were
+    /// checked by the caller): in VMX root → VMfail(15); CR0/CR4 values not
+    /// supported in VMX operation (IA32_VMX_CR0/CR4_FIXED0/1) → #GP(0)
+    /// (A20M: nvmx's PC never masks A20, IA32_FEATURE_CONTROL is locked with
+    /// VMX on); then the operand: 4 KiB aligned within the physical-address
+    /// width, else VMfailInvalid; the region's revision id with bit 31
+    /// clear, else VMfailInvalid.
     fn vmxon(&mut self, info: &InstructionInfo) -> Emulated {
-        if vmread(F::CR4_READ_SHADOW) & (1 << 13) == 0 {
-            return Emulated::Fault(6, None);
-        }
         if self.nested.vmxon.is_some() {
             return self.fail(15);
+        }
+        let host = crate::vmx::probe().expect("nested VMX runs on VMX");
+        let ((cr0_f0, cr0_f1), (cr4_f0, cr4_f1)) = (host.cr0_fixed(), host.cr4_fixed());
+        let (cr0, cr4) = self.l1_cr0_cr4();
+        if cr0 & cr0_f0 != cr0_f0 || cr0 & !cr0_f1 != 0 || cr4 & cr4_f0 != cr4_f0 || cr4 & !cr4_f1 != 0 {
+            return Emulated::Fault(13, Some(0));
         }
         let ptr = match self.read_operand(info) {
             Ok(p) => p,
             Err((v, e)) => return Emulated::Fault(v, e),
         };
-        if ptr & 0xFFF != 0 || ptr >= self.mem_size {
+        if ptr & 0xFFF != 0 || ptr >> self.nested.phys_bits != 0 {
             return self.fail_invalid();
         }
-        if self.l1mem().read_u64(ptr).map(|v| v as u32 & 0x7FFF_FFFF) != Some(VMCS12_REVISION) {
+        // Outside L1's RAM the revision reads all-ones: a mismatch.
+        if self.l1mem().read_u64(ptr).map(|v| v as u32) != Some(VMCS12_REVISION) {
             return self.fail_invalid();
         }
         self.nested.vmxon = Some(ptr);
@@ -705,13 +767,15 @@ impl Vcpu {
         self.succeed()
     }
 
-    /// VMCLEAR: errors 2 (bad address) and 3 (the VMXON pointer).
+    /// VMCLEAR: errors 2 (not 4 KiB aligned, or bits beyond the
+    /// physical-address width) and 3 (the VMXON pointer). A region outside
+    /// L1's RAM is cleared into nothing: VMsucceed, as on a PC.
     fn vmclear(&mut self, info: &InstructionInfo) -> Emulated {
         let ptr = match self.read_operand(info) {
             Ok(p) => p,
             Err((v, e)) => return Emulated::Fault(v, e),
         };
-        if ptr & 0xFFF != 0 || ptr >= self.mem_size {
+        if ptr & 0xFFF != 0 || ptr >> self.nested.phys_bits != 0 {
             return self.fail(2);
         }
         if Some(ptr) == self.nested.vmxon {
@@ -728,20 +792,23 @@ impl Vcpu {
         self.succeed()
     }
 
-    /// VMPTRLD: errors 9 (bad address), 10 (VMXON pointer), 11 (revision).
+    /// VMPTRLD: errors 9 (not aligned, or beyond the physical-address
+    /// width), 10 (VMXON pointer), 11 (revision id, bit 31 included: nvmx
+    /// offers L1 no VMCS shadowing, so no shadow VMCS may be loaded; a
+    /// region outside L1's RAM reads all-ones).
     fn vmptrld(&mut self, info: &InstructionInfo) -> Emulated {
         let ptr = match self.read_operand(info) {
             Ok(p) => p,
             Err((v, e)) => return Emulated::Fault(v, e),
         };
-        if ptr & 0xFFF != 0 || ptr >= self.mem_size {
+        if ptr & 0xFFF != 0 || ptr >> self.nested.phys_bits != 0 {
             return self.fail(9);
         }
         if Some(ptr) == self.nested.vmxon {
             return self.fail(10);
         }
         let mem = self.l1mem();
-        if mem.read_u64(ptr).map(|v| v as u32 & 0x7FFF_FFFF) != Some(VMCS12_REVISION) {
+        if mem.read_u64(ptr).map(|v| v as u32) != Some(VMCS12_REVISION) {
             return self.fail(11);
         }
         if self.nested.current.as_ref().is_some_and(|c| c.gpa == ptr) {
@@ -776,7 +843,7 @@ impl Vcpu {
 
     /// The field named by the register operand, or the VMfail error.
     fn field_operand(&self, info: &InstructionInfo) -> Result<(F, Access), u32> {
-        let enc = self.gpr(info.reg2);
+        let enc = self.gpr_operand(info.reg2);
         if enc > u64::from(u32::MAX) {
             return Err(12);
         }
@@ -804,14 +871,12 @@ impl Vcpu {
             (Width::U64, Access::High) => raw >> 32,
             _ => raw,
         };
+        let long64 = self.l1_long64();
         if info.is_register {
-            self.set_gpr(info.reg1, value);
-        } else {
-            match self.operand_gpa(info, true) {
-                Ok(gpa) if self.l1mem().write_u64(gpa, value) => {}
-                Ok(_) => return Emulated::Fault(13, Some(0)),
-                Err((v, e)) => return Emulated::Fault(v, e),
-            }
+            // Outside 64-bit mode the destination is 32 bits (SDM 32.3).
+            self.set_gpr(info.reg1, if long64 { value } else { value & 0xFFFF_FFFF });
+        } else if let Err((v, e)) = self.write_operand(info, if long64 { 8 } else { 4 }, value) {
+            return Emulated::Fault(v, e);
         }
         self.succeed()
     }
@@ -822,11 +887,16 @@ impl Vcpu {
         if self.nested.current.is_none() {
             return self.fail_invalid();
         }
+        // The source is 32 bits outside 64-bit mode (SDM 32.3).
         let value = if info.is_register {
-            self.gpr(info.reg1)
+            self.gpr_operand(info.reg1)
         } else {
-            match self.read_operand(info) {
-                Ok(v) => v,
+            let size = if self.l1_long64() { 8 } else { 4 };
+            match self.operand_gpa(info, size, false) {
+                Ok(gpa) => {
+                    let v = self.l1mem().read_u64(gpa).unwrap_or(u64::MAX);
+                    if size == 8 { v } else { v & 0xFFFF_FFFF }
+                }
                 Err((v, e)) => return Emulated::Fault(v, e),
             }
         };
@@ -854,17 +924,20 @@ impl Vcpu {
     /// error 28 for a type not advertised. EPT0-2 is dropped whole (it caches
     /// EPT1-2), VPID-tagged translations by the mapped L0 VPID.
     fn invalidate(&mut self, reason: u16, info: &InstructionInfo) -> Emulated {
-        let kind = self.gpr(info.reg2);
+        let kind = self.gpr_operand(info.reg2);
         let ok_types = if reason == 50 { [1u64, 2].as_slice() } else { [0u64, 1, 2, 3].as_slice() };
         if !ok_types.contains(&kind) {
             return self.fail(28);
         }
         // The 128-bit descriptor is read whatever the type (SDM 32.3).
-        let desc = match (self.operand_gpa(info, false), self.operand_gpa_at(info, 8)) {
-            (Ok(lo), Ok(hi)) => match (self.l1mem().read_u64(lo), self.l1mem().read_u64(hi)) {
-                (Some(a), Some(b)) => [a, b],
-                _ => return Emulated::Fault(13, Some(0)),
-            },
+        // Segment/canonical checks on all 16 bytes, then each half's walk
+        // (the second may lie on another page).
+        let linear = match self.operand_linear(info, 16, false) {
+            Ok(l) => l,
+            Err((v, e)) => return Emulated::Fault(v, e),
+        };
+        let desc = match (self.operand_walk(linear, false), self.operand_walk(linear.wrapping_add(8), false)) {
+            (Ok(lo), Ok(hi)) => [lo, hi].map(|gpa| self.l1mem().read_u64(gpa).unwrap_or(u64::MAX)),
             (Err((v, e)), _) | (_, Err((v, e))) => return Emulated::Fault(v, e),
         };
         if nvmx_vmx::nested::check_invalidation(reason == 50, kind, desc, self.nested.phys_bits).is_err() {
@@ -883,6 +956,11 @@ impl Vcpu {
     /// control checks (7), host-state checks (8); then prepare_vmcs02.
     fn vmlaunch12(&mut self, launch: bool) -> Emulated {
         let Some(cur) = self.nested.current.as_ref() else { return self.fail_invalid() };
+        // SDM 32.3 "VMLAUNCH/VMRESUME": events blocked by MOV SS come
+        // before the launch state (error 26, then 4/5).
+        if vmread(F::GUEST_INTERRUPTIBILITY_INFO) & 2 != 0 {
+            return self.fail(26);
+        }
         if launch && cur.launched {
             return self.fail(4);
         }
