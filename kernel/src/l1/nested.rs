@@ -1463,14 +1463,18 @@ impl Vcpu {
         let l1_ept = proc12 & proc1::SECONDARY_CONTROLS != 0
             && cur.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 & proc2::ENABLE_EPT != 0;
         if !l1_ept {
-            return Err(alloc::format!("L2 accessed guest-physical {gpa2:#x} outside the L1's memory"));
+            // L2 runs on L1's EPT0-1: its physical addresses are L1's, and
+            // outside L1's RAM that is MMIO on L1's PC.
+            return self.l2_mmio(gpa2, qualification, None);
         }
         let eptp12 = cur.get(F::EPT_POINTER);
         let access = qualification & 7;
         match walk::ept_translate(&self.l1mem(), eptp12, gpa2, self.nested.phys_bits) {
             Ok(t) if t.permissions & access == access => {
                 if t.address >= self.mem_size {
-                    return Err(alloc::format!("L1's EPT maps L2 {gpa2:#x} to {:#x}, outside its memory", t.address));
+                    // Outside L1's RAM: MMIO on L1's PC (a device of L1's,
+                    // else reads all-ones and writes dropped).
+                    return self.l2_mmio(t.address, qualification, Some(eptp12));
                 }
                 let hpa = self.mem_base + (t.address & !0xFFF);
                 self.nested.ept02.map(gpa2 & !0xFFF, hpa, t.permissions).ok_or("no memory for EPT0-2")?;
@@ -1492,6 +1496,16 @@ impl Vcpu {
             // reported, SDM 28.2.1 and 29.3.3.1).
             Err(Some(walk::WalkError::Reserved)) => self.reflect(49, 0).map(|()| false),
             Err(_) => self.reflect(reason, qualification & !0x38).map(|()| false),
+        }
+    }
+
+    /// An L2 access to L1-physical `gpa` outside L1's RAM, emulated
+    /// against L1's platform (`platform_mmio_l2`), L2 resumed after it.
+    fn l2_mmio(&mut self, gpa: u64, qualification: u64, eptp12: Option<u64>) -> Result<bool, alloc::string::String> {
+        match self.platform_mmio_l2(gpa, qualification, eptp12, self.nested.phys_bits) {
+            Handled::Resume => Ok(true),
+            Handled::Stop(why) => Err(alloc::format!("L2: {why}")),
+            _ => Ok(true),
         }
     }
 
