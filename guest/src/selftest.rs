@@ -18,7 +18,7 @@ use crate::vmx::{self, VmFail};
 
 /// What a check expects.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Want {
+pub(crate) enum Want {
     Succeed,
     FailInvalid,
     FailValid(u32),
@@ -59,11 +59,11 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
-    fn check(&mut self, name: &str, want: Want, r: Result<(), VmFail>) {
+    pub(crate) fn check(&mut self, name: &str, want: Want, r: Result<(), VmFail>) {
         let g = got(r);
         self.value(name, show(want), show(g), g == want);
     }
-    fn value(&mut self, name: &str, want: &str, got: &str, ok: bool) {
+    pub(crate) fn value(&mut self, name: &str, want: &str, got: &str, ok: bool) {
         if ok {
             self.passed += 1;
             let _ = writeln!(Console, "l1: selftest {name}: pass ({got})");
@@ -73,7 +73,7 @@ impl Tally {
         }
     }
     /// A check whose outcome is a yes/no against `want`.
-    fn expect(&mut self, name: &str, want: &str, ok: bool) {
+    pub(crate) fn expect(&mut self, name: &str, want: &str, ok: bool) {
         self.value(name, want, if ok { "as expected" } else { "something else" }, ok);
     }
     fn equal(&mut self, name: &str, want: u64, got: Result<u64, VmFail>) {
@@ -178,6 +178,7 @@ pub fn run(caps: &VmxCaps) {
     t.check("vmread after it", Want::FailInvalid, vmx::try_vmread(F::GUEST_RIP.encoding()).map(|_| ()));
     t.value("vmptrst after it", "no current VMCS", "all ones", vmx::vmptrst() == u64::MAX);
     t.check("vmxoff", Want::Succeed, vmx::vmxoff());
+    crate::conformance::outside_vmx(&mut t, caps);
     let _ = writeln!(Console, "l1: selftest {} passed, {} failed", t.passed, t.failed);
 }
 
@@ -241,19 +242,19 @@ unsafe extern "C" {
 }
 
 /// What an L2 exit left in the VMCS.
-struct L2Exit {
-    reason: u64,
-    qualification: u64,
+pub(crate) struct L2Exit {
+    pub(crate) reason: u64,
+    pub(crate) qualification: u64,
     intr_info: u64,
     len: u64,
     gpa: u64,
-    rax: u64,
+    pub(crate) rax: u64,
 }
 
 /// One L2 vCPU on the current VMCS; its EPT maps pages on demand except
 /// the `hole`.
-struct L2 {
-    ept: Ept,
+pub(crate) struct L2 {
+    pub(crate) ept: Ept,
     launched: bool,
     hole: u64,
 }
@@ -261,7 +262,7 @@ struct L2 {
 impl L2 {
     /// Runs the L2 at `rip` with RCX/RSI = `rcx`/`rsi` until an exit other
     /// than an EPT violation L1 fills. `None` if VMLAUNCH/VMRESUME failed.
-    fn run(&mut self, rip: u64, rcx: u64, rsi: u64) -> Option<L2Exit> {
+    pub(crate) fn run(&mut self, rip: u64, rcx: u64, rsi: u64) -> Option<L2Exit> {
         let mut regs = L2Regs::default();
         regs.gpr[1] = rcx;
         regs.gpr[6] = rsi;
@@ -423,6 +424,7 @@ fn l2_checks(t: &mut Tally, caps: &VmxCaps, vmcs: u64) {
         vmx::vmwrite(F::PAGE_FAULT_ERROR_CODE_MATCH, 0);
     }
     unoffered_controls(t, caps, &mut l2);
+    crate::conformance::with_l2(t, caps, &mut l2);
     operand_faults(t, 1 << 39, vmcs);
 
     // VM-entry failures on guest state (SDM 27.3.1, exit reason 33 | bit 31).
@@ -666,7 +668,7 @@ fn wrmsr(msr: u32, v: u64) {
 }
 
 /// "`mode`: `step`" in a fixed buffer (the L1 has no allocator).
-fn alloc_free_name(mode: &str, step: &str) -> &'static str {
+pub(crate) fn alloc_free_name(mode: &str, step: &str) -> &'static str {
     static mut BUF: [u8; 96] = [0; 96];
     // SAFETY: single-threaded; the name is printed before the next call.
     let buf = unsafe { &mut *(&raw mut BUF) };
