@@ -646,7 +646,12 @@ impl Vcpu {
                 // hypervisor bit (31); OSXSAVE (27) follows L1's CR4.
                 let x2apic = self.platform.pc.config().x2apic;
                 c = (c & !((1 << 21) | (1 << 24) | (1 << 31) | (1 << 27))) | (u32::from(x2apic) << 21) | (1 << 24);
-                if vmread(F::CR4_READ_SHADOW) & (1 << 18) != 0 && c & (1 << 26) != 0 {
+                // L1's CR4: the guest CR4 where L0 forces nothing, the read
+                // shadow where it does (OSXSAVE is not masked: the shadow's
+                // copy of it is stale — found by the conformance selftest).
+                let mask = vmread(F::CR4_GUEST_HOST_MASK);
+                let cr4 = (vmread(F::GUEST_CR4) & !mask) | (vmread(F::CR4_READ_SHADOW) & mask);
+                if cr4 & (1 << 18) != 0 && c & (1 << 26) != 0 {
                     c |= 1 << 27;
                 }
                 // EDX[9]: the APIC is there while IA32_APIC_BASE enables it

@@ -1017,7 +1017,17 @@ impl Vcpu {
         let prepared = self.prepare_vmcs02();
         self.prof.leave(phase);
         if let Err(e) = prepared {
-            return Emulated::Stop(e.into());
+            // L0 could not build VMCS0-2 for a vmcs12 its checks passed
+            // (controls this CPU cannot combine, no memory): L1's entry
+            // fails as on a CPU refusing its controls (VMfailValid(7)),
+            // counted as a fallback — never a stopped L1.
+            log::warn!("l1 cpu {}: VMCS0-2 not built ({e}); VMfailValid(7) to L1", self.cpu);
+            // SAFETY: VMCS0-1 is L0's; VMCS0-2 may be current after a partial build.
+            unsafe { insn::vmptrld(self.nested.vmcs01) }.expect("VMPTRLD of VMCS0-1");
+            self.nested.vmcs02_holds = None;
+            self.fallback_to_cpu();
+            self.check_failed("VMCS0-2 could not be built for controls nvmx's checks passed");
+            return self.fail(7);
         }
         // SDM 27.4: the VM-entry MSR-load list, after the guest state.
         let cur = self.nested.current.as_ref().expect("checked above");
