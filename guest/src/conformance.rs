@@ -50,6 +50,22 @@ cf_movss_vmresume:
 
     /* L2 snippets: RCX = port / MSR / value, RSI = address. */
     .global cf_in8, cf_in16, cf_in32, cf_rdmsr, cf_cpuid, cf_store_load
+    .global cf_invlpg, cf_rdpmc, cf_rdtsc, cf_cr3_load, cf_cr3_store, cf_cr8_load, cf_cr8_store
+cf_invlpg:     invlpg [rsi]
+               vmcall
+cf_rdpmc:      rdpmc
+               vmcall
+cf_rdtsc:      rdtsc
+               vmcall
+cf_cr3_load:   mov cr3, rcx         /* RCX = L2's own CR3 */
+               vmcall
+cf_cr3_store:  mov rax, cr3
+               vmcall
+cf_cr8_load:   xor eax, eax
+               mov cr8, rax
+               vmcall
+cf_cr8_store:  mov rax, cr8
+               vmcall
 cf_in8:        mov edx, ecx
                in al, dx
                vmcall
@@ -82,6 +98,13 @@ unsafe extern "C" {
     static cf_rdmsr: u8;
     static cf_cpuid: u8;
     static cf_store_load: u8;
+    static cf_invlpg: u8;
+    static cf_rdpmc: u8;
+    static cf_rdtsc: u8;
+    static cf_cr3_load: u8;
+    static cf_cr3_store: u8;
+    static cf_cr8_load: u8;
+    static cf_cr8_store: u8;
 }
 
 extern "C" fn vmxon_at(a: u64) {
@@ -333,6 +356,31 @@ pub fn with_l2(t: &mut Tally, caps: &VmxCaps, l2: &mut L2) {
     t.expect("l2 writes and reads an EPT1-2 page outside L1's RAM: all-ones", "0xffffffffffffffff", e.is_some_and(|e| e.reason == 18 && e.rax == u64::MAX));
     l2.ept.map_to(l2_page, l2_page);
     let _ = vmx::invept_single(l2.ept.eptp());
+
+    // Item 5: the processor-based controls Linux's kvm_intel requires,
+    // each making its exit with the SDM's qualification (26.1.3, 28.2.1).
+    // SAFETY: as above.
+    let snippets = unsafe { [rip(&cf_invlpg), rip(&cf_rdpmc), rip(&cf_rdtsc), rip(&cf_cr3_load), rip(&cf_cr3_store), rip(&cf_cr8_load), rip(&cf_cr8_store)] };
+    for (name, snippet, control, reason, qualification) in [
+        ("l2 invlpg with INVLPG exiting: exit 14, the linear address", snippets[0], proc1::INVLPG_EXITING, 14, Some(0x1234_5000)),
+        ("l2 rdpmc with RDPMC exiting: exit 15", snippets[1], proc1::RDPMC_EXITING, 15, None),
+        ("l2 rdtsc with RDTSC exiting: exit 16", snippets[2], proc1::RDTSC_EXITING, 16, None),
+        ("l2 mov to cr3 with CR3-load exiting: exit 28, qualification 0x103", snippets[3], proc1::CR3_LOAD_EXITING, 28, Some(0x103)),
+        ("l2 mov from cr3 with CR3-store exiting: exit 28, qualification 0x13", snippets[4], proc1::CR3_STORE_EXITING, 28, Some(0x13)),
+        ("l2 mov to cr8 with CR8-load exiting: exit 28, qualification 0x8", snippets[5], proc1::CR8_LOAD_EXITING, 28, Some(0x8)),
+        ("l2 mov from cr8 with CR8-store exiting: exit 28, qualification 0x18", snippets[6], proc1::CR8_STORE_EXITING, 28, Some(0x18)),
+    ] {
+        vmx::vmwrite(F::CPU_BASED_VM_EXEC_CONTROL, proc | u64::from(control));
+        let e = l2.run(snippet, vmx::vmread(F::GUEST_CR3), 0x1234_5000);
+        vmx::vmwrite(F::CPU_BASED_VM_EXEC_CONTROL, proc);
+        let ok = e.as_ref().is_some_and(|e| e.reason == reason && qualification.is_none_or(|q| e.qualification == q));
+        if !ok {
+            if let Some(e) = e {
+                let _ = writeln!(Console, "l1: selftest {name}: exit {:#x} qualification {:#x}", e.reason, e.qualification);
+            }
+        }
+        t.expect(name, "", ok);
+    }
 
     // Class 8: a control bit the L1's capability MSRs do not allow is
     // VMfailValid(7) (SDM 27.2.1.1), one per control word nvmx checks by
