@@ -66,6 +66,9 @@ cf_cr8_load:   xor eax, eax
                vmcall
 cf_cr8_store:  mov rax, cr8
                vmcall
+    .global cf_cr8_write
+cf_cr8_write:  mov cr8, rcx
+               vmcall
 cf_in8:        mov edx, ecx
                in al, dx
                vmcall
@@ -105,6 +108,7 @@ unsafe extern "C" {
     static cf_cr3_store: u8;
     static cf_cr8_load: u8;
     static cf_cr8_store: u8;
+    static cf_cr8_write: u8;
 }
 
 extern "C" fn vmxon_at(a: u64) {
@@ -382,6 +386,15 @@ pub fn with_l2(t: &mut Tally, caps: &VmxCaps, l2: &mut L2) {
         t.expect(name, "", ok);
     }
 
+    // Without TPR shadow or CR8 exiting L2's MOV to CR8 sets the CPU's
+    // TPR, the one L1 reads through its own CR8 (SDM 11.8.6.1, 30.1).
+    // SAFETY: as above.
+    let e = l2.run(unsafe { rip(&cf_cr8_write) }, 7, 0);
+    let cr8 = read_cr8();
+    // SAFETY: back to TPR 0 (the L1 takes no interrupts here anyway).
+    unsafe { core::arch::asm!("mov cr8, {}", in(reg) 0u64) };
+    t.expect("l2 mov to cr8 (7) without TPR shadow or CR8 exiting: L1's CR8 reads 7", "7", e.is_some_and(|e| e.reason == 18) && cr8 == 7);
+
     // Class 8: a control bit the L1's capability MSRs do not allow is
     // VMfailValid(7) (SDM 27.2.1.1), one per control word nvmx checks by
     // name: monitor trap flag, load IA32_PERF_GLOBAL_CTRL on exit and on
@@ -406,6 +419,61 @@ pub fn with_l2(t: &mut Tally, caps: &VmxCaps, l2: &mut L2) {
         }
         t.expect(alloc_free_name(name, "VMfailValid(7) exactly where not advertised"), "as advertised", ok);
     }
+}
+
+/// TPR shadow (SDM 30.1.1-30.1.2, 27.2.1.1, 26.1.1 exit 43): L2's CR8
+/// reads and writes go to VTPR (offset 0x80 of the virtual-APIC page, an
+/// L1 page), a write below the TPR threshold is a trap-like exit 43, and
+/// the entry checks refuse a threshold above VTPR[7:4], threshold bits
+/// 31:4 and a misaligned page (VMfailValid(7)).
+pub fn tpr_shadow(t: &mut Tally, caps: &VmxCaps, l2: &mut L2) {
+    if caps.procbased().1 & proc1::USE_TPR_SHADOW == 0 {
+        t.value("TPR shadow offered", "offered", "not offered", false);
+        return;
+    }
+    let rip = |s: &u8| s as *const u8 as u64;
+    let vapic = alloc_page();
+    let vtpr = (vapic + 0x80) as *mut u32;
+    // SAFETY: a fresh pool page: the L2's virtual-APIC page.
+    unsafe { vtpr.write_volatile(0x50) };
+    let proc = vmx::vmread(F::CPU_BASED_VM_EXEC_CONTROL);
+    let no_cr8 = !u64::from(proc1::CR8_LOAD_EXITING | proc1::CR8_STORE_EXITING);
+    vmx::vmwrite(F::CPU_BASED_VM_EXEC_CONTROL, (proc & no_cr8) | u64::from(proc1::USE_TPR_SHADOW));
+    vmx::vmwrite(F::VIRTUAL_APIC_PAGE_ADDR, vapic);
+    vmx::vmwrite(F::TPR_THRESHOLD, 4);
+    // SAFETY: VTPR of the page above, written by the L2 through the CPU.
+    let read = || unsafe { vtpr.read_volatile() };
+    // SAFETY (both): addresses of the L2 snippets above.
+    let (store, write) = unsafe { (rip(&cf_cr8_store), rip(&cf_cr8_write)) };
+    let e = l2.run(store, 0, 0);
+    t.expect("l2 mov from cr8 with TPR shadow: VTPR[7:4] (5), no exit", "5", e.is_some_and(|e| e.reason == 18 && e.rax == 5));
+    let e = l2.run(write, 6, 0);
+    t.expect("l2 mov to cr8 (6) with TPR shadow: VTPR 0x60, no exit", "0x60", e.is_some_and(|e| e.reason == 18) && read() == 0x60);
+    let e = l2.run(write, 3, 0);
+    let ok = e.is_some_and(|e| e.reason == 43 && e.qualification == 0) && read() == 0x30 && vmx::vmread(F::GUEST_RIP) == write + 4;
+    t.expect("l2 mov to cr8 (3) below TPR threshold 4: exit 43 after the write, VTPR 0x30", "exit 43", ok);
+    let e = l2.run(write, 3, 0);
+    let error = if e.is_none() { vmx::try_vmread(F::VM_INSTRUCTION_ERROR.encoding()).unwrap_or(0) } else { 0 };
+    let mut buf = [0u8; 24];
+    t.value("vmresume with TPR threshold 4 above VTPR[7:4] = 3: VMfailValid(7)", "7", dec(&mut buf, error), error == 7);
+    vmx::vmwrite(F::TPR_THRESHOLD, 0x13);
+    let e = l2.run(write, 3, 0);
+    let error = if e.is_none() { vmx::try_vmread(F::VM_INSTRUCTION_ERROR.encoding()).unwrap_or(0) } else { 0 };
+    t.value("vmresume with TPR threshold bits 31:4 set: VMfailValid(7)", "7", dec(&mut buf, error), error == 7);
+    vmx::vmwrite(F::TPR_THRESHOLD, 0);
+    vmx::vmwrite(F::VIRTUAL_APIC_PAGE_ADDR, vapic | 0x800);
+    let e = l2.run(write, 3, 0);
+    let error = if e.is_none() { vmx::try_vmread(F::VM_INSTRUCTION_ERROR.encoding()).unwrap_or(0) } else { 0 };
+    t.value("vmresume with a misaligned virtual-APIC page: VMfailValid(7)", "7", dec(&mut buf, error), error == 7);
+    vmx::vmwrite(F::VIRTUAL_APIC_PAGE_ADDR, vapic);
+    vmx::vmwrite(F::CPU_BASED_VM_EXEC_CONTROL, proc);
+}
+
+fn read_cr8() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR8 has no side effect.
+    unsafe { core::arch::asm!("mov {}, cr8", out(reg) v) };
+    v
 }
 
 /// `v` in hexadecimal into `buf`.

@@ -20,7 +20,7 @@ pub const L1_PROC: u32 = proc1::INTERRUPT_WINDOW_EXITING | proc1::USE_TSC_OFFSET
     | proc1::INVLPG_EXITING | proc1::MWAIT_EXITING | proc1::RDPMC_EXITING | proc1::RDTSC_EXITING
     | proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING | proc1::CR8_LOAD_EXITING | proc1::CR8_STORE_EXITING
     | proc1::MOV_DR_EXITING | proc1::UNCONDITIONAL_IO_EXITING | proc1::USE_IO_BITMAPS | proc1::USE_MSR_BITMAPS
-    | proc1::MONITOR_EXITING | proc1::PAUSE_EXITING | proc1::SECONDARY_CONTROLS;
+    | proc1::MONITOR_EXITING | proc1::PAUSE_EXITING | proc1::SECONDARY_CONTROLS | proc1::USE_TPR_SHADOW;
 pub const L1_PROC2: u32 =
     proc2::ENABLE_EPT | proc2::ENABLE_VPID | proc2::ENABLE_RDTSCP | proc2::UNRESTRICTED_GUEST | proc2::ENABLE_INVPCID;
 // KVM (6.1 setup_vmcs_config) requires CR8 load/store exiting, save and
@@ -168,6 +168,19 @@ pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64, env:
     if proc & proc1::USE_MSR_BITMAPS != 0 && (msr & 0xFFF != 0 || beyond(msr)) {
         return Err("MSR bitmap address not 4 KiB aligned or too high");
     }
+    // SDM 27.2.1.1, "use TPR shadow" (no virtual-interrupt delivery is
+    // offered): the virtual-APIC page 4 KiB aligned within the width, TPR
+    // threshold bits 31:4 clear. The threshold against VTPR reads memory:
+    // `check_tpr_threshold`.
+    if proc & proc1::USE_TPR_SHADOW != 0 {
+        let vapic = get(F::VIRTUAL_APIC_PAGE_ADDR);
+        if vapic & 0xFFF != 0 || beyond(vapic) {
+            return Err("virtual-APIC address not 4 KiB aligned or too high (SDM 27.2.1.1)");
+        }
+        if get(F::TPR_THRESHOLD) & 0xFFFF_FFF0 != 0 {
+            return Err("TPR threshold: bits 31:4 must be 0 (SDM 27.2.1.1)");
+        }
+    }
     // SDM 27.2.1.2-27.2.1.3: MSR lists 16-byte aligned, inside the
     // physical-address space, when their count is not zero.
     for (addr, count, what) in [
@@ -200,6 +213,19 @@ pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64, env:
         if v & proc2::UNRESTRICTED_GUEST != 0 && v & proc2::ENABLE_EPT == 0 {
             return Err("unrestricted guest without EPT");
         }
+    }
+    Ok(())
+}
+
+/// SDM 27.2.1.1: with "use TPR shadow" (and neither APIC-access
+/// virtualization nor virtual-interrupt delivery, not offered), TPR
+/// threshold bits 3:0 must not exceed bits 7:4 of VTPR, the byte at offset
+/// 0x80 of the virtual-APIC page (`vtpr`). Error 7, like the other control
+/// checks; run on every entry, because L2 changes VTPR without a VMWRITE.
+pub fn check_tpr_threshold(get: impl Fn(F) -> u64, vtpr: u8) -> Result<(), &'static str> {
+    let proc = get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
+    if proc & proc1::USE_TPR_SHADOW != 0 && get(F::TPR_THRESHOLD) & 0xF > u64::from(vtpr >> 4) {
+        return Err("TPR threshold above VTPR bits 7:4 (SDM 27.2.1.1)");
     }
     Ok(())
 }
@@ -791,6 +817,34 @@ mod tests {
         assert!(wr(0x2000) && wr(0xC000_2000), "writes outside both ranges: always");
         // RCX bits 63:32 are ignored (the MSR is ECX).
         assert!(rd(0x1_0000_1FFF) && !rd(0x1_0000_1FFE));
+    }
+
+    #[test]
+    fn tpr_shadow_checks() {
+        let h = host();
+        let caps = |m| l1_vmx_msr(&h, m).unwrap_or(0);
+        let env = Env { phys_bits: 39, l1_long_mode: true };
+        let mut v = good();
+        *v.get_mut(&F::CPU_BASED_VM_EXEC_CONTROL).unwrap() |= u64::from(proc1::USE_TPR_SHADOW);
+        v.insert(F::VIRTUAL_APIC_PAGE_ADDR, 0x5000);
+        v.insert(F::TPR_THRESHOLD, 4);
+        let c = |v: &HashMap<F, u64>| check_controls(|f| v.get(&f).copied().unwrap_or(0), caps, &env);
+        assert_eq!(c(&v), Ok(()));
+        let t = |v: &HashMap<F, u64>, vtpr| check_tpr_threshold(|f| v.get(&f).copied().unwrap_or(0), vtpr);
+        assert_eq!(t(&v, 0x40), Ok(()));
+        assert_eq!(t(&v, 0x4F), Ok(()));
+        assert!(t(&v, 0x3F).is_err(), "threshold 4 above VTPR[7:4] = 3");
+        v.insert(F::TPR_THRESHOLD, 0x14);
+        assert!(c(&v).is_err(), "threshold bits 31:4");
+        v.insert(F::TPR_THRESHOLD, 4);
+        v.insert(F::VIRTUAL_APIC_PAGE_ADDR, 0x5800);
+        assert!(c(&v).is_err(), "misaligned virtual-APIC page");
+        v.insert(F::VIRTUAL_APIC_PAGE_ADDR, 1 << 40);
+        assert!(c(&v).is_err(), "beyond the physical-address width");
+        // Without the control nothing of it is checked.
+        *v.get_mut(&F::CPU_BASED_VM_EXEC_CONTROL).unwrap() &= !u64::from(proc1::USE_TPR_SHADOW);
+        assert_eq!(c(&v), Ok(()));
+        assert_eq!(t(&v, 0), Ok(()));
     }
 
     /// SDM A.2-A.5: the plain MSRs report every default-1 bit as must-be-1;

@@ -703,6 +703,18 @@ impl Vcpu {
                 vmwrite(F::GUEST_CR4, value | forced);
                 Handled::Skip
             }
+            // CR8 = TPR bits 7:4 of the L1's LAPIC (SDM 11.8.6.1); bits
+            // 63:4 of a MOV to CR8 are reserved (#GP(0)).
+            (8, 0) if value >> 4 != 0 => Handled::Inject(13, Some(0)),
+            (8, 0) => {
+                self.platform.pc.set_cr8(value);
+                Handled::Skip
+            }
+            (8, 1) => {
+                let v = self.platform.pc.cr8();
+                if gpr == 4 { vmwrite(F::GUEST_RSP, v) } else { self.regs.gpr[usize::from(gpr)] = v }
+                Handled::Skip
+            }
             _ => Handled::Stop(alloc::format!("unexpected CR{cr} access type {access}")),
         }
     }

@@ -982,6 +982,17 @@ impl Vcpu {
         let vmxon = self.nested.vmxon;
         let link_ok = |p: u64| Some(p) != vmxon && mem.read_u64(p).is_some_and(|v| v as u32 == VMCS12_REVISION);
         let l1_misc = l1_caps(nvmx_vmx::caps::IA32_VMX_MISC);
+        // VTPR lives in L1's memory, where L2 changes it without a VMWRITE:
+        // this control check runs on every entry (outside RAM: all-ones).
+        let vtpr = mem.read_u64(cur.get(F::VIRTUAL_APIC_PAGE_ADDR).wrapping_add(0x80)).map_or(0xFF, |v| v as u8);
+        let tpr = nvmx_vmx::nested::check_tpr_threshold(|f| cur.get(f), vtpr);
+        if volatile_only {
+            if let Err(what) = tpr {
+                self.prof.leave(phase);
+                self.check_failed(what);
+                return self.fail(7);
+            }
+        }
         let guest_ok = if volatile_only {
             nvmx_vmx::guest_state::check_guest_state_volatile(|f| cur.get(f), l1_misc, link_ok)
         } else {
@@ -990,7 +1001,7 @@ impl Vcpu {
             self.sync_rare();
             let cur = self.nested.current.as_mut().expect("checked above");
             cur.checked = None;
-            if let Err(what) = nvmx_vmx::nested::check_controls(|f| cur.get(f), l1_caps, &env) {
+            if let Err(what) = nvmx_vmx::nested::check_controls(|f| cur.get(f), l1_caps, &env).and(tpr) {
                 self.prof.leave(phase);
                 log::debug!("l1 cpu {}: VMfailValid(7): {what}", self.cpu);
                 self.check_failed(what);
@@ -1234,11 +1245,14 @@ impl Vcpu {
         let pass1 = proc1::INTERRUPT_WINDOW_EXITING | proc1::USE_TSC_OFFSETTING | proc1::HLT_EXITING
             | proc1::INVLPG_EXITING | proc1::MWAIT_EXITING | proc1::RDPMC_EXITING | proc1::RDTSC_EXITING
             | proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING | proc1::CR8_LOAD_EXITING | proc1::CR8_STORE_EXITING
-            | proc1::MOV_DR_EXITING | proc1::MONITOR_EXITING | proc1::PAUSE_EXITING;
+            | proc1::MOV_DR_EXITING | proc1::MONITOR_EXITING | proc1::PAUSE_EXITING | proc1::USE_TPR_SHADOW;
         // L0 takes every I/O and MSR access and decides with L1's bitmaps
         // whether L1 wants it (nested_vmx_l1_wants_exit).
         let pin02 = adj(pin12 | pin::EXTERNAL_INTERRUPT_EXITING | pin::PREEMPTION_TIMER, caps.pinbased());
-        let proc02 = adj((proc12 & pass1) | proc1::UNCONDITIONAL_IO_EXITING | proc1::SECONDARY_CONTROLS, caps.procbased());
+        // Without TPR shadow L2's CR8 is the CPU's TPR, i.e. L1's LAPIC's
+        // (emulated by L0): CR8 accesses exit to L0 unless L1 takes them.
+        let cr8 = if proc12 & proc1::USE_TPR_SHADOW == 0 { proc1::CR8_LOAD_EXITING | proc1::CR8_STORE_EXITING } else { 0 };
+        let proc02 = adj((proc12 & pass1) | cr8 | proc1::UNCONDITIONAL_IO_EXITING | proc1::SECONDARY_CONTROLS, caps.procbased());
         let proc2_02 = adj(
             (proc2_12 & (proc2::ENABLE_VPID | proc2::ENABLE_RDTSCP | proc2::UNRESTRICTED_GUEST | proc2::ENABLE_INVPCID))
                 | proc2::ENABLE_EPT,
@@ -1266,6 +1280,17 @@ impl Vcpu {
         vmwrite(F::VM_EXIT_CONTROLS, exit02.into());
         vmwrite(F::VM_ENTRY_CONTROLS, entry02.into());
         vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, crate::vmx::run::PREEMPT_TICKS);
+        // TPR shadow (SDM 30.1.1): L1's virtual-APIC page is an L1-physical
+        // address; VMCS0-2 gets the host page behind it (in L1's RAM, else
+        // the entry fails as refused controls), and L1's threshold.
+        if proc02 & proc1::USE_TPR_SHADOW != 0 {
+            let vapic = cur.get(F::VIRTUAL_APIC_PAGE_ADDR);
+            if vapic.checked_add(4096).is_none_or(|end| end > self.mem_size) {
+                return Err("virtual-APIC page outside L1's RAM");
+            }
+            vmwrite(F::VIRTUAL_APIC_PAGE_ADDR, self.mem_base + vapic);
+            vmwrite(F::TPR_THRESHOLD, cur.get(F::TPR_THRESHOLD));
+        }
         for f in [
             F::EXCEPTION_BITMAP,
             F::PAGE_FAULT_ERROR_CODE_MASK,
@@ -1397,6 +1422,20 @@ impl Vcpu {
             }
             (1, 3) => {
                 self.set_gpr(reg, vmread(F::GUEST_CR3));
+                skip();
+                Ok(true)
+            }
+            // L2's CR8 without TPR shadow: L1's LAPIC TPR (SDM 11.8.6.1).
+            (0, 8) if self.gpr(reg) >> 4 != 0 => self.l2_exception(13, Some(0)),
+            (0, 8) => {
+                let v = self.gpr(reg);
+                self.platform.pc.set_cr8(v);
+                skip();
+                Ok(true)
+            }
+            (1, 8) => {
+                let v = self.platform.pc.cr8();
+                self.set_gpr(reg, v);
                 skip();
                 Ok(true)
             }
