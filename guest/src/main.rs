@@ -14,6 +14,7 @@
 #![no_main]
 
 mod boot;
+mod conformance;
 mod console;
 mod forum;
 mod fuzz;

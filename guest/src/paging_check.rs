@@ -187,9 +187,12 @@ l1_pc_sequence:
     cmpl $0, l1_pc_store + 4
     jne 8f
     orl $8, %eax
+    movl $0x5a5a5a5a, l1_pc_store + 12  /* outside 64-bit mode VMREAD stores 4 bytes */
     vmread %ecx, 8(%edi)
     jbe 8f
     cmpl $0x1234, l1_pc_store + 8
+    jne 8f
+    cmpl $0x5a5a5a5a, l1_pc_store + 12
     jne 8f
     orl $16, %eax
 8:  vmclear l1_pc_ptr
@@ -214,7 +217,7 @@ pub const STEPS: [&str; 6] = [
     "vmclear and vmptrld",
     "vmwrite",
     "vmptrst to memory through the window",
-    "vmread to memory through the window",
+    "vmread to memory through the window (4 bytes, SDM 32.3)",
     "vmclear and vmxoff",
 ];
 

@@ -18,7 +18,7 @@ use crate::vmx::{self, VmFail};
 
 /// What a check expects.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Want {
+pub(crate) enum Want {
     Succeed,
     FailInvalid,
     FailValid(u32),
@@ -59,7 +59,7 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
-    fn check(&mut self, name: &str, want: Want, r: Result<(), VmFail>) {
+    pub(crate) fn check(&mut self, name: &str, want: Want, r: Result<(), VmFail>) {
         let g = got(r);
         self.value(name, show(want), show(g), g == want);
     }
@@ -179,6 +179,7 @@ pub fn run(caps: &VmxCaps) {
     t.check("vmread after it", Want::FailInvalid, vmx::try_vmread(F::GUEST_RIP.encoding()).map(|_| ()));
     t.value("vmptrst after it", "no current VMCS", "all ones", vmx::vmptrst() == u64::MAX);
     t.check("vmxoff", Want::Succeed, vmx::vmxoff());
+    crate::conformance::outside_vmx(&mut t, caps);
     let _ = writeln!(Console, "l1: selftest {} passed, {} failed", t.passed, t.failed);
 }
 
@@ -244,7 +245,7 @@ unsafe extern "C" {
 /// What an L2 exit left in the VMCS.
 pub(crate) struct L2Exit {
     pub(crate) reason: u64,
-    qualification: u64,
+    pub(crate) qualification: u64,
     intr_info: u64,
     len: u64,
     gpa: u64,
@@ -254,7 +255,7 @@ pub(crate) struct L2Exit {
 /// One L2 vCPU on the current VMCS; its EPT maps pages on demand except
 /// the `hole`.
 pub(crate) struct L2 {
-    ept: Ept,
+    pub(crate) ept: Ept,
     launched: bool,
     hole: u64,
 }
@@ -425,6 +426,8 @@ fn l2_checks(t: &mut Tally, caps: &VmxCaps, vmcs: u64) {
     }
     unoffered_controls(t, caps, &mut l2);
     crate::ptimer::checks(t, caps, &mut l2);
+    crate::conformance::with_l2(t, caps, &mut l2);
+    crate::conformance::tpr_shadow(t, caps, &mut l2);
     operand_faults(t, 1 << 39, vmcs);
 
     // VM-entry failures on guest state (SDM 27.3.1, exit reason 33 | bit 31).
@@ -668,7 +671,7 @@ fn wrmsr(msr: u32, v: u64) {
 }
 
 /// "`mode`: `step`" in a fixed buffer (the L1 has no allocator).
-fn alloc_free_name(mode: &str, step: &str) -> &'static str {
+pub(crate) fn alloc_free_name(mode: &str, step: &str) -> &'static str {
     static mut BUF: [u8; 96] = [0; 96];
     // SAFETY: single-threaded; the name is printed before the next call.
     let buf = unsafe { &mut *(&raw mut BUF) };

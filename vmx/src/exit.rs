@@ -286,6 +286,93 @@ impl InstructionInfo {
     }
 }
 
+/// A segment register as the VMCS holds it (base, limit, access rights).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Segment {
+    pub base: u64,
+    pub limit: u32,
+    pub ar: u32,
+}
+
+/// The linear address of a VMX instruction's memory operand of `size`
+/// bytes at `offset` in segment `seg` (number `seg_reg`: 2 = SS), with the
+/// checks the SDM makes before any page walk (Vol. 3C 32.3, each
+/// instruction's "Protected Mode" and "64-Bit Mode Exceptions"; Vol. 3A
+/// 5.3, 3.4.5.1): in 64-bit mode the ES/CS/SS/DS bases count as 0 and the
+/// whole operand must be canonical; elsewhere the segment must be usable,
+/// readable (writable for a store) and the operand within its limit
+/// (expand-down segments: above it). `Err(vector)`: #SS(0) (12) for an SS
+/// operand, else #GP(0) (13).
+pub fn operand_linear(seg: Segment, seg_reg: u8, offset: u64, size: u64, write: bool, long64: bool) -> Result<u64, u8> {
+    let fault = if seg_reg == 2 { 12 } else { 13 };
+    if long64 {
+        let base = if seg_reg >= 4 { seg.base } else { 0 };
+        let first = base.wrapping_add(offset);
+        let last = first.wrapping_add(size - 1);
+        let canonical = |v: u64| (v as i64) << 16 >> 16 == v as i64;
+        return if canonical(first) && canonical(last) { Ok(first) } else { Err(fault) };
+    }
+    let (ty, unusable) = (seg.ar & 0xF, seg.ar & (1 << 16) != 0);
+    let code = ty & 8 != 0;
+    let bad_type = if code { write || ty & 2 == 0 } else { write && ty & 2 == 0 };
+    if unusable || bad_type {
+        return Err(fault);
+    }
+    let last = offset.wrapping_add(size - 1);
+    let (limit, top) = (u64::from(seg.limit), if seg.ar & (1 << 14) != 0 { 0xFFFF_FFFF } else { 0xFFFF });
+    let outside = if !code && ty & 4 != 0 {
+        // Expand-down: offsets above the limit, up to 0xFFFF or 0xFFFFFFFF (D/B).
+        offset <= limit || last > top || last < offset
+    } else {
+        last > limit || last < offset
+    };
+    if outside {
+        return Err(fault);
+    }
+    Ok(seg.base.wrapping_add(offset) & 0xFFFF_FFFF)
+}
+
+#[cfg(test)]
+mod operand_tests {
+    use super::*;
+
+    const FLAT_DATA: Segment = Segment { base: 0, limit: 0xFFFF_FFFF, ar: 0xC093 };
+
+    #[test]
+    fn long_mode_canonical_and_bases() {
+        let ds = Segment { base: 0x1000, ..FLAT_DATA };
+        assert_eq!(operand_linear(ds, 3, 0x2000, 8, false, true), Ok(0x2000), "DS base ignored in 64-bit mode");
+        let fs = Segment { base: 0x1000, ..FLAT_DATA };
+        assert_eq!(operand_linear(fs, 4, 0x2000, 8, false, true), Ok(0x3000), "FS base counts");
+        assert_eq!(operand_linear(ds, 3, 1 << 63, 8, false, true), Err(13), "non-canonical: #GP(0)");
+        assert_eq!(operand_linear(ds, 2, 1 << 63, 8, false, true), Err(12), "non-canonical SS operand: #SS(0)");
+        assert_eq!(operand_linear(ds, 3, 0x7FFF_FFFF_FFF8, 16, false, true), Err(13), "the last byte crosses into non-canonical");
+        assert_eq!(operand_linear(ds, 3, 0x7FFF_FFFF_FFF8, 8, false, true), Ok(0x7FFF_FFFF_FFF8));
+        assert_eq!(operand_linear(ds, 3, 0xFFFF_8000_0000_0000, 8, true, true), Ok(0xFFFF_8000_0000_0000));
+    }
+
+    #[test]
+    fn protected_mode_limits_and_types() {
+        let small = Segment { base: 0x10_0000, limit: 0xFFF, ar: 0x4093 };
+        assert_eq!(operand_linear(small, 3, 0xFF8, 8, false, false), Ok(0x10_0FF8));
+        assert_eq!(operand_linear(small, 3, 0xFF9, 8, false, false), Err(13), "past the limit");
+        assert_eq!(operand_linear(small, 2, 0xFF9, 8, false, false), Err(12), "past SS's limit: #SS(0)");
+        let ro = Segment { ar: 0x4091, ..small };
+        assert_eq!(operand_linear(ro, 3, 0, 8, false, false), Ok(0x10_0000), "read from a read-only segment");
+        assert_eq!(operand_linear(ro, 3, 0, 8, true, false), Err(13), "write to a read-only segment");
+        let xo = Segment { ar: 0x4099, ..small };
+        assert_eq!(operand_linear(xo, 3, 0, 8, false, false), Err(13), "read from an execute-only code segment");
+        let unusable = Segment { ar: 0x1_0000, ..small };
+        assert_eq!(operand_linear(unusable, 0, 0, 8, false, false), Err(13), "unusable (null) segment");
+        let down = Segment { base: 0, limit: 0xFFF, ar: 0x4097 };
+        assert_eq!(operand_linear(down, 2, 0x1000, 8, true, false), Ok(0x1000), "expand-down: above the limit");
+        assert_eq!(operand_linear(down, 2, 0xFF8, 8, true, false), Err(12), "expand-down: at or below the limit");
+        assert_eq!(operand_linear(FLAT_DATA, 3, 0xFFFF_FFFC, 8, false, false), Err(13), "wraps past 4 GiB");
+        let wrap = Segment { base: 0xFFFF_F000, ..FLAT_DATA };
+        assert_eq!(operand_linear(wrap, 3, 0x2000, 8, false, false), Ok(0x1000), "linear addresses wrap at 4 GiB");
+    }
+}
+
 #[cfg(test)]
 mod insn_info_tests {
     use super::*;

@@ -22,7 +22,7 @@ pub const L1_PROC: u32 = proc1::INTERRUPT_WINDOW_EXITING | proc1::NMI_WINDOW_EXI
     | proc1::INVLPG_EXITING | proc1::MWAIT_EXITING | proc1::RDPMC_EXITING | proc1::RDTSC_EXITING
     | proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING | proc1::CR8_LOAD_EXITING | proc1::CR8_STORE_EXITING
     | proc1::MOV_DR_EXITING | proc1::UNCONDITIONAL_IO_EXITING | proc1::USE_IO_BITMAPS | proc1::USE_MSR_BITMAPS
-    | proc1::MONITOR_EXITING | proc1::PAUSE_EXITING | proc1::SECONDARY_CONTROLS;
+    | proc1::MONITOR_EXITING | proc1::PAUSE_EXITING | proc1::SECONDARY_CONTROLS | proc1::USE_TPR_SHADOW;
 pub const L1_PROC2: u32 =
     proc2::ENABLE_EPT | proc2::ENABLE_VPID | proc2::ENABLE_RDTSCP | proc2::UNRESTRICTED_GUEST | proc2::ENABLE_INVPCID;
 // KVM (6.1 setup_vmcs_config) requires CR8 load/store exiting, save and
@@ -31,20 +31,42 @@ pub const L1_EXIT: u32 = exitc::SAVE_DEBUG_CONTROLS | exitc::HOST_ADDRESS_SPACE_
     | exitc::SAVE_PAT | exitc::LOAD_PAT | exitc::SAVE_EFER | exitc::LOAD_EFER | exitc::SAVE_PREEMPTION_TIMER;
 pub const L1_ENTRY: u32 = entry::LOAD_DEBUG_CONTROLS | entry::IA32E_MODE_GUEST | entry::LOAD_PAT | entry::LOAD_EFER;
 
+/// The default-1 class of each control word (SDM A.2: pin-based bits 1, 2,
+/// 4; processor-based 1, 4-6, 8, 13-16, 26; VM-exit 0-8, 10, 11, 13, 14,
+/// 16, 17; VM-entry 0-8, 12).
+pub const PIN_DEFAULT1: u32 = 0x0000_0016;
+pub const PROC_DEFAULT1: u32 = 0x0401_E172;
+pub const EXIT_DEFAULT1: u32 = 0x0003_6DFF;
+pub const ENTRY_DEFAULT1: u32 = 0x0000_11FF;
+
 /// What L1 reads in the VMX capability MSRs: what nvmx emulates, within what
 /// the CPU can run for L2 (SDM Appendix A). `None` for MSRs not advertised.
 pub fn l1_vmx_msr(host: &VmxCaps, msr: u32) -> Option<u64> {
     use crate::caps::*;
-    let ctl = |(a0, a1): (u32, u32), allowed: u32| u64::from(a0) | (u64::from(a1 & (allowed | a0)) << 32);
+    // SDM A.2: the default-1 bits (reserved, or controls that were
+    // always on before the true MSRs) may always be 1 — nvmx emulates
+    // every one of them (a reserved bit does nothing; CR3 load/store
+    // exiting, save/load debug controls are offered) — and the plain MSRs
+    // report them as must-be-1 whatever the true MSRs allow (A.3.1, A.3.2,
+    // A.4, A.5). Secondary controls have no default-1 class (A.3.3).
+    let ctl = |(a0, a1): (u32, u32), allowed: u32, default1: u32| {
+        let ok = allowed | a0 | default1;
+        u64::from(a0 & ok) | (u64::from((a1 | default1) & ok) << 32)
+    };
+    let plain = |v: u64, default1: u32| v | u64::from(default1);
     let (pin_ok, proc_ok, proc2_ok, exit_ok, entry_ok) = (L1_PIN, L1_PROC, L1_PROC2, L1_EXIT, L1_ENTRY);
     Some(match msr {
-        // Revision, 4 KiB regions, WB (6) memory type, true controls.
+        // Revision, 4 KiB regions, WB (6) memory type, true controls (bit 55).
         IA32_VMX_BASIC => u64::from(VMCS12_REVISION) | (4096 << 32) | (6 << 50) | (1 << 55),
-        IA32_VMX_PINBASED_CTLS | IA32_VMX_TRUE_PINBASED_CTLS => ctl(host.pinbased(), pin_ok),
-        IA32_VMX_PROCBASED_CTLS | IA32_VMX_TRUE_PROCBASED_CTLS => ctl(host.procbased(), proc_ok),
-        IA32_VMX_PROCBASED_CTLS2 => ctl(host.procbased2(), proc2_ok),
-        IA32_VMX_EXIT_CTLS | IA32_VMX_TRUE_EXIT_CTLS => ctl(host.exit(), exit_ok),
-        IA32_VMX_ENTRY_CTLS | IA32_VMX_TRUE_ENTRY_CTLS => ctl(host.entry(), entry_ok),
+        IA32_VMX_TRUE_PINBASED_CTLS => ctl(host.pinbased(), pin_ok, PIN_DEFAULT1),
+        IA32_VMX_PINBASED_CTLS => plain(ctl(host.pinbased(), pin_ok, PIN_DEFAULT1), PIN_DEFAULT1),
+        IA32_VMX_TRUE_PROCBASED_CTLS => ctl(host.procbased(), proc_ok, PROC_DEFAULT1),
+        IA32_VMX_PROCBASED_CTLS => plain(ctl(host.procbased(), proc_ok, PROC_DEFAULT1), PROC_DEFAULT1),
+        IA32_VMX_PROCBASED_CTLS2 => ctl(host.procbased2(), proc2_ok, 0),
+        IA32_VMX_TRUE_EXIT_CTLS => ctl(host.exit(), exit_ok, EXIT_DEFAULT1),
+        IA32_VMX_EXIT_CTLS => plain(ctl(host.exit(), exit_ok, EXIT_DEFAULT1), EXIT_DEFAULT1),
+        IA32_VMX_TRUE_ENTRY_CTLS => ctl(host.entry(), entry_ok, ENTRY_DEFAULT1),
+        IA32_VMX_ENTRY_CTLS => plain(ctl(host.entry(), entry_ok, ENTRY_DEFAULT1), ENTRY_DEFAULT1),
         // The CPU's preemption-timer rate (bits 4:0, SDM A.6: L1's timer
         // counts at the rate it reads, emulated in TSC terms); exits store
         // EFER.LMA in "IA-32e mode guest" (bit 5: nvmx does, as every CPU
@@ -159,6 +181,19 @@ pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64, env:
     if proc & proc1::USE_MSR_BITMAPS != 0 && (msr & 0xFFF != 0 || beyond(msr)) {
         return Err("MSR bitmap address not 4 KiB aligned or too high");
     }
+    // SDM 27.2.1.1, "use TPR shadow" (no virtual-interrupt delivery is
+    // offered): the virtual-APIC page 4 KiB aligned within the width, TPR
+    // threshold bits 31:4 clear. The threshold against VTPR reads memory:
+    // `check_tpr_threshold`.
+    if proc & proc1::USE_TPR_SHADOW != 0 {
+        let vapic = get(F::VIRTUAL_APIC_PAGE_ADDR);
+        if vapic & 0xFFF != 0 || beyond(vapic) {
+            return Err("virtual-APIC address not 4 KiB aligned or too high (SDM 27.2.1.1)");
+        }
+        if get(F::TPR_THRESHOLD) & 0xFFFF_FFF0 != 0 {
+            return Err("TPR threshold: bits 31:4 must be 0 (SDM 27.2.1.1)");
+        }
+    }
     // SDM 27.2.1.2-27.2.1.3: MSR lists 16-byte aligned, inside the
     // physical-address space, when their count is not zero.
     for (addr, count, what) in [
@@ -197,6 +232,19 @@ pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64, env:
         if v & proc2::UNRESTRICTED_GUEST != 0 && v & proc2::ENABLE_EPT == 0 {
             return Err("unrestricted guest without EPT");
         }
+    }
+    Ok(())
+}
+
+/// SDM 27.2.1.1: with "use TPR shadow" (and neither APIC-access
+/// virtualization nor virtual-interrupt delivery, not offered), TPR
+/// threshold bits 3:0 must not exceed bits 7:4 of VTPR, the byte at offset
+/// 0x80 of the virtual-APIC page (`vtpr`). Error 7, like the other control
+/// checks; run on every entry, because L2 changes VTPR without a VMWRITE.
+pub fn check_tpr_threshold(get: impl Fn(F) -> u64, vtpr: u8) -> Result<(), &'static str> {
+    let proc = get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
+    if proc & proc1::USE_TPR_SHADOW != 0 && get(F::TPR_THRESHOLD) & 0xF > u64::from(vtpr >> 4) {
+        return Err("TPR threshold above VTPR bits 7:4 (SDM 27.2.1.1)");
     }
     Ok(())
 }
@@ -847,6 +895,129 @@ mod tests {
         assert!(l1_wants_exit(&ex(31, 0), rcx(0x4000_0000), get, bits), "MSRs outside both ranges always exit");
         assert!(l1_wants_exit(&ex(29, 0), rcx(0), get, bits), "MOV DR exiting");
         assert!(l1_wants_exit(&ex(51, 0), rcx(0), get, bits), "RDTSCP with RDTSC exiting");
+    }
+
+    /// SDM 26.1.3 at the edges: every port an access touches is looked up,
+    /// in bitmap A (0-0x7FFF) or B (0x8000-0xFFFF); an access past 0xFFFF
+    /// always exits; "use I/O bitmaps" overrides unconditional I/O exiting.
+    /// MSR bitmaps cover 0-0x1FFF and 0xC0000000-0xC0001FFF, nothing else.
+    #[test]
+    fn io_and_msr_bitmap_edges() {
+        // Qualification: size - 1 in bits 2:0, IN in bit 3, port in 31:16.
+        let io = |port: u64, size: u64| (port << 16) | (size - 1);
+        let rcx = |msr: u64| move |n: u8| if n == 1 { msr } else { 0 };
+        let with = |proc: u32| {
+            HashMap::from([
+                (F::CPU_BASED_VM_EXEC_CONTROL, u64::from(proc)),
+                (F::IO_BITMAP_A, 0xA000),
+                (F::IO_BITMAP_B, 0xB000),
+                (F::MSR_BITMAP, 0x7000),
+            ])
+        };
+        let v = with(proc1::USE_IO_BITMAPS | proc1::UNCONDITIONAL_IO_EXITING | proc1::USE_MSR_BITMAPS);
+        let get = |f| v.get(&f).copied().unwrap_or(0);
+        // Set: port 0x81 (A), port 0x8001 (B bit 1); MSR 0x1FFF read, 0xC0001FFF write.
+        let bits = |map: u64, n: u64| {
+            matches!((map, n), (0xA000, 0x81) | (0xB000, 1) | (0x7000, 0x1FFF)) || (map, n) == (0x7000 + 2048 + 1024, 0x1FFF)
+        };
+        let wants = |q: u64| l1_wants_exit(&ex(30, q), rcx(0), get, bits);
+        assert!(!wants(io(0x80, 1)), "port 0x80 clear");
+        assert!(wants(io(0x80, 2)), "a word at 0x80 touches 0x81, which is set");
+        assert!(!wants(io(0x7E, 2)), "a word at 0x7E touches 0x7E-0x7F, clear");
+        assert!(!wants(io(0x7FFE, 2)), "0x7FFE-0x7FFF in A, clear");
+        assert!(!wants(io(0x7FFF, 2)), "0x7FFF-0x8000 spans A and B, both clear");
+        assert!(wants(io(0x7FFE, 4)), "a dword at 0x7FFE reaches 0x8001 in B, set");
+        assert!(wants(io(0x8000, 2)), "a word at 0x8000 touches 0x8001");
+        assert!(!wants(io(0xFFFE, 2)), "0xFFFE-0xFFFF, clear, no wrap");
+        assert!(wants(io(0xFFFF, 2)), "0xFFFF-0x10000 wraps: always exits");
+        assert!(wants(io(0xFFFD, 4)), "a dword at 0xFFFD wraps");
+        assert!(!wants(io(0xFFFF, 1)), "a byte at 0xFFFF does not wrap");
+        // Unconditional I/O exiting alone: every access exits; neither: none.
+        let v2 = with(proc1::UNCONDITIONAL_IO_EXITING);
+        assert!(l1_wants_exit(&ex(30, io(0x80, 1)), rcx(0), |f| v2.get(&f).copied().unwrap_or(0), bits));
+        let v3 = with(0);
+        assert!(!l1_wants_exit(&ex(30, io(0xFFFF, 4)), rcx(0), |f| v3.get(&f).copied().unwrap_or(0), bits));
+        // MSR ranges.
+        let rd = |msr: u64| l1_wants_exit(&ex(31, 0), rcx(msr), get, bits);
+        let wr = |msr: u64| l1_wants_exit(&ex(32, 0), rcx(msr), get, bits);
+        assert!(rd(0x1FFF) && !rd(0x1FFE) && !rd(0));
+        assert!(rd(0x2000) && rd(0xBFFF_FFFF) && rd(0xC000_2000) && rd(0xFFFF_FFFF), "outside both ranges: always");
+        assert!(!rd(0xC000_1FFF) && wr(0xC000_1FFF) && !wr(0xC000_0000) && !wr(0x1FFF));
+        assert!(wr(0x2000) && wr(0xC000_2000), "writes outside both ranges: always");
+        // RCX bits 63:32 are ignored (the MSR is ECX).
+        assert!(rd(0x1_0000_1FFF) && !rd(0x1_0000_1FFE));
+    }
+
+    #[test]
+    fn tpr_shadow_checks() {
+        let h = host();
+        let caps = |m| l1_vmx_msr(&h, m).unwrap_or(0);
+        let env = Env { phys_bits: 39, l1_long_mode: true };
+        let mut v = good();
+        *v.get_mut(&F::CPU_BASED_VM_EXEC_CONTROL).unwrap() |= u64::from(proc1::USE_TPR_SHADOW);
+        v.insert(F::VIRTUAL_APIC_PAGE_ADDR, 0x5000);
+        v.insert(F::TPR_THRESHOLD, 4);
+        let c = |v: &HashMap<F, u64>| check_controls(|f| v.get(&f).copied().unwrap_or(0), caps, &env);
+        assert_eq!(c(&v), Ok(()));
+        let t = |v: &HashMap<F, u64>, vtpr| check_tpr_threshold(|f| v.get(&f).copied().unwrap_or(0), vtpr);
+        assert_eq!(t(&v, 0x40), Ok(()));
+        assert_eq!(t(&v, 0x4F), Ok(()));
+        assert!(t(&v, 0x3F).is_err(), "threshold 4 above VTPR[7:4] = 3");
+        v.insert(F::TPR_THRESHOLD, 0x14);
+        assert!(c(&v).is_err(), "threshold bits 31:4");
+        v.insert(F::TPR_THRESHOLD, 4);
+        v.insert(F::VIRTUAL_APIC_PAGE_ADDR, 0x5800);
+        assert!(c(&v).is_err(), "misaligned virtual-APIC page");
+        v.insert(F::VIRTUAL_APIC_PAGE_ADDR, 1 << 40);
+        assert!(c(&v).is_err(), "beyond the physical-address width");
+        // Without the control nothing of it is checked.
+        *v.get_mut(&F::CPU_BASED_VM_EXEC_CONTROL).unwrap() &= !u64::from(proc1::USE_TPR_SHADOW);
+        assert_eq!(c(&v), Ok(()));
+        assert_eq!(t(&v, 0), Ok(()));
+    }
+
+    /// SDM A.2-A.5: the plain MSRs report every default-1 bit as must-be-1;
+    /// the true MSRs may allow it to be 0, and it may always be 1.
+    #[test]
+    fn plain_and_true_capability_msrs() {
+        use crate::caps::*;
+        let mut h = host();
+        // A CPU whose true MSRs let default-1 bits be 0 (as Bochs' do).
+        h.pinbased = 0x0 | (0x7F << 32);
+        h.procbased = 0x0400_6172 | (0xFFF9_FFFE << 32);
+        h.exit = 0x36DFB | (0x3FFFFF << 32);
+        h.entry = 0x11FB | (0xFFFF << 32);
+        for (plain, tru, d1) in [
+            (IA32_VMX_PINBASED_CTLS, IA32_VMX_TRUE_PINBASED_CTLS, PIN_DEFAULT1),
+            (IA32_VMX_PROCBASED_CTLS, IA32_VMX_TRUE_PROCBASED_CTLS, PROC_DEFAULT1),
+            (IA32_VMX_EXIT_CTLS, IA32_VMX_TRUE_EXIT_CTLS, EXIT_DEFAULT1),
+            (IA32_VMX_ENTRY_CTLS, IA32_VMX_TRUE_ENTRY_CTLS, ENTRY_DEFAULT1),
+        ] {
+            let (p, t) = (l1_vmx_msr(&h, plain).unwrap(), l1_vmx_msr(&h, tru).unwrap());
+            assert_eq!(p as u32 & d1, d1, "{plain:#x}: default-1 bits are must-be-1");
+            assert_eq!(p as u32, t as u32 | d1, "{plain:#x}: otherwise the true must-be-1 bits");
+            assert_eq!((t >> 32) as u32 & d1, d1, "{tru:#x}: default-1 bits may be 1");
+            assert_eq!(p >> 32, t >> 32, "{plain:#x}: the same allowed-1 bits");
+            assert_eq!(t as u32 & !(p as u32), 0, "true must-be-1 within plain");
+        }
+        // The true MSRs let the debug controls and CR3 exiting be 0 here.
+        let t = |m| l1_vmx_msr(&h, m).unwrap() as u32;
+        assert_eq!(t(IA32_VMX_TRUE_PROCBASED_CTLS) & proc1::CR3_LOAD_EXITING, 0);
+        assert_eq!(t(IA32_VMX_TRUE_EXIT_CTLS) & exitc::SAVE_DEBUG_CONTROLS, 0);
+        assert_eq!(t(IA32_VMX_TRUE_ENTRY_CTLS) & entry::LOAD_DEBUG_CONTROLS, 0);
+        // A vmcs12 with every default-1 bit set passes the control checks.
+        let mut v = good();
+        for (f, d1) in [
+            (F::PIN_BASED_VM_EXEC_CONTROL, PIN_DEFAULT1),
+            (F::CPU_BASED_VM_EXEC_CONTROL, PROC_DEFAULT1),
+            (F::VM_EXIT_CONTROLS, EXIT_DEFAULT1),
+            (F::VM_ENTRY_CONTROLS, ENTRY_DEFAULT1),
+        ] {
+            *v.get_mut(&f).unwrap() |= u64::from(d1);
+        }
+        let env = Env { phys_bits: 39, l1_long_mode: true };
+        let caps = |m| l1_vmx_msr(&h, m).unwrap_or(0);
+        assert_eq!(check_controls(|f| v.get(&f).copied().unwrap_or(0), caps, &env), Ok(()));
     }
 
     /// KVM's nested_vmx_exit_handled_cr: only bits L1 owns decide.

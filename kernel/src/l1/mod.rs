@@ -651,7 +651,12 @@ impl Vcpu {
                 // hypervisor bit (31); OSXSAVE (27) follows L1's CR4.
                 let x2apic = self.platform.pc.config().x2apic;
                 c = (c & !((1 << 21) | (1 << 24) | (1 << 31) | (1 << 27))) | (u32::from(x2apic) << 21) | (1 << 24);
-                if vmread(F::CR4_READ_SHADOW) & (1 << 18) != 0 && c & (1 << 26) != 0 {
+                // L1's CR4: the guest CR4 where L0 forces nothing, the read
+                // shadow where it does (OSXSAVE is not masked: the shadow's
+                // copy of it is stale — found by the conformance selftest).
+                let mask = vmread(F::CR4_GUEST_HOST_MASK);
+                let cr4 = (vmread(F::GUEST_CR4) & !mask) | (vmread(F::CR4_READ_SHADOW) & mask);
+                if cr4 & (1 << 18) != 0 && c & (1 << 26) != 0 {
                     c |= 1 << 27;
                 }
                 // EDX[9]: the APIC is there while IA32_APIC_BASE enables it
@@ -701,6 +706,18 @@ impl Vcpu {
                 let forced = vmread(F::CR4_GUEST_HOST_MASK);
                 vmwrite(F::CR4_READ_SHADOW, value);
                 vmwrite(F::GUEST_CR4, value | forced);
+                Handled::Skip
+            }
+            // CR8 = TPR bits 7:4 of the L1's LAPIC (SDM 11.8.6.1); bits
+            // 63:4 of a MOV to CR8 are reserved (#GP(0)).
+            (8, 0) if value >> 4 != 0 => Handled::Inject(13, Some(0)),
+            (8, 0) => {
+                self.platform.pc.set_cr8(value);
+                Handled::Skip
+            }
+            (8, 1) => {
+                let v = self.platform.pc.cr8();
+                if gpr == 4 { vmwrite(F::GUEST_RSP, v) } else { self.regs.gpr[usize::from(gpr)] = v }
                 Handled::Skip
             }
             _ => Handled::Stop(alloc::format!("unexpected CR{cr} access type {access}")),

@@ -438,31 +438,46 @@ impl Vcpu {
         if n == 4 { vmwrite(F::GUEST_RSP, v) } else { self.regs.gpr[usize::from(n)] = v }
     }
 
-    /// The guest-physical address of a VMX instruction's memory operand
-    /// (SDM 28.2.5 for the encoding): segment base + offset, then L1's page
+    /// L1 executes in 64-bit mode (IA32_EFER.LMA and CS.L): register
+    /// operands are 64 bits wide, VMREAD/VMWRITE memory operands 8 bytes.
+    fn l1_long64(&self) -> bool {
+        vmread(F::GUEST_IA32_EFER) & (1 << 10) != 0 && vmread(F::GUEST_CS_AR_BYTES) & (1 << 13) != 0
+    }
+
+    /// A register operand as wide as L1's mode makes it (SDM 32.3: 32 bits
+    /// outside 64-bit mode, the upper half ignored).
+    fn gpr_operand(&self, n: u8) -> u64 {
+        let v = self.gpr(n);
+        if self.l1_long64() { v } else { v & 0xFFFF_FFFF }
+    }
+
+    /// The guest-physical address of a VMX instruction's memory operand of
+    /// `size` bytes (SDM 28.2.5 for the encoding): the segment and
+    /// canonical checks first — #GP(0), or #SS(0) for an SS operand, before
+    /// any page walk (`nvmx_vmx::exit::operand_linear`) —, then L1's page
     /// tables in whatever paging mode L1 uses. `Err` = the exception L1
-    /// gets: #PF (with CR2 set, as the CPU would) or #GP for memory L1
-    /// does not have.
-    fn operand_gpa(&self, info: &InstructionInfo, write: bool) -> Result<u64, (u8, Option<u32>)> {
-        self.operand_gpa_with(info, write, 0)
+    /// gets: #GP/#SS, or #PF with CR2 set, as the CPU would.
+    fn operand_gpa(&self, info: &InstructionInfo, size: u64, write: bool) -> Result<u64, (u8, Option<u32>)> {
+        let linear = self.operand_linear(info, size, write)?;
+        self.operand_walk(linear, write)
     }
 
-    /// The second half of a 16-byte operand (it may lie on another page).
-    fn operand_gpa_at(&self, info: &InstructionInfo, skip: u64) -> Result<u64, (u8, Option<u32>)> {
-        self.operand_gpa_with(info, false, skip)
-    }
-
-    fn operand_gpa_with(&self, info: &InstructionInfo, write: bool, skip: u64) -> Result<u64, (u8, Option<u32>)> {
-        let offset = info.offset(vmread(F::EXIT_QUALIFICATION), |r| self.gpr(r)).wrapping_add(skip);
-        let seg_base = match info.segment {
-            4 => vmread(F::GUEST_FS_BASE),
-            5 => vmread(F::GUEST_GS_BASE),
-            0 => vmread(F::GUEST_ES_BASE),
-            1 => vmread(F::GUEST_CS_BASE),
-            2 => vmread(F::GUEST_SS_BASE),
-            _ => vmread(F::GUEST_DS_BASE),
+    fn operand_linear(&self, info: &InstructionInfo, size: u64, write: bool) -> Result<u64, (u8, Option<u32>)> {
+        let offset = info.offset(vmread(F::EXIT_QUALIFICATION), |r| self.gpr(r));
+        let (base, limit, ar) = match info.segment {
+            0 => (F::GUEST_ES_BASE, F::GUEST_ES_LIMIT, F::GUEST_ES_AR_BYTES),
+            1 => (F::GUEST_CS_BASE, F::GUEST_CS_LIMIT, F::GUEST_CS_AR_BYTES),
+            2 => (F::GUEST_SS_BASE, F::GUEST_SS_LIMIT, F::GUEST_SS_AR_BYTES),
+            4 => (F::GUEST_FS_BASE, F::GUEST_FS_LIMIT, F::GUEST_FS_AR_BYTES),
+            5 => (F::GUEST_GS_BASE, F::GUEST_GS_LIMIT, F::GUEST_GS_AR_BYTES),
+            _ => (F::GUEST_DS_BASE, F::GUEST_DS_LIMIT, F::GUEST_DS_AR_BYTES),
         };
-        let linear = offset.wrapping_add(seg_base);
+        let seg = nvmx_vmx::exit::Segment { base: vmread(base), limit: vmread(limit) as u32, ar: vmread(ar) as u32 };
+        nvmx_vmx::exit::operand_linear(seg, info.segment, offset, size, write, self.l1_long64()).map_err(|v| (v, Some(0)))
+    }
+
+    /// L1's page walk of an operand's `linear` address (its paging mode).
+    fn operand_walk(&self, linear: u64, write: bool) -> Result<u64, (u8, Option<u32>)> {
         let cr0 = vmread(F::GUEST_CR0);
         // The PDPTE registers of a PAE L1 are in VMCS0-1 (L1 runs with EPT).
         let (cr4, efer) = (vmread(F::GUEST_CR4), vmread(F::GUEST_IA32_EFER));
@@ -487,9 +502,29 @@ impl Vcpu {
         })
     }
 
+    /// Reads the 64-bit memory operand of VMXON/VMCLEAR/VMPTRLD. Outside
+    /// L1's RAM it reads all-ones, as memory no device decodes on a PC.
     fn read_operand(&self, info: &InstructionInfo) -> Result<u64, (u8, Option<u32>)> {
-        let gpa = self.operand_gpa(info, false)?;
-        self.l1mem().read_u64(gpa).ok_or((13, Some(0)))
+        let gpa = self.operand_gpa(info, 8, false)?;
+        Ok(self.l1mem().read_u64(gpa).unwrap_or(u64::MAX))
+    }
+
+    /// Writes `size` (4 or 8) bytes of `v` to a store operand; outside L1's
+    /// RAM the write is dropped, as on a PC.
+    fn write_operand(&self, info: &InstructionInfo, size: u64, v: u64) -> Result<(), (u8, Option<u32>)> {
+        let gpa = self.operand_gpa(info, size, true)?;
+        let mem = self.l1mem();
+        if size == 8 {
+            mem.write_u64(gpa, v);
+        } else if let Some(old) = mem.read_u64(gpa) {
+            mem.write_u64(gpa, (old & !0xFFFF_FFFF) | (v & 0xFFFF_FFFF));
+        } else if gpa >= 4 {
+            // The last 4 bytes of RAM: merge with the 4 before them.
+            if let Some(old) = mem.read_u64(gpa - 4) {
+                mem.write_u64(gpa - 4, (old & 0xFFFF_FFFF) | (v << 32));
+            }
+        }
+        Ok(())
     }
 
     fn set_rflags(&self, set: u64) {
@@ -671,9 +706,15 @@ impl Vcpu {
 
     fn emulate_vmx_inner(&mut self, reason: u16) -> Emulated {
         let info = InstructionInfo::decode(vmread(F::VMX_INSTRUCTION_INFO) as u32);
-        // Faults before anything else (SDM 32.3, each instruction's
-        // "Operation"): not in VMX operation → #UD (except VMXON); CPL > 0 → #GP(0).
+        // Faults before anything else, in each instruction's "Operation"
+        // order (SDM 32.3). Real mode, virtual-8086 and compatibility mode
+        // are #UD the CPU raises itself, before any VM exit (SDM 26.1.1).
+        // Not in VMX operation → #UD (VMXON: CR4.VMXE = 0 → #UD); then
+        // CPL > 0 → #GP(0).
         if reason != 27 && self.nested.vmxon.is_none() {
+            return Emulated::Fault(6, None);
+        }
+        if reason == 27 && vmread(F::CR4_READ_SHADOW) & (1 << 13) == 0 {
             return Emulated::Fault(6, None);
         }
         if (vmread(F::GUEST_CS_AR_BYTES) >> 5) & 3 != 0 {
@@ -693,9 +734,8 @@ impl Vcpu {
             21 => self.vmptrld(&info),
             22 => {
                 let ptr = self.nested.current.as_ref().map_or(u64::MAX, |c| c.gpa);
-                match self.operand_gpa(&info, true) {
-                    Ok(gpa) if self.l1mem().write_u64(gpa, ptr) => self.succeed(),
-                    Ok(_) => Emulated::Fault(13, Some(0)),
+                match self.write_operand(&info, 8, ptr) {
+                    Ok(()) => self.succeed(),
                     Err((v, e)) => Emulated::Fault(v, e),
                 }
             }
@@ -707,23 +747,45 @@ impl Vcpu {
         }
     }
 
-    /// VMXON (SDM 32.3 "VMXON"): CR4.VMXE, the region aligned, in memory,
-    /// with our revision id.
+    /// L1's view of CR0 and CR4: its own bits where L0 forces a value
+    /// (VMCS0-1's guest/host masks), through the read shadows.
+    fn l1_cr0_cr4(&self) -> (u64, u64) {
+        let view = |guest, mask, shadow| {
+            let m = vmread(mask);
+            (vmread(guest) & !m) | (vmread(shadow) & m)
+        };
+        (
+            view(F::GUEST_CR0, F::CR0_GUEST_HOST_MASK, F::CR0_READ_SHADOW),
+            view(F::GUEST_CR4, F::CR4_GUEST_HOST_MASK, F::CR4_READ_SHADOW),
+        )
+    }
+
+    /// VMXON (SDM 32.3 "VMXON", in its order; CR4.VMXE and CPL were
+    /// checked by the caller): in VMX root → VMfail(15); CR0/CR4 values not
+    /// supported in VMX operation (IA32_VMX_CR0/CR4_FIXED0/1) → #GP(0)
+    /// (A20M: nvmx's PC never masks A20, IA32_FEATURE_CONTROL is locked with
+    /// VMX on); then the operand: 4 KiB aligned within the physical-address
+    /// width, else VMfailInvalid; the region's revision id with bit 31
+    /// clear, else VMfailInvalid.
     fn vmxon(&mut self, info: &InstructionInfo) -> Emulated {
-        if vmread(F::CR4_READ_SHADOW) & (1 << 13) == 0 {
-            return Emulated::Fault(6, None);
-        }
         if self.nested.vmxon.is_some() {
             return self.fail(15);
+        }
+        let host = crate::vmx::probe().expect("nested VMX runs on VMX");
+        let ((cr0_f0, cr0_f1), (cr4_f0, cr4_f1)) = (host.cr0_fixed(), host.cr4_fixed());
+        let (cr0, cr4) = self.l1_cr0_cr4();
+        if cr0 & cr0_f0 != cr0_f0 || cr0 & !cr0_f1 != 0 || cr4 & cr4_f0 != cr4_f0 || cr4 & !cr4_f1 != 0 {
+            return Emulated::Fault(13, Some(0));
         }
         let ptr = match self.read_operand(info) {
             Ok(p) => p,
             Err((v, e)) => return Emulated::Fault(v, e),
         };
-        if ptr & 0xFFF != 0 || ptr >= self.mem_size {
+        if ptr & 0xFFF != 0 || ptr >> self.nested.phys_bits != 0 {
             return self.fail_invalid();
         }
-        if self.l1mem().read_u64(ptr).map(|v| v as u32 & 0x7FFF_FFFF) != Some(VMCS12_REVISION) {
+        // Outside L1's RAM the revision reads all-ones: a mismatch.
+        if self.l1mem().read_u64(ptr).map(|v| v as u32) != Some(VMCS12_REVISION) {
             return self.fail_invalid();
         }
         self.nested.vmxon = Some(ptr);
@@ -731,13 +793,15 @@ impl Vcpu {
         self.succeed()
     }
 
-    /// VMCLEAR: errors 2 (bad address) and 3 (the VMXON pointer).
+    /// VMCLEAR: errors 2 (not 4 KiB aligned, or bits beyond the
+    /// physical-address width) and 3 (the VMXON pointer). A region outside
+    /// L1's RAM is cleared into nothing: VMsucceed, as on a PC.
     fn vmclear(&mut self, info: &InstructionInfo) -> Emulated {
         let ptr = match self.read_operand(info) {
             Ok(p) => p,
             Err((v, e)) => return Emulated::Fault(v, e),
         };
-        if ptr & 0xFFF != 0 || ptr >= self.mem_size {
+        if ptr & 0xFFF != 0 || ptr >> self.nested.phys_bits != 0 {
             return self.fail(2);
         }
         if Some(ptr) == self.nested.vmxon {
@@ -754,20 +818,23 @@ impl Vcpu {
         self.succeed()
     }
 
-    /// VMPTRLD: errors 9 (bad address), 10 (VMXON pointer), 11 (revision).
+    /// VMPTRLD: errors 9 (not aligned, or beyond the physical-address
+    /// width), 10 (VMXON pointer), 11 (revision id, bit 31 included: nvmx
+    /// offers L1 no VMCS shadowing, so no shadow VMCS may be loaded; a
+    /// region outside L1's RAM reads all-ones).
     fn vmptrld(&mut self, info: &InstructionInfo) -> Emulated {
         let ptr = match self.read_operand(info) {
             Ok(p) => p,
             Err((v, e)) => return Emulated::Fault(v, e),
         };
-        if ptr & 0xFFF != 0 || ptr >= self.mem_size {
+        if ptr & 0xFFF != 0 || ptr >> self.nested.phys_bits != 0 {
             return self.fail(9);
         }
         if Some(ptr) == self.nested.vmxon {
             return self.fail(10);
         }
         let mem = self.l1mem();
-        if mem.read_u64(ptr).map(|v| v as u32 & 0x7FFF_FFFF) != Some(VMCS12_REVISION) {
+        if mem.read_u64(ptr).map(|v| v as u32) != Some(VMCS12_REVISION) {
             return self.fail(11);
         }
         if self.nested.current.as_ref().is_some_and(|c| c.gpa == ptr) {
@@ -802,7 +869,7 @@ impl Vcpu {
 
     /// The field named by the register operand, or the VMfail error.
     fn field_operand(&self, info: &InstructionInfo) -> Result<(F, Access), u32> {
-        let enc = self.gpr(info.reg2);
+        let enc = self.gpr_operand(info.reg2);
         if enc > u64::from(u32::MAX) {
             return Err(12);
         }
@@ -830,14 +897,12 @@ impl Vcpu {
             (Width::U64, Access::High) => raw >> 32,
             _ => raw,
         };
+        let long64 = self.l1_long64();
         if info.is_register {
-            self.set_gpr(info.reg1, value);
-        } else {
-            match self.operand_gpa(info, true) {
-                Ok(gpa) if self.l1mem().write_u64(gpa, value) => {}
-                Ok(_) => return Emulated::Fault(13, Some(0)),
-                Err((v, e)) => return Emulated::Fault(v, e),
-            }
+            // Outside 64-bit mode the destination is 32 bits (SDM 32.3).
+            self.set_gpr(info.reg1, if long64 { value } else { value & 0xFFFF_FFFF });
+        } else if let Err((v, e)) = self.write_operand(info, if long64 { 8 } else { 4 }, value) {
+            return Emulated::Fault(v, e);
         }
         self.succeed()
     }
@@ -848,11 +913,16 @@ impl Vcpu {
         if self.nested.current.is_none() {
             return self.fail_invalid();
         }
+        // The source is 32 bits outside 64-bit mode (SDM 32.3).
         let value = if info.is_register {
-            self.gpr(info.reg1)
+            self.gpr_operand(info.reg1)
         } else {
-            match self.read_operand(info) {
-                Ok(v) => v,
+            let size = if self.l1_long64() { 8 } else { 4 };
+            match self.operand_gpa(info, size, false) {
+                Ok(gpa) => {
+                    let v = self.l1mem().read_u64(gpa).unwrap_or(u64::MAX);
+                    if size == 8 { v } else { v & 0xFFFF_FFFF }
+                }
                 Err((v, e)) => return Emulated::Fault(v, e),
             }
         };
@@ -880,17 +950,20 @@ impl Vcpu {
     /// error 28 for a type not advertised. EPT0-2 is dropped whole (it caches
     /// EPT1-2), VPID-tagged translations by the mapped L0 VPID.
     fn invalidate(&mut self, reason: u16, info: &InstructionInfo) -> Emulated {
-        let kind = self.gpr(info.reg2);
+        let kind = self.gpr_operand(info.reg2);
         let ok_types = if reason == 50 { [1u64, 2].as_slice() } else { [0u64, 1, 2, 3].as_slice() };
         if !ok_types.contains(&kind) {
             return self.fail(28);
         }
         // The 128-bit descriptor is read whatever the type (SDM 32.3).
-        let desc = match (self.operand_gpa(info, false), self.operand_gpa_at(info, 8)) {
-            (Ok(lo), Ok(hi)) => match (self.l1mem().read_u64(lo), self.l1mem().read_u64(hi)) {
-                (Some(a), Some(b)) => [a, b],
-                _ => return Emulated::Fault(13, Some(0)),
-            },
+        // Segment/canonical checks on all 16 bytes, then each half's walk
+        // (the second may lie on another page).
+        let linear = match self.operand_linear(info, 16, false) {
+            Ok(l) => l,
+            Err((v, e)) => return Emulated::Fault(v, e),
+        };
+        let desc = match (self.operand_walk(linear, false), self.operand_walk(linear.wrapping_add(8), false)) {
+            (Ok(lo), Ok(hi)) => [lo, hi].map(|gpa| self.l1mem().read_u64(gpa).unwrap_or(u64::MAX)),
             (Err((v, e)), _) | (_, Err((v, e))) => return Emulated::Fault(v, e),
         };
         if nvmx_vmx::nested::check_invalidation(reason == 50, kind, desc, self.nested.phys_bits).is_err() {
@@ -909,6 +982,11 @@ impl Vcpu {
     /// control checks (7), host-state checks (8); then prepare_vmcs02.
     fn vmlaunch12(&mut self, launch: bool) -> Emulated {
         let Some(cur) = self.nested.current.as_ref() else { return self.fail_invalid() };
+        // SDM 32.3 "VMLAUNCH/VMRESUME": events blocked by MOV SS come
+        // before the launch state (error 26, then 4/5).
+        if vmread(F::GUEST_INTERRUPTIBILITY_INFO) & 2 != 0 {
+            return self.fail(26);
+        }
         if launch && cur.launched {
             return self.fail(4);
         }
@@ -930,6 +1008,17 @@ impl Vcpu {
         let vmxon = self.nested.vmxon;
         let link_ok = |p: u64| Some(p) != vmxon && mem.read_u64(p).is_some_and(|v| v as u32 == VMCS12_REVISION);
         let l1_misc = l1_caps(nvmx_vmx::caps::IA32_VMX_MISC);
+        // VTPR lives in L1's memory, where L2 changes it without a VMWRITE:
+        // this control check runs on every entry (outside RAM: all-ones).
+        let vtpr = mem.read_u64(cur.get(F::VIRTUAL_APIC_PAGE_ADDR).wrapping_add(0x80)).map_or(0xFF, |v| v as u8);
+        let tpr = nvmx_vmx::nested::check_tpr_threshold(|f| cur.get(f), vtpr);
+        if volatile_only {
+            if let Err(what) = tpr {
+                self.prof.leave(phase);
+                self.check_failed(what);
+                return self.fail(7);
+            }
+        }
         let guest_ok = if volatile_only {
             nvmx_vmx::guest_state::check_guest_state_volatile(|f| cur.get(f), l1_misc, link_ok)
         } else {
@@ -938,7 +1027,7 @@ impl Vcpu {
             self.sync_rare();
             let cur = self.nested.current.as_mut().expect("checked above");
             cur.checked = None;
-            if let Err(what) = nvmx_vmx::nested::check_controls(|f| cur.get(f), l1_caps, &env) {
+            if let Err(what) = nvmx_vmx::nested::check_controls(|f| cur.get(f), l1_caps, &env).and(tpr) {
                 self.prof.leave(phase);
                 log::debug!("l1 cpu {}: VMfailValid(7): {what}", self.cpu);
                 self.check_failed(what);
@@ -965,7 +1054,17 @@ impl Vcpu {
         let prepared = self.prepare_vmcs02();
         self.prof.leave(phase);
         if let Err(e) = prepared {
-            return Emulated::Stop(e.into());
+            // L0 could not build VMCS0-2 for a vmcs12 its checks passed
+            // (controls this CPU cannot combine, no memory): L1's entry
+            // fails as on a CPU refusing its controls (VMfailValid(7)),
+            // counted as a fallback — never a stopped L1.
+            log::warn!("l1 cpu {}: VMCS0-2 not built ({e}); VMfailValid(7) to L1", self.cpu);
+            // SAFETY: VMCS0-1 is L0's; VMCS0-2 may be current after a partial build.
+            unsafe { insn::vmptrld(self.nested.vmcs01) }.expect("VMPTRLD of VMCS0-1");
+            self.nested.vmcs02_holds = None;
+            self.fallback_to_cpu();
+            self.check_failed("VMCS0-2 could not be built for controls nvmx's checks passed");
+            return self.fail(7);
         }
         // SDM 27.4: the VM-entry MSR-load list, after the guest state.
         let cur = self.nested.current.as_ref().expect("checked above");
@@ -1183,7 +1282,7 @@ impl Vcpu {
         let pass1 = proc1::INTERRUPT_WINDOW_EXITING | proc1::NMI_WINDOW_EXITING | proc1::USE_TSC_OFFSETTING | proc1::HLT_EXITING
             | proc1::INVLPG_EXITING | proc1::MWAIT_EXITING | proc1::RDPMC_EXITING | proc1::RDTSC_EXITING
             | proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING | proc1::CR8_LOAD_EXITING | proc1::CR8_STORE_EXITING
-            | proc1::MOV_DR_EXITING | proc1::MONITOR_EXITING | proc1::PAUSE_EXITING;
+            | proc1::MOV_DR_EXITING | proc1::MONITOR_EXITING | proc1::PAUSE_EXITING | proc1::USE_TPR_SHADOW;
         // L0 takes every I/O and MSR access and decides with L1's bitmaps
         // whether L1 wants it (nested_vmx_l1_wants_exit).
         // L1's NMIs that go into L2 (no NMI exiting in vmcs12) need L0's
@@ -1193,7 +1292,10 @@ impl Vcpu {
         let vnmi = super::platform::L1Platform::extra_pin_controls(caps);
         let l0_nmi = if pin12 & pin::NMI_EXITING == 0 && vnmi != 0 { pin::NMI_EXITING | vnmi } else { 0 };
         let pin02 = adj(pin12 | l0_nmi | pin::EXTERNAL_INTERRUPT_EXITING | pin::PREEMPTION_TIMER, caps.pinbased());
-        let proc02 = adj((proc12 & pass1) | proc1::UNCONDITIONAL_IO_EXITING | proc1::SECONDARY_CONTROLS, caps.procbased());
+        // Without TPR shadow L2's CR8 is the CPU's TPR, i.e. L1's LAPIC's
+        // (emulated by L0): CR8 accesses exit to L0 unless L1 takes them.
+        let cr8 = if proc12 & proc1::USE_TPR_SHADOW == 0 { proc1::CR8_LOAD_EXITING | proc1::CR8_STORE_EXITING } else { 0 };
+        let proc02 = adj((proc12 & pass1) | cr8 | proc1::UNCONDITIONAL_IO_EXITING | proc1::SECONDARY_CONTROLS, caps.procbased());
         let proc2_02 = adj(
             (proc2_12 & (proc2::ENABLE_VPID | proc2::ENABLE_RDTSCP | proc2::UNRESTRICTED_GUEST | proc2::ENABLE_INVPCID))
                 | proc2::ENABLE_EPT,
@@ -1223,6 +1325,17 @@ impl Vcpu {
         vmwrite(F::VM_EXIT_CONTROLS, exit02.into());
         vmwrite(F::VM_ENTRY_CONTROLS, entry02.into());
         vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, crate::vmx::run::PREEMPT_TICKS);
+        // TPR shadow (SDM 30.1.1): L1's virtual-APIC page is an L1-physical
+        // address; VMCS0-2 gets the host page behind it (in L1's RAM, else
+        // the entry fails as refused controls), and L1's threshold.
+        if proc02 & proc1::USE_TPR_SHADOW != 0 {
+            let vapic = cur.get(F::VIRTUAL_APIC_PAGE_ADDR);
+            if vapic.checked_add(4096).is_none_or(|end| end > self.mem_size) {
+                return Err("virtual-APIC page outside L1's RAM");
+            }
+            vmwrite(F::VIRTUAL_APIC_PAGE_ADDR, self.mem_base + vapic);
+            vmwrite(F::TPR_THRESHOLD, cur.get(F::TPR_THRESHOLD));
+        }
         for f in [
             F::EXCEPTION_BITMAP,
             F::PAGE_FAULT_ERROR_CODE_MASK,
@@ -1364,6 +1477,20 @@ impl Vcpu {
                 skip();
                 Ok(true)
             }
+            // L2's CR8 without TPR shadow: L1's LAPIC TPR (SDM 11.8.6.1).
+            (0, 8) if self.gpr(reg) >> 4 != 0 => self.l2_exception(13, Some(0)),
+            (0, 8) => {
+                let v = self.gpr(reg);
+                self.platform.pc.set_cr8(v);
+                skip();
+                Ok(true)
+            }
+            (1, 8) => {
+                let v = self.platform.pc.cr8();
+                self.set_gpr(reg, v);
+                skip();
+                Ok(true)
+            }
             // Nothing else reaches L0 without L1 asking (CLTS and LMSW touch
             // no bit VMX fixes but PE, which LMSW cannot clear).
             _ => self.reflect(28 , q).map(|()| false),
@@ -1454,14 +1581,18 @@ impl Vcpu {
         let l1_ept = proc12 & proc1::SECONDARY_CONTROLS != 0
             && cur.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 & proc2::ENABLE_EPT != 0;
         if !l1_ept {
-            return Err(alloc::format!("L2 accessed guest-physical {gpa2:#x} outside the L1's memory"));
+            // L2 runs on L1's EPT0-1: its physical addresses are L1's, and
+            // outside L1's RAM that is MMIO on L1's PC.
+            return self.l2_mmio(gpa2, qualification, None);
         }
         let eptp12 = cur.get(F::EPT_POINTER);
         let access = qualification & 7;
         match walk::ept_translate(&self.l1mem(), eptp12, gpa2, self.nested.phys_bits) {
             Ok(t) if t.permissions & access == access => {
                 if t.address >= self.mem_size {
-                    return Err(alloc::format!("L1's EPT maps L2 {gpa2:#x} to {:#x}, outside its memory", t.address));
+                    // Outside L1's RAM: MMIO on L1's PC (a device of L1's,
+                    // else reads all-ones and writes dropped).
+                    return self.l2_mmio(t.address, qualification, Some(eptp12));
                 }
                 let hpa = self.mem_base + (t.address & !0xFFF);
                 self.nested.ept02.map(gpa2 & !0xFFF, hpa, t.permissions).ok_or("no memory for EPT0-2")?;
@@ -1483,6 +1614,16 @@ impl Vcpu {
             // reported, SDM 28.2.1 and 29.3.3.1).
             Err(Some(walk::WalkError::Reserved)) => self.reflect(49, 0).map(|()| false),
             Err(_) => self.reflect(reason, qualification & !0x38).map(|()| false),
+        }
+    }
+
+    /// An L2 access to L1-physical `gpa` outside L1's RAM, emulated
+    /// against L1's platform (`platform_mmio_l2`), L2 resumed after it.
+    fn l2_mmio(&mut self, gpa: u64, qualification: u64, eptp12: Option<u64>) -> Result<bool, alloc::string::String> {
+        match self.platform_mmio_l2(gpa, qualification, eptp12, self.nested.phys_bits) {
+            Handled::Resume => Ok(true),
+            Handled::Stop(why) => Err(alloc::format!("L2: {why}")),
+            _ => Ok(true),
         }
     }
 

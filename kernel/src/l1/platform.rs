@@ -142,6 +142,32 @@ impl Ram {
     }
 }
 
+/// L2-physical memory: through EPT1-2 when L1 uses EPT, into L1's RAM.
+struct L2Ram {
+    ram: Ram,
+    eptp12: Option<u64>,
+    phys_bits: u32,
+}
+
+impl L2Ram {
+    fn l1_address(&self, gpa2: u64) -> Option<u64> {
+        match self.eptp12 {
+            Some(eptp) => walk::ept_translate(&self.ram, eptp, gpa2, self.phys_bits).ok().map(|t| t.address),
+            None => Some(gpa2),
+        }
+    }
+    fn read_u8(&self, gpa2: u64) -> Option<u8> {
+        self.ram.read_u8(self.l1_address(gpa2)?)
+    }
+}
+
+impl GuestMemory for L2Ram {
+    fn read_u64(&self, gpa2: u64) -> Option<u64> {
+        // Paging-structure entries are 8-byte aligned: one page.
+        self.ram.read_u64(self.l1_address(gpa2)?)
+    }
+}
+
 impl Vcpu {
     fn gpr_any(&self, n: usize) -> u64 {
         if n == 4 { vmread(F::GUEST_RSP) } else { self.regs.gpr[n] }
@@ -168,6 +194,20 @@ impl Vcpu {
     /// An EPT violation outside L1 RAM: MMIO. A device decodes it, or
     /// nothing does (reads all-ones, writes dropped, as on a PC).
     pub(super) fn platform_mmio(&mut self, gpa: u64, qualification: u64) -> Handled {
+        let ram = Ram { base: self.mem_base, size: self.mem_size };
+        self.platform_mmio_through(gpa, qualification, &ram, &|pa| ram.read_u8(pa))
+    }
+
+    /// An access of L2 to L1-physical `gpa` outside L1's RAM (EPT1-2 maps
+    /// it there, or L2 runs without EPT1-2): the same MMIO against L1's
+    /// platform, the instruction fetched through L2's paging (VMCS0-2 is
+    /// current) and L2-physical addresses through EPT1-2 (`eptp12`).
+    pub(super) fn platform_mmio_l2(&mut self, gpa: u64, qualification: u64, eptp12: Option<u64>, phys_bits: u32) -> Handled {
+        let l2 = L2Ram { ram: Ram { base: self.mem_base, size: self.mem_size }, eptp12, phys_bits };
+        self.platform_mmio_through(gpa, qualification, &l2, &|pa| l2.read_u8(pa))
+    }
+
+    fn platform_mmio_through(&mut self, gpa: u64, qualification: u64, mem: &dyn GuestMemory, read_u8: &dyn Fn(u64) -> Option<u8>) -> Handled {
         if qualification & 4 != 0 {
             return Handled::Stop(alloc::format!("instruction fetch from guest-physical {gpa:#x}, outside RAM"));
         }
@@ -176,10 +216,9 @@ impl Vcpu {
         let pae = cr4 & (1 << 5) != 0 && efer & (1 << 10) == 0;
         let pdptes = if pae { [F::GUEST_PDPTR0, F::GUEST_PDPTR1, F::GUEST_PDPTR2, F::GUEST_PDPTR3].map(vmread) } else { [0; 4] };
         let mode = walk::PagingMode::from_regs(cr0, cr4, efer, pdptes);
-        let ram = Ram { base: self.mem_base, size: self.mem_size };
         let rip = vmread(F::GUEST_RIP);
         let linear = vmread(F::GUEST_CS_BASE).wrapping_add(rip);
-        let (bytes, n) = mmio::fetch(&ram, |pa| ram.read_u8(pa), mode, vmread(F::GUEST_CR3), linear);
+        let (bytes, n) = mmio::fetch(mem, read_u8, mode, vmread(F::GUEST_CR3), linear);
         let bits = mmio::bitness(vmread(F::GUEST_CS_AR_BYTES), efer & (1 << 10) != 0, cr0 & 1 != 0);
         let (access, len) = match mmio::decode(&bytes[..n], bits, |r| self.gpr_any(r)) {
             Ok(x) => x,

@@ -154,7 +154,10 @@ pub fn setup_vmcs01(caps: &VmxCaps, eptp01: u64, maps: &Bitmaps, entry: u64, vpi
     )
     .map_err(|_| "pin-based controls not supported")?;
     let proc_ctl = adjust_controls(
-        proc1::HLT_EXITING | proc1::USE_IO_BITMAPS | proc1::USE_MSR_BITMAPS | proc1::SECONDARY_CONTROLS,
+        // CR8 is the L1's LAPIC TPR (SDM 11.8.6.1), emulated: without
+        // CR8 exiting a MOV to CR8 would set the host's TPR.
+        proc1::HLT_EXITING | proc1::USE_IO_BITMAPS | proc1::USE_MSR_BITMAPS | proc1::SECONDARY_CONTROLS
+            | proc1::CR8_LOAD_EXITING | proc1::CR8_STORE_EXITING,
         caps.procbased(),
     )
     .map_err(|_| "processor-based controls not supported")?;
