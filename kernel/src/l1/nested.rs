@@ -20,6 +20,7 @@ use nvmx_vmx::exit::InstructionInfo;
 use nvmx_vmx::field::{self, ALL, Access, EncodingError, Field as F, FieldSet, Group, Kind, Width};
 use nvmx_vmx::walk::{self, GuestMemory};
 
+use super::shadow::Policy;
 use super::{Handled, Vcpu};
 use crate::stats::{Phase, Slow};
 use crate::vmx::insn;
@@ -89,6 +90,8 @@ pub struct Nested {
     eptp02: u64,
     /// Field sets computed once per L1.
     sets: Sets,
+    /// Emulated VMREAD/VMWRITEs per field, for the adaptive shadow set.
+    learner: nvmx_vmx::shadow::Learner,
 }
 
 /// Field sets derived from the field table once (not on every exit).
@@ -330,6 +333,7 @@ impl Nested {
             spare: None,
             eptp02: 0,
             sets: Sets::new(),
+            learner: nvmx_vmx::shadow::Learner::default(),
         }
     }
 
@@ -592,31 +596,67 @@ impl Vcpu {
         self.prof.leave(p);
     }
 
-    /// Switches VMCS shadowing for this L1, live. `Err` where the CPU has none.
-    pub(super) fn set_shadowing(&mut self, on: bool) -> Result<(), &'static str> {
+    /// Switches VMCS shadowing for this L1, live: off (`None`) or on with
+    /// a policy (a new policy starts from its own set). `Err` where the CPU
+    /// has none.
+    pub(super) fn set_shadowing(&mut self, want: Option<Policy>) -> Result<(), &'static str> {
         if !self.nested.shadow.supported() {
             return Err("this CPU has no VMCS shadowing");
         }
-        if on == self.nested.shadow.on {
+        let now = self.nested.shadow.on.then_some(self.nested.shadow.policy);
+        if want == now {
             return Ok(());
         }
-        if !on {
-            self.shadow_pull();
+        // Everything L1 wrote in the shadow goes to the cache first.
+        self.shadow_pull();
+        // On with a policy: that policy's starting set (adaptive learns afresh).
+        if let Some(policy) = want {
+            self.nested.shadow.reset(policy, crate::vmx::probe().expect("shadowing runs on VMX"));
+            self.nested.learner.clear();
         }
         let running = self.running_vmcs();
         // SAFETY: VMCS0-1 and the running VMCS are L0's regions.
         unsafe { insn::vmptrld(self.nested.vmcs01) }.expect("VMPTRLD of VMCS0-1");
-        self.nested.shadow.set(on);
+        self.nested.shadow.set(want.is_some());
         self.nested.shadow.link(self.nested.current.is_some());
         // SAFETY: as above.
         unsafe { insn::vmptrld(running) }.expect("VMPTRLD back");
-        if on {
+        if want.is_some() {
             if let Some(c) = self.nested.current.as_mut() {
                 c.unshadowed = FieldSet([u64::MAX; 3]);
             }
             self.shadow_push();
         }
         Ok(())
+    }
+
+    /// Counts an emulated VMREAD/VMWRITE for `fields` and, under the
+    /// adaptive policy, lets its field join the shadow set at the
+    /// `JOIN_AFTER`th exit (with vmcs12's value copied into the shadow VMCS
+    /// first; `shadow_push` after the instruction keeps it current).
+    #[inline]
+    fn count_field(&mut self, info: &InstructionInfo, fa: Result<(F, Access), u32>, write: bool, r: &Emulated) {
+        let ok = matches!(r, Emulated::Done { ok: true });
+        let stats = &super::shared(self.cpu).stats;
+        let Ok((f, _)) = fa else {
+            stats.field(crate::stats::NOT_A_FIELD, self.gpr(info.reg2), write, ok);
+            return;
+        };
+        stats.field(f.index(), 0, write, ok);
+        let sh = &self.nested.shadow;
+        if sh.on && sh.policy == Policy::Adaptive && self.nested.learner.note(f, write) {
+            self.shadow_join(f, write);
+        }
+    }
+
+    #[inline(never)]
+    fn shadow_join(&mut self, f: F, write: bool) {
+        let running = self.running_vmcs();
+        let Some(c) = self.nested.current.as_ref() else { return };
+        if self.nested.shadow.join(f, write, c.get(f), running) {
+            log::debug!("l1 cpu {}: {} joins the shadow set for {}", self.cpu, f.name(), if write { "VMWRITE" } else { "VMREAD" });
+            super::publish_shadow(self.cpu, &self.nested.shadow);
+        }
     }
 
     /// Emulates an L1 VMX instruction (exit reasons 18-27, 50, 53), with the
@@ -789,10 +829,17 @@ impl Vcpu {
     /// VMREAD (SDM 32.3): VMfailInvalid without a current VMCS, error 12
     /// for unsupported fields; widths and "high" accesses as the SDM says.
     fn vmread12(&mut self, info: &InstructionInfo) -> Emulated {
+        let fa = self.field_operand(info);
+        let r = self.vmread12_inner(info, fa);
+        self.count_field(info, fa, false, &r);
+        r
+    }
+
+    fn vmread12_inner(&mut self, info: &InstructionInfo, fa: Result<(F, Access), u32>) -> Emulated {
         if self.nested.current.is_none() {
             return self.fail_invalid();
         }
-        let (f, access) = match self.field_operand(info) {
+        let (f, access) = match fa {
             Ok(fa) => fa,
             Err(e) => return self.fail(e),
         };
@@ -819,6 +866,13 @@ impl Vcpu {
     /// VMWRITE: error 13 for read-only fields (exit information) unless
     /// IA32_VMX_MISC bit 29 is advertised (it is when the CPU has it).
     fn vmwrite12(&mut self, info: &InstructionInfo) -> Emulated {
+        let fa = self.field_operand(info);
+        let r = self.vmwrite12_inner(info, fa);
+        self.count_field(info, fa, true, &r);
+        r
+    }
+
+    fn vmwrite12_inner(&mut self, info: &InstructionInfo, fa: Result<(F, Access), u32>) -> Emulated {
         if self.nested.current.is_none() {
             return self.fail_invalid();
         }
@@ -830,7 +884,7 @@ impl Vcpu {
                 Err((v, e)) => return Emulated::Fault(v, e),
             }
         };
-        let (f, access) = match self.field_operand(info) {
+        let (f, access) = match fa {
             Ok(fa) => fa,
             Err(e) => return self.fail(e),
         };
@@ -1507,6 +1561,12 @@ impl Vcpu {
         let lma = efer & (1 << 10) != 0;
         let e12 = cur.get(F::VM_ENTRY_CONTROLS) & !u64::from(entry::IA32E_MODE_GUEST);
         cur.set_from_vmcs02(F::VM_ENTRY_CONTROLS, e12 | if lma { u64::from(entry::IA32E_MODE_GUEST) } else { 0 });
+        // A guest field L1 reads from the shadow cannot wait in VMCS0-2 for
+        // `sync_rare`: with one of the lazy fields in the adaptive set, all
+        // of them come now (VMCS0-2 is current), before `shadow_push`.
+        if self.nested.shadow.on && !sets.lazy.intersect(self.nested.shadow.fields()).is_empty() {
+            self.sync_rare();
+        }
     }
 
     /// vmcs12's host state → VMCS0-1's guest state, so L1 resumes as after
