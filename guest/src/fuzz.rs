@@ -19,6 +19,7 @@
 
 use core::arch::global_asm;
 use core::fmt::Write;
+use core::sync::atomic::Ordering::Relaxed;
 
 use nvmx_vmx::caps::VmxCaps;
 use nvmx_vmx::controls::proc1;
@@ -629,4 +630,13 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
     }
     let _ = vmx::vmxoff();
     let _ = writeln!(out, "l1: fuzz done");
+    // Per field, every VMREAD/VMWRITE this L1 executed (nvmx's `fields`
+    // counts the ones it emulated).
+    for slot in 0..=nvmx_vmx::field::COUNT {
+        let (r, w) = (vmx::FIELD_READS[slot].load(Relaxed), vmx::FIELD_WRITES[slot].load(Relaxed));
+        if r + w != 0 {
+            let name = nvmx_vmx::field::ALL.get(slot).map_or("(not a field)", |f| f.name());
+            let _ = writeln!(out, "l1: field {name} vmread {r} vmwrite {w}");
+        }
+    }
 }

@@ -37,10 +37,25 @@ fn count(i: Insn) {
     INSN_COUNT[i as usize].fetch_add(1, Relaxed);
 }
 
+/// VMREADs and VMWRITEs executed per field (slot = index in the field
+/// table; the last slot: operands that name no field), whatever their
+/// outcome: what nvmx's `fields` must count where it emulates them.
+pub static FIELD_READS: [AtomicU64; nvmx_vmx::field::COUNT + 1] = [const { AtomicU64::new(0) }; nvmx_vmx::field::COUNT + 1];
+pub static FIELD_WRITES: [AtomicU64; nvmx_vmx::field::COUNT + 1] = [const { AtomicU64::new(0) }; nvmx_vmx::field::COUNT + 1];
+
+fn count_field(enc: u64, write: bool) {
+    let slot = u32::try_from(enc)
+        .ok()
+        .and_then(|e| nvmx_vmx::field::decode(e).ok())
+        .map_or(nvmx_vmx::field::COUNT, |(f, _)| f.index());
+    (if write { &FIELD_WRITES } else { &FIELD_READS })[slot].fetch_add(1, Relaxed);
+}
+
 pub use nvmx_vmx::error::VmFail;
 
 fn outcome(rflags: u64) -> Result<(), VmFail> {
     let r = VmFail::from_rflags(rflags, || {
+        count_field(Field::VM_INSTRUCTION_ERROR.encoding().into(), false);
         let err: u64;
         // SAFETY: ZF = 1 means a current VMCS holds the error number.
         unsafe { asm!("vmread {}, {}", out(reg) err, in(reg) u64::from(Field::VM_INSTRUCTION_ERROR.encoding())) };
@@ -118,6 +133,7 @@ pub fn vmxoff() -> Result<(), VmFail> {
 
 pub fn vmread(f: Field) -> u64 {
     count(Insn::Vmread);
+    count_field(f.encoding().into(), false);
     let v: u64;
     let rflags: u64;
     // SAFETY: reads the current VMCS.
@@ -133,6 +149,7 @@ pub fn vmread(f: Field) -> u64 {
 
 pub fn vmwrite(f: Field, v: u64) {
     count(Insn::Vmwrite);
+    count_field(f.encoding().into(), true);
     let rflags: u64;
     // SAFETY: writes the current VMCS.
     unsafe { asm!("vmwrite {}, {}; pushfq; pop {}", in(reg) u64::from(f.encoding()), in(reg) v, lateout(reg) rflags) };
@@ -169,12 +186,14 @@ pub fn report(insn: &str, what: &str, e: VmFail) {
 /// VMLAUNCH or VMRESUME.
 pub fn count_entry(launch: bool) {
     count(Insn::Vmwrite);
+    count_field(Field::HOST_RSP.encoding().into(), true);
     count(if launch { Insn::Vmlaunch } else { Insn::Vmresume });
 }
 
 /// VMREAD returning the architectural outcome instead of reporting it.
 pub fn try_vmread(enc: u32) -> Result<u64, VmFail> {
     count(Insn::Vmread);
+    count_field(enc.into(), false);
     let v: u64;
     let rflags: u64;
     // SAFETY: reads the current VMCS (or fails architecturally).
@@ -185,6 +204,7 @@ pub fn try_vmread(enc: u32) -> Result<u64, VmFail> {
 /// VMWRITE returning the architectural outcome.
 pub fn try_vmwrite(enc: u32, v: u64) -> Result<(), VmFail> {
     count(Insn::Vmwrite);
+    count_field(enc.into(), true);
     let rflags: u64;
     // SAFETY: writes the current VMCS (or fails architecturally).
     unsafe { asm!("vmwrite {}, {}; pushfq; pop {}", in(reg) u64::from(enc), in(reg) v, lateout(reg) rflags) };
