@@ -638,6 +638,15 @@ fn fields_csv(m: &mut Machine, cpu: usize) -> Result<FieldCsv> {
     let header = lines.next().unwrap_or("");
     m.check(header == "cpu,field,encoding,vmread,vmwrite,vmread failed,vmwrite failed,shadowed", || format!("`fields --csv` header:\n{out}"))?;
     for l in lines {
+        // The row of operands that name no field is quoted (its name has a comma).
+        let unquoted;
+        let l = match l.rsplit_once('"') {
+            Some((head, tail)) => {
+                unquoted = format!("{},(not a field){tail}", head.split_once(',').map_or("", |h| h.0));
+                unquoted.as_str()
+            }
+            None => l,
+        };
         let c: Vec<&str> = l.split(',').collect();
         let n = |i: usize| c.get(i).and_then(|v| v.parse::<u64>().ok());
         let (Some(r), Some(w), Some(rf), Some(wf), Some(sh)) = (n(3), n(4), n(5), n(6), c.get(7)) else {
