@@ -702,12 +702,12 @@ fn field_counts_match(m: &mut Machine, cpu: usize, console: &str, exact: bool) -
 }
 
 /// Adaptive VMCS shadowing on Bochs haswell (core 1, core 0's L1 stopped):
-/// the forum L1 from an empty shadow set — its per-exit fields join, and
-/// after warm-up its VMREAD+VMWRITE exits per L2 exit are ≤ 0.05; then the
-/// fuzz L1 (random fields, bad encodings): its outcomes bare = nested
-/// (vmcs12 and the shadow VMCS coherent while fields join), nvmx's
-/// per-field exits against the fuzz's own counts, and every joined field
-/// joined after exactly as many exits as the policy says (8).
+/// the fuzz L1 (random fields, bad encodings) from an empty shadow set: its
+/// outcomes bare = nested (vmcs12 and the shadow VMCS coherent while fields
+/// join), nvmx's per-field exits against the fuzz's own counts, and every
+/// joined field joined after as many exits as the policy says (8); then the
+/// forum L1 — its per-exit fields join, and after warm-up its
+/// VMREAD+VMWRITE exits per L2 exit are ≤ 0.05.
 #[test]
 fn bochs_adaptive_shadow_haswell_2cpu() -> Result<()> {
     let name = "bochs_adaptive_shadow_haswell_2cpu";
@@ -724,39 +724,7 @@ fn bochs_adaptive_shadow_haswell_2cpu() -> Result<()> {
     m.command("l1 stop 0", t.command)?;
     let out = m.command("shadow adaptive 1", t.command)?;
     m.check(out.contains("cpu 1: vmcs shadowing on (adaptive)"), || format!("`shadow adaptive 1`:\n{out}"))?;
-    // The forum L1, its per-exit fields learnt from nothing.
-    m.command("l1 restart 1 workload=forum exits=0", t.command)?;
-    let reflected = |m: &mut Machine| -> Result<(u64, u64, u64)> {
-        let s = m.command("stats 1 --csv", t.command)?;
-        let rows: Vec<Vec<String>> = s.lines().map(|l| l.trim().split(',').map(str::to_string).collect()).collect();
-        let sum = |from: &str, reason: Option<&str>| {
-            rows.iter().filter(|c| c.len() > 5 && c[1] == from && reason.is_none_or(|r| c[2] == r)).filter_map(|c| c[5].parse::<u64>().ok()).sum::<u64>()
-        };
-        Ok((sum("L2 (to L1)", None), sum("L1", Some("23")), sum("L1", Some("25"))))
-    };
-    let wait_for = |m: &mut Machine, n: u64| -> Result<(u64, u64, u64)> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(300);
-        loop {
-            std::thread::sleep(Duration::from_secs(3));
-            let r = reflected(m)?;
-            if r.0 >= n {
-                return Ok(r);
-            }
-            m.check(std::time::Instant::now() < deadline, || format!("the forum L1 reached only {} L2 exits", r.0))?;
-        }
-    };
-    let warm = wait_for(&mut m, 400)?;
-    let fields = m.command("fields 1", t.command)?;
-    eprintln!("[{name}] forum warm-up: {} L2 exits, {} VMREAD and {} VMWRITE exits\n{fields}", warm.0, warm.1, warm.2);
-    m.command("stats 1 reset", t.command)?;
-    let (l2, reads, writes) = wait_for(&mut m, 1500)?;
-    let per_exit = (reads + writes) as f64 / l2 as f64;
-    let fields = m.command("fields 1", t.command)?;
-    let status = m.command("shadow 1", t.command)?;
-    eprintln!("[{name}] forum after warm-up: {l2} L2 exits, {reads} VMREAD and {writes} VMWRITE exits: {per_exit:.4} per L2 exit\n{status}{fields}");
-    m.check(per_exit <= 0.05, || format!("VMREAD+VMWRITE exits per L2 exit after warm-up {per_exit:.4} > 0.05\n{fields}"))?;
-    m.check(status.contains("cpu 1: vmcs shadowing on (adaptive)") && !status.contains("; 0 fields shadowed"), || format!("`shadow 1`:\n{status}"))?;
-    // The fuzz: the policy stays adaptive for the restarted L1, learning afresh.
+    // The fuzz first (the policy applies to the restarted L1, learning from nothing).
     let fuzz = run_to_halt(&mut m, 1, args, Duration::from_secs(500))?;
     let nested = fuzz_lines(&fuzz);
     let state = m.command("l1 1", t.command)?;
@@ -781,6 +749,40 @@ fn bochs_adaptive_shadow_haswell_2cpu() -> Result<()> {
     }
     let exactly8 = joined.iter().filter(|(_, (r, w, _, _, sh))| (sh.contains('r') && *r == 8) || (sh.contains('w') && *w == 8)).count();
     m.check(exactly8 * 2 >= joined.len(), || format!("most joined fields should have joined at exactly their 8th exit: {exactly8} of {}", joined.len()))?;
+    // Then the forum L1, its per-exit fields learnt afresh.
+    m.command("l1 restart 1 workload=forum exits=0", t.command)?;
+    let reflected = |m: &mut Machine| -> Result<(u64, u64, u64)> {
+        let s = m.command("stats 1 --csv", t.command)?;
+        let rows: Vec<Vec<String>> = s.lines().map(|l| l.trim().split(',').map(str::to_string).collect()).collect();
+        let sum = |from: &str, reason: Option<&str>| {
+            rows.iter().filter(|c| c.len() > 5 && c[1] == from && reason.is_none_or(|r| c[2] == r)).filter_map(|c| c[5].parse::<u64>().ok()).sum::<u64>()
+        };
+        Ok((sum("L2 (to L1)", None), sum("L1", Some("23")), sum("L1", Some("25"))))
+    };
+    let wait_for = |m: &mut Machine, n: u64| -> Result<(u64, u64, u64)> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(300);
+        loop {
+            std::thread::sleep(Duration::from_secs(3));
+            let r = reflected(m)?;
+            if r.0 >= n {
+                return Ok(r);
+            }
+            let state = m.command("l1 1", t.command)?;
+            m.check(!state.contains("stopped"), || format!("nvmx stopped the forum L1 of cpu 1 (adaptive shadowing):\n{state}"))?;
+            m.check(std::time::Instant::now() < deadline, || format!("the forum L1 reached only {} L2 exits", r.0))?;
+        }
+    };
+    let warm = wait_for(&mut m, 400)?;
+    let fields = m.command("fields 1", t.command)?;
+    eprintln!("[{name}] forum warm-up: {} L2 exits, {} VMREAD and {} VMWRITE exits\n{fields}", warm.0, warm.1, warm.2);
+    m.command("stats 1 reset", t.command)?;
+    let (l2, reads, writes) = wait_for(&mut m, 1500)?;
+    let per_exit = (reads + writes) as f64 / l2 as f64;
+    let fields = m.command("fields 1", t.command)?;
+    let status = m.command("shadow 1", t.command)?;
+    eprintln!("[{name}] forum after warm-up: {l2} L2 exits, {reads} VMREAD and {writes} VMWRITE exits: {per_exit:.4} per L2 exit\n{status}{fields}");
+    m.check(per_exit <= 0.05, || format!("VMREAD+VMWRITE exits per L2 exit after warm-up {per_exit:.4} > 0.05\n{fields}"))?;
+    m.check(status.contains("cpu 1: vmcs shadowing on (adaptive)") && !status.contains("; 0 fields shadowed"), || format!("`shadow 1`:\n{status}"))?;
     crate::common::poweroff(&mut m, t)
 }
 
