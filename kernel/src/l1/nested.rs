@@ -630,7 +630,7 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Counts an emulated VMREAD/VMWRITE for `fields` and, under the
+    /// Counts an emulated VMREAD/VMWRITE per field (the `fields` view) and, under the
     /// adaptive policy, lets its field join the shadow set at the
     /// `JOIN_AFTER`th exit (with vmcs12's value copied into the shadow VMCS
     /// first; `shadow_push` after the instruction keeps it current).

@@ -9,6 +9,11 @@
 //! instruction, reflects an L2 exit or dumps vmcs12; vmcs12 → shadow after
 //! it, and when shadowing is switched on. Switched off, the shadow is copied
 //! back first, so no L1 write is lost.
+//!
+//! Which fields: the fixed set (`Policy::Fixed`), or under
+//! `Policy::Adaptive` a set that starts empty and grows at run time: a
+//! field joins, per direction, at its `JOIN_AFTER`th emulated access, its
+//! vmcs12 value written into the shadow VMCS first ([`Shadow::join`]).
 
 use nvmx_vmx::caps::VmxCaps;
 use nvmx_vmx::controls::proc2;
