@@ -292,6 +292,7 @@ fn l2_page_tables() -> [u64; 3] {
 /// 10 operations from n-400, all after the run (to find where two runs part
 /// without changing them much).
 pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
+    vmx::COUNT_FIELDS.store(true, Relaxed);
     let mut out = Console;
     let _ = writeln!(out, "l1: fuzz workload, seed {seed}, {ops} operations");
     // Bare, the firmware's PIT still ticks through the 8259 PIC; under nvmx

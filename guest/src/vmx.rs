@@ -43,7 +43,19 @@ fn count(i: Insn) {
 pub static FIELD_READS: [AtomicU64; nvmx_vmx::field::COUNT + 1] = [const { AtomicU64::new(0) }; nvmx_vmx::field::COUNT + 1];
 pub static FIELD_WRITES: [AtomicU64; nvmx_vmx::field::COUNT + 1] = [const { AtomicU64::new(0) }; nvmx_vmx::field::COUNT + 1];
 
+/// Per-field counting is on (the fuzz turns it on; the forum, whose L1
+/// instructions `bench` measures bare and nested, leaves it off).
+pub static COUNT_FIELDS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+#[inline(always)]
 fn count_field(enc: u64, write: bool) {
+    if COUNT_FIELDS.load(Relaxed) {
+        count_field_slow(enc, write);
+    }
+}
+
+#[inline(never)]
+fn count_field_slow(enc: u64, write: bool) {
     let slot = u32::try_from(enc)
         .ok()
         .and_then(|e| nvmx_vmx::field::decode(e).ok())

@@ -558,6 +558,15 @@ impl Vcpu {
         self.prof.leave(phase);
     }
 
+    #[inline(never)]
+    fn sync_lazy_shadowed(&mut self) {
+        if let Some((_, _, sets)) = self.nested.exit_sync {
+            if !sets.lazy.intersect(self.nested.shadow.fields()).is_empty() {
+                self.sync_rare();
+            }
+        }
+    }
+
     fn running_vmcs(&self) -> u64 {
         if self.nested.in_l2 { self.nested.vmcs02 } else { self.nested.vmcs01 }
     }
@@ -1483,6 +1492,12 @@ impl Vcpu {
     fn reflect_with(&mut self, reason: u32, qualification: u64, event: Option<(u32, u32)>) -> Result<(), alloc::string::String> {
         let phase = self.prof.enter(Phase::Reflect);
         self.sync_vmcs02_to_vmcs12(reason, qualification);
+        // A guest field L1 reads from the shadow cannot wait in VMCS0-2 for
+        // `sync_rare`: with one of the lazy fields in the adaptive set (the
+        // fixed set has none), all of them come now, VMCS0-2 still current.
+        if self.nested.shadow.on && self.nested.shadow.policy == Policy::Adaptive {
+            self.sync_lazy_shadowed();
+        }
         let cur = self.nested.current.as_mut().expect("L2 runs with a current vmcs12");
         if let Some((info, error)) = event {
             cur.set_from_vmcs02(F::VM_EXIT_INTR_INFO, info.into());
@@ -1561,12 +1576,6 @@ impl Vcpu {
         let lma = efer & (1 << 10) != 0;
         let e12 = cur.get(F::VM_ENTRY_CONTROLS) & !u64::from(entry::IA32E_MODE_GUEST);
         cur.set_from_vmcs02(F::VM_ENTRY_CONTROLS, e12 | if lma { u64::from(entry::IA32E_MODE_GUEST) } else { 0 });
-        // A guest field L1 reads from the shadow cannot wait in VMCS0-2 for
-        // `sync_rare`: with one of the lazy fields in the adaptive set, all
-        // of them come now (VMCS0-2 is current), before `shadow_push`.
-        if self.nested.shadow.on && !sets.lazy.intersect(self.nested.shadow.fields()).is_empty() {
-            self.sync_rare();
-        }
     }
 
     /// vmcs12's host state → VMCS0-1's guest state, so L1 resumes as after
