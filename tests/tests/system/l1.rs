@@ -587,7 +587,7 @@ fn hostile_fuzz(name: &str, model: &str) -> Result<()> {
     let t = BOCHS;
     let mut m = Bochs::new(name, model).cpus(2).hard_limit(Duration::from_secs(600)).start()?;
     m.boot_to_prompt(t.boot)?;
-    let forum = run_to_halt(&mut m, 0, "workload=forum exits=4000", Duration::from_secs(120))?;
+    let forum = run_to_halt(&mut m, 0, "workload=forum exits=4000", Duration::from_secs(240))?;
     m.check(forum.contains("l1: summary exits=4000 failures=0"), || format!("core 0's forum L1:\n{forum}"))?;
     let snap = m.command("integrity snap", Duration::from_secs(60))?;
     for item in ["L0 text", "L0 rodata", "cpu 0 VMCS0-1 host state", "cpu 1 VMCS0-1 host state", "cpu 0 L1 RAM (quiescent L1, 32 MiB"] {
