@@ -182,37 +182,39 @@ pub fn try_enter(launch: bool) -> Result<(), VmFail> {
 }
 
 /// Fills the current VMCS for an L2 vCPU that starts at `rip` (SDM 25.3-25.8).
+/// (Its VMREAD/VMWRITEs go through the counted wrappers: the fuzz sets up
+/// its VMCSs here too, and it is off the forum's measured path.)
 pub fn setup_vmcs(caps: &VmxCaps, ept: &Ept, vpid: u16, stack_top: u64, rip: u64) -> Result<(), ()> {
     let ctl = |want, allowed| adjust_controls(want, allowed).map_err(|bits| {
         let _ = writeln!(Console, "l1: control bits {bits:#x} not supported");
     });
-    vmx::vmwrite(F::PIN_BASED_VM_EXEC_CONTROL, ctl(pin::NMI_EXITING, caps.pinbased())?.into());
-    vmx::vmwrite(
+    vmx::vmwrite_counted(F::PIN_BASED_VM_EXEC_CONTROL, ctl(pin::NMI_EXITING, caps.pinbased())?.into());
+    vmx::vmwrite_counted(
         F::CPU_BASED_VM_EXEC_CONTROL,
         ctl(proc1::HLT_EXITING | proc1::UNCONDITIONAL_IO_EXITING | proc1::SECONDARY_CONTROLS, caps.procbased())?.into(),
     );
-    vmx::vmwrite(F::SECONDARY_VM_EXEC_CONTROL, ctl(proc2::ENABLE_EPT | proc2::ENABLE_VPID, caps.procbased2())?.into());
-    vmx::vmwrite(F::VM_EXIT_CONTROLS, ctl(exit::HOST_ADDRESS_SPACE_SIZE, caps.exit())?.into());
-    vmx::vmwrite(F::VM_ENTRY_CONTROLS, ctl(entry::IA32E_MODE_GUEST, caps.entry())?.into());
-    vmx::vmwrite(F::EXCEPTION_BITMAP, 0);
-    vmx::vmwrite(F::CR3_TARGET_COUNT, 0);
-    vmx::vmwrite(F::VM_EXIT_MSR_STORE_COUNT, 0);
-    vmx::vmwrite(F::VM_EXIT_MSR_LOAD_COUNT, 0);
-    vmx::vmwrite(F::VM_ENTRY_MSR_LOAD_COUNT, 0);
-    vmx::vmwrite(F::VM_ENTRY_INTR_INFO_FIELD, 0);
-    vmx::vmwrite(F::EPT_POINTER, ept.eptp());
-    vmx::vmwrite(F::VIRTUAL_PROCESSOR_ID, vpid.into());
-    vmx::vmwrite(F::VMCS_LINK_POINTER, u64::MAX);
-    vmx::vmwrite(F::CR0_GUEST_HOST_MASK, 0);
-    vmx::vmwrite(F::CR4_GUEST_HOST_MASK, 0);
+    vmx::vmwrite_counted(F::SECONDARY_VM_EXEC_CONTROL, ctl(proc2::ENABLE_EPT | proc2::ENABLE_VPID, caps.procbased2())?.into());
+    vmx::vmwrite_counted(F::VM_EXIT_CONTROLS, ctl(exit::HOST_ADDRESS_SPACE_SIZE, caps.exit())?.into());
+    vmx::vmwrite_counted(F::VM_ENTRY_CONTROLS, ctl(entry::IA32E_MODE_GUEST, caps.entry())?.into());
+    vmx::vmwrite_counted(F::EXCEPTION_BITMAP, 0);
+    vmx::vmwrite_counted(F::CR3_TARGET_COUNT, 0);
+    vmx::vmwrite_counted(F::VM_EXIT_MSR_STORE_COUNT, 0);
+    vmx::vmwrite_counted(F::VM_EXIT_MSR_LOAD_COUNT, 0);
+    vmx::vmwrite_counted(F::VM_ENTRY_MSR_LOAD_COUNT, 0);
+    vmx::vmwrite_counted(F::VM_ENTRY_INTR_INFO_FIELD, 0);
+    vmx::vmwrite_counted(F::EPT_POINTER, ept.eptp());
+    vmx::vmwrite_counted(F::VIRTUAL_PROCESSOR_ID, vpid.into());
+    vmx::vmwrite_counted(F::VMCS_LINK_POINTER, u64::MAX);
+    vmx::vmwrite_counted(F::CR0_GUEST_HOST_MASK, 0);
+    vmx::vmwrite_counted(F::CR4_GUEST_HOST_MASK, 0);
 
     // Guest: 64-bit, the L1's own address space and descriptor tables.
     let (cr0, cr3, cr4) = (read_cr(0), read_cr(3), read_cr(4));
-    vmx::vmwrite(F::GUEST_CR0, cr0);
-    vmx::vmwrite(F::GUEST_CR3, cr3);
-    vmx::vmwrite(F::GUEST_CR4, cr4);
-    vmx::vmwrite(F::CR0_READ_SHADOW, cr0);
-    vmx::vmwrite(F::CR4_READ_SHADOW, cr4);
+    vmx::vmwrite_counted(F::GUEST_CR0, cr0);
+    vmx::vmwrite_counted(F::GUEST_CR3, cr3);
+    vmx::vmwrite_counted(F::GUEST_CR4, cr4);
+    vmx::vmwrite_counted(F::CR0_READ_SHADOW, cr0);
+    vmx::vmwrite_counted(F::CR4_READ_SHADOW, cr4);
     for (sel, base, limit, ar, s, a) in [
         (F::GUEST_CS_SELECTOR, F::GUEST_CS_BASE, F::GUEST_CS_LIMIT, F::GUEST_CS_AR_BYTES, 0x08, 0xA09B),
         (F::GUEST_SS_SELECTOR, F::GUEST_SS_BASE, F::GUEST_SS_LIMIT, F::GUEST_SS_AR_BYTES, 0x10, 0xC093),
@@ -221,51 +223,51 @@ pub fn setup_vmcs(caps: &VmxCaps, ept: &Ept, vpid: u16, stack_top: u64, rip: u64
         (F::GUEST_FS_SELECTOR, F::GUEST_FS_BASE, F::GUEST_FS_LIMIT, F::GUEST_FS_AR_BYTES, 0x10, 0xC093),
         (F::GUEST_GS_SELECTOR, F::GUEST_GS_BASE, F::GUEST_GS_LIMIT, F::GUEST_GS_AR_BYTES, 0x10, 0xC093),
     ] {
-        vmx::vmwrite(sel, s);
-        vmx::vmwrite(base, 0);
-        vmx::vmwrite(limit, 0xFFFF_FFFF);
-        vmx::vmwrite(ar, a);
+        vmx::vmwrite_counted(sel, s);
+        vmx::vmwrite_counted(base, 0);
+        vmx::vmwrite_counted(limit, 0xFFFF_FFFF);
+        vmx::vmwrite_counted(ar, a);
     }
-    vmx::vmwrite(F::GUEST_TR_SELECTOR, 0x18);
-    vmx::vmwrite(F::GUEST_TR_BASE, crate::boot::tss_base());
-    vmx::vmwrite(F::GUEST_TR_LIMIT, 103);
-    vmx::vmwrite(F::GUEST_TR_AR_BYTES, 0x8B);
-    vmx::vmwrite(F::GUEST_LDTR_SELECTOR, 0);
-    vmx::vmwrite(F::GUEST_LDTR_AR_BYTES, 1 << 16);
-    vmx::vmwrite(F::GUEST_GDTR_BASE, crate::boot::gdt_base());
-    vmx::vmwrite(F::GUEST_GDTR_LIMIT, 39);
-    vmx::vmwrite(F::GUEST_IDTR_BASE, crate::boot::idt_base());
-    vmx::vmwrite(F::GUEST_IDTR_LIMIT, 32 * 16 - 1);
-    vmx::vmwrite(F::GUEST_DR7, 0x400);
-    vmx::vmwrite(F::GUEST_RFLAGS, 0x2);
-    vmx::vmwrite(F::GUEST_RSP, stack_top);
-    vmx::vmwrite(F::GUEST_RIP, rip);
-    vmx::vmwrite(F::GUEST_IA32_DEBUGCTL, 0);
-    vmx::vmwrite(F::GUEST_SYSENTER_CS, 0);
-    vmx::vmwrite(F::GUEST_SYSENTER_ESP, 0);
-    vmx::vmwrite(F::GUEST_SYSENTER_EIP, 0);
-    vmx::vmwrite(F::GUEST_ACTIVITY_STATE, 0);
-    vmx::vmwrite(F::GUEST_INTERRUPTIBILITY_INFO, 0);
-    vmx::vmwrite(F::GUEST_PENDING_DBG_EXCEPTIONS, 0);
+    vmx::vmwrite_counted(F::GUEST_TR_SELECTOR, 0x18);
+    vmx::vmwrite_counted(F::GUEST_TR_BASE, crate::boot::tss_base());
+    vmx::vmwrite_counted(F::GUEST_TR_LIMIT, 103);
+    vmx::vmwrite_counted(F::GUEST_TR_AR_BYTES, 0x8B);
+    vmx::vmwrite_counted(F::GUEST_LDTR_SELECTOR, 0);
+    vmx::vmwrite_counted(F::GUEST_LDTR_AR_BYTES, 1 << 16);
+    vmx::vmwrite_counted(F::GUEST_GDTR_BASE, crate::boot::gdt_base());
+    vmx::vmwrite_counted(F::GUEST_GDTR_LIMIT, 39);
+    vmx::vmwrite_counted(F::GUEST_IDTR_BASE, crate::boot::idt_base());
+    vmx::vmwrite_counted(F::GUEST_IDTR_LIMIT, 32 * 16 - 1);
+    vmx::vmwrite_counted(F::GUEST_DR7, 0x400);
+    vmx::vmwrite_counted(F::GUEST_RFLAGS, 0x2);
+    vmx::vmwrite_counted(F::GUEST_RSP, stack_top);
+    vmx::vmwrite_counted(F::GUEST_RIP, rip);
+    vmx::vmwrite_counted(F::GUEST_IA32_DEBUGCTL, 0);
+    vmx::vmwrite_counted(F::GUEST_SYSENTER_CS, 0);
+    vmx::vmwrite_counted(F::GUEST_SYSENTER_ESP, 0);
+    vmx::vmwrite_counted(F::GUEST_SYSENTER_EIP, 0);
+    vmx::vmwrite_counted(F::GUEST_ACTIVITY_STATE, 0);
+    vmx::vmwrite_counted(F::GUEST_INTERRUPTIBILITY_INFO, 0);
+    vmx::vmwrite_counted(F::GUEST_PENDING_DBG_EXCEPTIONS, 0);
 
     // Host: the L1 itself (SDM 25.5).
-    vmx::vmwrite(F::HOST_CR0, cr0);
-    vmx::vmwrite(F::HOST_CR3, cr3);
-    vmx::vmwrite(F::HOST_CR4, cr4);
-    vmx::vmwrite(F::HOST_CS_SELECTOR, 0x08);
+    vmx::vmwrite_counted(F::HOST_CR0, cr0);
+    vmx::vmwrite_counted(F::HOST_CR3, cr3);
+    vmx::vmwrite_counted(F::HOST_CR4, cr4);
+    vmx::vmwrite_counted(F::HOST_CS_SELECTOR, 0x08);
     for f in [F::HOST_SS_SELECTOR, F::HOST_DS_SELECTOR, F::HOST_ES_SELECTOR, F::HOST_FS_SELECTOR, F::HOST_GS_SELECTOR] {
-        vmx::vmwrite(f, 0x10);
+        vmx::vmwrite_counted(f, 0x10);
     }
-    vmx::vmwrite(F::HOST_TR_SELECTOR, 0x18);
-    vmx::vmwrite(F::HOST_FS_BASE, 0);
-    vmx::vmwrite(F::HOST_GS_BASE, 0);
-    vmx::vmwrite(F::HOST_TR_BASE, crate::boot::tss_base());
-    vmx::vmwrite(F::HOST_GDTR_BASE, crate::boot::gdt_base());
-    vmx::vmwrite(F::HOST_IDTR_BASE, crate::boot::idt_base());
-    vmx::vmwrite(F::HOST_IA32_SYSENTER_CS, 0);
-    vmx::vmwrite(F::HOST_IA32_SYSENTER_ESP, 0);
-    vmx::vmwrite(F::HOST_IA32_SYSENTER_EIP, 0);
-    vmx::vmwrite(F::HOST_RIP, nvmx_vmx::entry::exit_rip());
+    vmx::vmwrite_counted(F::HOST_TR_SELECTOR, 0x18);
+    vmx::vmwrite_counted(F::HOST_FS_BASE, 0);
+    vmx::vmwrite_counted(F::HOST_GS_BASE, 0);
+    vmx::vmwrite_counted(F::HOST_TR_BASE, crate::boot::tss_base());
+    vmx::vmwrite_counted(F::HOST_GDTR_BASE, crate::boot::gdt_base());
+    vmx::vmwrite_counted(F::HOST_IDTR_BASE, crate::boot::idt_base());
+    vmx::vmwrite_counted(F::HOST_IA32_SYSENTER_CS, 0);
+    vmx::vmwrite_counted(F::HOST_IA32_SYSENTER_ESP, 0);
+    vmx::vmwrite_counted(F::HOST_IA32_SYSENTER_EIP, 0);
+    vmx::vmwrite_counted(F::HOST_RIP, nvmx_vmx::entry::exit_rip());
     Ok(())
 }
 

@@ -19,6 +19,7 @@
 
 use core::arch::global_asm;
 use core::fmt::Write;
+use core::sync::atomic::Ordering::Relaxed;
 
 use nvmx_vmx::caps::VmxCaps;
 use nvmx_vmx::controls::proc1;
@@ -291,6 +292,7 @@ fn l2_page_tables() -> [u64; 3] {
 /// 10 operations from n-400, all after the run (to find where two runs part
 /// without changing them much).
 pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
+    vmx::COUNT_FIELDS.store(true, Relaxed);
     let mut out = Console;
     let _ = writeln!(out, "l1: fuzz workload, seed {seed}, {ops} operations");
     // Bare, the firmware's PIT still ticks through the 8259 PIC; under nvmx
@@ -349,16 +351,16 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
         let _ = vmx::try_op("vmclear", vmcs[i]);
         let _ = vmx::try_op("vmptrld", vmcs[i]);
         let ok = setup_vmcs(caps, &ept, 1 + i as u16, stack + 4096, code).is_ok();
-        vmx::vmwrite(F::GUEST_CR3, cr3);
-        vmx::vmwrite(F::VM_ENTRY_MSR_LOAD_ADDR, load_list);
-        vmx::vmwrite(F::VM_EXIT_MSR_STORE_ADDR, store_list);
+        vmx::vmwrite_counted(F::GUEST_CR3, cr3);
+        vmx::vmwrite_counted(F::VM_ENTRY_MSR_LOAD_ADDR, load_list);
+        vmx::vmwrite_counted(F::VM_EXIT_MSR_STORE_ADDR, store_list);
         ok
     };
     if !(sane(1) && sane(0)) {
         let _ = writeln!(out, "l1: fuzz: no usable VMCS setup");
         return;
     }
-    let host: [(F, u64); 6] = core::array::from_fn(|i| (BAD_HOST[i].0, vmx::vmread(BAD_HOST[i].0)));
+    let host: [(F, u64); 6] = core::array::from_fn(|i| (BAD_HOST[i].0, vmx::vmread_counted(BAD_HOST[i].0)));
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut t = Tally {
         skipped: 0,
@@ -484,7 +486,7 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
                 // Mostly the right instruction for the launch state, sometimes not.
                 let launch = launched[i] == (rng.below(8) == 0);
                 let mut regs = GuestRegs::default();
-                vmx::count_entry(launch);
+                vmx::count_entry_counted(launch);
                 // SAFETY: HOST_RIP is the exit stub and the host state the
                 // L1's own (restored above, or broken so that entry VMfails).
                 let rflags = unsafe { nvmx_vmx::entry::enter(&mut regs, !launch) };
@@ -571,11 +573,11 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
                 let _ = vmx::try_op("vmclear", vmcs[2]);
                 let _ = vmx::try_op("vmptrld", vmcs[2]);
                 if setup_vmcs(caps, &ept, 3, stack + 4096, code).is_ok() {
-                    vmx::vmwrite(F::GUEST_CR3, cr3);
-                    vmx::vmwrite(F::HOST_RIP, nvmx_vmx::entry::exit_rip());
-                    vmx::vmwrite(f, vmx::vmread(f) | u64::from(bit));
+                    vmx::vmwrite_counted(F::GUEST_CR3, cr3);
+                    vmx::vmwrite_counted(F::HOST_RIP, nvmx_vmx::entry::exit_rip());
+                    vmx::vmwrite_counted(f, vmx::vmread_counted(f) | u64::from(bit));
                     let mut regs = GuestRegs::default();
-                    vmx::count_entry(true);
+                    vmx::count_entry_counted(true);
                     // SAFETY: as for the entries above, on a VMCS set up whole.
                     let rflags = unsafe { nvmx_vmx::entry::enter(&mut regs, false) };
                     let r = VmFail::from_rflags(rflags, || vmx::try_vmread(F::VM_INSTRUCTION_ERROR.encoding()).unwrap_or(0) as u32);
@@ -629,4 +631,13 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
     }
     let _ = vmx::vmxoff();
     let _ = writeln!(out, "l1: fuzz done");
+    // Per field, every VMREAD/VMWRITE this L1 executed (nvmx's `fields`
+    // counts the ones it emulated).
+    for slot in 0..=nvmx_vmx::field::COUNT {
+        let (r, w) = (vmx::FIELD_READS[slot].load(Relaxed), vmx::FIELD_WRITES[slot].load(Relaxed));
+        if r + w != 0 {
+            let name = nvmx_vmx::field::ALL.get(slot).map_or("(not a field)", |f| f.name());
+            let _ = writeln!(out, "l1: field {name} vmread {r} vmwrite {w}");
+        }
+    }
 }

@@ -37,10 +37,37 @@ fn count(i: Insn) {
     INSN_COUNT[i as usize].fetch_add(1, Relaxed);
 }
 
+/// VMREADs and VMWRITEs executed per field (slot = index in the field
+/// table; the last slot: operands that name no field), whatever their
+/// outcome: what nvmx's `fields` must count where it emulates them.
+pub static FIELD_READS: [AtomicU64; nvmx_vmx::field::COUNT + 1] = [const { AtomicU64::new(0) }; nvmx_vmx::field::COUNT + 1];
+pub static FIELD_WRITES: [AtomicU64; nvmx_vmx::field::COUNT + 1] = [const { AtomicU64::new(0) }; nvmx_vmx::field::COUNT + 1];
+
+/// Per-field counting is on (the fuzz turns it on; the forum, whose L1
+/// instructions `bench` measures bare and nested, leaves it off).
+pub static COUNT_FIELDS: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+#[inline(always)]
+fn count_field(enc: u64, write: bool) {
+    if COUNT_FIELDS.load(Relaxed) {
+        count_field_slow(enc, write);
+    }
+}
+
+#[inline(never)]
+fn count_field_slow(enc: u64, write: bool) {
+    let slot = u32::try_from(enc)
+        .ok()
+        .and_then(|e| nvmx_vmx::field::decode(e).ok())
+        .map_or(nvmx_vmx::field::COUNT, |(f, _)| f.index());
+    (if write { &FIELD_WRITES } else { &FIELD_READS })[slot].fetch_add(1, Relaxed);
+}
+
 pub use nvmx_vmx::error::VmFail;
 
 fn outcome(rflags: u64) -> Result<(), VmFail> {
     let r = VmFail::from_rflags(rflags, || {
+        count_field(Field::VM_INSTRUCTION_ERROR.encoding().into(), false);
         let err: u64;
         // SAFETY: ZF = 1 means a current VMCS holds the error number.
         unsafe { asm!("vmread {}, {}", out(reg) err, in(reg) u64::from(Field::VM_INSTRUCTION_ERROR.encoding())) };
@@ -172,9 +199,25 @@ pub fn count_entry(launch: bool) {
     count(if launch { Insn::Vmlaunch } else { Insn::Vmresume });
 }
 
+/// `vmread`, `vmwrite` and `count_entry` with the per-field count (the
+/// fuzz's; the forum's path, which `bench` measures, has none).
+pub fn vmread_counted(f: Field) -> u64 {
+    count_field(f.encoding().into(), false);
+    vmread(f)
+}
+pub fn vmwrite_counted(f: Field, v: u64) {
+    count_field(f.encoding().into(), true);
+    vmwrite(f, v)
+}
+pub fn count_entry_counted(launch: bool) {
+    count_field(Field::HOST_RSP.encoding().into(), true);
+    count_entry(launch)
+}
+
 /// VMREAD returning the architectural outcome instead of reporting it.
 pub fn try_vmread(enc: u32) -> Result<u64, VmFail> {
     count(Insn::Vmread);
+    count_field(enc.into(), false);
     let v: u64;
     let rflags: u64;
     // SAFETY: reads the current VMCS (or fails architecturally).
@@ -185,6 +228,7 @@ pub fn try_vmread(enc: u32) -> Result<u64, VmFail> {
 /// VMWRITE returning the architectural outcome.
 pub fn try_vmwrite(enc: u32, v: u64) -> Result<(), VmFail> {
     count(Insn::Vmwrite);
+    count_field(enc.into(), true);
     let rflags: u64;
     // SAFETY: writes the current VMCS (or fails architecturally).
     unsafe { asm!("vmwrite {}, {}; pushfq; pop {}", in(reg) u64::from(enc), in(reg) v, lateout(reg) rflags) };

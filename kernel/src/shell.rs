@@ -130,7 +130,8 @@ fn execute(cmd: Command, out: &mut String) {
         Command::Attach(cpu) => attach(cpu, out),
         Command::Vmcs { which, cpu } => vmcs(which, cpu, out),
         Command::Trace { cpu, count } => trace(cpu, count, out),
-        Command::Shadow { on, cpus } => shadow(on, cpus, out),
+        Command::Shadow { mode, cpus } => shadow(mode, cpus, out),
+        Command::Fields { cpus, csv } => fields(cpus, csv, out),
         Command::Bench { exits, csv, pair, bare } => bench_start(exits, csv, pair, bare, out),
         Command::Top(sel) => {
             crate::top::start(cpus_of(sel), out);
@@ -348,9 +349,10 @@ fn trace(sel: Option<usize>, count: Option<usize>, out: &mut String) -> core::fm
     Ok(())
 }
 
-fn shadow(on: Option<bool>, sel: CpuSel, out: &mut String) -> core::fmt::Result {
+fn shadow(mode: Option<nvmx_shell::ShadowMode>, sel: CpuSel, out: &mut String) -> core::fmt::Result {
+    use nvmx_shell::ShadowMode;
     let supported = crate::vmx::probe().is_some_and(|c| c.vmcs_shadowing());
-    if let Some(on) = on {
+    if let Some(mode) = mode {
         if !supported {
             let why = match crate::vmx::probe() {
                 Some(_) => "this CPU has no VMCS shadowing (IA32_VMX_PROCBASED_CTLS2: secondary control bit 14 may not be 1)",
@@ -360,8 +362,13 @@ fn shadow(on: Option<bool>, sel: CpuSel, out: &mut String) -> core::fmt::Result 
         }
         for cpu in cpus_of(sel) {
             let s = l1::shared(cpu);
-            s.shadow_want.store(if on { 2 } else { 1 }, Ordering::Release);
-            s.shadow_pref.store(if on { 2 } else { 1 }, Ordering::Release);
+            let want = match mode {
+                ShadowMode::Off => 1,
+                ShadowMode::On => 2,
+                ShadowMode::Adaptive => 3,
+            };
+            s.shadow_want.store(want, Ordering::Release);
+            s.shadow_pref.store(want, Ordering::Release);
             if cpu != percpu::current().index {
                 crate::mailbox::kick(cpu);
             }
@@ -386,7 +393,7 @@ fn shadow(on: Option<bool>, sel: CpuSel, out: &mut String) -> core::fmt::Result 
         } else if !running {
             "off (no L1 running)"
         } else if s.shadow_on.load(Ordering::Acquire) {
-            "on"
+            if s.shadow_adaptive.load(Ordering::Relaxed) { "on (adaptive)" } else { "on (fixed set)" }
         } else {
             "off"
         };
@@ -396,6 +403,49 @@ fn shadow(on: Option<bool>, sel: CpuSel, out: &mut String) -> core::fmt::Result 
             if supported { "yes" } else { "no" },
             s.shadow_fields.load(Ordering::Relaxed)
         )?;
+    }
+    Ok(())
+}
+
+/// `fields`: per core, the VMCS fields with the most emulated VMREAD/VMWRITE
+/// exits (read from the core's counters, which only it writes).
+fn fields(sel: CpuSel, csv: bool, out: &mut String) -> core::fmt::Result {
+    use nvmx_shell::report::FieldRow;
+    use nvmx_vmx::field::ALL;
+    for (n, cpu) in cpus_of(sel).enumerate() {
+        let s = l1::shared(cpu);
+        let c = &s.stats.fields;
+        let set = |i: usize, f: nvmx_vmx::field::Field| s.shadow_sets[i + f.index() / 64].load(Ordering::Relaxed) & (1 << (f.index() % 64)) != 0;
+        let on = s.shadow_on.load(Ordering::Acquire);
+        let get = |t: &[core::sync::atomic::AtomicU64], i: usize| t[i].load(Ordering::Relaxed);
+        let not_a_field = alloc::format!("(not a field, last {:#x})", c.last_not_a_field.load(Ordering::Relaxed));
+        let rows: alloc::vec::Vec<FieldRow> = ALL
+            .iter()
+            .map(|&f| (f.name(), Some(f.encoding()), f.index(), on && set(0, f), on && set(3, f)))
+            .chain(core::iter::once((not_a_field.as_str(), None, crate::stats::NOT_A_FIELD, false, false)))
+            .map(|(name, encoding, i, r, w)| FieldRow {
+                name,
+                encoding,
+                reads: get(&c.reads, i),
+                writes: get(&c.writes, i),
+                read_fails: get(&c.read_fails, i),
+                write_fails: get(&c.write_fails, i),
+                shadow_read: r,
+                shadow_write: w,
+            })
+            .collect();
+        let state = if !on {
+            String::from("off")
+        } else {
+            alloc::format!(
+                "{}, {} fields",
+                if s.shadow_adaptive.load(Ordering::Relaxed) { "adaptive" } else { "fixed set" },
+                s.shadow_fields.load(Ordering::Relaxed)
+            )
+        };
+        let text = nvmx_shell::report::fields(cpu, &rows, 16, &state, csv);
+        // One CSV header for all cores.
+        out.push_str(if csv && n > 0 { text.split_once('\n').map_or("", |(_, rest)| rest) } else { &text });
     }
     Ok(())
 }

@@ -95,6 +95,49 @@ pub const SLOWS: usize = 4;
 /// Their names in `bench`.
 pub const SLOW_NAMES: [&str; SLOWS] = ["entries with every check", "prepare_vmcs02_rare", "rare guest-field syncs", "shadow VMCS loads"];
 
+/// Slots of [`FieldCounts`]: one per field of the field table, in its order,
+/// and a last one for operands that name no field.
+pub const FIELD_SLOTS: usize = nvmx_vmx::field::COUNT + 1;
+/// The slot of operands that name no field (VMfailValid(12) or VMfailInvalid).
+pub const NOT_A_FIELD: usize = nvmx_vmx::field::COUNT;
+
+/// Emulated VMREAD/VMWRITE exits per field and how many did not succeed
+/// (VMfailInvalid, VMfailValid, a fault on the memory operand): the seed
+/// thread's "VMREAD to non-existing field" diagnosis. Only the core itself
+/// counts (load + store, no locked instruction); the shell reads.
+pub struct FieldCounts {
+    pub reads: [AtomicU64; FIELD_SLOTS],
+    pub writes: [AtomicU64; FIELD_SLOTS],
+    pub read_fails: [AtomicU64; FIELD_SLOTS],
+    pub write_fails: [AtomicU64; FIELD_SLOTS],
+    /// The last operand that named no field (its value), for the diagnosis.
+    pub last_not_a_field: AtomicU64,
+}
+
+#[inline(always)]
+fn bump(c: &AtomicU64) {
+    c.store(c.load(Relaxed) + 1, Relaxed);
+}
+
+impl FieldCounts {
+    const fn new() -> Self {
+        FieldCounts {
+            reads: [const { AtomicU64::new(0) }; FIELD_SLOTS],
+            writes: [const { AtomicU64::new(0) }; FIELD_SLOTS],
+            read_fails: [const { AtomicU64::new(0) }; FIELD_SLOTS],
+            write_fails: [const { AtomicU64::new(0) }; FIELD_SLOTS],
+            last_not_a_field: AtomicU64::new(0),
+        }
+    }
+
+    fn reset(&self) {
+        for t in [&self.reads, &self.writes, &self.read_fails, &self.write_fails] {
+            t.iter().for_each(|c| c.store(0, Relaxed));
+        }
+        self.last_not_a_field.store(0, Relaxed);
+    }
+}
+
 /// One core's counters.
 pub struct CpuStats {
     pub l1: [ReasonStats; REASONS],
@@ -116,6 +159,8 @@ pub struct CpuStats {
     pub window_end: AtomicU64,
     /// How often each [`Slow`] path ran.
     pub slow: [AtomicU64; SLOWS],
+    /// Emulated VMREAD/VMWRITE exits per field.
+    pub fields: FieldCounts,
 }
 
 impl CpuStats {
@@ -131,6 +176,7 @@ impl CpuStats {
             profile: core::sync::atomic::AtomicBool::new(false),
             window_end: AtomicU64::new(0),
             slow: [const { AtomicU64::new(0) }; SLOWS],
+            fields: FieldCounts::new(),
         }
     }
 
@@ -169,6 +215,23 @@ impl CpuStats {
         }
     }
 
+    /// Counts one emulated VMREAD (`write` false) or VMWRITE of field slot
+    /// `slot` (`NOT_A_FIELD` with the operand `enc`), `ok` if it succeeded.
+    #[inline]
+    pub fn field(&self, slot: usize, enc: u64, write: bool, ok: bool) {
+        if self.window_end.load(Relaxed) != 0 {
+            return;
+        }
+        let f = &self.fields;
+        bump(if write { &f.writes[slot] } else { &f.reads[slot] });
+        if !ok {
+            bump(if write { &f.write_fails[slot] } else { &f.read_fails[slot] });
+        }
+        if slot == NOT_A_FIELD {
+            f.last_not_a_field.store(enc, Relaxed);
+        }
+    }
+
     /// Zeroes everything and restarts the clock.
     pub fn reset(&self) {
         for table in [&self.l1, &self.l2_l0, &self.l2_reflected] {
@@ -189,6 +252,7 @@ impl CpuStats {
         for c in &self.slow {
             c.store(0, Relaxed);
         }
+        self.fields.reset();
         self.since.store(crate::arch::cpu::rdtsc(), Relaxed);
     }
 

@@ -29,7 +29,8 @@ pub static COMMANDS: &[CommandSpec] = &[
     CommandSpec { name: "console", usage: "console <cpu>", summary: "an L1's console output", help: "The newest output the L1 of that core wrote to its COM1." },
     CommandSpec { name: "attach", usage: "attach <cpu>", summary: "talk to an L1's COM1 (Ctrl-] ends)", help: "Connects this serial line and the keyboard to that core's L1 serial port both ways, like `virsh console`: what you type goes to its receiver, what it sends is printed. Ctrl-] returns to the shell." },
     CommandSpec { name: "vmcs", usage: "vmcs 01|12|02 [<cpu>]", summary: "dump a VMCS of a core, live", help: "Dumps VMCS0-1 (runs L1), VMCS1-2 (what L1 asked) or VMCS0-2 (runs L2), read on that core, grouped like Linux dump_vmcs." },
-    CommandSpec { name: "shadow", usage: "shadow [status] | shadow on|off [<cpu>|all]", summary: "VMCS shadowing per core: show, switch live", help: "Shows, per core, whether the CPU has VMCS shadowing, whether it is on for that L1 and how many fields are shadowed; `on`/`off` switch it for a running L1 (default: all cores)." },
+    CommandSpec { name: "shadow", usage: "shadow [status] | shadow on|off|adaptive [<cpu>|all]", summary: "VMCS shadowing per core: show, switch live", help: "Shows, per core, whether the CPU has VMCS shadowing, whether it is on for that L1, its policy and how many fields are shadowed; `on` (the fixed set of 15 fields), `adaptive` (starts empty; a field joins after 8 emulated VMREADs or VMWRITEs of it) and `off` switch it for a running L1 (default: all cores)." },
+    CommandSpec { name: "fields", usage: "fields [<cpu>|all] [--csv]", summary: "VMREAD/VMWRITE exits per VMCS field", help: "Per core, the fields with the most emulated VMREAD/VMWRITE exits (top 16): reads, writes, failures of each (VMfailInvalid, VMfailValid, a fault) and whether the field is shadowed now (r: VMREAD, w: VMWRITE without an exit); operands that name no field are one row. Counted since the L1 started or `stats reset`. `--csv` prints every field with exits as CSV." },
     CommandSpec { name: "bench", usage: "bench [<exits>] [--csv] [--pair <cycles>] [--bare <ticks>]", summary: "forum workload, shadowing off vs on, on every core", help: "Restarts every core's L1 with the forum workload for <exits> L2 exits (default 4000), with VMCS shadowing off, on, and on with L0's phases profiled, and prints per core the VMX-instruction exits side by side in the seed thread's format; then, in instructions (the TSC calibrated against a known loop), L0's path per L2 exit, per reflection and per emulated VMREAD/VMWRITE/VMPTRLD, transitions per L2 exit, a modelled real-hardware figure (instructions + <cycles> per VM exit/entry pair, default 1000) for the bare L1 (--bare: its TSC ticks per L2 exit, measured by make bench) and nested, each with its goal, and where L0's instructions go, phase by phase; --csv adds CSV lines." },
     CommandSpec { name: "integrity", usage: "integrity [snap|check]", summary: "hash L0 and quiescent L1s; compare with a snapshot", help: "Hashes L0's text and read-only data, the whole RAM of every halted (quiescent) L1 and each core's VMCS0-1 host-state fields (read on that core). `snap` keeps them, `check` measures again and names every region that differs or can no longer be measured: after a hostile L1 ran, `unharmed` proves L0 and the other L1s untouched." },
     CommandSpec { name: "log", usage: "log [error|warn|info|debug|trace]", summary: "show or set the log level", help: "Kernel messages at this level and above are printed." },
@@ -84,6 +85,16 @@ impl fmt::Display for VmcsKind {
     }
 }
 
+/// What `shadow` switches a core to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShadowMode {
+    Off,
+    /// The fixed field set.
+    On,
+    /// The set learnt from the L1's exits.
+    Adaptive,
+}
+
 /// A parsed command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -103,7 +114,8 @@ pub enum Command {
     Vmcs { which: VmcsKind, cpu: usize },
     Trace { cpu: Option<usize>, count: Option<usize> },
     /// `None`: show the status.
-    Shadow { on: Option<bool>, cpus: CpuSel },
+    Shadow { mode: Option<ShadowMode>, cpus: CpuSel },
+    Fields { cpus: CpuSel, csv: bool },
     /// `pair`: modelled cost of one VM exit/entry pair in cycles; `bare`:
     /// TSC ticks per L2 exit of the same L1 booted bare (`make bench` measures it).
     Bench { exits: u64, csv: bool, pair: u64, bare: Option<u64> },
@@ -354,16 +366,17 @@ pub fn parse(line: &str, ctx: &Context) -> Result<Option<Command>, ParseError> {
             }
         },
         "shadow" => {
-            let (on, rest) = match args {
+            let (mode, rest) = match args {
                 [] => (None, args),
                 ["status", rest @ ..] => (None, rest),
-                ["on", rest @ ..] => (Some(true), rest),
-                ["off", rest @ ..] => (Some(false), rest),
+                ["on", rest @ ..] => (Some(ShadowMode::On), rest),
+                ["off", rest @ ..] => (Some(ShadowMode::Off), rest),
+                ["adaptive", rest @ ..] => (Some(ShadowMode::Adaptive), rest),
                 [other, ..] if !is_number(other) && *other != "all" => {
                     return Err(ParseError::BadChoice {
                         cmd: "shadow",
                         arg: alloc::format!("argument '{other}'"),
-                        choices: "status|on|off",
+                        choices: "status|on|off|adaptive",
                     });
                 }
                 _ => (None, args),
@@ -373,7 +386,19 @@ pub fn parse(line: &str, ctx: &Context) -> Result<Option<Command>, ParseError> {
                 [cpu] => CpuSel::One(cpu_arg("shadow", cpu, ctx)?),
                 [_, extra, ..] => return Err(ParseError::UnexpectedArgument { cmd: "shadow", arg: extra.to_string() }),
             };
-            Command::Shadow { on, cpus }
+            Command::Shadow { mode, cpus }
+        }
+        "fields" => {
+            let (mut cpus, mut csv) = (CpuSel::All, false);
+            for (i, &a) in args.iter().enumerate() {
+                match a {
+                    "all" if i == 0 => cpus = CpuSel::All,
+                    "--csv" if !csv => csv = true,
+                    n if i == 0 && is_number(n) => cpus = CpuSel::One(cpu_arg("fields", n, ctx)?),
+                    other => return Err(ParseError::UnexpectedArgument { cmd: "fields", arg: other.to_string() }),
+                }
+            }
+            Command::Fields { cpus, csv }
         }
         other => return Err(ParseError::UnknownCommand(other.to_string())),
     };
@@ -434,6 +459,20 @@ mod tests {
     }
 
     #[test]
+    fn fields_forms() {
+        assert_eq!(ok("fields"), Command::Fields { cpus: CpuSel::All, csv: false });
+        assert_eq!(ok("fields all"), Command::Fields { cpus: CpuSel::All, csv: false });
+        assert_eq!(ok("fields 1"), Command::Fields { cpus: CpuSel::One(1), csv: false });
+        assert_eq!(ok("fields 0x2 --csv"), Command::Fields { cpus: CpuSel::One(2), csv: true });
+        assert_eq!(ok("fields --csv"), Command::Fields { cpus: CpuSel::All, csv: true });
+        assert_eq!(err("fields 9"), "fields: cpu 9 does not exist (0-3)");
+        assert_eq!(err("fields 1 2"), "fields: unexpected argument '2'");
+        assert_eq!(err("fields --csv --csv"), "fields: unexpected argument '--csv'");
+        assert_eq!(err("fields top"), "fields: unexpected argument 'top'");
+        assert!(COMMANDS.iter().any(|c| c.name == "fields"));
+    }
+
+    #[test]
     fn stats_forms() {
         assert_eq!(ok("stats"), Command::Stats { cpus: CpuSel::All, reset: false, csv: false });
         assert_eq!(ok("stats 2"), Command::Stats { cpus: CpuSel::One(2), reset: false, csv: false });
@@ -466,11 +505,14 @@ mod tests {
         assert_eq!(err("bench 0"), "bench: '0' is not a number");
         assert_eq!(err("bench --pair 0"), "bench: '0' is not a number");
         assert_eq!(err("bench --bare"), "bench: missing <ticks> after --bare");
-        assert_eq!(ok("shadow"), Command::Shadow { on: None, cpus: CpuSel::All });
-        assert_eq!(ok("shadow status 1"), Command::Shadow { on: None, cpus: CpuSel::One(1) });
-        assert_eq!(ok("shadow on"), Command::Shadow { on: Some(true), cpus: CpuSel::All });
-        assert_eq!(ok("shadow off 3"), Command::Shadow { on: Some(false), cpus: CpuSel::One(3) });
-        assert_eq!(err("shadow maybe"), "shadow: unknown argument 'maybe' (status|on|off)");
+        assert_eq!(ok("shadow"), Command::Shadow { mode: None, cpus: CpuSel::All });
+        assert_eq!(ok("shadow status 1"), Command::Shadow { mode: None, cpus: CpuSel::One(1) });
+        assert_eq!(ok("shadow on"), Command::Shadow { mode: Some(ShadowMode::On), cpus: CpuSel::All });
+        assert_eq!(ok("shadow off 3"), Command::Shadow { mode: Some(ShadowMode::Off), cpus: CpuSel::One(3) });
+        assert_eq!(ok("shadow adaptive all"), Command::Shadow { mode: Some(ShadowMode::Adaptive), cpus: CpuSel::All });
+        assert_eq!(ok("shadow adaptive 2"), Command::Shadow { mode: Some(ShadowMode::Adaptive), cpus: CpuSel::One(2) });
+        assert_eq!(err("shadow maybe"), "shadow: unknown argument 'maybe' (status|on|off|adaptive)");
+        assert_eq!(err("shadow adaptive 1 2"), "shadow: unexpected argument '2'");
         assert_eq!(err("shadow on 7"), "shadow: cpu 7 does not exist (0-3)");
         assert_eq!(ok("top"), Command::Top(CpuSel::All));
         assert_eq!(ok("top 2"), Command::Top(CpuSel::One(2)));

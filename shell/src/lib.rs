@@ -17,5 +17,5 @@ pub mod format;
 pub mod integrity;
 pub mod report;
 
-pub use command::{COMMANDS, Command, CommandSpec, Context, CpuSel, IntegrityAction, L1Action, ParseError, VmcsKind, parse};
+pub use command::{COMMANDS, Command, CommandSpec, Context, CpuSel, IntegrityAction, L1Action, ParseError, ShadowMode, VmcsKind, parse};
 pub use editor::{Event, LineEditor};

@@ -71,6 +71,70 @@ pub fn stats(cpu: usize, rows: &[StatRow], elapsed: u64, csv: bool) -> String {
     out
 }
 
+/// One VMCS field's emulated VMREAD/VMWRITE exits on one core (`fields`).
+#[derive(Clone, Copy, Debug)]
+pub struct FieldRow<'a> {
+    /// The field's name, or `(not a field)` for operands that name none.
+    pub name: &'a str,
+    pub encoding: Option<u32>,
+    pub reads: u64,
+    pub writes: u64,
+    pub read_fails: u64,
+    pub write_fails: u64,
+    /// Shadowed now for VMREAD / VMWRITE (L1's accesses no longer exit).
+    pub shadow_read: bool,
+    pub shadow_write: bool,
+}
+
+/// The `fields` report of core `cpu`: the `top` fields by exits (reads +
+/// writes; ties by name), each with reads, writes, failures and whether it
+/// is shadowed now; a summary line first. With `csv`, every field with
+/// exits, as CSV. `shadowing` names the core's state (`adaptive, 31 fields`).
+pub fn fields(cpu: usize, rows: &[FieldRow], top: usize, shadowing: &str, csv: bool) -> String {
+    let mut used: alloc::vec::Vec<&FieldRow> = rows.iter().filter(|r| r.reads + r.writes > 0).collect();
+    used.sort_by(|a, b| (b.reads + b.writes).cmp(&(a.reads + a.writes)).then(a.name.cmp(b.name)));
+    let mut t = Table::new(&["cpu", "field", "encoding", "vmread", "vmwrite", "vmread failed", "vmwrite failed", "shadowed"]);
+    for r in used.iter().take(if csv { usize::MAX } else { top }) {
+        let shadowed = match (r.shadow_read, r.shadow_write) {
+            (true, true) => "rw",
+            (true, false) => "r",
+            (false, true) => "w",
+            (false, false) => "-",
+        };
+        t.row(&[
+            &alloc::format!("{cpu}"),
+            r.name,
+            &r.encoding.map_or(String::from("-"), |e| alloc::format!("0x{e:04X}")),
+            &alloc::format!("{}", r.reads),
+            &alloc::format!("{}", r.writes),
+            &alloc::format!("{}", r.read_fails),
+            &alloc::format!("{}", r.write_fails),
+            shadowed,
+        ]);
+    }
+    if csv {
+        return t.render_csv();
+    }
+    let sum = |f: fn(&FieldRow) -> u64| rows.iter().map(f).sum::<u64>();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "cpu {cpu}: {} VMREAD and {} VMWRITE exits ({} failed) on {} fields; shadowing {shadowing}",
+        sum(|r| r.reads),
+        sum(|r| r.writes),
+        sum(|r| r.read_fails + r.write_fails),
+        used.iter().filter(|r| r.encoding.is_some()).count()
+    );
+    if used.is_empty() {
+        return out;
+    }
+    out.push_str(&t.render());
+    if used.len() > top {
+        let _ = writeln!(out, "({} more fields with exits: `fields {cpu} --csv` lists all)", used.len() - top);
+    }
+    out
+}
+
 /// The `from` of L2 exits L0 reflected to L1.
 pub const REFLECTED: &str = "L2 (to L1)";
 
@@ -522,5 +586,38 @@ mod tests {
         assert_eq!(lines[2], "  GUEST_RIP                            0x681e  0x0000000000101000");
         assert!(lines[3].ends_with("(not supported by this CPU)"));
         assert_eq!(lines[4], "*** Host State ***");
+    }
+
+    #[test]
+    fn fields_report_sorts_by_exits_and_marks_shadowed() {
+        let row = |name, encoding, reads, writes, fails, r, w| FieldRow {
+            name,
+            encoding,
+            reads,
+            writes,
+            read_fails: fails,
+            write_fails: 0,
+            shadow_read: r,
+            shadow_write: w,
+        };
+        let rows = [
+            row("GUEST_CR3", Some(0x6802), 3, 9, 0, true, true),
+            row("VM_EXIT_REASON", Some(0x4402), 40, 0, 0, true, false),
+            row("HOST_RIP", Some(0x6C16), 0, 0, 0, false, false),
+            row("(not a field)", None, 2, 1, 2, false, false),
+            row("TSC_OFFSET", Some(0x2010), 0, 12, 0, false, true),
+        ];
+        let out = fields(1, &rows, 3, "adaptive, 3 fields", false);
+        let lines: std::vec::Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "cpu 1: 45 VMREAD and 22 VMWRITE exits (2 failed) on 3 fields; shadowing adaptive, 3 fields");
+        assert!(lines[2].contains("VM_EXIT_REASON") && lines[2].contains("0x4402") && lines[2].trim_end().ends_with(" r"), "{out}");
+        assert!(lines[3].contains("GUEST_CR3") && lines[3].trim_end().ends_with("rw"), "{out}");
+        assert!(lines[4].contains("TSC_OFFSET") && lines[4].trim_end().ends_with(" w"), "{out}");
+        assert_eq!(lines[5], "(1 more fields with exits: `fields 1 --csv` lists all)");
+        assert!(!out.contains("HOST_RIP"));
+        let csv = fields(1, &rows, 3, "", true);
+        assert_eq!(csv.lines().count(), 5, "{csv}");
+        assert!(csv.lines().any(|l| l == "1,(not a field),-,2,1,2,0,-"), "{csv}");
+        assert!(fields(0, &[], 16, "off", false).starts_with("cpu 0: 0 VMREAD and 0 VMWRITE exits (0 failed) on 0 fields"));
     }
 }

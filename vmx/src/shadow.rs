@@ -45,6 +45,73 @@ pub fn bitmap_bit(f: F) -> u32 {
     f.encoding() & 0x7FFF
 }
 
+/// Every bitmap bit of a field: its full encoding, and for a 64-bit field
+/// also the "high" one (encoding + 1), which L1 uses to reach bits 63:32.
+pub fn bitmap_bits(f: F) -> impl Iterator<Item = u32> {
+    let b = bitmap_bit(f);
+    core::iter::once(b).chain((f.width() == crate::field::Width::U64).then_some(b + 1))
+}
+
+/// How many emulated VMREADs (or VMWRITEs) of one field make it join the
+/// adaptive shadow set ([`Learner`]). A hypervisor writes most of its ~100
+/// control and host-state fields once or twice per VMCS (set-up, a vCPU
+/// migration) and a dozen fields on every exit; 8 separates the two, so
+/// set-up fields stay out (each write-set field costs a VMREAD of the
+/// shadow on every pull, at every VMLAUNCH/VMRESUME) while a per-exit field
+/// joins within its first 8 exits.
+pub const JOIN_AFTER: u8 = 8;
+
+/// A field L0 may let L1 VMREAD from the shadow VMCS: any field the CPU's
+/// shadow VMCS has (checked by the kernel when the field joins), but an
+/// exit-information field only where L0 can write it there after a
+/// reflected exit, IA32_VMX_MISC bit 29 (SDM 25.10, 31.4).
+pub fn read_shadowable(f: F, misc29: bool) -> bool {
+    misc29 || f.kind() != Kind::ReadOnly
+}
+
+/// A field L0 may let L1 VMWRITE in the shadow VMCS: any but the
+/// exit-information fields (an emulated VMWRITE of those must fail with
+/// error 13 without bit 29, and no hypervisor writes them on its hot path).
+/// Unlike KVM, which shadows for writing only fields its prepare_vmcs02
+/// copies on every entry (its dirty tracking sees exiting VMWRITEs only),
+/// nvmx's pull compares every pulled field with its cached value and marks
+/// it for VMCS0-2 and the entry checks, so any control, guest or host field
+/// stays coherent.
+pub fn write_shadowable(f: F) -> bool {
+    f.kind() != Kind::ReadOnly
+}
+
+/// Per-field counts of emulated VMREAD/VMWRITEs that decide when a field
+/// joins the adaptive shadow set (saturating, one byte each).
+#[derive(Clone)]
+pub struct Learner {
+    reads: [u8; crate::field::COUNT],
+    writes: [u8; crate::field::COUNT],
+}
+
+impl Default for Learner {
+    fn default() -> Self {
+        Learner { reads: [0; crate::field::COUNT], writes: [0; crate::field::COUNT] }
+    }
+}
+
+impl Learner {
+    /// Counts one emulated access; true from the [`JOIN_AFTER`]th access
+    /// of its direction on: the field should join now (a field that could
+    /// not join then, e.g. with no current VMCS, tries again next time).
+    #[inline]
+    pub fn note(&mut self, f: F, write: bool) -> bool {
+        let c = if write { &mut self.writes[f.index()] } else { &mut self.reads[f.index()] };
+        *c = c.saturating_add(1);
+        *c >= JOIN_AFTER
+    }
+
+    /// Forgets every count (a new policy starts learning afresh).
+    pub fn clear(&mut self) {
+        *self = Learner::default();
+    }
+}
+
 /// The fields a CPU with `caps` can shadow for reading and for writing.
 pub fn field_sets(caps: &VmxCaps) -> (impl Iterator<Item = F>, impl Iterator<Item = F>) {
     let misc29 = caps.misc & (1 << 29) != 0;
@@ -78,6 +145,35 @@ mod tests {
         let r: std::vec::Vec<F> = r.collect();
         assert!(r.iter().all(|f| f.kind() != Kind::ReadOnly));
         assert!(r.contains(&F::GUEST_RIP) && !r.contains(&F::VM_EXIT_REASON));
+    }
+
+    #[test]
+    fn high_halves_of_64_bit_fields_share_the_bitmap_treatment() {
+        assert_eq!(bitmap_bits(F::GUEST_PHYSICAL_ADDRESS).collect::<std::vec::Vec<_>>(), [0x2400, 0x2401]);
+        assert_eq!(bitmap_bits(F::GUEST_RIP).collect::<std::vec::Vec<_>>(), [0x681E]);
+        assert_eq!(bitmap_bits(F::VM_EXIT_REASON).collect::<std::vec::Vec<_>>(), [0x4402]);
+    }
+
+    #[test]
+    fn learner_joins_at_the_threshold_per_direction() {
+        let mut l = Learner::default();
+        for i in 1..=300u32 {
+            assert_eq!(l.note(F::GUEST_CR3, false), i >= u32::from(JOIN_AFTER), "read {i}");
+        }
+        // Writes are counted apart from reads.
+        for i in 1..=u32::from(JOIN_AFTER) {
+            assert_eq!(l.note(F::GUEST_CR3, true), i == u32::from(JOIN_AFTER));
+        }
+        l.clear();
+        assert!(!l.note(F::GUEST_CR3, false));
+    }
+
+    #[test]
+    fn shadowable_follows_sdm_and_misc29() {
+        assert!(read_shadowable(F::GUEST_CR3, false) && write_shadowable(F::GUEST_CR3));
+        assert!(read_shadowable(F::CPU_BASED_VM_EXEC_CONTROL, false) && write_shadowable(F::HOST_RIP));
+        assert!(!read_shadowable(F::VM_EXIT_REASON, false) && read_shadowable(F::VM_EXIT_REASON, true));
+        assert!(!write_shadowable(F::EXIT_QUALIFICATION));
     }
 
     #[test]

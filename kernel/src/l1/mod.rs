@@ -112,7 +112,8 @@ pub struct L1Shared {
     pub control: AtomicU8,
     pub started_tsc: AtomicU64,
     pub last_reason: AtomicU64,
-    /// Shadowing wanted by the shell: 0 no change, 1 off, 2 on.
+    /// Shadowing wanted by the shell: 0 no change, 1 off, 2 on (the fixed
+    /// set), 3 adaptive.
     pub shadow_want: AtomicU8,
     /// The shell's last choice (0 none: the command line's), kept for
     /// L1 restarts.
@@ -120,6 +121,10 @@ pub struct L1Shared {
     /// Shadowing state as the core last applied it, and its field count.
     pub shadow_on: core::sync::atomic::AtomicBool,
     pub shadow_fields: core::sync::atomic::AtomicUsize,
+    /// The policy is adaptive, and the fields shadowed for VMREAD (words
+    /// 0-2) and VMWRITE (3-5) as `FieldSet` words, for `fields` and `shadow`.
+    pub shadow_adaptive: core::sync::atomic::AtomicBool,
+    pub shadow_sets: [AtomicU64; 6],
     /// L1 command line set from the shell (`l1 restart <cpu> <args>`),
     /// used instead of the nvmx command line's from the next start on.
     pub args: Mutex<Option<String>>,
@@ -161,6 +166,8 @@ impl L1Shared {
             shadow_pref: AtomicU8::new(0),
             shadow_on: core::sync::atomic::AtomicBool::new(false),
             shadow_fields: core::sync::atomic::AtomicUsize::new(0),
+            shadow_adaptive: core::sync::atomic::AtomicBool::new(false),
+            shadow_sets: [const { AtomicU64::new(0) }; 6],
         }
     }
     pub fn request(&self, c: Control) {
@@ -191,13 +198,30 @@ fn apply_shadow(cpu: usize, v: &mut Vcpu) {
     if want == 0 {
         return;
     }
-    if let Err(e) = v.set_shadowing(want == 2) {
+    let policy = match want {
+        2 => Some(shadow::Policy::Fixed),
+        3 => Some(shadow::Policy::Adaptive),
+        _ => None,
+    };
+    if let Err(e) = v.set_shadowing(policy) {
         warn!("l1: cpu {cpu}: shadow: {e}");
     }
+    publish_shadow(cpu, &v.nested.shadow);
     shared.shadow_on.store(v.nested.shadow.on, Ordering::Release);
     // Cleared only now, so the shell, which waits for 0, reads the new state;
     // a newer request (another value) stays pending.
     let _ = shared.shadow_want.compare_exchange(want, 0, Ordering::AcqRel, Ordering::Acquire);
+}
+
+/// Makes a core's shadow set visible to the shell (after a switch or a join).
+pub(crate) fn publish_shadow(cpu: usize, sh: &shadow::Shadow) {
+    let shared = &L1S[cpu];
+    let (r, w) = sh.sets();
+    for (slot, word) in shared.shadow_sets.iter().zip(r.0.iter().chain(w.0.iter())) {
+        slot.store(*word, Ordering::Relaxed);
+    }
+    shared.shadow_fields.store(sh.field_count(), Ordering::Relaxed);
+    shared.shadow_adaptive.store(sh.policy == shadow::Policy::Adaptive, Ordering::Relaxed);
 }
 
 /// The shell runs on the boot core between its L1's exits: it applies that
@@ -767,17 +791,21 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
     L1S[cpu].fallbacks.store(0, Ordering::Relaxed);
     L1S[cpu].vmx_errors.store(0, Ordering::Relaxed);
     let nested = nested::Nested::new(cfg.nested, vmcs, caps, &mut owned);
-    L1S[cpu].shadow_fields.store(nested.shadow.field_count(), Ordering::Relaxed);
+    publish_shadow(cpu, &nested.shadow);
     // Shadowing from the start where the CPU has it, unless `shadow=off` or
-    // the shell switched it off for this core.
-    let shadow_on = match L1S[cpu].shadow_pref.load(Ordering::Acquire) {
-        1 => false,
-        2 => true,
-        _ => crate::bootinfo::get().arg("shadow") != Some("off"),
+    // the shell switched it off for this core; `shadow=adaptive` (or the
+    // shell's `shadow adaptive`) starts with the adaptive policy.
+    let want = match L1S[cpu].shadow_pref.load(Ordering::Acquire) {
+        0 => match crate::bootinfo::get().arg("shadow") {
+            Some("off") => 1,
+            Some("adaptive") => 3,
+            _ => 2,
+        },
+        pref => pref,
     };
     L1S[cpu].shadow_on.store(false, Ordering::Relaxed);
-    if shadow_on && nested.shadow.supported() {
-        L1S[cpu].shadow_want.store(2, Ordering::Release);
+    if want != 1 && nested.shadow.supported() {
+        L1S[cpu].shadow_want.store(want, Ordering::Release);
     }
     *L1S[cpu].state.lock() = L1State::Running;
     info!(

@@ -20,6 +20,7 @@ use nvmx_vmx::exit::InstructionInfo;
 use nvmx_vmx::field::{self, ALL, Access, EncodingError, Field as F, FieldSet, Group, Kind, Width};
 use nvmx_vmx::walk::{self, GuestMemory};
 
+use super::shadow::Policy;
 use super::{Handled, Vcpu};
 use crate::stats::{Phase, Slow};
 use crate::vmx::insn;
@@ -101,6 +102,8 @@ pub struct Nested {
     ptimer_rate: u32,
     /// TSC when VMCS0-2 was last entered.
     entered02_tsc: u64,
+    /// Emulated VMREAD/VMWRITEs per field, for the adaptive shadow set.
+    learner: nvmx_vmx::shadow::Learner,
 }
 
 /// Field sets derived from the field table once (not on every exit).
@@ -350,6 +353,7 @@ impl Nested {
             ptimer_saved02: caps.exit().1 & exitc::SAVE_PREEMPTION_TIMER != 0,
             ptimer_rate: caps.preemption_timer_rate(),
             entered02_tsc: 0,
+            learner: nvmx_vmx::shadow::Learner::default(),
         }
     }
 
@@ -615,6 +619,15 @@ impl Vcpu {
         self.prof.leave(phase);
     }
 
+    #[inline(never)]
+    fn sync_lazy_shadowed(&mut self) {
+        if let Some((_, _, sets)) = self.nested.exit_sync {
+            if !sets.lazy.intersect(self.nested.shadow.fields()).is_empty() {
+                self.sync_rare();
+            }
+        }
+    }
+
     fn running_vmcs(&self) -> u64 {
         if self.nested.in_l2 { self.nested.vmcs02 } else { self.nested.vmcs01 }
     }
@@ -653,31 +666,67 @@ impl Vcpu {
         self.prof.leave(p);
     }
 
-    /// Switches VMCS shadowing for this L1, live. `Err` where the CPU has none.
-    pub(super) fn set_shadowing(&mut self, on: bool) -> Result<(), &'static str> {
+    /// Switches VMCS shadowing for this L1, live: off (`None`) or on with
+    /// a policy (a new policy starts from its own set). `Err` where the CPU
+    /// has none.
+    pub(super) fn set_shadowing(&mut self, want: Option<Policy>) -> Result<(), &'static str> {
         if !self.nested.shadow.supported() {
             return Err("this CPU has no VMCS shadowing");
         }
-        if on == self.nested.shadow.on {
+        let now = self.nested.shadow.on.then_some(self.nested.shadow.policy);
+        if want == now {
             return Ok(());
         }
-        if !on {
-            self.shadow_pull();
+        // Everything L1 wrote in the shadow goes to the cache first.
+        self.shadow_pull();
+        // On with a policy: that policy's starting set (adaptive learns afresh).
+        if let Some(policy) = want {
+            self.nested.shadow.reset(policy, crate::vmx::probe().expect("shadowing runs on VMX"));
+            self.nested.learner.clear();
         }
         let running = self.running_vmcs();
         // SAFETY: VMCS0-1 and the running VMCS are L0's regions.
         unsafe { insn::vmptrld(self.nested.vmcs01) }.expect("VMPTRLD of VMCS0-1");
-        self.nested.shadow.set(on);
+        self.nested.shadow.set(want.is_some());
         self.nested.shadow.link(self.nested.current.is_some());
         // SAFETY: as above.
         unsafe { insn::vmptrld(running) }.expect("VMPTRLD back");
-        if on {
+        if want.is_some() {
             if let Some(c) = self.nested.current.as_mut() {
                 c.unshadowed = FieldSet([u64::MAX; 3]);
             }
             self.shadow_push();
         }
         Ok(())
+    }
+
+    /// Counts an emulated VMREAD/VMWRITE per field (the `fields` view) and, under the
+    /// adaptive policy, lets its field join the shadow set at the
+    /// `JOIN_AFTER`th exit (with vmcs12's value copied into the shadow VMCS
+    /// first; `shadow_push` after the instruction keeps it current).
+    #[inline]
+    fn count_field(&mut self, info: &InstructionInfo, fa: Result<(F, Access), u32>, write: bool, r: &Emulated) {
+        let ok = matches!(r, Emulated::Done { ok: true });
+        let stats = &super::shared(self.cpu).stats;
+        let Ok((f, _)) = fa else {
+            stats.field(crate::stats::NOT_A_FIELD, self.gpr(info.reg2), write, ok);
+            return;
+        };
+        stats.field(f.index(), 0, write, ok);
+        let sh = &self.nested.shadow;
+        if sh.on && sh.policy == Policy::Adaptive && self.nested.learner.note(f, write) {
+            self.shadow_join(f, write);
+        }
+    }
+
+    #[inline(never)]
+    fn shadow_join(&mut self, f: F, write: bool) {
+        let running = self.running_vmcs();
+        let Some(c) = self.nested.current.as_ref() else { return };
+        if self.nested.shadow.join(f, write, c.get(f), running) {
+            log::debug!("l1 cpu {}: {} joins the shadow set for {}", self.cpu, f.name(), if write { "VMWRITE" } else { "VMREAD" });
+            super::publish_shadow(self.cpu, &self.nested.shadow);
+        }
     }
 
     /// Emulates an L1 VMX instruction (exit reasons 18-27, 50, 53), with the
@@ -882,10 +931,17 @@ impl Vcpu {
     /// VMREAD (SDM 32.3): VMfailInvalid without a current VMCS, error 12
     /// for unsupported fields; widths and "high" accesses as the SDM says.
     fn vmread12(&mut self, info: &InstructionInfo) -> Emulated {
+        let fa = self.field_operand(info);
+        let r = self.vmread12_inner(info, fa);
+        self.count_field(info, fa, false, &r);
+        r
+    }
+
+    fn vmread12_inner(&mut self, info: &InstructionInfo, fa: Result<(F, Access), u32>) -> Emulated {
         if self.nested.current.is_none() {
             return self.fail_invalid();
         }
-        let (f, access) = match self.field_operand(info) {
+        let (f, access) = match fa {
             Ok(fa) => fa,
             Err(e) => return self.fail(e),
         };
@@ -910,6 +966,13 @@ impl Vcpu {
     /// VMWRITE: error 13 for read-only fields (exit information) unless
     /// IA32_VMX_MISC bit 29 is advertised (it is when the CPU has it).
     fn vmwrite12(&mut self, info: &InstructionInfo) -> Emulated {
+        let fa = self.field_operand(info);
+        let r = self.vmwrite12_inner(info, fa);
+        self.count_field(info, fa, true, &r);
+        r
+    }
+
+    fn vmwrite12_inner(&mut self, info: &InstructionInfo, fa: Result<(F, Access), u32>) -> Emulated {
         if self.nested.current.is_none() {
             return self.fail_invalid();
         }
@@ -926,7 +989,7 @@ impl Vcpu {
                 Err((v, e)) => return Emulated::Fault(v, e),
             }
         };
-        let (f, access) = match self.field_operand(info) {
+        let (f, access) = match fa {
             Ok(fa) => fa,
             Err(e) => return self.fail(e),
         };
@@ -1639,6 +1702,12 @@ impl Vcpu {
     fn reflect_with(&mut self, reason: u32, qualification: u64, event: Option<(u32, u32)>) -> Result<(), alloc::string::String> {
         let phase = self.prof.enter(Phase::Reflect);
         self.sync_vmcs02_to_vmcs12(reason, qualification);
+        // A guest field L1 reads from the shadow cannot wait in VMCS0-2 for
+        // `sync_rare`: with one of the lazy fields in the adaptive set (the
+        // fixed set has none), all of them come now, VMCS0-2 still current.
+        if self.nested.shadow.on && self.nested.shadow.policy == Policy::Adaptive {
+            self.sync_lazy_shadowed();
+        }
         let cur = self.nested.current.as_mut().expect("L2 runs with a current vmcs12");
         if let Some((info, error)) = event {
             cur.set_from_vmcs02(F::VM_EXIT_INTR_INFO, info.into());

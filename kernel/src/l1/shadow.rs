@@ -9,6 +9,11 @@
 //! instruction, reflects an L2 exit or dumps vmcs12; vmcs12 → shadow after
 //! it, and when shadowing is switched on. Switched off, the shadow is copied
 //! back first, so no L1 write is lost.
+//!
+//! Which fields: the fixed set (`Policy::Fixed`), or under
+//! `Policy::Adaptive` a set that starts empty and grows at run time: a
+//! field joins, per direction, at its `JOIN_AFTER`th emulated access, its
+//! vmcs12 value written into the shadow VMCS first ([`Shadow::join`]).
 
 use nvmx_vmx::caps::VmxCaps;
 use nvmx_vmx::controls::proc2;
@@ -17,7 +22,16 @@ use nvmx_vmx::field::{Field as F, FieldSet};
 use crate::vmx::insn;
 use crate::vmx::run::{vmread, vmwrite};
 
-use nvmx_vmx::shadow::{bitmap_bit, field_sets};
+use nvmx_vmx::shadow::{bitmap_bits, field_sets, read_shadowable, write_shadowable};
+
+/// Which fields the shadow VMCS holds for L1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// The built-in L1's 15 fields (`nvmx_vmx::shadow::READ_FIELDS`/`WRITE_FIELDS`).
+    Fixed,
+    /// Starts empty; a field joins after `JOIN_AFTER` emulated accesses.
+    Adaptive,
+}
 
 /// A core's shadow VMCS and bitmaps.
 pub struct Shadow {
@@ -27,13 +41,22 @@ pub struct Shadow {
     write_bitmap: u64,
     /// Shadowing is on in VMCS0-1.
     pub on: bool,
+    pub policy: Policy,
+    /// L1 reads these from the shadow without an exit.
+    reads: FieldSet,
     /// Fields synced cache → shadow (the union of the read and write sets).
     fields: FieldSet,
     /// Fields synced shadow → cache: those L1 can write in the shadow.
     writes: FieldSet,
-    /// The same two sets as lists (iterated on every sync).
+    /// Fields whose VMWRITE into the shadow VMCS failed: never shadowed.
+    absent: FieldSet,
+    /// The same two sets as lists (iterated on every sync); room for every
+    /// field is reserved up front, so a field joining never allocates.
     field_list: alloc::vec::Vec<F>,
     write_list: alloc::vec::Vec<F>,
+    /// IA32_VMX_MISC bit 29: exit-information fields can be written in a
+    /// shadow VMCS (so shadowed for reading).
+    misc29: bool,
     /// What VMCS0-1's link pointer was last set to (`None`: not yet).
     linked: core::cell::Cell<Option<bool>>,
 }
@@ -46,42 +69,102 @@ impl Shadow {
             read_bitmap: 0,
             write_bitmap: 0,
             on: false,
+            policy: Policy::Fixed,
+            reads: FieldSet::EMPTY,
             fields: FieldSet::EMPTY,
             writes: FieldSet::EMPTY,
+            absent: FieldSet::EMPTY,
             linked: core::cell::Cell::new(None),
             field_list: alloc::vec::Vec::new(),
             write_list: alloc::vec::Vec::new(),
+            misc29: caps.misc & (1 << 29) != 0,
         };
         if !caps.vmcs_shadowing() {
             return s;
         }
         let mut alloc = || owned.alloc(1, 1);
         let (Some(vmcs), Some(rb), Some(wb)) = (alloc(), alloc(), alloc()) else { return s };
-        let (reads, writes) = field_sets(caps);
-        // SAFETY: three fresh frames: the shadow VMCS (revision id with the
-        // shadow-VMCS indicator, bit 31, SDM 25.2) and the two bitmaps.
+        // SAFETY: a fresh frame: the shadow VMCS (revision id with the
+        // shadow-VMCS indicator, bit 31, SDM 25.2).
         unsafe {
             (vmcs as *mut u32).write_volatile(caps.revision_id() | (1 << 31));
-            core::ptr::write_bytes(rb as *mut u8, 0xFF, 4096);
-            core::ptr::write_bytes(wb as *mut u8, 0xFF, 4096);
-            for (bitmap, f) in reads.map(|f| (rb, f)).chain(writes.map(|f| (wb, f))) {
-                let bit = bitmap_bit(f);
-                *((bitmap + u64::from(bit / 8)) as *mut u8) &= !(1 << (bit % 8));
-                s.fields.insert(f);
-                if bitmap == wb {
-                    s.writes.insert(f);
-                }
-            }
             if insn::vmclear(vmcs).is_err() {
                 return s;
             }
-            s.field_list = s.fields.iter().collect();
-            s.write_list = s.writes.iter().collect();
         }
+        s.field_list.reserve_exact(nvmx_vmx::field::COUNT);
+        s.write_list.reserve_exact(nvmx_vmx::field::COUNT);
         s.vmcs = vmcs;
         s.read_bitmap = rb;
         s.write_bitmap = wb;
+        s.reset(Policy::Fixed, caps);
         s
+    }
+
+    /// Sets the shadowed fields to `policy`'s starting set: the bitmaps
+    /// exit for everything else. The caller pulls before and pushes after
+    /// when shadowing is on.
+    pub fn reset(&mut self, policy: Policy, caps: &VmxCaps) {
+        // SAFETY: the two bitmap frames are this struct's.
+        unsafe {
+            core::ptr::write_bytes(self.read_bitmap as *mut u8, 0xFF, 4096);
+            core::ptr::write_bytes(self.write_bitmap as *mut u8, 0xFF, 4096);
+        }
+        self.policy = policy;
+        (self.reads, self.writes, self.fields) = (FieldSet::EMPTY, FieldSet::EMPTY, FieldSet::EMPTY);
+        self.field_list.clear();
+        self.write_list.clear();
+        if policy == Policy::Fixed {
+            let (reads, writes) = field_sets(caps);
+            reads.for_each(|f| self.add(f, false));
+            writes.for_each(|f| self.add(f, true));
+        }
+    }
+
+    /// Clears `f`'s bits in one bitmap and adds it to the sets.
+    fn add(&mut self, f: F, write: bool) {
+        let bitmap = if write { self.write_bitmap } else { self.read_bitmap };
+        for bit in bitmap_bits(f) {
+            // SAFETY: a bit inside this struct's 4 KiB bitmap frame (bit < 0x8000).
+            unsafe { *((bitmap + u64::from(bit / 8)) as *mut u8) &= !(1 << (bit % 8)) };
+        }
+        if write {
+            self.writes.insert(f);
+            self.write_list.push(f);
+        } else {
+            self.reads.insert(f);
+        }
+        if !self.fields.contains(f) {
+            self.fields.insert(f);
+            self.field_list.push(f);
+        }
+    }
+
+    /// The adaptive policy lets `f` join for reading or writing once L1
+    /// has used it `JOIN_AFTER` times: first the shadow VMCS gets vmcs12's
+    /// current value (`value`), so L1's next access without an exit sees
+    /// what an emulated one would; then the bitmap bits clear. `running`
+    /// is current again afterwards. A field the shadow VMCS refuses (the
+    /// CPU lacks it) never joins. True when it joined.
+    pub fn join(&mut self, f: F, write: bool, value: u64, running: u64) -> bool {
+        let allowed = if write { write_shadowable(f) } else { read_shadowable(f, self.misc29) };
+        let set = if write { self.writes } else { self.reads };
+        if !allowed || set.contains(f) || self.absent.contains(f) || self.vmcs == 0 {
+            return false;
+        }
+        if !self.fields.contains(f) {
+            // SAFETY: the shadow VMCS and `running` are L0's VMCS regions.
+            unsafe { insn::vmptrld(self.vmcs) }.expect("VMPTRLD of the shadow VMCS");
+            let ok = insn::vmwrite(f.encoding(), value).is_ok();
+            // SAFETY: as above.
+            unsafe { insn::vmptrld(running) }.expect("VMPTRLD back after the shadow");
+            if !ok {
+                self.absent.insert(f);
+                return false;
+            }
+        }
+        self.add(f, write);
+        true
     }
 
     pub fn supported(&self) -> bool {
@@ -89,7 +172,17 @@ impl Shadow {
     }
 
     pub fn field_count(&self) -> usize {
-        self.fields.iter().count()
+        self.field_list.len()
+    }
+
+    /// The fields L1 reads and writes without an exit (for the shell).
+    pub fn sets(&self) -> (FieldSet, FieldSet) {
+        (self.reads, self.writes)
+    }
+
+    /// Every field the shadow VMCS holds.
+    pub fn fields(&self) -> FieldSet {
+        self.fields
     }
 
     /// L1 writes `f` in the shadow VMCS without a VM exit.

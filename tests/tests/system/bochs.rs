@@ -20,6 +20,10 @@ fn bochs_ivy_2cpu() -> Result<()> {
     m.check(out.starts_with("error: shadow: this CPU has no VMCS shadowing") && out.lines().count() == 1, || {
         format!("`shadow on` on ivy:\n{out}")
     })?;
+    let out = m.command("shadow adaptive 1", t.command)?;
+    m.check(out.starts_with("error: shadow: this CPU has no VMCS shadowing") && out.lines().count() == 1, || {
+        format!("`shadow adaptive` on ivy:\n{out}")
+    })?;
     let out = m.command("shadow", t.command)?;
     let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
     m.check(lines.len() == 2 && lines.iter().all(|l| l.contains("off (not supported by this CPU)")), || {

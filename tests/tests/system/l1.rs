@@ -597,7 +597,7 @@ fn hostile_fuzz(name: &str, model: &str) -> Result<()> {
     let t = BOCHS;
     let mut m = Bochs::new(name, model).cpus(2).hard_limit(Duration::from_secs(600)).start()?;
     m.boot_to_prompt(t.boot)?;
-    let forum = run_to_halt(&mut m, 0, "workload=forum exits=4000", Duration::from_secs(120))?;
+    let forum = run_to_halt(&mut m, 0, "workload=forum exits=4000", Duration::from_secs(240))?;
     m.check(forum.contains("l1: summary exits=4000 failures=0"), || format!("core 0's forum L1:\n{forum}"))?;
     let snap = m.command("integrity snap", Duration::from_secs(60))?;
     for item in ["L0 text", "L0 rodata", "cpu 0 VMCS0-1 host state", "cpu 1 VMCS0-1 host state", "cpu 0 L1 RAM (quiescent L1, 32 MiB"] {
@@ -606,6 +606,9 @@ fn hostile_fuzz(name: &str, model: &str) -> Result<()> {
     m.check(snap.contains("integrity: snapshot of 5 items kept"), || format!("`integrity snap`:\n{snap}"))?;
     let fuzz = run_to_halt(&mut m, 1, args, Duration::from_secs(400))?;
     let nested = fuzz_lines(&fuzz);
+    // Per field, nvmx's VMREAD/VMWRITE exits = the fuzz's own counts where
+    // the field is not shadowed (every one on ivy), at most them where it is.
+    field_counts_match(&mut m, 1, &fuzz, !model.contains("haswell"))?;
     let state = m.command("l1 1", t.command)?;
     // Every entry the fuzz broke was refused by nvmx's own checks, none by
     // the CPU's on VMCS0-2; none of L0's VMREAD/VMWRITEs failed.
@@ -631,6 +634,167 @@ fn hostile_fuzz(name: &str, model: &str) -> Result<()> {
             && check.contains("integrity: HARMED: 1 differ, 0 gone, 4 equal of 5 items"),
         || format!("`integrity check` after core 0's L1 ran again must name its RAM alone:\n{check}"),
     )?;
+    crate::common::poweroff(&mut m, t)
+}
+
+/// One row of `fields <cpu> --csv`: (reads, writes, read failures, write
+/// failures, shadowed now: "-", "r", "w" or "rw"), by field name.
+type FieldCsv = BTreeMap<String, (u64, u64, u64, u64, String)>;
+
+fn fields_csv(m: &mut Machine, cpu: usize) -> Result<FieldCsv> {
+    let out = m.command(&format!("fields {cpu} --csv"), BOCHS.command)?;
+    let mut rows = FieldCsv::new();
+    let mut lines = out.lines().map(str::trim).filter(|l| !l.is_empty());
+    let header = lines.next().unwrap_or("");
+    m.check(header == "cpu,field,encoding,vmread,vmwrite,vmread failed,vmwrite failed,shadowed", || format!("`fields --csv` header:\n{out}"))?;
+    for l in lines {
+        // The row of operands that name no field is quoted (its name has a comma).
+        let unquoted;
+        let l = match l.rsplit_once('"') {
+            Some((head, tail)) => {
+                unquoted = format!("{},(not a field){tail}", head.split_once(',').map_or("", |h| h.0));
+                unquoted.as_str()
+            }
+            None => l,
+        };
+        let c: Vec<&str> = l.split(',').collect();
+        let n = |i: usize| c.get(i).and_then(|v| v.parse::<u64>().ok());
+        let (Some(r), Some(w), Some(rf), Some(wf), Some(sh)) = (n(3), n(4), n(5), n(6), c.get(7)) else {
+            return Err(nvmx_tests::Error::new(format!("`fields --csv`: bad row {l:?}\n{out}")));
+        };
+        // The row of operands that name no field carries the last one.
+        let name = if c[1].starts_with("(not a field") { "(not a field)" } else { c[1] };
+        rows.insert(name.to_string(), (r, w, rf, wf, sh.to_string()));
+    }
+    Ok(rows)
+}
+
+/// The fuzz L1's own counts (`l1: field <name> vmread N vmwrite M`).
+fn l1_field_counts(console: &str) -> BTreeMap<String, (u64, u64)> {
+    console
+        .lines()
+        .filter_map(|l| {
+            let rest = l.trim().strip_prefix("l1: field ")?;
+            let (name, counts) = rest.rsplit_once(" vmread ")?;
+            let (r, w) = counts.split_once(" vmwrite ")?;
+            Some((name.to_string(), (r.parse().ok()?, w.parse().ok()?)))
+        })
+        .collect()
+}
+
+/// nvmx's per-field exits (`fields --csv`) against the L1's own counts:
+/// equal in each direction the field is not shadowed for (all when
+/// `exact`), at most the L1's where it is; and their sums = `stats`'s
+/// VMREAD/VMWRITE exits. Returns the rows.
+fn field_counts_match(m: &mut Machine, cpu: usize, console: &str, exact: bool) -> Result<FieldCsv> {
+    let own = l1_field_counts(console);
+    m.check(own.len() > 20, || format!("the fuzz printed counts for only {} fields:\n{console}", own.len()))?;
+    let rows = fields_csv(m, cpu)?;
+    for (name, &(r, w)) in &own {
+        // No row: no exit at all, which (but with `exact`) a field shadowed
+        // both ways from the start may have.
+        let (nr, nw, _, _, sh) = rows.get(name).cloned().unwrap_or((0, 0, 0, 0, if exact { "-" } else { "rw" }.into()));
+        let read_exact = exact || !sh.contains('r');
+        let write_exact = exact || !sh.contains('w');
+        m.check(if read_exact { nr == r } else { nr <= r }, || format!("{name}: the L1 executed {r} VMREADs, nvmx counted {nr} exits (shadowed: {sh})"))?;
+        m.check(if write_exact { nw == w } else { nw <= w }, || format!("{name}: the L1 executed {w} VMWRITEs, nvmx counted {nw} exits (shadowed: {sh})"))?;
+    }
+    for name in rows.keys() {
+        m.check(own.contains_key(name), || format!("nvmx counted exits of {name}, which the L1 never used"))?;
+    }
+    let stats = m.command(&format!("stats {cpu} --csv"), BOCHS.command)?;
+    let exits = |reason: &str| {
+        stats.lines().map(|l| l.trim().split(',').collect::<Vec<_>>()).find(|c| c.len() > 5 && c[1] == "L1" && c[2] == reason).and_then(|c| c[5].parse::<u64>().ok()).unwrap_or(0)
+    };
+    let (reads, writes) = (rows.values().map(|r| r.0).sum::<u64>(), rows.values().map(|r| r.1).sum::<u64>());
+    m.check(reads == exits("23") && writes == exits("25"), || {
+        format!("`fields` sums (vmread {reads}, vmwrite {writes}) differ from `stats` (vmread {}, vmwrite {}):\n{stats}", exits("23"), exits("25"))
+    })?;
+    Ok(rows)
+}
+
+/// Adaptive VMCS shadowing on Bochs haswell (core 1, core 0's L1 stopped):
+/// the fuzz L1 (random fields, bad encodings) from an empty shadow set: its
+/// outcomes bare = nested (vmcs12 and the shadow VMCS coherent while fields
+/// join), nvmx's per-field exits against the fuzz's own counts, and every
+/// joined field joined after as many exits as the policy says (8); then the
+/// forum L1 — its per-exit fields join, and after warm-up its
+/// VMREAD+VMWRITE exits per L2 exit are ≤ 0.05.
+#[test]
+fn bochs_adaptive_shadow_haswell_2cpu() -> Result<()> {
+    let name = "bochs_adaptive_shadow_haswell_2cpu";
+    let model = "corei7_haswell_4770";
+    let args = "workload=fuzz seed=1 exits=6000";
+    let bare = {
+        let mut b = Bochs::new(&format!("{name}_bare"), model).build_iso("l1-fuzz.iso").hard_limit(Duration::from_secs(180)).start()?;
+        b.expect("l1: done", Duration::from_secs(150))?;
+        fuzz_lines(&b.serial().transcript())
+    };
+    let t = BOCHS;
+    let mut m = Bochs::new(name, model).cpus(2).hard_limit(Duration::from_secs(900)).start()?;
+    m.boot_to_prompt(t.boot)?;
+    m.command("l1 stop 0", t.command)?;
+    let out = m.command("shadow adaptive 1", t.command)?;
+    m.check(out.contains("cpu 1: vmcs shadowing on (adaptive)"), || format!("`shadow adaptive 1`:\n{out}"))?;
+    // The fuzz first (the policy applies to the restarted L1, learning from nothing).
+    let fuzz = run_to_halt(&mut m, 1, args, Duration::from_secs(500))?;
+    let nested = fuzz_lines(&fuzz);
+    let state = m.command("l1 1", t.command)?;
+    let clean = NESTED_CLEAN.replace("cpu 0:", "cpu 1:");
+    m.check(state.lines().any(|l| l == clean), || format!("`l1 1`: expected `{clean}`:\n{state}"))?;
+    m.check(bare.last().map(String::as_str) == Some("l1: fuzz done"), || format!("bare fuzz run incomplete:\n{}", bare.join("\n")))?;
+    m.check(nested == bare, || {
+        let first = bare.iter().zip(&nested).position(|(a, b)| a != b).unwrap_or(bare.len().min(nested.len()));
+        format!(
+            "fuzz outcomes differ (adaptive shadowing) from line {first}: bare {:?}, nested {:?}\n{state}\nbare:\n{}\nnested:\n{}",
+            bare.get(first), nested.get(first), bare.join("\n"), nested.join("\n")
+        )
+    })?;
+    let rows = field_counts_match(&mut m, 1, &fuzz, false)?;
+    let joined: Vec<(&String, &(u64, u64, u64, u64, String))> = rows.iter().filter(|(_, r)| r.4 != "-").collect();
+    eprintln!("[{name}] fuzz: {} fields with exits, {} joined the shadow set\n{}", rows.len(), joined.len(), m.command("fields 1", t.command)?);
+    m.check(joined.len() >= 20, || format!("only {} fields joined the shadow set during the fuzz", joined.len()))?;
+    for (field, (r, w, _, _, sh)) in &joined {
+        // A field joins at its 8th exit in that direction (a later one if
+        // L1 had no current VMCS then), and never exits that way again.
+        m.check((!sh.contains('r') || *r >= 8) && (!sh.contains('w') || *w >= 8), || format!("{field} joined ({sh}) after only {r} VMREAD / {w} VMWRITE exits"))?;
+    }
+    let exactly8 = joined.iter().filter(|(_, (r, w, _, _, sh))| (sh.contains('r') && *r == 8) || (sh.contains('w') && *w == 8)).count();
+    m.check(exactly8 * 2 >= joined.len(), || format!("most joined fields should have joined at exactly their 8th exit: {exactly8} of {}", joined.len()))?;
+    // Then the forum L1, its per-exit fields learnt afresh.
+    m.command("l1 restart 1 workload=forum exits=0", t.command)?;
+    let reflected = |m: &mut Machine| -> Result<(u64, u64, u64)> {
+        let s = m.command("stats 1 --csv", t.command)?;
+        let rows: Vec<Vec<String>> = s.lines().map(|l| l.trim().split(',').map(str::to_string).collect()).collect();
+        let sum = |from: &str, reason: Option<&str>| {
+            rows.iter().filter(|c| c.len() > 5 && c[1] == from && reason.is_none_or(|r| c[2] == r)).filter_map(|c| c[5].parse::<u64>().ok()).sum::<u64>()
+        };
+        Ok((sum("L2 (to L1)", None), sum("L1", Some("23")), sum("L1", Some("25"))))
+    };
+    let wait_for = |m: &mut Machine, n: u64| -> Result<(u64, u64, u64)> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(300);
+        loop {
+            std::thread::sleep(Duration::from_secs(3));
+            let r = reflected(m)?;
+            if r.0 >= n {
+                return Ok(r);
+            }
+            let state = m.command("l1 1", t.command)?;
+            m.check(!state.contains("stopped"), || format!("nvmx stopped the forum L1 of cpu 1 (adaptive shadowing):\n{state}"))?;
+            m.check(std::time::Instant::now() < deadline, || format!("the forum L1 reached only {} L2 exits", r.0))?;
+        }
+    };
+    let warm = wait_for(&mut m, 400)?;
+    let fields = m.command("fields 1", t.command)?;
+    eprintln!("[{name}] forum warm-up: {} L2 exits, {} VMREAD and {} VMWRITE exits\n{fields}", warm.0, warm.1, warm.2);
+    m.command("stats 1 reset", t.command)?;
+    let (l2, reads, writes) = wait_for(&mut m, 1500)?;
+    let per_exit = (reads + writes) as f64 / l2 as f64;
+    let fields = m.command("fields 1", t.command)?;
+    let status = m.command("shadow 1", t.command)?;
+    eprintln!("[{name}] forum after warm-up: {l2} L2 exits, {reads} VMREAD and {writes} VMWRITE exits: {per_exit:.4} per L2 exit\n{status}{fields}");
+    m.check(per_exit <= 0.05, || format!("VMREAD+VMWRITE exits per L2 exit after warm-up {per_exit:.4} > 0.05\n{fields}"))?;
+    m.check(status.contains("cpu 1: vmcs shadowing on (adaptive)") && !status.contains("; 0 fields shadowed"), || format!("`shadow 1`:\n{status}"))?;
     crate::common::poweroff(&mut m, t)
 }
 
