@@ -16,6 +16,12 @@ const REG_EOI: u32 = 0xB0;
 const REG_SVR: u32 = 0xF0;
 const REG_ICR_LOW: u32 = 0x300;
 const REG_ICR_HIGH: u32 = 0x310;
+const REG_LVT_TIMER: u32 = 0x320;
+const REG_TIMER_INITIAL: u32 = 0x380;
+const REG_TIMER_DIVIDE: u32 = 0x3E0;
+
+/// The idle wake-up timer's vector (below the kick IPI's 0xF0).
+pub const IDLE_TIMER_VECTOR: u8 = 0xEF;
 
 /// Spurious-interrupt vector (also enables the APIC via SVR bit 8).
 pub const SPURIOUS_VECTOR: u8 = 0xFF;
@@ -74,6 +80,20 @@ pub fn id() -> u32 {
 /// End of interrupt.
 pub fn eoi() {
     write(REG_EOI, 0);
+}
+
+/// Arms this core's LAPIC timer to interrupt once, with `vector`, after
+/// `count` timer ticks at divide-by-1 (SDM Vol. 3A 12.5.4: one-shot mode is
+/// LVT timer bits 18:17 = 0; writing the initial count starts it).
+pub fn arm_oneshot(vector: u8, count: u32) {
+    write(REG_TIMER_DIVIDE, 0b1011);
+    write(REG_LVT_TIMER, u32::from(vector));
+    write(REG_TIMER_INITIAL, count);
+}
+
+/// Stops this core's LAPIC timer (an initial count of 0 stops it).
+pub fn disarm_timer() {
+    write(REG_TIMER_INITIAL, 0);
 }
 
 /// Interrupt-command-register delivery modes used here.

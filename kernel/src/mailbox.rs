@@ -53,6 +53,8 @@ fn kick_irq(_frame: &mut crate::arch::trap::TrapFrame) {
 /// Installs the kick vector's handler (once, any core).
 pub fn init() {
     crate::arch::trap::set_irq_handler(IPI_VECTOR, kick_irq);
+    // The boot core's idle wake-up (`l1::wait`) needs only the EOI too.
+    crate::arch::trap::set_irq_handler(crate::apic::IDLE_TIMER_VECTOR, kick_irq);
 }
 
 /// Called on an external-interrupt exit with `vector`: nothing to do beyond

@@ -910,16 +910,27 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
     }
 }
 
-/// Waits for something to do: the boot core polls (the shell reads the
-/// serial line without interrupts); the others sleep until the shell kicks
-/// them with an IPI, so idle cores cost nothing (16 spinning cores would
-/// starve QEMU's TCG).
+/// LAPIC timer ticks the idle boot core sleeps between two polls of the
+/// shell: ~1 ms on a 100 MHz APIC clock, about as long on Bochs at 50-200 M
+/// instructions per second — well inside the time a 16-byte UART FIFO
+/// fills at 115200 baud.
+const IDLE_POLL_TICKS: u32 = 100_000;
+
+/// Waits for something to do: every core sleeps in HLT until an interrupt —
+/// the shell's kick IPI, or on the boot core (which reads the serial line
+/// and keyboard by polling) its LAPIC timer soon after. Idle cores cost
+/// nothing: 16 spinning cores would starve QEMU's TCG, and one spinning
+/// core keeps Bochs from skipping the time all its CPUs are halted (an L1
+/// Linux's idle seconds cost 200 M emulated instructions each).
 fn wait(cpu: usize) {
     if cpu == 0 {
-        core::hint::spin_loop();
-    } else {
-        x86_64::instructions::interrupts::enable_and_hlt();
-        x86_64::instructions::interrupts::disable();
+        crate::apic::arm_oneshot(crate::apic::IDLE_TIMER_VECTOR, IDLE_POLL_TICKS);
+    }
+    x86_64::instructions::interrupts::enable_and_hlt();
+    x86_64::instructions::interrupts::disable();
+    if cpu == 0 {
+        // Not left pending to end the next guest entry early.
+        crate::apic::disarm_timer();
     }
 }
 
