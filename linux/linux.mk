@@ -24,9 +24,20 @@ LINUX_NESTED_SMALLPC := console=ttyS0,115200 $(LINUX_FAST) $(LINUX_SMALLPC) kvmt
 LINUX_NESTED_FULLPC  := console=ttyS0,115200 $(LINUX_FAST) kvmtest=200 then=poweroff
 
 # The attach test's machines (2 cores): Linux with a shell on its ttyS0
-# (nvmx.shell=1: no modules, no kvmtest) as core 1's L1, the built-in L1's
-# forum workload on core 0 (l1image0=builtin), to its end.
-LINUX_ATTACH_NVMX    := $(LINUX_NVMX) l1image0=builtin l1args0=workload=forum,exits=2000
+# (nvmx.shell=1: no modules, no kvmtest) as core 0's L1, the built-in L1's
+# forum workload on core 1 (l1image1=builtin), to its end. Linux on the boot
+# core: a core whose L1 has ended halts, except the boot core, which spins
+# polling the shell; in Bochs a spinning core makes every emulated second
+# of an idle Linux cost LINUX_NESTED_IPS instructions.
+LINUX_ATTACH_NVMX    := $(LINUX_NVMX) l1image1=builtin l1args1=workload=forum,exits=2000
+# Bochs' instructions per emulated second for Linux under nvmx. Bochs' TSC
+# counts instructions, so L0's handling of an exit (~800 instructions for an
+# emulated port read) lasts 16 us of the L1's time at 50M, more than Linux's
+# PIT calibration allows per read (10 us: 1000 reads in 10 ms) and its
+# PM-timer refinement per three reads (31 us): calibration fails ("Fast TSC
+# calibration failed", no switch to the tsc clocksource; on the smallest PC
+# tsc_khz stays 0). At 200M an exit lasts ~4 us (real hardware: ~1 us).
+LINUX_NESTED_IPS     ?= 200000000
 LINUX_SHELL_FULLPC   := console=ttyS0,115200 $(LINUX_FAST) nvmx.shell=1
 LINUX_SHELL_SMALLPC  := console=ttyS0,115200 $(LINUX_FAST) $(LINUX_SMALLPC) nvmx.shell=1
 
@@ -88,7 +99,7 @@ run-linux-bare: linux
 # terminal; `console 0` shows Linux's output.
 LINUX_PC ?=
 run-linux-nested: linux
-	tools/bochsrc.sh $(LINUX_DIR)/nested$(if $(LINUX_PC),-$(LINUX_PC)).iso $(MODEL) 1 768 "mode=term, dev=$$(tty)" $(LINUX_IPS) > build/bochsrc-linux
+	tools/bochsrc.sh $(LINUX_DIR)/nested$(if $(LINUX_PC),-$(LINUX_PC)).iso $(MODEL) 1 768 "mode=term, dev=$$(tty)" build/bochs-linux.log $(LINUX_NESTED_IPS) > build/bochsrc-linux
 	@echo c > build/bochs-cont.rc
 	bochs -q -f build/bochsrc-linux -rc build/bochs-cont.rc; status=$$?; [ $$status -le 1 ] || exit $$status
 
