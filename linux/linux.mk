@@ -24,12 +24,11 @@ LINUX_NESTED_SMALLPC := console=ttyS0,115200 $(LINUX_FAST) $(LINUX_SMALLPC) kvmt
 LINUX_NESTED_FULLPC  := console=ttyS0,115200 $(LINUX_FAST) kvmtest=200 then=poweroff
 
 # The attach test's machines (2 cores): Linux with a shell on its ttyS0
-# (nvmx.shell=1: no modules, no kvmtest) as core 0's L1, the built-in L1's
-# forum workload on core 1 (l1image1=builtin), to its end. Linux on the boot
-# core: a core whose L1 has ended halts, except the boot core, which spins
-# polling the shell; in Bochs a spinning core makes every emulated second
-# of an idle Linux cost LINUX_NESTED_IPS instructions.
-LINUX_ATTACH_NVMX    := $(LINUX_NVMX) l1image1=builtin l1args1=workload=forum,exits=2000
+# (nvmx.shell=1: no modules, no kvmtest) as core 1's L1, the built-in L1's
+# forum workload on core 0 (l1image0=builtin), to its end. Linux is not on
+# the boot core: the shell runs there between that core's exits, and each
+# shell command (`console`, `l1`) would stall Linux for its whole output.
+LINUX_ATTACH_NVMX    := $(LINUX_NVMX) l1image0=builtin l1args0=workload=forum,exits=2000
 # Bochs' instructions per emulated second for Linux under nvmx. Bochs' TSC
 # counts instructions, so L0's handling of an exit (~800 instructions for an
 # emulated port read) lasts 16 us of the L1's time at 50M, more than Linux's
