@@ -68,5 +68,6 @@ for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-intel; do
 done
 (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) > "$out/initrd.img"
 echo "$release" > "$out/release"
+echo "$version" > "$out/version"
 rm -rf "$x"
 echo "linux: wrote $out/vmlinuz ($release) and $out/initrd.img ($(du -k "$out/initrd.img" | cut -f1) KiB)"

@@ -23,6 +23,23 @@ LINUX_NVMX    ?= log=info l1mem=256
 LINUX_NESTED_SMALLPC := console=ttyS0,115200 $(LINUX_FAST) $(LINUX_SMALLPC) kvmtest=200 then=poweroff
 LINUX_NESTED_FULLPC  := console=ttyS0,115200 $(LINUX_FAST) kvmtest=200 then=poweroff
 
+# The attach test's machines (2 cores): Linux with a shell on its ttyS0
+# (nvmx.shell=1: no modules, no kvmtest) as core 1's L1, the built-in L1's
+# forum workload on core 0 (l1image0=builtin), to its end. Linux is not on
+# the boot core: the shell runs there between that core's exits, and each
+# shell command (`console`, `l1`) would stall Linux for its whole output.
+LINUX_ATTACH_NVMX    := $(LINUX_NVMX) l1image0=builtin l1args0=workload=forum,exits=2000
+# Bochs' instructions per emulated second for Linux under nvmx. Bochs' TSC
+# counts instructions, so L0's handling of an exit (~800 instructions for an
+# emulated port read) lasts 16 us of the L1's time at 50M, more than Linux's
+# PIT calibration allows per read (10 us: 1000 reads in 10 ms) and its
+# PM-timer refinement per three reads (31 us): calibration fails ("Fast TSC
+# calibration failed", no switch to the tsc clocksource; on the smallest PC
+# tsc_khz stays 0). At 200M an exit lasts ~4 us (real hardware: ~1 us).
+LINUX_NESTED_IPS     ?= 200000000
+LINUX_SHELL_FULLPC   := console=ttyS0,115200 $(LINUX_FAST) nvmx.shell=1
+LINUX_SHELL_SMALLPC  := console=ttyS0,115200 $(LINUX_FAST) $(LINUX_SMALLPC) nvmx.shell=1
+
 .PHONY: linux linux-deps run-linux-bare run-linux-nested test-linux-nested
 
 linux-deps:
@@ -55,9 +72,19 @@ $(LINUX_DIR)/nested.iso: $(LINUX_DIR)/initrd.img kernel
 	L1_MODULE=$(LINUX_DIR)/vmlinuz L1_MODULE_ARGS="$(LINUX_NESTED_FULLPC)" L1_MODULE_1=$(LINUX_DIR)/initrd.img \
 	  L1_MODULE_1_ARGS=initrd grub/mkiso.sh $(KERNEL_ELF) $@ $(LINUX_NVMX)
 
+$(LINUX_DIR)/shell.iso: $(LINUX_DIR)/initrd.img kernel
+	L1_MODULE=$(LINUX_DIR)/vmlinuz L1_MODULE_ARGS="$(LINUX_SHELL_FULLPC)" L1_MODULE_1=$(LINUX_DIR)/initrd.img \
+	  L1_MODULE_1_ARGS=initrd grub/mkiso.sh $(KERNEL_ELF) $@ $(LINUX_ATTACH_NVMX)
+
+$(LINUX_DIR)/shell-smallpc.iso: $(LINUX_DIR)/initrd.img kernel
+	L1_MODULE=$(LINUX_DIR)/vmlinuz L1_MODULE_ARGS="$(LINUX_SHELL_SMALLPC)" L1_MODULE_1=$(LINUX_DIR)/initrd.img \
+	  L1_MODULE_1_ARGS=initrd grub/mkiso.sh $(KERNEL_ELF) $@ $(LINUX_ATTACH_NVMX)
+
 # Everything the Linux runs need: kernel, initrd, the bare reference ISO,
-# and nvmx ISOs with that Linux as L1 (smallest PC, then the full one).
-linux: $(LINUX_DIR)/bare.iso $(LINUX_DIR)/nested-smallpc.iso $(LINUX_DIR)/nested.iso
+# nvmx ISOs with that Linux as L1 (smallest PC, then the full one), and the
+# attach test's ISOs (Linux's shell on core 1, the built-in L1 on core 0).
+linux: $(LINUX_DIR)/bare.iso $(LINUX_DIR)/nested-smallpc.iso $(LINUX_DIR)/nested.iso \
+       $(LINUX_DIR)/shell.iso $(LINUX_DIR)/shell-smallpc.iso
 
 # Debian's Linux on bare Bochs (no nvmx): the reference. Loads kvm_intel,
 # runs kvmtest, powers off. MODEL= picks the CPU.
@@ -71,7 +98,7 @@ run-linux-bare: linux
 # terminal; `console 0` shows Linux's output.
 LINUX_PC ?=
 run-linux-nested: linux
-	tools/bochsrc.sh $(LINUX_DIR)/nested$(if $(LINUX_PC),-$(LINUX_PC)).iso $(MODEL) 1 768 "mode=term, dev=$$(tty)" $(LINUX_IPS) > build/bochsrc-linux
+	tools/bochsrc.sh $(LINUX_DIR)/nested$(if $(LINUX_PC),-$(LINUX_PC)).iso $(MODEL) 1 768 "mode=term, dev=$$(tty)" build/bochs-linux.log $(LINUX_NESTED_IPS) > build/bochsrc-linux
 	@echo c > build/bochs-cont.rc
 	bochs -q -f build/bochsrc-linux -rc build/bochs-cont.rc; status=$$?; [ $$status -le 1 ] || exit $$status
 

@@ -73,6 +73,11 @@ pub fn poll() {
         match event {
             Some(Event::Line(line)) => {
                 run(&line);
+                // `attach` took the line: what follows is the L1's input
+                // (even bytes already waiting), and the L1 draws its prompt.
+                if ATTACHED.lock().is_some() {
+                    return;
+                }
                 if BENCH.lock().is_none() && !crate::top::active() {
                     prompt();
                 }

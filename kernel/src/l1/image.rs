@@ -14,7 +14,9 @@
 //!
 //! No module: the built-in L1 (guest/). `l1boot=multiboot1|multiboot2`
 //! picks the protocol of an image that has both headers (default: Linux for
-//! a bzImage, else Multiboot2, else Multiboot1).
+//! a bzImage, else Multiboot2, else Multiboot1). `l1image<N>=builtin` gives
+//! core N the built-in L1 (no modules) even when there is a module L1, so
+//! one machine can run, say, Linux on core 1 and the built-in L1 on core 0.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -34,17 +36,32 @@ fn module_bytes(m: &crate::bootinfo::Module) -> &'static [u8] {
     unsafe { core::slice::from_raw_parts(m.start as *const u8, (m.end - m.start) as usize) }
 }
 
-/// The L1 image every core loads: the first GRUB module when there is one,
-/// else the built-in L1. With the module's string as default L1 command line.
-pub fn l1_image() -> (&'static [u8], Option<&'static str>) {
-    match crate::bootinfo::get().modules().first() {
-        Some(m) => (module_bytes(m), Some(m.string())),
-        None => (BUILTIN_L1, None),
+/// `l1image<cpu>=`: does core `cpu` run the built-in L1 although there is a
+/// module L1? `Err` for a value other than `builtin` or `module`.
+fn builtin_on(cpu: usize) -> Result<bool, String> {
+    match crate::bootinfo::get().arg(&alloc::format!("l1image{cpu}")) {
+        None | Some("module") => Ok(false),
+        Some("builtin") => Ok(true),
+        Some(v) => Err(alloc::format!("l1image{cpu}={v}: expected builtin or module")),
     }
 }
 
-/// The L1's own modules: every GRUB module after the first.
-fn l1_modules() -> Vec<Module<'static>> {
+/// The L1 image core `cpu` loads: the first GRUB module when there is one
+/// (unless `l1image<cpu>=builtin`), else the built-in L1. With the module's
+/// string as default L1 command line.
+pub fn l1_image(cpu: usize) -> (&'static [u8], Option<&'static str>) {
+    match crate::bootinfo::get().modules().first() {
+        Some(m) if !builtin_on(cpu).unwrap_or(false) => (module_bytes(m), Some(m.string())),
+        _ => (BUILTIN_L1, None),
+    }
+}
+
+/// Core `cpu`'s L1's own modules: every GRUB module after the first (none
+/// for the built-in L1).
+fn l1_modules(cpu: usize) -> Vec<Module<'static>> {
+    if l1_image(cpu).1.is_none() {
+        return Vec::new();
+    }
     let mods = crate::bootinfo::get().modules();
     mods.iter().skip(1).map(|m| Module { bytes: module_bytes(m), string: m.string() }).collect()
 }
@@ -59,23 +76,29 @@ fn prefer() -> Result<Prefer, String> {
     }
 }
 
-/// Loads the L1 (image, modules, boot information) into `mem`, the L1's
-/// zeroed guest-physical memory, with command line `cmdline`.
-pub fn load(mem: &mut [u8], cmdline: &str) -> Result<Loaded, String> {
+/// Loads core `cpu`'s L1 (image, modules, boot information) into `mem`, the
+/// L1's zeroed guest-physical memory, with command line `cmdline`.
+pub fn load(cpu: usize, mem: &mut [u8], cmdline: &str) -> Result<Loaded, String> {
+    builtin_on(cpu)?;
     let space = AddressSpace::new(mem.len() as u64);
-    let modules = l1_modules();
+    let modules = l1_modules(cpu);
     // The L1 PC's ACPI tables (nvmx-devices), built for the BIOS area where
     // the loader puts them; the boot information points at their RSDP too.
     let tables = nvmx_devices::acpi::build(nvmx_loader::space::BIOS_AREA, &nvmx_devices::acpi::AcpiConfig::default());
     let acpi = Some(Acpi { bytes: &tables.bytes, rsdp_offset: tables.rsdp_offset });
-    let boot = Boot { image: l1_image().0, cmdline, modules: &modules, acpi, prefer: prefer()? };
+    let boot = Boot { image: l1_image(cpu).0, cmdline, modules: &modules, acpi, prefer: prefer()? };
     nvmx_loader::load(mem, &space, &boot).map_err(|e| alloc::format!("{e}"))
 }
 
-/// The `l1` view's first lines: which image, which protocol, which modules.
+/// The `l1` view's first lines: which image, which protocol, which modules;
+/// then the cores that run the built-in L1 instead (`l1image<N>=builtin`).
 pub fn describe() -> String {
     let mut out = String::new();
-    let (image, string) = l1_image();
+    let first = crate::bootinfo::get().modules().first();
+    let (image, string) = match first {
+        Some(m) => (module_bytes(m), Some(m.string())),
+        None => (BUILTIN_L1, None),
+    };
     let proto = prefer().and_then(|p| nvmx_loader::detect(image, p).map_err(|e| alloc::format!("{e}")));
     let proto = match &proto {
         Ok(p) => p.name(),
@@ -85,8 +108,18 @@ pub fn describe() -> String {
         Some(s) => writeln!(out, "L1 image: GRUB module ({} bytes, {proto}), module string \"{s}\"", image.len()),
         None => writeln!(out, "L1 image: built-in nvmx-l1 ({} bytes, {proto})", image.len()),
     };
-    for (i, m) in l1_modules().iter().enumerate() {
-        let _ = writeln!(out, "L1 module {i}: {} bytes, \"{}\"", m.bytes.len(), m.string);
+    for (i, m) in crate::bootinfo::get().modules().iter().skip(1).enumerate() {
+        let _ = writeln!(out, "L1 module {i}: {} bytes, \"{}\"", m.end - m.start, m.string());
+    }
+    if first.is_some() {
+        for cpu in 0..crate::percpu::count() {
+            match builtin_on(cpu) {
+                Ok(true) => writeln!(out, "cpu {cpu}: the built-in nvmx-l1 instead (l1image{cpu}=builtin)"),
+                Ok(false) => Ok(()),
+                Err(e) => writeln!(out, "cpu {cpu}: {e}"),
+            }
+            .ok();
+        }
     }
     out
 }

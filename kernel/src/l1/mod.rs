@@ -325,7 +325,7 @@ impl L1Config {
         let mem_mib = info.arg("l1mem").and_then(|v| v.parse::<u64>().ok()).unwrap_or(32).clamp(4, 4096);
         let key = alloc::format!("l1args{cpu}");
         // A GRUB module L1 gets its module string unless l1args says otherwise.
-        let module_args = image::l1_image().1;
+        let module_args = image::l1_image(cpu).1;
         // Commas stand for spaces in `l1args=` only: a module string is the
         // L1's command line as written (Linux's `console=ttyS0,115200`).
         let from_cmdline = info.arg(&key).or_else(|| info.arg("l1args")).map(|a| a.replace(',', " "));
@@ -758,7 +758,7 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
         .ok_or_else(|| alloc::format!("no {} MiB of contiguous memory for the L1", cfg.mem_size >> 20))?;
     // SAFETY: the chunk was just allocated for this L1 and is identity mapped.
     let mem = unsafe { core::slice::from_raw_parts_mut(mem_base as *mut u8, cfg.mem_size as usize) };
-    let loaded = image::load(mem, &cfg.args)?;
+    let loaded = image::load(cpu, mem, &cfg.args)?;
     let entry = u64::from(loaded.entry.eip);
 
     let eptp = run::build_ept01(&mut owned, mem_base, cfg.mem_size).ok_or("no memory for EPT0-1")?;

@@ -8,6 +8,7 @@
 mod bochs;
 mod common;
 mod l1;
+mod linux;
 mod loaders;
 mod platform;
 mod qemu;
