@@ -80,7 +80,7 @@ fn bochs_l1_bare_forum_haswell() -> Result<()> {
 }
 
 /// `stats <cpu> --csv` → {(from, reason) → (times, completed)}.
-fn stats(m: &mut Machine, cpu: usize) -> Result<BTreeMap<(String, u32), (u64, u64)>> {
+pub(crate) fn stats(m: &mut Machine, cpu: usize) -> Result<BTreeMap<(String, u32), (u64, u64)>> {
     let out = m.command(&format!("stats {cpu} --csv"), BOCHS.command)?;
     let mut rows = BTreeMap::new();
     for line in out.lines().skip(1).filter(|l| !l.trim().is_empty()) {
