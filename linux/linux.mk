@@ -105,4 +105,4 @@ run-linux-nested: linux
 # The nested Linux system tests (slow: 10-20 minutes of Bochs each; not in
 # `make test` until they pass — see tests/README.md).
 test-linux-nested: iso linux
-	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) test -p nvmx-tests --test system -- --ignored bochs_linux_nested --test-threads=1 --nocapture
+	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) test -p nvmx-tests --test system -- --include-ignored bochs_linux_nested --test-threads=1 --nocapture

@@ -198,7 +198,7 @@ fn linux_nested(name: &str, iso: &str, shadow: &str) -> Result<()> {
         "{name}: KVM as L1, shadowing {shadow}: {l2} L2 exits; vmlaunch {}, vmresume {}, vmptrld {}, vmclear {}, vmread {}, vmwrite {} exits: {per:.4} VMREAD+VMWRITE exits per L2 exit",
         l1(20), l1(24), l1(21), l1(19), l1(23), l1(25)
     );
-    m.check(l1(20) > 0 && l1(24) > 100 && l1(21) > 0 && l2 > 3000, || format!("KVM's VMX instructions are not in nvmx's counters:\n{table}"))?;
+    m.check(l1(20) > 0 && l1(24) > 100 && l1(21) > 0 && l2 > 2000, || format!("KVM's VMX instructions are not in nvmx's counters:\n{table}"))?;
     crate::common::poweroff(&mut m, t)
 }
 
@@ -208,8 +208,8 @@ fn bochs_linux_nested_smallpc_haswell() -> Result<()> {
     linux_nested("bochs_linux_nested_smallpc_haswell", "linux/nested-smallpc.iso", "on")
 }
 
+/// Issue 11 item 1 in `make test` (about 2.5 min alone at 200M ips).
 #[test]
-#[ignore = "slow (10-20 min of Bochs): make test-linux-nested"]
 fn bochs_linux_nested_haswell() -> Result<()> {
     linux_nested("bochs_linux_nested_haswell", "linux/nested.iso", "adaptive")
 }
