@@ -639,9 +639,9 @@ fn hostile_fuzz(name: &str, model: &str) -> Result<()> {
 
 /// One row of `fields <cpu> --csv`: (reads, writes, read failures, write
 /// failures, shadowed now: "-", "r", "w" or "rw"), by field name.
-type FieldCsv = BTreeMap<String, (u64, u64, u64, u64, String)>;
+pub(crate) type FieldCsv = BTreeMap<String, (u64, u64, u64, u64, String)>;
 
-fn fields_csv(m: &mut Machine, cpu: usize) -> Result<FieldCsv> {
+pub(crate) fn fields_csv(m: &mut Machine, cpu: usize) -> Result<FieldCsv> {
     let out = m.command(&format!("fields {cpu} --csv"), BOCHS.command)?;
     let mut rows = FieldCsv::new();
     let mut lines = out.lines().map(str::trim).filter(|l| !l.is_empty());
