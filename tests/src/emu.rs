@@ -290,12 +290,13 @@ impl Bochs {
         // The internal debugger stops at its prompt before the first instruction: `c`
         // continues. With stdin at /dev/null it never waits for a keyboard.
         std::fs::write(dir.join("cont.rc"), "c\n")?;
-        // Bochs' VNC display (its screen, not the machine under test) once found none of its
-        // ports 5900-5949 free and Bochs then crashed (cause not found). It opens the display
-        // right after COM1 connects: such a start is retried once, and said so.
+        // Starts are serialised until Bochs' VNC display has its port (`bochs_start_lock`); a
+        // display that still found none is Bochs' screen, not the machine under test: such a
+        // start is retried once, and said so.
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let starting = bochs_start_lock()?;
             let mut cmd = Command::new("bochs");
             cmd.args(["-q", "-f", "bochsrc", "-rc", "cont.rc"]).current_dir(&dir);
             let child = spawn_logged(cmd, &dir, "bochs")?;
@@ -307,7 +308,9 @@ impl Bochs {
                     return Err(with_logs(e, &dir, &[log]));
                 }
             };
-            if attempt == 1 && rfb_failed(&log) {
+            let failed = rfb_failed(&log);
+            drop(starting);
+            if failed && attempt == 1 {
                 eprintln!("{}: Bochs could not open its VNC display (RFB ports 5900-5949); starting it again", self.name);
                 proc.kill();
                 continue;
@@ -594,9 +597,21 @@ fn spawn_logged(mut cmd: Command, dir: &Path, what: &str) -> Result<Child> {
     cmd.spawn().map_err(|e| Error::new(format!("cannot start `{what}`: {e} (is it installed and on PATH?)")))
 }
 
+/// Held while one Bochs starts, by every process of this machine: Bochs' VNC display binds
+/// the first free port from 5900 (SO_REUSEADDR) and then listens; when two Bochs start at the
+/// same moment both can bind 5900, the second's listen fails, and its socket — already bound —
+/// fails every later bind, so it gives up on all 50 ports and exits ("RFB could not bind any
+/// port", seen in `bochs.log`: one "Could not listen", 49 "Could not bind"). Release it once
+/// [`rfb_failed`] has the display's verdict.
+pub fn bochs_start_lock() -> Result<File> {
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(std::env::temp_dir().join("nvmx-bochs-start.lock"))?;
+    f.lock()?;
+    Ok(f)
+}
+
 /// Whether Bochs' log at `log` says its VNC display found no port, waiting up to 5 s for the
 /// display's verdict (it follows COM1's connection at once).
-fn rfb_failed(log: &Path) -> bool {
+pub fn rfb_failed(log: &Path) -> bool {
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
         let text = std::fs::read_to_string(log).unwrap_or_default();

@@ -334,7 +334,12 @@ fn bochs_make_run_clean_terminal() -> Result<()> {
     let mut attempt = 0;
     let (mut pty, before) = loop {
         attempt += 1;
+        let _ = std::fs::remove_file(dir.join("bochs.log"));
+        // Not while another Bochs opens its display (`bochs_start_lock`).
+        let starting = nvmx_tests::emu::bochs_start_lock()?;
         let mut pty = Pty::spawn(&cmd, dir.join("terminal.log"))?;
+        nvmx_tests::emu::rfb_failed(&dir.join("bochs.log"));
+        drop(starting);
         match pty.expect("nvmx> ", Duration::from_secs(180)) {
             Ok(before) => break (pty, before),
             Err(e) => {
