@@ -242,8 +242,18 @@ fn nested_l1s(name: &str, model: &str, cpus: usize) -> Result<()> {
     // gives (issue 9): the write is dropped, the read is all-ones, the L1
     // goes on; the shell (on that same core) stays responsive.
     m.command("l1 restart 0 crash=memory", t.command)?;
-    // The whole line: on a loaded machine `console 0` may catch it half printed.
-    let console = poll(&mut m, "console 0", |o| o.split("reads back ").nth(1).is_some_and(|rest| rest.contains('\n')))?;
+    // The whole line: on a loaded machine `console 0` may catch it half printed
+    // (`console` ends what it shows with a newline of its own), so wait for
+    // the L1's next line after it (its forum workload starts).
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut console = String::new();
+    while std::time::Instant::now() < deadline {
+        console = m.command("console 0", t.command)?;
+        if console.split("reads back ").nth(1).is_some_and(|rest| rest.lines().skip(1).any(|l| l.starts_with("l1:"))) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     m.check(console.contains("l1: the write went through (no hypervisor stopped it); reads back 0xffffffffffffffff"), || {
         format!("`console 0` after crash=memory:\n{console}")
     })?;
