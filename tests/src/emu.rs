@@ -305,6 +305,13 @@ impl Bochs {
                 Ok(s) => s,
                 Err(e) => {
                     proc.kill();
+                    // Bochs may die of its display before COM1 has connected.
+                    let display = std::fs::read_to_string(&log).unwrap_or_default().contains("RFB could not bind any port");
+                    if display && attempt == 1 {
+                        drop(starting);
+                        eprintln!("{}: Bochs could not open its VNC display (RFB ports 5900-5949); starting it again", self.name);
+                        continue;
+                    }
                     return Err(with_logs(e, &dir, &[log]));
                 }
             };
