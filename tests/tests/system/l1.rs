@@ -619,19 +619,7 @@ fn hostile_fuzz(name: &str, model: &str) -> Result<()> {
     // Per field, nvmx's VMREAD/VMWRITE exits = the fuzz's own counts where
     // the field is not shadowed (every one on ivy), at most them where it is.
     field_counts_match(&mut m, 1, &fuzz, !model.contains("haswell"))?;
-    let state = m.command("l1 1", t.command)?;
-    // Every entry the fuzz broke was refused by nvmx's own checks, none by
-    // the CPU's on VMCS0-2; none of L0's VMREAD/VMWRITEs failed.
-    let clean = NESTED_CLEAN.replace("cpu 0:", "cpu 1:");
-    m.check(state.lines().any(|l| l == clean), || format!("`l1 1`: expected `{clean}`:\n{state}"))?;
-    m.check(bare.last().map(String::as_str) == Some("l1: fuzz done"), || format!("bare fuzz run incomplete:\n{}", bare.join("\n")))?;
-    m.check(nested == bare, || {
-        let first = bare.iter().zip(&nested).position(|(a, b)| a != b).unwrap_or(bare.len().min(nested.len()));
-        format!(
-            "fuzz outcomes differ from line {first}: bare {:?}, nested {:?}\n(rerun both with show=<op> to see the operations)\n{state}\nbare:\n{}\nnested:\n{}",
-            bare.get(first), nested.get(first), bare.join("\n"), nested.join("\n")
-        )
-    })?;
+    fuzz_same_as_bare(&mut m, &bare, &nested, "")?;
     // L0 and the quiescent L1 are exactly as before the hostile run.
     let check = m.command("integrity check", Duration::from_secs(60))?;
     m.check(check.contains("integrity: unharmed: 5 of 5 items equal (1 new)"), || format!("`integrity check` after the fuzz:\n{check}"))?;
@@ -749,17 +737,7 @@ fn bochs_adaptive_shadow_haswell_2cpu() -> Result<()> {
     // The fuzz first (the policy applies to the restarted L1, learning from nothing).
     let fuzz = run_to_halt(&mut m, 1, args, Duration::from_secs(500))?;
     let nested = fuzz_lines(&fuzz);
-    let state = m.command("l1 1", t.command)?;
-    let clean = NESTED_CLEAN.replace("cpu 0:", "cpu 1:");
-    m.check(state.lines().any(|l| l == clean), || format!("`l1 1`: expected `{clean}`:\n{state}"))?;
-    m.check(bare.last().map(String::as_str) == Some("l1: fuzz done"), || format!("bare fuzz run incomplete:\n{}", bare.join("\n")))?;
-    m.check(nested == bare, || {
-        let first = bare.iter().zip(&nested).position(|(a, b)| a != b).unwrap_or(bare.len().min(nested.len()));
-        format!(
-            "fuzz outcomes differ (adaptive shadowing) from line {first}: bare {:?}, nested {:?}\n{state}\nbare:\n{}\nnested:\n{}",
-            bare.get(first), nested.get(first), bare.join("\n"), nested.join("\n")
-        )
-    })?;
+    fuzz_same_as_bare(&mut m, &bare, &nested, " (adaptive shadowing)")?;
     let rows = field_counts_match(&mut m, 1, &fuzz, false)?;
     let joined: Vec<(&String, &(u64, u64, u64, u64, String))> = rows.iter().filter(|(_, r)| r.4 != "-").collect();
     eprintln!("[{name}] fuzz: {} fields with exits, {} joined the shadow set\n{}", rows.len(), joined.len(), m.command("fields 1", t.command)?);
@@ -806,6 +784,24 @@ fn bochs_adaptive_shadow_haswell_2cpu() -> Result<()> {
     m.check(per_exit <= 0.05, || format!("VMREAD+VMWRITE exits per L2 exit after warm-up {per_exit:.4} > 0.05\n{fields}"))?;
     m.check(status.contains("cpu 1: vmcs shadowing on (adaptive)") && !status.contains("; 0 fields shadowed"), || format!("`shadow 1`:\n{status}"))?;
     crate::common::poweroff(&mut m, t)
+}
+
+/// Core 1's fuzz L1 ended clean — every entry it broke refused by nvmx's own
+/// checks, none by the CPU's on VMCS0-2, none of L0's VMREAD/VMWRITEs
+/// failed — and its summary lines (`nested`) equal the bare run's, which
+/// ran to its end. `how` names the run in the message.
+fn fuzz_same_as_bare(m: &mut Machine, bare: &[String], nested: &[String], how: &str) -> Result<()> {
+    let state = m.command("l1 1", BOCHS.command)?;
+    let clean = NESTED_CLEAN.replace("cpu 0:", "cpu 1:");
+    m.check(state.lines().any(|l| l == clean), || format!("`l1 1`: expected `{clean}`:\n{state}"))?;
+    m.check(bare.last().map(String::as_str) == Some("l1: fuzz done"), || format!("bare fuzz run incomplete:\n{}", bare.join("\n")))?;
+    m.check(nested == bare, || {
+        let first = bare.iter().zip(nested).position(|(a, b)| a != b).unwrap_or(bare.len().min(nested.len()));
+        format!(
+            "fuzz outcomes differ{how} from line {first}: bare {:?}, nested {:?}\n(rerun both with show=<op> to see the operations)\n{state}\nbare:\n{}\nnested:\n{}",
+            bare.get(first), nested.get(first), bare.join("\n"), nested.join("\n")
+        )
+    })
 }
 
 /// The fuzz L1's summary lines, from its banner to `l1: fuzz done`.
