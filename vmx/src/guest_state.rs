@@ -169,14 +169,18 @@ pub fn check_guest_state(
 /// runs on, L1 advances RIP and sets interruptibility): the fields of which
 /// only [`check_rflags`], [`check_rip`] and [`check_non_register`] read
 /// anything — apart from RFLAGS.VM, which the segment checks read too.
-pub const VOLATILE: crate::field::FieldSet = crate::field::FieldSet::of(&[
+pub const VOLATILE: crate::field::FieldSet = crate::field::FieldSet::of(&VOLATILE_FIELDS);
+
+/// [`VOLATILE`] as a list, for code that walks it (a reflected exit reads
+/// these at once).
+pub const VOLATILE_FIELDS: [F; 6] = [
     F::GUEST_RIP,
     F::GUEST_RSP,
     F::GUEST_RFLAGS,
     F::GUEST_INTERRUPTIBILITY_INFO,
     F::GUEST_ACTIVITY_STATE,
     F::GUEST_PENDING_DBG_EXCEPTIONS,
-]);
+];
 
 /// [`check_guest_state`] for a guest state that passed it with the same
 /// controls and every field the same but some of [`VOLATILE`] (and RFLAGS.VM

@@ -199,16 +199,8 @@ impl Vmcs12 {
 /// controls save too, are rewritten on every entry anyway.)
 const MOVED_IN_VMCS02: FieldSet = FieldSet::of(&[F::GUEST_PDPTR0, F::GUEST_PDPTR1, F::GUEST_PDPTR2, F::GUEST_PDPTR3]);
 
-/// `nvmx_vmx::guest_state::VOLATILE` as a list: the guest fields a
-/// reflected exit reads at once.
-const EAGER: [F; 6] = [
-    F::GUEST_RIP,
-    F::GUEST_RSP,
-    F::GUEST_RFLAGS,
-    F::GUEST_INTERRUPTIBILITY_INFO,
-    F::GUEST_ACTIVITY_STATE,
-    F::GUEST_PENDING_DBG_EXCEPTIONS,
-];
+/// The guest fields a reflected exit reads at once.
+const EAGER: [F; 6] = nvmx_vmx::guest_state::VOLATILE_FIELDS;
 
 /// Fields whose change makes a VMRESUME rebuild VMCS0-2's controls (KVM's
 /// prepare_vmcs02_rare): every control field, and CR0/CR4 (merged with L0's
