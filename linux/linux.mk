@@ -23,6 +23,10 @@ LINUX_NVMX    ?= log=info l1mem=256
 LINUX_NESTED_SMALLPC := console=ttyS0,115200 $(LINUX_FAST) $(LINUX_SMALLPC) kvmtest=200 then=poweroff
 LINUX_NESTED_FULLPC  := console=ttyS0,115200 $(LINUX_FAST) kvmtest=200 then=poweroff
 
+# Two cores, Linux with kvmtest on core 1, the built-in L1's forum on core 0
+# (the shell runs on the boot core: polling it does not stall Linux).
+LINUX_NESTED2_NVMX   := $(LINUX_NVMX) l1image0=builtin l1args0=workload=forum,exits=500
+
 # The attach test's machines (2 cores): Linux with a shell on its ttyS0
 # (nvmx.shell=1: no modules, no kvmtest) as core 1's L1, the built-in L1's
 # forum workload on core 0 (l1image0=builtin), to its end. Linux is not on
@@ -66,7 +70,7 @@ $(LINUX_DIR)/bare.iso: $(LINUX_DIR)/initrd.img linux/mkiso.sh
 
 $(LINUX_DIR)/nested-smallpc.iso: $(LINUX_DIR)/initrd.img kernel
 	L1_MODULE=$(LINUX_DIR)/vmlinuz L1_MODULE_ARGS="$(LINUX_NESTED_SMALLPC)" L1_MODULE_1=$(LINUX_DIR)/initrd.img \
-	  L1_MODULE_1_ARGS=initrd grub/mkiso.sh $(KERNEL_ELF) $@ $(LINUX_NVMX)
+	  L1_MODULE_1_ARGS=initrd grub/mkiso.sh $(KERNEL_ELF) $@ $(LINUX_NESTED2_NVMX)
 
 $(LINUX_DIR)/nested.iso: $(LINUX_DIR)/initrd.img kernel
 	L1_MODULE=$(LINUX_DIR)/vmlinuz L1_MODULE_ARGS="$(LINUX_NESTED_FULLPC)" L1_MODULE_1=$(LINUX_DIR)/initrd.img \

@@ -371,6 +371,7 @@ fn shadow(mode: Option<nvmx_shell::ShadowMode>, sel: CpuSel, out: &mut String) -
                 ShadowMode::Off => 1,
                 ShadowMode::On => 2,
                 ShadowMode::Adaptive => 3,
+                ShadowMode::Full => 4,
             };
             s.shadow_want.store(want, Ordering::Release);
             s.shadow_pref.store(want, Ordering::Release);
@@ -398,7 +399,11 @@ fn shadow(mode: Option<nvmx_shell::ShadowMode>, sel: CpuSel, out: &mut String) -
         } else if !running {
             "off (no L1 running)"
         } else if s.shadow_on.load(Ordering::Acquire) {
-            if s.shadow_adaptive.load(Ordering::Relaxed) { "on (adaptive)" } else { "on (fixed set)" }
+            match s.shadow_policy.load(Ordering::Relaxed) {
+                1 => "on (adaptive)",
+                2 => "on (full)",
+                _ => "on (fixed set)",
+            }
         } else {
             "off"
         };
@@ -444,7 +449,11 @@ fn fields(sel: CpuSel, csv: bool, out: &mut String) -> core::fmt::Result {
         } else {
             alloc::format!(
                 "{}, {} fields",
-                if s.shadow_adaptive.load(Ordering::Relaxed) { "adaptive" } else { "fixed set" },
+                match s.shadow_policy.load(Ordering::Relaxed) {
+                    1 => "adaptive",
+                    2 => "full",
+                    _ => "fixed set",
+                },
                 s.shadow_fields.load(Ordering::Relaxed)
             )
         };
@@ -511,14 +520,20 @@ fn bench_start(exits: u64, csv: bool, pair: u64, bare: Option<u64>, out: &mut St
     )
 }
 
-/// Restarts every core's L1 with the forum workload, shadowing `on`, L0's
-/// phases profiled or not; returns their start times before the restart.
+/// Restarts every core's L1 with the forum workload, shadowing `on` (with
+/// the command line's policy: `shadow=adaptive|full`, else the fixed set),
+/// L0's phases profiled or not; returns their start times before the restart.
 fn restart_all(exits: u64, on: bool, profile: bool) -> alloc::vec::Vec<u64> {
+    let policy = match crate::bootinfo::get().arg("shadow") {
+        Some("adaptive") => 3,
+        Some("full") => 4,
+        _ => 2,
+    };
     (0..percpu::count())
         .map(|cpu| {
             let s = l1::shared(cpu);
             let before = s.started_tsc.load(Ordering::Acquire);
-            s.shadow_pref.store(if on { 2 } else { 1 }, Ordering::Release);
+            s.shadow_pref.store(if on { policy } else { 1 }, Ordering::Release);
             s.stats.profile.store(profile, Ordering::Release);
             *s.args.lock() = Some(alloc::format!("workload=forum exits={exits} time"));
             s.request(l1::Control::Restart);

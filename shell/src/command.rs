@@ -29,7 +29,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     CommandSpec { name: "console", usage: "console <cpu>", summary: "an L1's console output", help: "The newest output the L1 of that core wrote to its COM1." },
     CommandSpec { name: "attach", usage: "attach <cpu>", summary: "talk to an L1's COM1 (Ctrl-] ends)", help: "Connects this serial line and the keyboard to that core's L1 serial port both ways, like `virsh console`: what you type goes to its receiver, what it sends is printed. Ctrl-] returns to the shell." },
     CommandSpec { name: "vmcs", usage: "vmcs 01|12|02 [<cpu>]", summary: "dump a VMCS of a core, live", help: "Dumps VMCS0-1 (runs L1), VMCS1-2 (what L1 asked) or VMCS0-2 (runs L2), read on that core, grouped like Linux dump_vmcs." },
-    CommandSpec { name: "shadow", usage: "shadow [status] | shadow on|off|adaptive [<cpu>|all]", summary: "VMCS shadowing per core: show, switch live", help: "Shows, per core, whether the CPU has VMCS shadowing, whether it is on for that L1, its policy and how many fields are shadowed; `on` (the fixed set of 15 fields), `adaptive` (starts empty; a field joins after 8 emulated VMREADs or VMWRITEs of it) and `off` switch it for a running L1 (default: all cores)." },
+    CommandSpec { name: "shadow", usage: "shadow [status] | shadow on|off|adaptive|full [<cpu>|all]", summary: "VMCS shadowing per core: show, switch live", help: "Shows, per core, whether the CPU has VMCS shadowing, whether it is on for that L1, its policy and how many fields are shadowed; `on` (the fixed set of 15 fields), `adaptive` (starts empty; a field joins after 8 emulated VMREADs or VMWRITEs of it), `full` (every field the CPU can shadow, from the start) and `off` switch it for a running L1 (default: all cores)." },
     CommandSpec { name: "fields", usage: "fields [<cpu>|all] [--csv]", summary: "VMREAD/VMWRITE exits per VMCS field", help: "Per core, the fields with the most emulated VMREAD/VMWRITE exits (top 16): reads, writes, failures of each (VMfailInvalid, VMfailValid, a fault) and whether the field is shadowed now (r: VMREAD, w: VMWRITE without an exit); operands that name no field are one row. Counted since the L1 started or `stats reset`. `--csv` prints every field with exits as CSV." },
     CommandSpec { name: "bench", usage: "bench [<exits>] [--csv] [--pair <cycles>] [--bare <ticks>]", summary: "forum workload, shadowing off vs on, on every core", help: "Restarts every core's L1 with the forum workload for <exits> L2 exits (default 4000), with VMCS shadowing off, on, and on with L0's phases profiled, and prints per core the VMX-instruction exits side by side in the seed thread's format; then, in instructions (the TSC calibrated against a known loop), L0's path per L2 exit, per reflection and per emulated VMREAD/VMWRITE/VMPTRLD, transitions per L2 exit, a modelled real-hardware figure (instructions + <cycles> per VM exit/entry pair, default 1000) for the bare L1 (--bare: its TSC ticks per L2 exit, measured by make bench) and nested, each with its goal, and where L0's instructions go, phase by phase; --csv adds CSV lines." },
     CommandSpec { name: "integrity", usage: "integrity [snap|check]", summary: "hash L0 and quiescent L1s; compare with a snapshot", help: "Hashes L0's text and read-only data, the whole RAM of every halted (quiescent) L1 and each core's VMCS0-1 host-state fields (read on that core). `snap` keeps them, `check` measures again and names every region that differs or can no longer be measured: after a hostile L1 ran, `unharmed` proves L0 and the other L1s untouched." },
@@ -93,6 +93,8 @@ pub enum ShadowMode {
     On,
     /// The set learnt from the L1's exits.
     Adaptive,
+    /// Every field the CPU's shadow VMCS holds, from the start.
+    Full,
 }
 
 /// A parsed command.
@@ -372,11 +374,12 @@ pub fn parse(line: &str, ctx: &Context) -> Result<Option<Command>, ParseError> {
                 ["on", rest @ ..] => (Some(ShadowMode::On), rest),
                 ["off", rest @ ..] => (Some(ShadowMode::Off), rest),
                 ["adaptive", rest @ ..] => (Some(ShadowMode::Adaptive), rest),
+                ["full", rest @ ..] => (Some(ShadowMode::Full), rest),
                 [other, ..] if !is_number(other) && *other != "all" => {
                     return Err(ParseError::BadChoice {
                         cmd: "shadow",
                         arg: alloc::format!("argument '{other}'"),
-                        choices: "status|on|off|adaptive",
+                        choices: "status|on|off|adaptive|full",
                     });
                 }
                 _ => (None, args),
@@ -511,7 +514,8 @@ mod tests {
         assert_eq!(ok("shadow off 3"), Command::Shadow { mode: Some(ShadowMode::Off), cpus: CpuSel::One(3) });
         assert_eq!(ok("shadow adaptive all"), Command::Shadow { mode: Some(ShadowMode::Adaptive), cpus: CpuSel::All });
         assert_eq!(ok("shadow adaptive 2"), Command::Shadow { mode: Some(ShadowMode::Adaptive), cpus: CpuSel::One(2) });
-        assert_eq!(err("shadow maybe"), "shadow: unknown argument 'maybe' (status|on|off|adaptive)");
+        assert_eq!(ok("shadow full 1"), Command::Shadow { mode: Some(ShadowMode::Full), cpus: CpuSel::One(1) });
+        assert_eq!(err("shadow maybe"), "shadow: unknown argument 'maybe' (status|on|off|adaptive|full)");
         assert_eq!(err("shadow adaptive 1 2"), "shadow: unexpected argument '2'");
         assert_eq!(err("shadow on 7"), "shadow: cpu 7 does not exist (0-3)");
         assert_eq!(ok("top"), Command::Top(CpuSel::All));

@@ -81,6 +81,20 @@ pub fn write_shadowable(f: F) -> bool {
     f.kind() != Kind::ReadOnly
 }
 
+/// The `full` policy's sets: every field L0 may shadow for reading and for
+/// writing on a CPU with `caps` (before the kernel drops those its shadow
+/// VMCS refuses). KVM's nested code does the same with its own static lists
+/// (`vmcs_shadow_fields.h`: the fields its guests use, synced in full at
+/// every nested VM entry and exit); here the list is every field, so no L1
+/// needs one written for it, and only fields the CPU cannot shadow exit.
+pub fn full_sets(caps: &VmxCaps) -> (impl Iterator<Item = F>, impl Iterator<Item = F>) {
+    let misc29 = caps.misc & (1 << 29) != 0;
+    (
+        crate::field::ALL.iter().copied().filter(move |&f| read_shadowable(f, misc29)),
+        crate::field::ALL.iter().copied().filter(|&f| write_shadowable(f)),
+    )
+}
+
 /// Per-field counts of emulated VMREAD/VMWRITEs that decide when a field
 /// joins the adaptive shadow set (saturating, one byte each).
 #[derive(Clone)]
@@ -174,6 +188,25 @@ mod tests {
         assert!(read_shadowable(F::CPU_BASED_VM_EXEC_CONTROL, false) && write_shadowable(F::HOST_RIP));
         assert!(!read_shadowable(F::VM_EXIT_REASON, false) && read_shadowable(F::VM_EXIT_REASON, true));
         assert!(!write_shadowable(F::EXIT_QUALIFICATION));
+    }
+
+    #[test]
+    fn full_sets_are_every_shadowable_field() {
+        let all = crate::field::ALL.len();
+        let ro = crate::field::ALL.iter().filter(|f| f.kind() == Kind::ReadOnly).count();
+        assert!(ro > 0 && ro < all);
+        // With bit 29 every field is readable from the shadow; without it the
+        // exit-information fields are not. Never a read-only field for writing.
+        let (r, w) = full_sets(&VmxCaps { misc: 1 << 29, ..VmxCaps::NONE });
+        assert_eq!((r.count(), w.count()), (all, all - ro));
+        let (r, w) = full_sets(&VmxCaps::NONE);
+        let (r, w): (std::vec::Vec<F>, std::vec::Vec<F>) = (r.collect(), w.collect());
+        assert_eq!((r.len(), w.len()), (all - ro, all - ro));
+        assert!(r.contains(&F::GUEST_CR0) && !r.contains(&F::VM_EXIT_REASON) && !w.contains(&F::EXIT_QUALIFICATION));
+        // A superset of the fixed set's fields.
+        let (r29, _) = full_sets(&VmxCaps { misc: 1 << 29, ..VmxCaps::NONE });
+        let r29: std::vec::Vec<F> = r29.collect();
+        assert!(READ_FIELDS.iter().all(|f| r29.contains(f)) && WRITE_FIELDS.iter().all(|f| w.contains(f)));
     }
 
     #[test]

@@ -113,7 +113,7 @@ pub struct L1Shared {
     pub started_tsc: AtomicU64,
     pub last_reason: AtomicU64,
     /// Shadowing wanted by the shell: 0 no change, 1 off, 2 on (the fixed
-    /// set), 3 adaptive.
+    /// set), 3 adaptive, 4 full.
     pub shadow_want: AtomicU8,
     /// The shell's last choice (0 none: the command line's), kept for
     /// L1 restarts.
@@ -121,9 +121,9 @@ pub struct L1Shared {
     /// Shadowing state as the core last applied it, and its field count.
     pub shadow_on: core::sync::atomic::AtomicBool,
     pub shadow_fields: core::sync::atomic::AtomicUsize,
-    /// The policy is adaptive, and the fields shadowed for VMREAD (words
+    /// The policy (0 fixed set, 1 adaptive, 2 full), and the fields shadowed for VMREAD (words
     /// 0-2) and VMWRITE (3-5) as `FieldSet` words, for `fields` and `shadow`.
-    pub shadow_adaptive: core::sync::atomic::AtomicBool,
+    pub shadow_policy: AtomicU8,
     pub shadow_sets: [AtomicU64; 6],
     /// L1 command line set from the shell (`l1 restart <cpu> <args>`),
     /// used instead of the nvmx command line's from the next start on.
@@ -166,7 +166,7 @@ impl L1Shared {
             shadow_pref: AtomicU8::new(0),
             shadow_on: core::sync::atomic::AtomicBool::new(false),
             shadow_fields: core::sync::atomic::AtomicUsize::new(0),
-            shadow_adaptive: core::sync::atomic::AtomicBool::new(false),
+            shadow_policy: AtomicU8::new(0),
             shadow_sets: [const { AtomicU64::new(0) }; 6],
         }
     }
@@ -201,6 +201,7 @@ fn apply_shadow(cpu: usize, v: &mut Vcpu) {
     let policy = match want {
         2 => Some(shadow::Policy::Fixed),
         3 => Some(shadow::Policy::Adaptive),
+        4 => Some(shadow::Policy::Full),
         _ => None,
     };
     if let Err(e) = v.set_shadowing(policy) {
@@ -221,7 +222,12 @@ pub(crate) fn publish_shadow(cpu: usize, sh: &shadow::Shadow) {
         slot.store(*word, Ordering::Relaxed);
     }
     shared.shadow_fields.store(sh.field_count(), Ordering::Relaxed);
-    shared.shadow_adaptive.store(sh.policy == shadow::Policy::Adaptive, Ordering::Relaxed);
+    let policy = match sh.policy {
+        shadow::Policy::Fixed => 0,
+        shadow::Policy::Adaptive => 1,
+        shadow::Policy::Full => 2,
+    };
+    shared.shadow_policy.store(policy, Ordering::Relaxed);
 }
 
 /// The shell runs on the boot core between its L1's exits: it applies that
@@ -793,12 +799,13 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
     let nested = nested::Nested::new(cfg.nested, vmcs, caps, &mut owned);
     publish_shadow(cpu, &nested.shadow);
     // Shadowing from the start where the CPU has it, unless `shadow=off` or
-    // the shell switched it off for this core; `shadow=adaptive` (or the
-    // shell's `shadow adaptive`) starts with the adaptive policy.
+    // the shell switched it off for this core; `shadow=adaptive|full` (or the
+    // shell's `shadow adaptive|full`) starts with that policy.
     let want = match L1S[cpu].shadow_pref.load(Ordering::Acquire) {
         0 => match crate::bootinfo::get().arg("shadow") {
             Some("off") => 1,
             Some("adaptive") => 3,
+            Some("full") => 4,
             _ => 2,
         },
         pref => pref,

@@ -673,7 +673,8 @@ impl Vcpu {
         self.shadow_pull();
         // On with a policy: that policy's starting set (adaptive learns afresh).
         if let Some(policy) = want {
-            self.nested.shadow.reset(policy, crate::vmx::probe().expect("shadowing runs on VMX"));
+            let running = self.running_vmcs();
+            self.nested.shadow.reset(policy, crate::vmx::probe().expect("shadowing runs on VMX"), running);
             self.nested.learner.clear();
         }
         let running = self.running_vmcs();
@@ -1697,7 +1698,7 @@ impl Vcpu {
         // A guest field L1 reads from the shadow cannot wait in VMCS0-2 for
         // `sync_rare`: with one of the lazy fields in the adaptive set (the
         // fixed set has none), all of them come now, VMCS0-2 still current.
-        if self.nested.shadow.on && self.nested.shadow.policy == Policy::Adaptive {
+        if self.nested.shadow.on && self.nested.shadow.policy != Policy::Fixed {
             self.sync_lazy_shadowed();
         }
         let cur = self.nested.current.as_mut().expect("L2 runs with a current vmcs12");

@@ -22,7 +22,7 @@ use nvmx_vmx::field::{Field as F, FieldSet};
 use crate::vmx::insn;
 use crate::vmx::run::{vmread, vmwrite};
 
-use nvmx_vmx::shadow::{bitmap_bits, field_sets, read_shadowable, write_shadowable};
+use nvmx_vmx::shadow::{bitmap_bits, field_sets, full_sets, read_shadowable, write_shadowable};
 
 /// Which fields the shadow VMCS holds for L1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +31,9 @@ pub enum Policy {
     Fixed,
     /// Starts empty; a field joins after `JOIN_AFTER` emulated accesses.
     Adaptive,
+    /// Every field the CPU's shadow VMCS holds, from the start
+    /// (`nvmx_vmx::shadow::full_sets`, KVM's approach with a complete list).
+    Full,
 }
 
 /// A core's shadow VMCS and bitmaps.
@@ -97,14 +100,15 @@ impl Shadow {
         s.vmcs = vmcs;
         s.read_bitmap = rb;
         s.write_bitmap = wb;
-        s.reset(Policy::Fixed, caps);
+        s.reset(Policy::Fixed, caps, 0);
         s
     }
 
     /// Sets the shadowed fields to `policy`'s starting set: the bitmaps
     /// exit for everything else. The caller pulls before and pushes after
-    /// when shadowing is on.
-    pub fn reset(&mut self, policy: Policy, caps: &VmxCaps) {
+    /// when shadowing is on. `running` (current again afterwards) is only
+    /// needed by `Full`, which tries each field in the shadow VMCS.
+    pub fn reset(&mut self, policy: Policy, caps: &VmxCaps, running: u64) {
         // SAFETY: the two bitmap frames are this struct's.
         unsafe {
             core::ptr::write_bytes(self.read_bitmap as *mut u8, 0xFF, 4096);
@@ -114,10 +118,31 @@ impl Shadow {
         (self.reads, self.writes, self.fields) = (FieldSet::EMPTY, FieldSet::EMPTY, FieldSet::EMPTY);
         self.field_list.clear();
         self.write_list.clear();
-        if policy == Policy::Fixed {
-            let (reads, writes) = field_sets(caps);
-            reads.for_each(|f| self.add(f, false));
-            writes.for_each(|f| self.add(f, true));
+        match policy {
+            Policy::Fixed => {
+                let (reads, writes) = field_sets(caps);
+                reads.for_each(|f| self.add(f, false));
+                writes.for_each(|f| self.add(f, true));
+            }
+            Policy::Full => {
+                // Which fields this CPU's shadow VMCS has: a VMWRITE of each
+                // (its value comes with the caller's push); the ones it
+                // refuses (VMfail 12, SDM 31.3 VMWRITE) keep exiting.
+                // SAFETY: the shadow VMCS is this struct's, `running` L0's.
+                unsafe { insn::vmptrld(self.vmcs) }.expect("VMPTRLD of the shadow VMCS");
+                for &f in nvmx_vmx::field::ALL {
+                    if !self.absent.contains(f) && (read_shadowable(f, self.misc29) || write_shadowable(f)) && insn::vmwrite(f.encoding(), 0).is_err() {
+                        self.absent.insert(f);
+                    }
+                }
+                // SAFETY: as above.
+                unsafe { insn::vmptrld(running) }.expect("VMPTRLD back after the shadow");
+                let (reads, writes) = full_sets(caps);
+                let absent = self.absent;
+                reads.filter(|&f| !absent.contains(f)).for_each(|f| self.add(f, false));
+                writes.filter(|&f| !absent.contains(f)).for_each(|f| self.add(f, true));
+            }
+            Policy::Adaptive => {}
         }
     }
 

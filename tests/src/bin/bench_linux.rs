@@ -1,5 +1,6 @@
 //! `make bench-linux`: the seed thread's table with Debian's KVM as L1.
-//! For each L0 shadowing mode (off, the built-in L1's fixed set, adaptive)
+//! For each L0 shadowing mode (off, the built-in L1's fixed set, adaptive,
+//! full)
 //! boots nvmx on Bochs `corei7_haswell_4770` at 200M instructions per second
 //! with Debian's Linux as the L1 of core 0 (`build/linux/nested.iso`, full
 //! PC), lets it load kvm_intel and run kvmtest (real- and long-mode L2
@@ -45,7 +46,7 @@ fn main() -> Result<()> {
     let model = "corei7_haswell_4770";
     let mut csv = String::from("bench_linux,shadowing,from,reason,name,exits,l0_cycles\n");
     let mut summary = Vec::new();
-    for mode in ["off", "on", "adaptive"] {
+    for mode in ["off", "on", "adaptive", "full"] {
         let mut m = Bochs::new(&format!("bench_linux_{mode}"), model)
             .build_iso("linux/nested.iso")
             .megs(768)
