@@ -223,8 +223,9 @@ fn linux_nested(name: &str, iso: &str, shadow: &str, cpu: usize) -> Result<()> {
             })?;
         }
         let user: u64 = console
-            .split("exits to user ")
-            .nth(1)
+            .lines()
+            .find(|l| l.contains("kvmtest: PASS"))
+            .and_then(|l| l.split("exits to user ").nth(1))
             .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
             .unwrap_or(0);
         let per_user = (l1(23) + l1(25)) as f64 / user.max(1) as f64;
