@@ -1778,9 +1778,16 @@ impl Vcpu {
             F::VM_EXIT_INSTRUCTION_LEN,
             F::VMX_INSTRUCTION_INFO,
             F::GUEST_LINEAR_ADDRESS,
-            F::GUEST_PHYSICAL_ADDRESS,
         ] {
             cur.set_from_vmcs02(f, vmread(f));
+        }
+        // The guest-physical address is written only by EPT violations and
+        // misconfigurations (SDM 28.2.1; undefined otherwise, and the CPU
+        // leaves it): VMCS0-2's after any other exit may be that of an EPT
+        // violation L0 handled itself (a shadow-EPT fill), which L1 must
+        // not see (the fuzz under `shadow full` read it bare ≠ nested).
+        if matches!(reason & 0xFFFF, 48 | 49) {
+            cur.set_from_vmcs02(F::GUEST_PHYSICAL_ADDRESS, vmread(F::GUEST_PHYSICAL_ADDRESS));
         }
         if core::mem::take(&mut self.nested.synthetic) {
             // No exit of L2 happened: nothing was being delivered (SDM 27.2.4).
