@@ -62,7 +62,7 @@ help:
 	@echo "  make bench         Bochs haswell: forum workload bare, then nested with VMCS shadowing off"
 	@echo "                     and on: L0 path lengths in instructions, modelled nested/bare"
 	@echo "                     (BENCH_EXITS, CPUS, BENCH_PAIR = cycles per VM exit/entry pair)"
-	@echo "  make bench-linux   Bochs haswell: Debian's KVM as L1, kvmtest; the seed thread's table, shadowing off / fixed / adaptive"
+	@echo "  make bench-linux   Bochs haswell: Debian's KVM as L1, kvmtest; the seed thread's table, shadowing off / fixed / adaptive / full"
 	@echo "  make plot          charts of build/bench.csv and build/stats.csv (from make bench) as"
 	@echo "                     PNG and SVG under build/ (BENCH_CSV, STATS_CSV, PLOT_DIR)"
 	@echo "  make fuzz          the differential VMX fuzzer: the L1's workload=fuzz bare on Bochs"
@@ -197,7 +197,7 @@ bench: iso
 	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) run -q -p nvmx-tests --bin bench -- $(BENCH_EXITS) $(CPUS) $(BENCH_PAIR)
 
 # The seed thread's table with Debian's KVM as L1 (issue 11): shadowing off,
-# fixed set, adaptive; ~10 min of Bochs; CSV in build/bench-linux.csv.
+# fixed set, adaptive, full; ~15 min of Bochs; CSV in build/bench-linux.csv.
 bench-linux: iso linux
 	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) run -q -p nvmx-tests --bin bench_linux
 
