@@ -259,6 +259,20 @@ impl L1Mem {
     }
 }
 
+impl walk::GuestMemoryAtomic for L1Mem {
+    /// A locked compare-exchange, as the CPU sets EPT flags (SDM 29.3.5):
+    /// another vCPU of L1 may change the entry at the same time.
+    fn compare_exchange_u64(&self, gpa: u64, old: u64, new: u64) -> bool {
+        if gpa % 8 != 0 || gpa.checked_add(8).is_none_or(|e| e > self.size) {
+            return false;
+        }
+        // SAFETY: an aligned quadword inside the L1's memory chunk,
+        // identity mapped in L0; L1 may access it concurrently, hence atomic.
+        let q = unsafe { core::sync::atomic::AtomicU64::from_ptr((self.base + gpa) as *mut u64) };
+        q.compare_exchange(old, new, core::sync::atomic::Ordering::SeqCst, core::sync::atomic::Ordering::SeqCst).is_ok()
+    }
+}
+
 /// EPT0-2: L2 guest-physical → host, the composition of L1's EPT1-2 and
 /// EPT0-1, filled on EPT violations and dropped on INVEPT (KVM's "shadow
 /// EPT"). 4 KiB leaves; the tables come from the frame allocator, at most
@@ -266,13 +280,16 @@ impl L1Mem {
 struct ShadowEpt {
     root: u64,
     pages: vec::Vec<u64>,
+    /// Filled for an EPT1-2 with accessed/dirty flags on (its leaves
+    /// withhold write until L1's dirty flag is set), and run with them on.
+    ad: bool,
 }
 
 const MAX_EPT02_PAGES: usize = 512;
 
 impl ShadowEpt {
     fn new() -> Self {
-        ShadowEpt { root: 0, pages: vec::Vec::new() }
+        ShadowEpt { root: 0, pages: vec::Vec::new(), ad: false }
     }
     fn page(&mut self) -> Option<u64> {
         let p = crate::mm::frames::alloc(1, 1)?;
@@ -283,7 +300,20 @@ impl ShadowEpt {
         if self.root == 0 {
             self.root = self.page()?;
         }
-        Some(self.root | 6 | (3 << 3))
+        Some(self.root | 6 | (3 << 3) | if self.ad { walk::EPTP_AD } else { 0 })
+    }
+    /// EPT0-2 for an EPT1-2 with (`ad`) or without accessed/dirty flags:
+    /// with them, EPT0-2 runs with them too, so that the CPU treats L2's
+    /// paging-structure accesses as writes (SDM 29.3.5) and they fault to
+    /// L0 where EPT1-2's dirty flag is clear, as KVM does for L1's A/D EPT.
+    /// A tree filled in the other mode is dropped (its leaves may grant
+    /// write without a dirty flag).
+    fn set_ad(&mut self, ad: bool) {
+        if ad != self.ad {
+            self.drop_all();
+            let _ = insn::invept(2, 0);
+            self.ad = ad;
+        }
     }
     fn drop_all(&mut self) {
         for p in self.pages.drain(..) {
@@ -1021,7 +1051,8 @@ impl Vcpu {
             (Ok(lo), Ok(hi)) => [lo, hi].map(|gpa| self.l1mem().read_u64(gpa).unwrap_or(u64::MAX)),
             (Err((v, e)), _) | (_, Err((v, e))) => return Emulated::Fault(v, e),
         };
-        if nvmx_vmx::nested::check_invalidation(reason == 50, kind, desc, self.nested.phys_bits).is_err() {
+        let ept_ad = crate::vmx::probe().is_some_and(|c| c.ept_ad());
+        if nvmx_vmx::nested::check_invalidation(reason == 50, kind, desc, self.nested.phys_bits, ept_ad).is_err() {
             return self.fail(28);
         }
         if reason == 50 {
@@ -1309,6 +1340,9 @@ impl Vcpu {
         // EPT0-2: the shadow of EPT1-2 when L1 uses EPT, else L1's own EPT0-1
         // (its root changes when INVEPT drops it).
         let l1_ept = proc2_12 & proc2::ENABLE_EPT != 0;
+        if l1_ept {
+            self.nested.ept02.set_ad(cur.get(F::EPT_POINTER) & walk::EPTP_AD != 0);
+        }
         let eptp02 = if l1_ept { self.nested.ept02.eptp().ok_or("no memory for EPT0-2")? } else { eptp01 };
         if rebuild || eptp02 != self.nested.eptp02 {
             vmwrite(F::VIRTUAL_PROCESSOR_ID, vpid02.into());
@@ -1642,15 +1676,38 @@ impl Vcpu {
         }
         let eptp12 = cur.get(F::EPT_POINTER);
         let access = qualification & 7;
-        match walk::ept_translate(&self.l1mem(), eptp12, gpa2, self.nested.phys_bits) {
-            Ok(t) if t.permissions & access == access => {
+        // With EPT A/D on, EPT0-2 has them on too, so the CPU's bit 1 is
+        // already "a write, or an access to L2's paging structures" (SDM
+        // 29.3.5 table 28-7), the access that sets the dirty flag.
+        let ad = eptp12 & walk::EPTP_AD != 0;
+        let write = qualification & 2 != 0;
+        let mem = self.l1mem();
+        let mut walked = walk::ept_walk(&mem, eptp12, gpa2, self.nested.phys_bits);
+        // L1's flags, set as the CPU does after a walk that succeeds: with a
+        // compare-exchange of the value walked, and the walk again when
+        // another vCPU of L1 changed an entry meanwhile.
+        for _ in 0..8 {
+            match walked {
+                Ok(w) if ad && w.translation.permissions & access == access => {
+                    if walk::ept_set_accessed_dirty(&mem, &w, write).is_ok() {
+                        break;
+                    }
+                    walked = walk::ept_walk(&mem, eptp12, gpa2, self.nested.phys_bits);
+                }
+                _ => break,
+            }
+        }
+        match walked.map(|w| (w.translation, w)) {
+            Ok((t, w)) if t.permissions & access == access => {
                 if t.address >= self.mem_size {
                     // Outside L1's RAM: MMIO on L1's PC (a device of L1's,
                     // else reads all-ones and writes dropped).
                     return self.l2_mmio(t.address, qualification, Some(eptp12));
                 }
                 let hpa = self.mem_base + (t.address & !0xFFF);
-                self.nested.ept02.map(gpa2 & !0xFFF, hpa, t.permissions).ok_or("no memory for EPT0-2")?;
+                // (EPT0-2's mode is `ad` already: prepare_vmcs02 set it.)
+                let perms = walk::ept02_leaf_permissions(&w, ad, write);
+                self.nested.ept02.map(gpa2 & !0xFFF, hpa, perms).ok_or("no memory for EPT0-2")?;
                 let _ = insn::invept(1, vmread(F::EPT_POINTER));
                 // An EPT violation is fault-like: the instruction did not
                 // complete, so no single-step trap of its own is pending.
@@ -1663,7 +1720,7 @@ impl Vcpu {
                 }
                 Ok(true)
             }
-            Ok(t) => self.reflect(reason, (qualification & !0x38) | (t.permissions << 3)).map(|()| false),
+            Ok((t, _)) => self.reflect(reason, (qualification & !0x38) | (t.permissions << 3)).map(|()| false),
             // L1's EPT1-2 is misconfigured there: an EPT misconfiguration
             // exit (49, no qualification; the guest-physical address is
             // reported, SDM 28.2.1 and 29.3.3.1).
