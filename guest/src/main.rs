@@ -16,6 +16,7 @@
 mod boot;
 mod conformance;
 mod console;
+mod eptad;
 mod forum;
 mod fuzz;
 mod irqtest;
