@@ -13,6 +13,7 @@
 #![no_std]
 #![no_main]
 
+mod apicaccess;
 mod boot;
 mod conformance;
 mod console;

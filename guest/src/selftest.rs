@@ -175,6 +175,7 @@ pub fn run(caps: &VmxCaps) {
     l2_checks(&mut t, caps, page(rev));
     crate::irqtest::run(&mut t, caps, page(rev));
     crate::eptad::run(&mut t, caps, page(rev));
+    crate::apicaccess::run(&mut t, caps, page(rev));
     t.check("vmptrld back", Want::Succeed, vmx::try_op("vmptrld", a));
     t.check("vmclear of the current VMCS", Want::Succeed, vmx::try_op("vmclear", a));
     t.check("vmread after it", Want::FailInvalid, vmx::try_vmread(F::GUEST_RIP.encoding()).map(|_| ()));

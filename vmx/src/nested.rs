@@ -24,7 +24,10 @@ pub const L1_PROC: u32 = proc1::INTERRUPT_WINDOW_EXITING | proc1::NMI_WINDOW_EXI
     | proc1::MOV_DR_EXITING | proc1::UNCONDITIONAL_IO_EXITING | proc1::USE_IO_BITMAPS | proc1::USE_MSR_BITMAPS
     | proc1::MONITOR_EXITING | proc1::PAUSE_EXITING | proc1::SECONDARY_CONTROLS | proc1::USE_TPR_SHADOW;
 pub const L1_PROC2: u32 =
-    proc2::ENABLE_EPT | proc2::ENABLE_VPID | proc2::ENABLE_RDTSCP | proc2::UNRESTRICTED_GUEST | proc2::ENABLE_INVPCID;
+    proc2::ENABLE_EPT | proc2::ENABLE_VPID | proc2::ENABLE_RDTSCP | proc2::UNRESTRICTED_GUEST | proc2::ENABLE_INVPCID
+    // APIC-access page (SDM 29.4): run by the CPU on VMCS0-2, with L0's
+    // own page where EPT0-2 maps L1's (kernel/src/l1/nested.rs).
+    | proc2::VIRTUALIZE_APIC_ACCESSES;
 // KVM (6.1 setup_vmcs_config) requires CR8 load/store exiting, save and
 // load debug controls: without them kvm_intel refuses to load (EIO).
 pub const L1_EXIT: u32 = exitc::SAVE_DEBUG_CONTROLS | exitc::HOST_ADDRESS_SPACE_SIZE | exitc::ACK_INTERRUPT_ON_EXIT
@@ -236,6 +239,12 @@ pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64, env:
         }
         if v & proc2::UNRESTRICTED_GUEST != 0 && v & proc2::ENABLE_EPT == 0 {
             return Err("unrestricted guest without EPT");
+        }
+        // SDM 27.2.1.1: with "virtualize APIC accesses", the APIC-access
+        // address 4 KiB aligned within the physical-address width.
+        let apic = get(F::APIC_ACCESS_ADDR);
+        if v & proc2::VIRTUALIZE_APIC_ACCESSES != 0 && (apic & 0xFFF != 0 || beyond(apic)) {
+            return Err("APIC-access address not 4 KiB aligned or too high (SDM 27.2.1.1)");
         }
     }
     Ok(())
@@ -692,6 +701,32 @@ mod tests {
         assert!(c(&without, 0x5000 | 0x5E).is_err(), "bit 6 not offered");
         assert!(c(&with, 0x5000 | 0xDE).is_err(), "bit 7 reserved");
         assert!(eptp_valid(0x5000 | 0x5E, 40, true) && !eptp_valid(0x5000 | 0x5E, 40, false));
+    }
+
+    /// Virtualize APIC accesses: offered where the CPU has it, and the
+    /// APIC-access address checked only with the control set.
+    #[test]
+    fn apic_access_address_checks() {
+        let h = host();
+        let p2 = (l1_vmx_msr(&h, crate::caps::IA32_VMX_PROCBASED_CTLS2).unwrap() >> 32) as u32;
+        assert_ne!(p2 & proc2::VIRTUALIZE_APIC_ACCESSES, 0);
+        let none = VmxCaps { procbased2: 0xFFFE << 32, ..host() };
+        let p2 = (l1_vmx_msr(&none, crate::caps::IA32_VMX_PROCBASED_CTLS2).unwrap() >> 32) as u32;
+        assert_eq!(p2 & proc2::VIRTUALIZE_APIC_ACCESSES, 0, "not offered without the CPU's");
+        let mut v = good();
+        *v.get_mut(&F::CPU_BASED_VM_EXEC_CONTROL).unwrap() |= u64::from(proc1::SECONDARY_CONTROLS);
+        v.insert(F::SECONDARY_VM_EXEC_CONTROL, u64::from(proc2::VIRTUALIZE_APIC_ACCESSES));
+        let c = |apic: u64, v: &HashMap<F, u64>| {
+            let mut v = v.clone();
+            v.insert(F::APIC_ACCESS_ADDR, apic);
+            check_controls(|f| v.get(&f).copied().unwrap_or(0), |m| l1_vmx_msr(&h, m).unwrap_or(0), &ENV)
+        };
+        let bad = Err("APIC-access address not 4 KiB aligned or too high (SDM 27.2.1.1)");
+        assert_eq!(c(0xFEE0_0000, &v), Ok(()));
+        assert_eq!(c(0xFEE0_0800, &v), bad);
+        assert_eq!(c(1 << 40, &v), bad, "beyond a width of 40");
+        v.insert(F::SECONDARY_VM_EXEC_CONTROL, 0);
+        assert_eq!(c(0xFEE0_0800, &v), Ok(()), "not checked without the control");
     }
 
     #[test]

@@ -88,6 +88,11 @@ pub struct Nested {
     spare: Option<Box<[u64]>>,
     /// The EPT pointer VMCS0-2 holds.
     eptp02: u64,
+    /// L0's APIC-access page for VMCS0-2 (0 until L1 first asks for
+    /// "virtualize APIC accesses"): EPT0-2 maps there what EPT1-2 maps to
+    /// vmcs12's APIC-access address, so the CPU sees L2's accesses as APIC
+    /// accesses (SDM 29.4.6.1) wherever L1 put its page, in its RAM or not.
+    apic02: u64,
     /// Field sets computed once per L1.
     sets: Sets,
     /// The exit being reflected is one L0 makes up (an L1 interrupt or NMI
@@ -283,13 +288,16 @@ struct ShadowEpt {
     /// Filled for an EPT1-2 with accessed/dirty flags on (its leaves
     /// withhold write until L1's dirty flag is set), and run with them on.
     ad: bool,
+    /// Filled with vmcs12's APIC-access page (L1-physical) mapped to L0's
+    /// `apic02` wherever EPT1-2 maps it; `None`: no APIC-access page.
+    apic12: Option<u64>,
 }
 
 const MAX_EPT02_PAGES: usize = 512;
 
 impl ShadowEpt {
     fn new() -> Self {
-        ShadowEpt { root: 0, pages: vec::Vec::new(), ad: false }
+        ShadowEpt { root: 0, pages: vec::Vec::new(), ad: false, apic12: None }
     }
     fn page(&mut self) -> Option<u64> {
         let p = crate::mm::frames::alloc(1, 1)?;
@@ -313,6 +321,15 @@ impl ShadowEpt {
             self.drop_all();
             let _ = insn::invept(2, 0);
             self.ad = ad;
+        }
+    }
+    /// EPT0-2 for vmcs12's APIC-access page `apic12`: leaves filled for
+    /// another one (or none) are dropped.
+    fn set_apic12(&mut self, apic12: Option<u64>) {
+        if apic12 != self.apic12 {
+            self.drop_all();
+            let _ = insn::invept(2, 0);
+            self.apic12 = apic12;
         }
     }
     fn drop_all(&mut self) {
@@ -369,6 +386,7 @@ impl Nested {
             exit_sync: None,
             spare: None,
             eptp02: 0,
+            apic02: 0,
             sets: Sets::new(),
             synthetic: false,
             ptimer12: None,
@@ -1342,6 +1360,8 @@ impl Vcpu {
         let l1_ept = proc2_12 & proc2::ENABLE_EPT != 0;
         if l1_ept {
             self.nested.ept02.set_ad(cur.get(F::EPT_POINTER) & walk::EPTP_AD != 0);
+            let apic12 = (proc2_12 & proc2::VIRTUALIZE_APIC_ACCESSES != 0).then(|| cur.get(F::APIC_ACCESS_ADDR) & !0xFFF);
+            self.nested.ept02.set_apic12(apic12);
         }
         let eptp02 = if l1_ept { self.nested.ept02.eptp().ok_or("no memory for EPT0-2")? } else { eptp01 };
         if rebuild || eptp02 != self.nested.eptp02 {
@@ -1387,6 +1407,7 @@ impl Vcpu {
         let proc02 = adj((proc12 & pass1) | cr8 | proc1::UNCONDITIONAL_IO_EXITING | proc1::SECONDARY_CONTROLS, caps.procbased());
         let proc2_02 = adj(
             (proc2_12 & (proc2::ENABLE_VPID | proc2::ENABLE_RDTSCP | proc2::UNRESTRICTED_GUEST | proc2::ENABLE_INVPCID))
+                | (proc2_12 & proc2::VIRTUALIZE_APIC_ACCESSES)
                 | proc2::ENABLE_EPT,
             caps.procbased2(),
         );
@@ -1425,6 +1446,25 @@ impl Vcpu {
             vmwrite(F::VIRTUAL_APIC_PAGE_ADDR, self.mem_base + vapic);
             vmwrite(F::TPR_THRESHOLD, cur.get(F::TPR_THRESHOLD));
         }
+        // Virtualize APIC accesses (SDM 29.4): with EPT1-2, L0's own page
+        // `apic02`, to which EPT0-2 maps every L2 page that EPT1-2 maps to
+        // vmcs12's APIC-access address (`ept02_violation`); without, L2's
+        // physical addresses are L1's and EPT0-1 maps the page in L1's RAM.
+        if proc2_02 & proc2::VIRTUALIZE_APIC_ACCESSES != 0 {
+            let apic12 = cur.get(F::APIC_ACCESS_ADDR);
+            let hpa = if proc2_12 & proc2::ENABLE_EPT != 0 {
+                if self.nested.apic02 == 0 {
+                    self.nested.apic02 = self.nested.owned.alloc(1, 1).ok_or("no memory for the APIC-access page")?;
+                }
+                self.nested.apic02
+            } else if apic12.checked_add(4096).is_some_and(|end| end <= self.mem_size) {
+                self.mem_base + apic12
+            } else {
+                return Err("APIC-access page outside L1's RAM without EPT");
+            };
+            vmwrite(F::APIC_ACCESS_ADDR, hpa);
+        }
+        let cur = self.nested.current.as_ref().expect("checked by the caller");
         for f in [
             F::EXCEPTION_BITMAP,
             F::PAGE_FAULT_ERROR_CODE_MASK,
@@ -1699,6 +1739,15 @@ impl Vcpu {
         }
         match walked.map(|w| (w.translation, w)) {
             Ok((t, w)) if t.permissions & access == access => {
+                if self.nested.ept02.apic12 == Some(t.address & !0xFFF) && self.nested.apic02 != 0 {
+                    // vmcs12's APIC-access page: the CPU's APIC-access
+                    // logic on VMCS0-2 (exit 44, TPR virtualization) sees it
+                    // as L0's page (SDM 29.4.6.1).
+                    let perms = walk::ept02_leaf_permissions(&w, ad, write);
+                    self.nested.ept02.map(gpa2 & !0xFFF, self.nested.apic02, perms).ok_or("no memory for EPT0-2")?;
+                    let _ = insn::invept(1, vmread(F::EPT_POINTER));
+                    return Ok(true);
+                }
                 if t.address >= self.mem_size {
                     // Outside L1's RAM: MMIO on L1's PC (a device of L1's,
                     // else reads all-ones and writes dropped).
