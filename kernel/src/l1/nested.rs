@@ -1726,16 +1726,25 @@ impl Vcpu {
         // L1's flags, set as the CPU does after a walk that succeeds: with a
         // compare-exchange of the value walked, and the walk again when
         // another vCPU of L1 changed an entry meanwhile.
+        let mut flags_set = !ad;
         for _ in 0..8 {
             match walked {
                 Ok(w) if ad && w.translation.permissions & access == access => {
                     if walk::ept_set_accessed_dirty(&mem, &w, write).is_ok() {
+                        flags_set = true;
                         break;
                     }
                     walked = walk::ept_walk(&mem, eptp12, gpa2, self.nested.phys_bits);
                 }
-                _ => break,
+                _ => {
+                    flags_set = true;
+                    break;
+                }
             }
+        }
+        if !flags_set {
+            // L1 keeps changing the entries: map nothing, L2 retries.
+            return Ok(true);
         }
         match walked.map(|w| (w.translation, w)) {
             Ok((t, w)) if t.permissions & access == access => {
