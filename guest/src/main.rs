@@ -13,9 +13,11 @@
 #![no_std]
 #![no_main]
 
+mod apicaccess;
 mod boot;
 mod conformance;
 mod console;
+mod eptad;
 mod forum;
 mod fuzz;
 mod irqtest;

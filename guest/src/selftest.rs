@@ -174,6 +174,8 @@ pub fn run(caps: &VmxCaps) {
     t.check("invvpid all-context", Want::Succeed, vmx::try_invalidate(false, 2, desc));
     l2_checks(&mut t, caps, page(rev));
     crate::irqtest::run(&mut t, caps, page(rev));
+    crate::eptad::run(&mut t, caps, page(rev));
+    crate::apicaccess::run(&mut t, caps, page(rev));
     t.check("vmptrld back", Want::Succeed, vmx::try_op("vmptrld", a));
     t.check("vmclear of the current VMCS", Want::Succeed, vmx::try_op("vmclear", a));
     t.check("vmread after it", Want::FailInvalid, vmx::try_vmread(F::GUEST_RIP.encoding()).map(|_| ()));
@@ -232,8 +234,8 @@ unsafe extern "C" {
     static st_wrmsr: u8;
     static st_vmcall: u8;
     static st_ud2: u8;
-    static st_load: u8;
-    static st_store: u8;
+    pub(crate) static st_load: u8;
+    pub(crate) static st_store: u8;
     static st_cr4_tsd: u8;
     static st_cr4_vmxe: u8;
     static st_cr0_mp: u8;
@@ -261,6 +263,11 @@ pub(crate) struct L2 {
 }
 
 impl L2 {
+    /// An L2 on `ept` that has not run yet; EPT violations at `hole` are
+    /// returned, all others mapped (identity) and the L2 resumed.
+    pub(crate) fn new(ept: Ept, hole: u64) -> Self {
+        L2 { ept, launched: false, hole }
+    }
     /// Runs the L2 at `rip` with RCX/RSI = `rcx`/`rsi` until an exit other
     /// than an EPT violation L1 fills. `None` if VMLAUNCH/VMRESUME failed.
     pub(crate) fn run(&mut self, rip: u64, rcx: u64, rsi: u64) -> Option<L2Exit> {

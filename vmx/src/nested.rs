@@ -24,7 +24,10 @@ pub const L1_PROC: u32 = proc1::INTERRUPT_WINDOW_EXITING | proc1::NMI_WINDOW_EXI
     | proc1::MOV_DR_EXITING | proc1::UNCONDITIONAL_IO_EXITING | proc1::USE_IO_BITMAPS | proc1::USE_MSR_BITMAPS
     | proc1::MONITOR_EXITING | proc1::PAUSE_EXITING | proc1::SECONDARY_CONTROLS | proc1::USE_TPR_SHADOW;
 pub const L1_PROC2: u32 =
-    proc2::ENABLE_EPT | proc2::ENABLE_VPID | proc2::ENABLE_RDTSCP | proc2::UNRESTRICTED_GUEST | proc2::ENABLE_INVPCID;
+    proc2::ENABLE_EPT | proc2::ENABLE_VPID | proc2::ENABLE_RDTSCP | proc2::UNRESTRICTED_GUEST | proc2::ENABLE_INVPCID
+    // APIC-access page (SDM 29.4): run by the CPU on VMCS0-2, with L0's
+    // own page where EPT0-2 maps L1's (kernel/src/l1/nested.rs).
+    | proc2::VIRTUALIZE_APIC_ACCESSES;
 // KVM (6.1 setup_vmcs_config) requires CR8 load/store exiting, save and
 // load debug controls: without them kvm_intel refuses to load (EIO).
 pub const L1_EXIT: u32 = exitc::SAVE_DEBUG_CONTROLS | exitc::HOST_ADDRESS_SPACE_SIZE | exitc::ACK_INTERRUPT_ON_EXIT
@@ -79,9 +82,13 @@ pub fn l1_vmx_msr(host: &VmxCaps, msr: u32) -> Option<u64> {
         IA32_VMX_CR4_FIXED0 => host.cr4_fixed0,
         IA32_VMX_CR4_FIXED1 => host.cr4_fixed1,
         IA32_VMX_VMCS_ENUM => u64::from(crate::field::highest_index()) << 1,
-        // Walk length 4, WB, 2 MiB pages, INVEPT single/all, INVVPID all four types.
+        // Walk length 4, WB, 2 MiB pages, INVEPT single/all, INVVPID all
+        // four types; EPT accessed/dirty flags (bit 21) where the CPU has
+        // them (L0 sets them in EPT1-2 while it fills EPT0-2, and needs
+        // them in EPT0-2 for L2's paging-structure accesses, SDM 29.3.5).
         IA32_VMX_EPT_VPID_CAP => {
             (1 << 6) | (1 << 14) | (1 << 16) | (1 << 20) | (1 << 25) | (1 << 26) | (1 << 32) | (0xF << 40)
+                | (host.ept_vpid & (1 << 21))
         }
         _ => return None,
     })
@@ -223,7 +230,8 @@ pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64, env:
         if v & !((caps >> 32) as u32) != 0 {
             return Err("secondary controls: a bit set that is not allowed");
         }
-        if v & proc2::ENABLE_EPT != 0 && !eptp_valid(get(F::EPT_POINTER), env.phys_bits) {
+        let ad = l1_caps(IA32_VMX_EPT_VPID_CAP) & (1 << 21) != 0;
+        if v & proc2::ENABLE_EPT != 0 && !eptp_valid(get(F::EPT_POINTER), env.phys_bits, ad) {
             return Err("EPT pointer: not WB with walk length 4, or reserved bits set");
         }
         if v & proc2::ENABLE_VPID != 0 && get(F::VIRTUAL_PROCESSOR_ID) == 0 {
@@ -231,6 +239,12 @@ pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64, env:
         }
         if v & proc2::UNRESTRICTED_GUEST != 0 && v & proc2::ENABLE_EPT == 0 {
             return Err("unrestricted guest without EPT");
+        }
+        // SDM 27.2.1.1: with "virtualize APIC accesses", the APIC-access
+        // address 4 KiB aligned within the physical-address width.
+        let apic = get(F::APIC_ACCESS_ADDR);
+        if v & proc2::VIRTUALIZE_APIC_ACCESSES != 0 && (apic & 0xFFF != 0 || beyond(apic)) {
+            return Err("APIC-access address not 4 KiB aligned or too high (SDM 27.2.1.1)");
         }
     }
     Ok(())
@@ -300,11 +314,12 @@ pub fn check_host_state(
     }
 }
 
-/// An EPT pointer nvmx accepts (SDM 25.6.11): WB, walk length 4, no
-/// accessed/dirty flags (not offered), bits 11:7 and above the
-/// physical-address width clear.
-pub fn eptp_valid(eptp: u64, phys_bits: u32) -> bool {
-    eptp & 0xFFF == 0x1E && eptp >> phys_bits == 0
+/// An EPT pointer nvmx accepts (SDM 25.6.11): WB, walk length 4,
+/// accessed/dirty flags (bit 6) only when offered (`ad`, IA32_VMX_EPT_VPID_CAP
+/// bit 21), bits 11:7 and above the physical-address width clear.
+pub fn eptp_valid(eptp: u64, phys_bits: u32, ad: bool) -> bool {
+    let low = eptp & 0xFFF;
+    (low == 0x1E || (ad && low == 0x5E)) && eptp >> phys_bits == 0
 }
 
 /// Bits of IA32_EFER software may set: SCE, LME, LMA, NXE (SDM Vol. 3A 2.2.1).
@@ -333,13 +348,14 @@ pub fn wrmsr_value_faults(msr: u32, value: u64, old: u64, paging: bool) -> bool 
 
 /// The operand checks of INVEPT and INVVPID (SDM 32.3 "INVEPT" and
 /// "INVVPID", each "Operation"), for the types nvmx advertises: `Err(())`
-/// is VMfailValid(28). `desc` is the 128-bit descriptor.
-pub fn check_invalidation(invept: bool, kind: u64, desc: [u64; 2], phys_bits: u32) -> Result<(), ()> {
+/// is VMfailValid(28). `desc` is the 128-bit descriptor; `ept_ad`: EPT
+/// accessed/dirty flags are offered (an EPTP may have bit 6).
+pub fn check_invalidation(invept: bool, kind: u64, desc: [u64; 2], phys_bits: u32, ept_ad: bool) -> Result<(), ()> {
     let canonical = |v: u64| (v as i64) << 16 >> 16 == v as i64;
     if invept {
         // Single-context needs a valid EPTP.
         match kind {
-            1 if eptp_valid(desc[0], phys_bits) => Ok(()),
+            1 if eptp_valid(desc[0], phys_bits, ept_ad) => Ok(()),
             2 => Ok(()),
             _ => Err(()),
         }
@@ -663,6 +679,56 @@ mod tests {
         assert_eq!(l1_vmx_msr(&h, crate::caps::IA32_VMX_VMFUNC), None);
     }
 
+    /// EPT accessed/dirty flags: offered exactly when the CPU has them
+    /// (bit 21), and an EPTP with bit 6 accepted exactly then.
+    #[test]
+    fn ept_ad_offered_with_the_cpu() {
+        use crate::caps::IA32_VMX_EPT_VPID_CAP;
+        let without = host();
+        let with = VmxCaps { ept_vpid: 1 << 21, ..host() };
+        assert_eq!(l1_vmx_msr(&without, IA32_VMX_EPT_VPID_CAP).unwrap() & (1 << 21), 0);
+        assert_ne!(l1_vmx_msr(&with, IA32_VMX_EPT_VPID_CAP).unwrap() & (1 << 21), 0);
+        let mut v = good();
+        *v.get_mut(&F::CPU_BASED_VM_EXEC_CONTROL).unwrap() |= u64::from(proc1::SECONDARY_CONTROLS);
+        v.insert(F::SECONDARY_VM_EXEC_CONTROL, u64::from(proc2::ENABLE_EPT));
+        let c = |h: &VmxCaps, eptp: u64| {
+            let mut v = v.clone();
+            v.insert(F::EPT_POINTER, eptp);
+            check_controls(|f| v.get(&f).copied().unwrap_or(0), |m| l1_vmx_msr(h, m).unwrap_or(0), &ENV)
+        };
+        assert_eq!(c(&with, 0x5000 | 0x1E), Ok(()));
+        assert_eq!(c(&with, 0x5000 | 0x5E), Ok(()));
+        assert!(c(&without, 0x5000 | 0x5E).is_err(), "bit 6 not offered");
+        assert!(c(&with, 0x5000 | 0xDE).is_err(), "bit 7 reserved");
+        assert!(eptp_valid(0x5000 | 0x5E, 40, true) && !eptp_valid(0x5000 | 0x5E, 40, false));
+    }
+
+    /// Virtualize APIC accesses: offered where the CPU has it, and the
+    /// APIC-access address checked only with the control set.
+    #[test]
+    fn apic_access_address_checks() {
+        let h = host();
+        let p2 = (l1_vmx_msr(&h, crate::caps::IA32_VMX_PROCBASED_CTLS2).unwrap() >> 32) as u32;
+        assert_ne!(p2 & proc2::VIRTUALIZE_APIC_ACCESSES, 0);
+        let none = VmxCaps { procbased2: 0xFFFE << 32, ..host() };
+        let p2 = (l1_vmx_msr(&none, crate::caps::IA32_VMX_PROCBASED_CTLS2).unwrap() >> 32) as u32;
+        assert_eq!(p2 & proc2::VIRTUALIZE_APIC_ACCESSES, 0, "not offered without the CPU's");
+        let mut v = good();
+        *v.get_mut(&F::CPU_BASED_VM_EXEC_CONTROL).unwrap() |= u64::from(proc1::SECONDARY_CONTROLS);
+        v.insert(F::SECONDARY_VM_EXEC_CONTROL, u64::from(proc2::VIRTUALIZE_APIC_ACCESSES));
+        let c = |apic: u64, v: &HashMap<F, u64>| {
+            let mut v = v.clone();
+            v.insert(F::APIC_ACCESS_ADDR, apic);
+            check_controls(|f| v.get(&f).copied().unwrap_or(0), |m| l1_vmx_msr(&h, m).unwrap_or(0), &ENV)
+        };
+        let bad = Err("APIC-access address not 4 KiB aligned or too high (SDM 27.2.1.1)");
+        assert_eq!(c(0xFEE0_0000, &v), Ok(()));
+        assert_eq!(c(0xFEE0_0800, &v), bad);
+        assert_eq!(c(1 << 40, &v), bad, "beyond a width of 40");
+        v.insert(F::SECONDARY_VM_EXEC_CONTROL, 0);
+        assert_eq!(c(0xFEE0_0800, &v), Ok(()), "not checked without the control");
+    }
+
     #[test]
     fn each_entry_check_trips_on_its_own() {
         assert_eq!(checks(&good()), (Ok(()), Ok(())));
@@ -780,19 +846,21 @@ mod tests {
 
     #[test]
     fn invept_and_invvpid_operands() {
-        assert_eq!(check_invalidation(true, 1, [0x5000 | 0x1E, 0], 40), Ok(()));
-        assert_eq!(check_invalidation(true, 1, [0x5000 | 0x18, 0], 40), Err(()), "UC is not advertised");
-        assert_eq!(check_invalidation(true, 1, [0x5000 | 0x5E, 0], 40), Err(()), "accessed/dirty flags are not advertised");
-        assert_eq!(check_invalidation(true, 2, [0, 0], 40), Ok(()), "all-context ignores the descriptor");
-        assert_eq!(check_invalidation(true, 3, [0x1E, 0], 40), Err(()));
-        assert_eq!(check_invalidation(false, 0, [5, 0x7FFF_FFFF_F000], 40), Ok(()));
-        assert_eq!(check_invalidation(false, 0, [5, 0x8000_0000_0000], 40), Err(()), "not canonical");
-        assert_eq!(check_invalidation(false, 0, [0, 0], 40), Err(()), "VPID 0");
-        assert_eq!(check_invalidation(false, 1, [0, 0], 40), Err(()));
-        assert_eq!(check_invalidation(false, 3, [0, 0], 40), Err(()));
-        assert_eq!(check_invalidation(false, 2, [0, 0], 40), Ok(()));
-        assert_eq!(check_invalidation(false, 2, [1 << 16, 0], 40), Err(()), "descriptor bits 63:16");
-        assert_eq!(check_invalidation(false, 4, [1, 0], 40), Err(()));
+        assert_eq!(check_invalidation(true, 1, [0x5000 | 0x1E, 0], 40, false), Ok(()));
+        assert_eq!(check_invalidation(true, 1, [0x5000 | 0x18, 0], 40, false), Err(()), "UC is not advertised");
+        assert_eq!(check_invalidation(true, 1, [0x5000 | 0x5E, 0], 40, false), Err(()), "accessed/dirty flags not advertised");
+        assert_eq!(check_invalidation(true, 1, [0x5000 | 0x5E, 0], 40, true), Ok(()), "accessed/dirty flags advertised");
+        assert_eq!(check_invalidation(true, 1, [0x5000 | 0xDE, 0], 40, true), Err(()), "bit 7 stays reserved");
+        assert_eq!(check_invalidation(true, 2, [0, 0], 40, false), Ok(()), "all-context ignores the descriptor");
+        assert_eq!(check_invalidation(true, 3, [0x1E, 0], 40, false), Err(()));
+        assert_eq!(check_invalidation(false, 0, [5, 0x7FFF_FFFF_F000], 40, false), Ok(()));
+        assert_eq!(check_invalidation(false, 0, [5, 0x8000_0000_0000], 40, false), Err(()), "not canonical");
+        assert_eq!(check_invalidation(false, 0, [0, 0], 40, false), Err(()), "VPID 0");
+        assert_eq!(check_invalidation(false, 1, [0, 0], 40, false), Err(()));
+        assert_eq!(check_invalidation(false, 3, [0, 0], 40, false), Err(()));
+        assert_eq!(check_invalidation(false, 2, [0, 0], 40, false), Ok(()));
+        assert_eq!(check_invalidation(false, 2, [1 << 16, 0], 40, false), Err(()), "descriptor bits 63:16");
+        assert_eq!(check_invalidation(false, 4, [1, 0], 40, false), Err(()));
     }
 
     #[test]

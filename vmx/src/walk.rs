@@ -5,7 +5,8 @@
 //!   (SDM Vol. 3A chapter 4: no paging, 32-bit, PAE, 4-level, 5-level), for
 //!   the memory operands of L1's VMX instructions;
 //! * an L2 guest-physical address through L1's EPT1-2 (SDM Vol. 3C 29.3.2),
-//!   to fill the shadow EPT0-2.
+//!   to fill the shadow EPT0-2, and the EPT accessed/dirty flags the CPU
+//!   would set on that walk (29.3.5).
 //!
 //! What the linear walk checks, for a supervisor (CPL 0) data access, the
 //! only kind a VMX instruction makes:
@@ -228,6 +229,32 @@ pub struct EptTranslation {
     pub permissions: u64,
 }
 
+/// An EPT walk that succeeded: its translation and the entries it used,
+/// top level first (`entries[..levels]`, each as (guest-physical address
+/// of the entry, value read)); the last one is the leaf. What setting the
+/// accessed and dirty flags needs (`ept_set_accessed_dirty`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EptWalk {
+    pub translation: EptTranslation,
+    pub entries: [(u64, u64); 4],
+    pub levels: usize,
+}
+
+impl EptWalk {
+    /// The leaf entry's value as the walk read it.
+    pub fn leaf(&self) -> u64 {
+        self.entries[self.levels - 1].1
+    }
+}
+
+/// EPT accessed flag (bit 8) and dirty flag (bit 9, leaves only), SDM
+/// 29.3.5 "Accessed and Dirty Flags for EPT"; meaningful when bit 6 of the
+/// EPT pointer is 1.
+pub const EPT_ACCESSED: u64 = 1 << 8;
+pub const EPT_DIRTY: u64 = 1 << 9;
+/// EPTP bit 6: accessed and dirty flags enabled.
+pub const EPTP_AD: u64 = 1 << 6;
+
 /// Walks the EPT whose pointer is `eptp` for `gpa`. `Err(None)` when an
 /// entry is not present (an EPT violation; the qualification's permission
 /// bits 3-5 are 0 then, SDM 28.2.1 table 28-7); `Err(Some(Reserved))` for an
@@ -237,14 +264,23 @@ pub struct EptTranslation {
 /// of the address), a leaf memory type of 2, 3 or 7, or a 1 GiB page (not
 /// offered).
 pub fn ept_translate(mem: &dyn GuestMemory, eptp: u64, gpa: u64, phys_bits: u32) -> Result<EptTranslation, Option<WalkError>> {
+    ept_walk(mem, eptp, gpa, phys_bits).map(|w| w.translation)
+}
+
+/// `ept_translate`, keeping the entries the walk used.
+pub fn ept_walk(mem: &dyn GuestMemory, eptp: u64, gpa: u64, phys_bits: u32) -> Result<EptWalk, Option<WalkError>> {
     let misconfig = Err(Some(WalkError::Reserved));
     // Bits 51:MAXPHYADDR of an entry (an empty range at a width of 52).
     let above_width = ADDR & !((1u64 << phys_bits.min(52)) - 1);
     let mut table = eptp & ADDR;
     let mut perms = 7;
+    let mut entries = [(0, 0); 4];
     for level in (1..=4).rev() {
         let shift = 12 + 9 * (level - 1);
-        let e = mem.read_u64(table + 8 * ((gpa >> shift) & 511)).ok_or(Some(WalkError::BadTable))?;
+        let at = table + 8 * ((gpa >> shift) & 511);
+        let e = mem.read_u64(at).ok_or(Some(WalkError::BadTable))?;
+        let used = 4 - level as usize;
+        entries[used] = (at, e);
         if e & 7 == 0 {
             return Err(None);
         }
@@ -264,7 +300,8 @@ pub fn ept_translate(mem: &dyn GuestMemory, eptp: u64, gpa: u64, phys_bits: u32)
             if matches!((e >> 3) & 7, 2 | 3 | 7) || (e & ADDR & (page - 1)) != 0 {
                 return misconfig;
             }
-            return Ok(EptTranslation { address: (e & ADDR & !(page - 1)) | (gpa & (page - 1)), permissions: perms });
+            let translation = EptTranslation { address: (e & ADDR & !(page - 1)) | (gpa & (page - 1)), permissions: perms };
+            return Ok(EptWalk { translation, entries, levels: used + 1 });
         }
         if e & 0x78 != 0 {
             return misconfig; // bits 6:3 of a non-leaf entry
@@ -272,6 +309,42 @@ pub fn ept_translate(mem: &dyn GuestMemory, eptp: u64, gpa: u64, phys_bits: u32)
         table = e & ADDR;
     }
     unreachable!("level 1 always returns")
+}
+
+/// Guest-physical memory whose quadwords can be changed atomically, as the
+/// CPU changes paging-structure entries (a locked operation, SDM 29.3.5).
+pub trait GuestMemoryAtomic: GuestMemory {
+    /// Replaces the u64 at `gpa` with `new` if it still holds `old`:
+    /// `false` if it holds something else (or lies outside the memory).
+    fn compare_exchange_u64(&self, gpa: u64, old: u64, new: u64) -> bool;
+}
+
+/// What the CPU does after a successful EPT walk with accessed and dirty
+/// flags enabled (SDM 29.3.5; Bochs' update_ept_access_dirty): the accessed
+/// flag in every entry used, and for a `write` the dirty flag in the leaf
+/// (guest paging-structure accesses count as writes: the caller passes
+/// them as such). Each entry is changed only if it still holds what the walk
+/// read; `Err(())` if one changed meanwhile (another vCPU of L1 edited its
+/// EPT): walk again. Entries that already have their flags are not written.
+pub fn ept_set_accessed_dirty(mem: &dyn GuestMemoryAtomic, walk: &EptWalk, write: bool) -> Result<(), ()> {
+    for (i, &(at, e)) in walk.entries[..walk.levels].iter().enumerate() {
+        let want = if write && i + 1 == walk.levels { EPT_ACCESSED | EPT_DIRTY } else { EPT_ACCESSED };
+        if e & want != want && !mem.compare_exchange_u64(at, e, e | want) {
+            return Err(());
+        }
+    }
+    Ok(())
+}
+
+/// The permissions of EPT0-2's leaf for a page EPT1-2 maps with `walk`
+/// (after `ept_set_accessed_dirty`, for an access that was a write when
+/// `write`): the walk's own, but with accessed/dirty flags on (`ad`) and
+/// the leaf's dirty flag still clear, without write, so that the first
+/// write faults to L0, which sets the flag and grants it (KVM's shadow EPT
+/// does the same with its dirty-bit tracking).
+pub fn ept02_leaf_permissions(walk: &EptWalk, ad: bool, write: bool) -> u64 {
+    let dirty = write || walk.leaf() & EPT_DIRTY != 0;
+    if ad && !dirty { walk.translation.permissions & !2 } else { walk.translation.permissions }
 }
 
 #[cfg(test)]
@@ -608,5 +681,97 @@ mod tests {
         let mut bad = m.clone();
         bad.0.insert(0x4000 + 8 * 0x10, 0x7_7007 | (1 << 38));
         assert!(ept_translate(&bad, 0x1000, 0x10_123, 39).is_ok(), "bit 38 is below a width of 39");
+    }
+
+    /// A memory whose entries the A/D update writes (and a test changes
+    /// behind the walk's back).
+    struct Shared(std::cell::RefCell<HashMap<u64, u64>>);
+    impl GuestMemory for Shared {
+        fn read_u64(&self, gpa: u64) -> Option<u64> {
+            (gpa < 1 << 30).then(|| self.0.borrow().get(&gpa).copied().unwrap_or(0))
+        }
+    }
+    impl GuestMemoryAtomic for Shared {
+        fn compare_exchange_u64(&self, gpa: u64, old: u64, new: u64) -> bool {
+            let mut m = self.0.borrow_mut();
+            let e = m.entry(gpa).or_insert(0);
+            if *e != old {
+                return false;
+            }
+            *e = new;
+            true
+        }
+    }
+    impl Shared {
+        fn get(&self, gpa: u64) -> u64 {
+            self.read_u64(gpa).unwrap()
+        }
+    }
+
+    /// EPT at 0x1000 → 0x2000 → 0x3000 → PT 0x4000; PT[0x10] maps 0x7_7000
+    /// (read/write/execute, WB); PD[1] is a 2 MiB page at 0x60_0000.
+    fn ept_ad_tables() -> Shared {
+        let mut m = HashMap::new();
+        m.insert(0x1000, 0x2007);
+        m.insert(0x2000, 0x3007);
+        m.insert(0x3000, 0x4007);
+        m.insert(0x3008, 0x60_0000 | 0x80 | 7 | (6 << 3));
+        m.insert(0x4000 + 8 * 0x10, 0x7_7000 | 7 | (6 << 3));
+        Shared(std::cell::RefCell::new(m))
+    }
+
+    #[test]
+    fn ept_walk_lists_the_entries_used() {
+        let m = ept_ad_tables();
+        let w = ept_walk(&m, 0x1000 | 0x5E, 0x10_123, 39).unwrap();
+        assert_eq!(w.levels, 4);
+        assert_eq!(w.translation, EptTranslation { address: 0x7_7123, permissions: 7 });
+        assert_eq!(w.entries.map(|e| e.0), [0x1000, 0x2000, 0x3000, 0x4080]);
+        assert_eq!(w.leaf(), 0x7_7037);
+        let w = ept_walk(&m, 0x1000 | 0x5E, 0x20_0456, 39).unwrap();
+        assert_eq!((w.levels, w.translation.address), (3, 0x60_0456), "a 2 MiB leaf is the PDE");
+        assert_eq!(w.entries[2].0, 0x3008);
+    }
+
+    #[test]
+    fn ept_accessed_and_dirty_flags() {
+        let m = ept_ad_tables();
+        let (a, d) = (EPT_ACCESSED, EPT_DIRTY);
+        // A read: A in all four entries, no D anywhere.
+        let w = ept_walk(&m, 0x1000 | 0x5E, 0x10_123, 39).unwrap();
+        assert_eq!(ept_set_accessed_dirty(&m, &w, false), Ok(()));
+        assert_eq!([0x1000, 0x2000, 0x3000, 0x4080].map(|g| m.get(g) & (a | d)), [a, a, a, a]);
+        // EPT0-2 maps it without write while D is clear.
+        assert_eq!(ept02_leaf_permissions(&w, true, false), 5);
+        assert_eq!(ept02_leaf_permissions(&w, false, false), 7, "without A/D nothing is withheld");
+        // The write: D in the leaf only, and write granted.
+        let w = ept_walk(&m, 0x1000 | 0x5E, 0x10_123, 39).unwrap();
+        assert_eq!(ept_set_accessed_dirty(&m, &w, true), Ok(()));
+        assert_eq!([0x1000, 0x2000, 0x3000, 0x4080].map(|g| m.get(g) & (a | d)), [a, a, a, a | d]);
+        assert_eq!(ept02_leaf_permissions(&w, true, true), 7);
+        // Once D is in memory, a read maps it writable too.
+        let w = ept_walk(&m, 0x1000 | 0x5E, 0x10_123, 39).unwrap();
+        assert_eq!(ept02_leaf_permissions(&w, true, false), 7);
+        // A write through the 2 MiB page: D in the PDE, the PML4E/PDPTE only A.
+        let w = ept_walk(&m, 0x1000 | 0x5E, 0x3F_F000, 39).unwrap();
+        assert_eq!(ept_set_accessed_dirty(&m, &w, true), Ok(()));
+        assert_eq!(m.get(0x3008) & (a | d), a | d);
+        assert_eq!(m.get(0x3000) & d, 0, "the other PDE is untouched");
+        // A read-only leaf stays read-only whatever D says.
+        m.0.borrow_mut().insert(0x4000 + 8 * 0x11, 0x7_8000 | 1 | (6 << 3) | d);
+        let w = ept_walk(&m, 0x1000 | 0x5E, 0x11_000, 39).unwrap();
+        assert_eq!(ept02_leaf_permissions(&w, true, false), 1);
+    }
+
+    #[test]
+    fn ept_flags_not_written_over_a_changed_entry() {
+        let m = ept_ad_tables();
+        let w = ept_walk(&m, 0x1000 | 0x5E, 0x10_123, 39).unwrap();
+        // Another vCPU of L1 unmaps the page between the walk and the update.
+        m.0.borrow_mut().insert(0x4080, 0);
+        assert_eq!(ept_set_accessed_dirty(&m, &w, true), Err(()));
+        assert_eq!(m.get(0x4080), 0, "the new value stays");
+        // Walking again sees the hole.
+        assert_eq!(ept_walk(&m, 0x1000 | 0x5E, 0x10_123, 39), Err(None));
     }
 }

@@ -88,6 +88,11 @@ pub struct Nested {
     spare: Option<Box<[u64]>>,
     /// The EPT pointer VMCS0-2 holds.
     eptp02: u64,
+    /// L0's APIC-access page for VMCS0-2 (0 until L1 first asks for
+    /// "virtualize APIC accesses"): EPT0-2 maps there what EPT1-2 maps to
+    /// vmcs12's APIC-access address, so the CPU sees L2's accesses as APIC
+    /// accesses (SDM 29.4.6.1) wherever L1 put its page, in its RAM or not.
+    apic02: u64,
     /// Field sets computed once per L1.
     sets: Sets,
     /// The exit being reflected is one L0 makes up (an L1 interrupt or NMI
@@ -259,6 +264,20 @@ impl L1Mem {
     }
 }
 
+impl walk::GuestMemoryAtomic for L1Mem {
+    /// A locked compare-exchange, as the CPU sets EPT flags (SDM 29.3.5):
+    /// another vCPU of L1 may change the entry at the same time.
+    fn compare_exchange_u64(&self, gpa: u64, old: u64, new: u64) -> bool {
+        if gpa % 8 != 0 || gpa.checked_add(8).is_none_or(|e| e > self.size) {
+            return false;
+        }
+        // SAFETY: an aligned quadword inside the L1's memory chunk,
+        // identity mapped in L0; L1 may access it concurrently, hence atomic.
+        let q = unsafe { core::sync::atomic::AtomicU64::from_ptr((self.base + gpa) as *mut u64) };
+        q.compare_exchange(old, new, core::sync::atomic::Ordering::SeqCst, core::sync::atomic::Ordering::SeqCst).is_ok()
+    }
+}
+
 /// EPT0-2: L2 guest-physical → host, the composition of L1's EPT1-2 and
 /// EPT0-1, filled on EPT violations and dropped on INVEPT (KVM's "shadow
 /// EPT"). 4 KiB leaves; the tables come from the frame allocator, at most
@@ -266,13 +285,19 @@ impl L1Mem {
 struct ShadowEpt {
     root: u64,
     pages: vec::Vec<u64>,
+    /// Filled for an EPT1-2 with accessed/dirty flags on (its leaves
+    /// withhold write until L1's dirty flag is set), and run with them on.
+    ad: bool,
+    /// Filled with vmcs12's APIC-access page (L1-physical) mapped to L0's
+    /// `apic02` wherever EPT1-2 maps it; `None`: no APIC-access page.
+    apic12: Option<u64>,
 }
 
 const MAX_EPT02_PAGES: usize = 512;
 
 impl ShadowEpt {
     fn new() -> Self {
-        ShadowEpt { root: 0, pages: vec::Vec::new() }
+        ShadowEpt { root: 0, pages: vec::Vec::new(), ad: false, apic12: None }
     }
     fn page(&mut self) -> Option<u64> {
         let p = crate::mm::frames::alloc(1, 1)?;
@@ -283,7 +308,29 @@ impl ShadowEpt {
         if self.root == 0 {
             self.root = self.page()?;
         }
-        Some(self.root | 6 | (3 << 3))
+        Some(self.root | 6 | (3 << 3) | if self.ad { walk::EPTP_AD } else { 0 })
+    }
+    /// EPT0-2 for an EPT1-2 with (`ad`) or without accessed/dirty flags:
+    /// with them, EPT0-2 runs with them too, so that the CPU treats L2's
+    /// paging-structure accesses as writes (SDM 29.3.5) and they fault to
+    /// L0 where EPT1-2's dirty flag is clear, as KVM does for L1's A/D EPT.
+    /// A tree filled in the other mode is dropped (its leaves may grant
+    /// write without a dirty flag).
+    fn set_ad(&mut self, ad: bool) {
+        if ad != self.ad {
+            self.drop_all();
+            let _ = insn::invept(2, 0);
+            self.ad = ad;
+        }
+    }
+    /// EPT0-2 for vmcs12's APIC-access page `apic12`: leaves filled for
+    /// another one (or none) are dropped.
+    fn set_apic12(&mut self, apic12: Option<u64>) {
+        if apic12 != self.apic12 {
+            self.drop_all();
+            let _ = insn::invept(2, 0);
+            self.apic12 = apic12;
+        }
     }
     fn drop_all(&mut self) {
         for p in self.pages.drain(..) {
@@ -339,6 +386,7 @@ impl Nested {
             exit_sync: None,
             spare: None,
             eptp02: 0,
+            apic02: 0,
             sets: Sets::new(),
             synthetic: false,
             ptimer12: None,
@@ -1022,7 +1070,8 @@ impl Vcpu {
             (Ok(lo), Ok(hi)) => [lo, hi].map(|gpa| self.l1mem().read_u64(gpa).unwrap_or(u64::MAX)),
             (Err((v, e)), _) | (_, Err((v, e))) => return Emulated::Fault(v, e),
         };
-        if nvmx_vmx::nested::check_invalidation(reason == 50, kind, desc, self.nested.phys_bits).is_err() {
+        let ept_ad = crate::vmx::probe().is_some_and(|c| c.ept_ad());
+        if nvmx_vmx::nested::check_invalidation(reason == 50, kind, desc, self.nested.phys_bits, ept_ad).is_err() {
             return self.fail(28);
         }
         if reason == 50 {
@@ -1310,6 +1359,11 @@ impl Vcpu {
         // EPT0-2: the shadow of EPT1-2 when L1 uses EPT, else L1's own EPT0-1
         // (its root changes when INVEPT drops it).
         let l1_ept = proc2_12 & proc2::ENABLE_EPT != 0;
+        if l1_ept {
+            self.nested.ept02.set_ad(cur.get(F::EPT_POINTER) & walk::EPTP_AD != 0);
+            let apic12 = (proc2_12 & proc2::VIRTUALIZE_APIC_ACCESSES != 0).then(|| cur.get(F::APIC_ACCESS_ADDR) & !0xFFF);
+            self.nested.ept02.set_apic12(apic12);
+        }
         let eptp02 = if l1_ept { self.nested.ept02.eptp().ok_or("no memory for EPT0-2")? } else { eptp01 };
         if rebuild || eptp02 != self.nested.eptp02 {
             vmwrite(F::VIRTUAL_PROCESSOR_ID, vpid02.into());
@@ -1354,6 +1408,7 @@ impl Vcpu {
         let proc02 = adj((proc12 & pass1) | cr8 | proc1::UNCONDITIONAL_IO_EXITING | proc1::SECONDARY_CONTROLS, caps.procbased());
         let proc2_02 = adj(
             (proc2_12 & (proc2::ENABLE_VPID | proc2::ENABLE_RDTSCP | proc2::UNRESTRICTED_GUEST | proc2::ENABLE_INVPCID))
+                | (proc2_12 & proc2::VIRTUALIZE_APIC_ACCESSES)
                 | proc2::ENABLE_EPT,
             caps.procbased2(),
         );
@@ -1392,6 +1447,25 @@ impl Vcpu {
             vmwrite(F::VIRTUAL_APIC_PAGE_ADDR, self.mem_base + vapic);
             vmwrite(F::TPR_THRESHOLD, cur.get(F::TPR_THRESHOLD));
         }
+        // Virtualize APIC accesses (SDM 29.4): with EPT1-2, L0's own page
+        // `apic02`, to which EPT0-2 maps every L2 page that EPT1-2 maps to
+        // vmcs12's APIC-access address (`ept02_violation`); without, L2's
+        // physical addresses are L1's and EPT0-1 maps the page in L1's RAM.
+        if proc2_02 & proc2::VIRTUALIZE_APIC_ACCESSES != 0 {
+            let apic12 = cur.get(F::APIC_ACCESS_ADDR);
+            let hpa = if proc2_12 & proc2::ENABLE_EPT != 0 {
+                if self.nested.apic02 == 0 {
+                    self.nested.apic02 = self.nested.owned.alloc(1, 1).ok_or("no memory for the APIC-access page")?;
+                }
+                self.nested.apic02
+            } else if apic12.checked_add(4096).is_some_and(|end| end <= self.mem_size) {
+                self.mem_base + apic12
+            } else {
+                return Err("APIC-access page outside L1's RAM without EPT");
+            };
+            vmwrite(F::APIC_ACCESS_ADDR, hpa);
+        }
+        let cur = self.nested.current.as_ref().expect("checked by the caller");
         for f in [
             F::EXCEPTION_BITMAP,
             F::PAGE_FAULT_ERROR_CODE_MASK,
@@ -1643,15 +1717,56 @@ impl Vcpu {
         }
         let eptp12 = cur.get(F::EPT_POINTER);
         let access = qualification & 7;
-        match walk::ept_translate(&self.l1mem(), eptp12, gpa2, self.nested.phys_bits) {
-            Ok(t) if t.permissions & access == access => {
+        // With EPT A/D on, EPT0-2 has them on too, so the CPU's bit 1 is
+        // already "a write, or an access to L2's paging structures" (SDM
+        // 29.3.5 table 28-7), the access that sets the dirty flag.
+        let ad = eptp12 & walk::EPTP_AD != 0;
+        let write = qualification & 2 != 0;
+        let mem = self.l1mem();
+        let mut walked = walk::ept_walk(&mem, eptp12, gpa2, self.nested.phys_bits);
+        // L1's flags, set as the CPU does after a walk that succeeds: with a
+        // compare-exchange of the value walked, and the walk again when
+        // another vCPU of L1 changed an entry meanwhile.
+        let mut flags_set = !ad;
+        for _ in 0..8 {
+            match walked {
+                Ok(w) if ad && w.translation.permissions & access == access => {
+                    if walk::ept_set_accessed_dirty(&mem, &w, write).is_ok() {
+                        flags_set = true;
+                        break;
+                    }
+                    walked = walk::ept_walk(&mem, eptp12, gpa2, self.nested.phys_bits);
+                }
+                _ => {
+                    flags_set = true;
+                    break;
+                }
+            }
+        }
+        if !flags_set {
+            // L1 keeps changing the entries: map nothing, L2 retries.
+            return Ok(true);
+        }
+        match walked.map(|w| (w.translation, w)) {
+            Ok((t, w)) if t.permissions & access == access => {
+                if self.nested.ept02.apic12 == Some(t.address & !0xFFF) && self.nested.apic02 != 0 {
+                    // vmcs12's APIC-access page: the CPU's APIC-access
+                    // logic on VMCS0-2 (exit 44, TPR virtualization) sees it
+                    // as L0's page (SDM 29.4.6.1).
+                    let perms = walk::ept02_leaf_permissions(&w, ad, write);
+                    self.nested.ept02.map(gpa2 & !0xFFF, self.nested.apic02, perms).ok_or("no memory for EPT0-2")?;
+                    let _ = insn::invept(1, vmread(F::EPT_POINTER));
+                    return Ok(true);
+                }
                 if t.address >= self.mem_size {
                     // Outside L1's RAM: MMIO on L1's PC (a device of L1's,
                     // else reads all-ones and writes dropped).
                     return self.l2_mmio(t.address, qualification, Some(eptp12));
                 }
                 let hpa = self.mem_base + (t.address & !0xFFF);
-                self.nested.ept02.map(gpa2 & !0xFFF, hpa, t.permissions).ok_or("no memory for EPT0-2")?;
+                // (EPT0-2's mode is `ad` already: prepare_vmcs02 set it.)
+                let perms = walk::ept02_leaf_permissions(&w, ad, write);
+                self.nested.ept02.map(gpa2 & !0xFFF, hpa, perms).ok_or("no memory for EPT0-2")?;
                 let _ = insn::invept(1, vmread(F::EPT_POINTER));
                 // An EPT violation is fault-like: the instruction did not
                 // complete, so no single-step trap of its own is pending.
@@ -1664,7 +1779,7 @@ impl Vcpu {
                 }
                 Ok(true)
             }
-            Ok(t) => self.reflect(reason, (qualification & !0x38) | (t.permissions << 3)).map(|()| false),
+            Ok((t, _)) => self.reflect(reason, (qualification & !0x38) | (t.permissions << 3)).map(|()| false),
             // L1's EPT1-2 is misconfigured there: an EPT misconfiguration
             // exit (49, no qualification; the guest-physical address is
             // reported, SDM 28.2.1 and 29.3.3.1).
