@@ -2,7 +2,7 @@
 //! `nvmx_devices::uart`, part of the L1's platform).
 
 /// Bytes of console output kept per L1 (the newest).
-pub const CONSOLE_BYTES: usize = 16 * 1024;
+pub const CONSOLE_BYTES: usize = 32 * 1024;
 
 /// The newest `CONSOLE_BYTES` bytes an L1 wrote.
 pub struct ConsoleRing {
