@@ -477,7 +477,7 @@ fn read_cr8() -> u64 {
 }
 
 /// `v` in hexadecimal into `buf`.
-fn hex(buf: &mut [u8; 24], v: u64) -> &str {
+pub(crate) fn hex(buf: &mut [u8; 24], v: u64) -> &str {
     let mut w = Buf { buf, n: 0 };
     let _ = write!(w, "{v:#x}");
     let n = w.n;
@@ -485,7 +485,7 @@ fn hex(buf: &mut [u8; 24], v: u64) -> &str {
 }
 
 /// `v` in decimal into `buf`.
-fn dec(buf: &mut [u8; 24], v: u64) -> &str {
+pub(crate) fn dec(buf: &mut [u8; 24], v: u64) -> &str {
     let mut w = Buf { buf, n: 0 };
     let _ = write!(w, "{v}");
     let n = w.n;

@@ -25,6 +25,7 @@ mod paging_check;
 mod platform;
 mod ptimer;
 mod selftest;
+mod shadow12;
 mod vmx;
 
 use core::fmt::Write;

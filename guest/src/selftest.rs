@@ -435,6 +435,7 @@ fn l2_checks(t: &mut Tally, caps: &VmxCaps, vmcs: u64) {
     crate::ptimer::checks(t, caps, &mut l2);
     crate::conformance::with_l2(t, caps, &mut l2);
     crate::conformance::tpr_shadow(t, caps, &mut l2);
+    crate::shadow12::checks(t, caps, &mut l2);
     operand_faults(t, 1 << 39, vmcs);
 
     // VM-entry failures on guest state (SDM 27.3.1, exit reason 33 | bit 31).

@@ -16,4 +16,5 @@ pub mod guest_state;
 pub mod nested;
 pub mod regs;
 pub mod shadow;
+pub mod shadow12;
 pub mod walk;

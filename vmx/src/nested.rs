@@ -23,11 +23,14 @@ pub const L1_PROC: u32 = proc1::INTERRUPT_WINDOW_EXITING | proc1::NMI_WINDOW_EXI
     | proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING | proc1::CR8_LOAD_EXITING | proc1::CR8_STORE_EXITING
     | proc1::MOV_DR_EXITING | proc1::UNCONDITIONAL_IO_EXITING | proc1::USE_IO_BITMAPS | proc1::USE_MSR_BITMAPS
     | proc1::MONITOR_EXITING | proc1::PAUSE_EXITING | proc1::SECONDARY_CONTROLS | proc1::USE_TPR_SHADOW;
-pub const L1_PROC2: u32 =
-    proc2::ENABLE_EPT | proc2::ENABLE_VPID | proc2::ENABLE_RDTSCP | proc2::UNRESTRICTED_GUEST | proc2::ENABLE_INVPCID
+pub const L1_PROC2: u32 = proc2::ENABLE_EPT | proc2::ENABLE_VPID | proc2::ENABLE_RDTSCP | proc2::UNRESTRICTED_GUEST
+    | proc2::ENABLE_INVPCID
     // APIC-access page (SDM 29.4): run by the CPU on VMCS0-2, with L0's
     // own page where EPT0-2 maps L1's (kernel/src/l1/nested.rs).
-    | proc2::VIRTUALIZE_APIC_ACCESSES;
+    | proc2::VIRTUALIZE_APIC_ACCESSES
+    // VMCS shadowing for L1's own L2 (`crate::shadow12`): L0 serves L2's
+    // VMREAD/VMWRITE from the shadow vmcs12, offered where the CPU has it.
+    | proc2::VMCS_SHADOWING;
 // KVM (6.1 setup_vmcs_config) requires CR8 load/store exiting, save and
 // load debug controls: without them kvm_intel refuses to load (EIO).
 pub const L1_EXIT: u32 = exitc::SAVE_DEBUG_CONTROLS | exitc::HOST_ADDRESS_SPACE_SIZE | exitc::ACK_INTERRUPT_ON_EXIT
@@ -246,6 +249,7 @@ pub fn check_controls(get: impl Fn(F) -> u64, l1_caps: impl Fn(u32) -> u64, env:
         if v & proc2::VIRTUALIZE_APIC_ACCESSES != 0 && (apic & 0xFFF != 0 || beyond(apic)) {
             return Err("APIC-access address not 4 KiB aligned or too high (SDM 27.2.1.1)");
         }
+        crate::shadow12::check_bitmaps(&get, env.phys_bits)?;
     }
     Ok(())
 }
@@ -675,7 +679,10 @@ mod tests {
         assert_ne!(basic & (1 << 55), 0, "true controls");
         let p2 = l1_vmx_msr(&h, crate::caps::IA32_VMX_PROCBASED_CTLS2).unwrap() >> 32;
         assert_ne!(p2 as u32 & proc2::ENABLE_EPT, 0);
-        assert_eq!(p2 as u32 & proc2::VMCS_SHADOWING, 0, "shadowing is not offered to L1");
+        assert_ne!(p2 as u32 & proc2::VMCS_SHADOWING, 0, "shadowing is offered where the CPU has it");
+        let ivy = VmxCaps { procbased2: u64::from(0xFFFF & !proc2::VMCS_SHADOWING) << 32, ..h };
+        let p2 = l1_vmx_msr(&ivy, crate::caps::IA32_VMX_PROCBASED_CTLS2).unwrap() >> 32;
+        assert_eq!(p2 as u32 & proc2::VMCS_SHADOWING, 0, "and only there");
         assert_eq!(l1_vmx_msr(&h, crate::caps::IA32_VMX_VMFUNC), None);
     }
 

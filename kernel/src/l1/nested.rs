@@ -145,6 +145,9 @@ struct Vmcs12 {
     checked: Option<Checked>,
     /// Fields changed in the cache since the shadow VMCS last got them.
     unshadowed: FieldSet,
+    /// The region's shadow-VMCS indicator (revision bit 31) was set at
+    /// VMPTRLD: a shadow VMCS, which VM entry refuses (SDM 25.10, 27.1).
+    shadow: bool,
 }
 
 /// What the last passing VM-entry checks saw besides vmcs12's fields.
@@ -156,9 +159,9 @@ struct Checked {
 }
 
 impl Vmcs12 {
-    fn new(gpa: u64, fields: Box<[u64]>, launched: bool) -> Vmcs12 {
+    fn new(gpa: u64, fields: Box<[u64]>, launched: bool, shadow: bool) -> Vmcs12 {
         let all = FieldSet([u64::MAX; 3]);
-        Vmcs12 { gpa, fields, launched, stale02: FieldSet::EMPTY, unchecked: all, checked: None, unshadowed: all }
+        Vmcs12 { gpa, fields, launched, stale02: FieldSet::EMPTY, unchecked: all, checked: None, unshadowed: all, shadow }
     }
     #[inline]
     fn get(&self, f: F) -> u64 {
@@ -909,8 +912,8 @@ impl Vcpu {
     }
 
     /// VMPTRLD: errors 9 (not aligned, or beyond the physical-address
-    /// width), 10 (VMXON pointer), 11 (revision id, bit 31 included: nvmx
-    /// offers L1 no VMCS shadowing, so no shadow VMCS may be loaded; a
+    /// width), 10 (VMXON pointer), 11 (revision id; bit 31, a shadow VMCS,
+    /// only where VMCS shadowing is offered to L1 — SDM 32.3 "VMPTRLD"; a
     /// region outside L1's RAM reads all-ones).
     fn vmptrld(&mut self, info: &InstructionInfo) -> Emulated {
         let ptr = match self.read_operand(info) {
@@ -924,7 +927,8 @@ impl Vcpu {
             return self.fail(10);
         }
         let mem = self.l1mem();
-        if mem.read_u64(ptr).map(|v| v as u32) != Some(VMCS12_REVISION) {
+        let dword = mem.read_u64(ptr).map_or(u32::MAX, |v| v as u32);
+        if !nvmx_vmx::shadow12::vmptrld_revision_ok(dword, VMCS12_REVISION, shadowing_offered()) {
             return self.fail(11);
         }
         if self.nested.current.as_ref().is_some_and(|c| c.gpa == ptr) {
@@ -939,7 +943,8 @@ impl Vcpu {
             }
         }
         let launched = mem.read_u64(ptr + 8).unwrap_or(0) & 1 != 0;
-        self.nested.current = Some(Vmcs12::new(ptr, fields, launched));
+        let shadow = dword & nvmx_vmx::shadow12::SHADOW_INDICATOR != 0;
+        self.nested.current = Some(Vmcs12::new(ptr, fields, launched, shadow));
         // Read from memory: VMCS0-2 may hold an older copy of this region.
         self.nested.vmcs02_holds = None;
         self.succeed()
@@ -1087,6 +1092,11 @@ impl Vcpu {
     /// control checks (7), host-state checks (8); then prepare_vmcs02.
     fn vmlaunch12(&mut self, launch: bool) -> Emulated {
         let Some(cur) = self.nested.current.as_ref() else { return self.fail_invalid() };
+        // SDM 27.1 (25.10): VM entry with a shadow VMCS current fails as
+        // without a current VMCS.
+        if cur.shadow {
+            return self.fail_invalid();
+        }
         // SDM 32.3 "VMLAUNCH/VMRESUME": events blocked by MOV SS come
         // before the launch state (error 26, then 4/5).
         if vmread(F::GUEST_INTERRUPTIBILITY_INFO) & 2 != 0 {
@@ -1111,7 +1121,10 @@ impl Vcpu {
             && cur.unchecked.intersect(self.nested.sets.checked).minus(nvmx_vmx::guest_state::VOLATILE).is_empty();
         let mem = self.l1mem();
         let vmxon = self.nested.vmxon;
-        let link_ok = |p: u64| Some(p) != vmxon && mem.read_u64(p).is_some_and(|v| v as u32 == VMCS12_REVISION);
+        // SDM 27.3.1.5: the link pointer's region holds the revision, with
+        // bit 31 set exactly when vmcs12 has "VMCS shadowing" on.
+        let link_rev = nvmx_vmx::shadow12::link_revision(VMCS12_REVISION, nvmx_vmx::shadow12::shadowing12(|f| cur.get(f)));
+        let link_ok = |p: u64| Some(p) != vmxon && mem.read_u64(p).is_some_and(|v| v as u32 == link_rev);
         let l1_misc = l1_caps(nvmx_vmx::caps::IA32_VMX_MISC);
         // VTPR lives in L1's memory, where L2 changes it without a VMWRITE:
         // this control check runs on every entry (outside RAM: all-ones).
@@ -1673,6 +1686,11 @@ impl Vcpu {
             intr_info: if basic == 0 { vmread(F::VM_EXIT_INTR_INFO) as u32 } else { 0 },
             intr_error: if basic == 0 { vmread(F::VM_EXIT_INTR_ERROR_CODE) as u32 } else { 0 },
         };
+        if matches!(basic, 23 | 25) {
+            if let Some(done) = self.handle_l2_vmread_shadowed(basic == 25) {
+                return done;
+            }
+        }
         // Decided once (L1's bitmaps are in its memory).
         if self.l1_wants_exit(&exit) {
             return self.reflect(reason, qualification).map(|()| false);
@@ -2014,6 +2032,78 @@ impl Vcpu {
     }
 }
 
+
+/// nvmx offers L1 "VMCS shadowing" (secondary bit 14): the CPU has it
+/// (`nvmx_vmx::nested::l1_vmx_msr` intersects with the CPU's allowed-1).
+fn shadowing_offered() -> bool {
+    crate::vmx::probe()
+        .and_then(|host| nvmx_vmx::nested::l1_vmx_msr(host, nvmx_vmx::caps::IA32_VMX_PROCBASED_CTLS2))
+        .is_some_and(|m| (m >> 32) as u32 & proc2::VMCS_SHADOWING != 0)
+}
+
+impl Vcpu {
+    /// An L2 VMREAD/VMWRITE (exit 23/25; VMCS0-2 is current and never
+    /// shadows) when vmcs12 has "VMCS shadowing" on: what the CPU does in
+    /// VMX non-root operation (SDM 32.3, `nvmx_vmx::shadow12`) — the
+    /// instruction on the shadow vmcs12 the link pointer names (L1 memory
+    /// in nvmx's format; it is not the current vmcs12, whose cache L0
+    /// keeps, as VM entry checked it is a shadow VMCS and the current one
+    /// is not), VMfail, or #GP(0), with L2's RFLAGS and RIP as after the
+    /// instruction. `None`: L1's exit to reflect (vmcs12's bitmaps or
+    /// shadowing off), and for now a memory operand (L2's page walk through
+    /// EPT1-2 is not emulated: the exit goes to L1, README "limits").
+    #[inline(never)]
+    fn handle_l2_vmread_shadowed(&mut self, write: bool) -> Option<Result<bool, alloc::string::String>> {
+        let cur = self.nested.current.as_ref()?;
+        if !nvmx_vmx::shadow12::shadowing12(|f| cur.get(f)) {
+            return None;
+        }
+        let info = InstructionInfo::decode(vmread(F::VMX_INSTRUCTION_INFO) as u32);
+        // VMCS0-2 is current: these are L2's mode, CPL and registers.
+        let insn = nvmx_vmx::shadow12::L2Insn {
+            write,
+            field_operand: self.gpr(info.reg2),
+            long64: self.l1_long64(),
+            cpl: ((vmread(F::GUEST_CS_AR_BYTES) >> 5) & 3) as u8,
+        };
+        let mem = self.l1mem();
+        // A bitmap outside L1's RAM reads all-ones: every bit set.
+        let bit = |map: u64, n: u64| mem.read_u64(map + (n / 64) * 8).is_none_or(|w| w & (1 << (n % 64)) != 0);
+        let vmwrite_any = crate::vmx::probe().is_some_and(|c| c.misc & (1 << 29) != 0);
+        let decision = nvmx_vmx::shadow12::l2_vmread_vmwrite(&insn, |f| cur.get(f), bit, vmwrite_any);
+        use nvmx_vmx::shadow12::L2Access;
+        if decision == L2Access::ExitToL1 || !info.is_register {
+            return None;
+        }
+        let link = cur.get(F::VMCS_LINK_POINTER);
+        self.nested.note = None;
+        match decision {
+            L2Access::ExitToL1 => return None,
+            L2Access::GeneralProtection => return Some(self.l2_exception(13, Some(0))),
+            L2Access::FailInvalid => {
+                self.fail_invalid();
+            }
+            L2Access::Fail(error) => {
+                self.fail(error);
+            }
+            L2Access::Shadow(f, access) => {
+                let at = link + FIELDS_OFFSET + 8 * f.index() as u64;
+                // Outside L1's RAM: reads all-ones, writes dropped (a PC).
+                let raw = mem.read_u64(at).unwrap_or(u64::MAX);
+                if write {
+                    let value = self.gpr_operand(info.reg1);
+                    mem.write_u64(at, nvmx_vmx::shadow12::written_value(f, access, raw, value));
+                } else {
+                    let value = nvmx_vmx::shadow12::read_value(f, access, raw);
+                    self.set_gpr(info.reg1, if insn.long64 { value } else { value & 0xFFFF_FFFF });
+                }
+                self.succeed();
+            }
+        }
+        vmwrite(F::GUEST_RIP, vmread(F::GUEST_RIP) + vmread(F::VM_EXIT_INSTRUCTION_LEN));
+        Some(Ok(true))
+    }
+}
 
 impl Vcpu {
     /// `vmcs 01|12|02` on this core: VMCS0-1 and VMCS0-2 read with VMREAD

@@ -187,6 +187,8 @@ fn linux_nested(name: &str, iso: &str, shadow: &str, cpu: usize) -> Result<()> {
         ("nested", "Y"),
         ("eptad", bare_value("eptad")),
         ("flexpriority", bare_value("flexpriority")),
+        // VMCS shadowing is offered to L1 where the CPU has it: as bare.
+        ("enable_shadow_vmcs", bare_value("enable_shadow_vmcs")),
     ] {
         let want = format!("init: kvm_intel {k}={v}");
         m.check(console.contains(&want), || format!("nested: no `{want}`:\n{console}"))?;
