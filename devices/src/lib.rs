@@ -122,6 +122,9 @@ pub struct Config {
     /// MAXPHYADDR as the L1's CPUID.80000008H reports it: IA32_APIC_BASE
     /// bits at and above it are reserved (#GP).
     pub phys_addr_bits: u8,
+    /// Processors of the L1 (local APIC IDs 0..cpus in the MADT); 1 unless
+    /// the L1 spans cores (`l1vcpus=2`).
+    pub cpus: u8,
 }
 
 impl Config {
@@ -139,6 +142,7 @@ impl Config {
             x2apic: true,
             pci_host_bridge: true,
             phys_addr_bits: 36,
+            cpus: 1,
         }
     }
 }
@@ -654,6 +658,42 @@ impl Platform {
         }
     }
 
+    /// This CPU's local APIC ID and whether it is the BSP (a multi-CPU L1).
+    pub fn set_apic_id(&mut self, id: u8, bsp: bool) {
+        self.lapic.set_id(id, bsp);
+    }
+
+    /// An IPI the L1 sent to other CPUs through its ICR, if any.
+    pub fn take_ipi(&mut self) -> Option<lapic::Ipi> {
+        self.lapic.take_ipi()
+    }
+
+    /// Whether an IPI with this destination reaches this CPU's local APIC
+    /// (SDM 11.6.2; shorthands are the sender's to resolve).
+    pub fn ipi_reaches(&self, dest: u32, logical: bool) -> bool {
+        self.cfg.lapic && self.lapic.matches_destination(dest, logical)
+    }
+
+    /// A fixed IPI from another CPU arrives (edge triggered).
+    pub fn accept_ipi(&mut self, vector: u8) {
+        if self.cfg.lapic {
+            self.lapic.accept_fixed(vector, false);
+        }
+    }
+
+    /// An NMI IPI from another CPU arrives.
+    pub fn accept_nmi_ipi(&mut self) {
+        if self.cfg.lapic {
+            self.lapic.accept_nmi();
+        }
+    }
+
+    /// INIT from another CPU: the local APIC's registers reset (the CPU
+    /// itself waits for SIPI, the glue's part).
+    pub fn init_received(&mut self) {
+        self.lapic.init_received();
+    }
+
     /// CR8 as the L1 reads it (TPR bits 7:4, SDM 11.8.6.1).
     pub fn cr8(&self) -> u64 {
         (self.lapic.tpr() >> 4) as u64
@@ -689,7 +729,7 @@ impl Platform {
     /// (64-byte aligned, below 4 GiB; the BIOS area 0xE0000-0xFFFFF makes
     /// the RSDP findable by the standard scan).
     pub fn acpi_tables(&self, base_gpa: u64) -> acpi::AcpiTables {
-        acpi::build(base_gpa, &acpi::AcpiConfig { ioapic: self.cfg.ioapic, ..Default::default() })
+        acpi::build(base_gpa, &acpi::AcpiConfig { ioapic: self.cfg.ioapic, cpus: self.cfg.cpus, ..Default::default() })
     }
 }
 
