@@ -17,6 +17,8 @@ KERNEL_ELF  := $(PROFILE_DIR)/nvmx
 L1_ELF      := $(PROFILE_DIR)/nvmx-l1
 L1_ISO      := build/l1-bare.iso
 L1_ARGS     ?= workload=forum
+# Rounds of the race workload in the bare ISO build/l1-race.iso (the system tests run the same count nested).
+RACE_ROUNDS ?= 300
 # An external L1 for build/nvmx.iso: any Multiboot2 ELF64 kernel (a hypervisor
 # of your own); empty = nvmx's built-in L1.
 L1_MODULE      ?=
@@ -121,6 +123,8 @@ iso: deps kernel
 	@grub/mkiso.sh $(L1_ELF) build/l1-selftest.iso workload=selftest
 	@grub/mkiso.sh $(L1_ELF) build/l1-fuzz.iso workload=fuzz seed=1 exits=6000
 	@grub/mkiso.sh $(L1_ELF) build/l1-platform.iso workload=platform
+	@grub/mkiso.sh $(L1_ELF) build/l1-race.iso workload=race exits=$(RACE_ROUNDS)
+	@grub/mkiso.sh $(KERNEL_ELF) build/nvmx-race.iso $(CMDLINE) l1vcpus=2 l1args0=workload=echo
 	@L1_MODULE=$(KERNEL_ELF) L1_MODULE_ARGS="$(TURTLES_INNER)" L1_MODULE_1=$(L1_ELF) \
 	  L1_MODULE_1_ARGS="$(TURTLES_L2_ARGS)" grub/mkiso.sh $(KERNEL_ELF) $(TURTLES_ISO) $(TURTLES_CMDLINE)
 

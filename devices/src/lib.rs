@@ -663,6 +663,11 @@ impl Platform {
         self.lapic.set_id(id, bsp);
     }
 
+    /// The local APIC's mode (`None`: no LAPIC).
+    pub fn apic_mode(&self) -> Option<lapic::ApicMode> {
+        self.cfg.lapic.then(|| self.lapic.mode())
+    }
+
     /// An IPI the L1 sent to other CPUs through its ICR, if any.
     pub fn take_ipi(&mut self) -> Option<lapic::Ipi> {
         self.lapic.take_ipi()

@@ -6,8 +6,8 @@
 //! nvmx's nested VMX is checked. Its console is COM1, driven by raw port I/O
 //! (under nvmx that COM1 is a virtual 16550).
 //!
-//! Arguments (the Multiboot command line): `workload=forum|selftest|platform|echo|fuzz|plain`,
-//! `exits=N` (0 = run forever; fuzz: operations), `seed=N` (fuzz),
+//! Arguments (the Multiboot command line): `workload=forum|selftest|platform|echo|fuzz|race|plain`,
+//! `exits=N` (0 = run forever; fuzz: operations; race: rounds), `seed=N` (fuzz),
 //! `crash=triple|memory`, `novmx`.
 
 #![no_std]
@@ -22,6 +22,7 @@ mod irqtest;
 mod paging_check;
 mod platform;
 mod ptimer;
+mod race;
 mod selftest;
 mod vmx;
 
@@ -164,6 +165,7 @@ extern "C" fn l1_main(magic: u32, mbi: u32) -> ! {
         ("forum", Ok(caps)) => forum::run(&caps, &args),
         ("selftest", Ok(caps)) => selftest::run(&caps),
         ("fuzz", Ok(caps)) => fuzz::run(&caps, args.seed, args.exits, args.show),
+        ("race", Ok(caps)) => race::run(&caps, args.exits),
         (_, Err(reason)) => {
             let _ = writeln!(out, "l1: no VMX: {reason}");
             plain(&args);

@@ -359,6 +359,11 @@ impl Nested {
     pub fn vmcs02(&self) -> u64 {
         self.vmcs02
     }
+
+    /// L1 is in VMX operation (after VMXON, before VMXOFF).
+    pub fn in_vmx_operation(&self) -> bool {
+        self.vmxon.is_some()
+    }
 }
 
 impl Drop for Nested {

@@ -1,0 +1,116 @@
+//! Racing vCPUs on one VMCS1-2 (issue 12, item 3): the built-in L1's
+//! `workload=race` on a two-vCPU L1 (`l1vcpus=2`, cores 0 and 1 of Bochs)
+//! and bare on Bochs SMP. The AP rewrites the BSP's VM-entry MSR-load list,
+//! MSR bitmap and EPT1-2 leaf while the BSP runs VMCLEAR/VMPTRLD/INVEPT/
+//! VMLAUNCH/VMRESUME; every outcome must be one the SDM allows for a value
+//! the AP wrote (`guest/src/race.rs` classifies them), the AP must really have
+//! raced (its writes, at least two outcome classes), nvmx must stop no L1 and
+//! `integrity` must find L0 unharmed.
+
+use crate::common::BOCHS;
+use nvmx_tests::{Bochs, Machine, Result};
+use std::time::Duration;
+
+/// Rounds of the race: the Makefile's RACE_ROUNDS (build/l1-race.iso).
+const ROUNDS: u64 = 300;
+
+/// The race lines of a console or transcript (from the workload's first line
+/// to `l1: done`), trimmed.
+fn race_lines(text: &str) -> Vec<String> {
+    let lines: Vec<String> = text.lines().map(|l| l.trim().to_string()).filter(|l| l.starts_with("l1: ")).collect();
+    let start = lines.iter().position(|l| l.starts_with("l1: race workload")).unwrap_or(lines.len());
+    let end = lines.iter().position(|l| l == "l1: done").map_or(lines.len(), |e| e + 1);
+    lines[start..end.max(start)].to_vec()
+}
+
+/// The allowed-outcome check, the same bare and nested: the summary says no
+/// disallowed outcome in `ROUNDS` rounds, at least two allowed classes were
+/// seen, the AP stopped and wrote something; returns the outcome lines.
+fn allowed_outcomes(m: &Machine, lines: &[String], what: &str) -> Result<Vec<String>> {
+    let all = lines.join("\n");
+    m.check(lines.iter().any(|l| l.starts_with("l1: race: AP up")), || format!("{what}: the AP did not come up:\n{all}"))?;
+    let writes: u64 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("l1: race ap stopped=yes writes="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    m.check(writes > 0, || format!("{what}: the AP did not race (no writes, or it did not stop):\n{all}"))?;
+    let summary = lines.iter().find(|l| l.starts_with("l1: race summary ")).cloned().unwrap_or_default();
+    let classes: u64 = summary.split_whitespace().find_map(|w| w.strip_prefix("classes=")).and_then(|n| n.parse().ok()).unwrap_or(0);
+    m.check(
+        summary.starts_with(&format!("l1: race summary rounds={ROUNDS} ")) && summary.ends_with(" disallowed=0") && classes >= 2,
+        || format!("{what}: outcomes not all allowed, or fewer than 2 classes:\n{all}"),
+    )?;
+    m.check(!lines.iter().any(|l| l.contains("disallowed:")), || format!("{what}: a disallowed outcome:\n{all}"))?;
+    println!("{what}: AP writes {writes}, {summary}");
+    let outcomes: Vec<String> = lines.iter().filter(|l| l.starts_with("l1: race outcome ")).cloned().collect();
+    for o in &outcomes {
+        println!("{what}: {o}");
+    }
+    Ok(outcomes)
+}
+
+fn race(name: &str, model: &str) -> Result<()> {
+    // Bare on Bochs SMP: the same workload on the real (emulated) APICs.
+    {
+        let mut b = Bochs::new(&format!("{name}_bare"), model)
+            .build_iso("l1-race.iso")
+            .cpus(2)
+            .hard_limit(Duration::from_secs(120))
+            .start()?;
+        b.expect("l1: done", Duration::from_secs(100))?;
+        let lines = race_lines(&b.serial().transcript());
+        allowed_outcomes(&b, &lines, "bare")?;
+    }
+    let t = BOCHS;
+    let mut m = Bochs::new(name, model).build_iso("nvmx-race.iso").cpus(2).hard_limit(Duration::from_secs(240)).start()?;
+    m.boot_to_prompt(t.boot)?;
+    // The two-vCPU L1 as booted (echo on vCPU 0, vCPU 1 parked for SIPI).
+    let l1 = m.command("l1 1", t.command)?;
+    m.check(l1.contains("vCPU 1 of 2 of cpu 0's L1, APIC ID 1; waiting for SIPI"), || format!("`l1 1` on a two-vCPU L1:\n{l1}"))?;
+    m.command("l1 stop 0", t.command)?;
+    let snap = m.command("integrity snap", Duration::from_secs(60))?;
+    m.check(snap.contains("integrity: snapshot of 4 items kept"), || format!("`integrity snap` (L0 and two host states):\n{snap}"))?;
+    m.command(&format!("l1 start 0 workload=race exits={ROUNDS}"), t.command)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(150);
+    let console = loop {
+        std::thread::sleep(Duration::from_secs(2));
+        let console = m.command("console 0", t.command)?;
+        let state = m.command("l1", t.command)?;
+        m.check(!state.contains("stopped"), || format!("nvmx stopped a vCPU of the race L1:\n{state}\n{console}"))?;
+        if console.contains("l1: done") && state.contains("cpu 0: exited (code 0)") && state.contains("cpu 1: exited (code 0)") {
+            break console;
+        }
+        m.check(std::time::Instant::now() < deadline, || format!("the race L1 did not end:\n{state}\n{console}"))?;
+    };
+    let lines = race_lines(&console);
+    allowed_outcomes(&m, &lines, "nested")?;
+    let l1 = m.command("l1 1", t.command)?;
+    m.check(l1.contains("vCPU 1 of 2 of cpu 0's L1, APIC ID 1; started"), || format!("`l1 1` after the race:\n{l1}"))?;
+    let ipis: u64 = l1
+        .split("; ")
+        .find_map(|p| p.strip_suffix(" IPIs received from the other vCPU"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    // INIT, SIPI (one or two), start, stop.
+    m.check(ipis >= 4, || format!("vCPU 1 received {ipis} IPIs, expected INIT, SIPI, start and stop:\n{l1}"))?;
+    // L0 unharmed; the race L1's RAM is new (quiescent now), measured twice
+    // to show the AP wrote no more once it ended.
+    let check = m.command("integrity check", Duration::from_secs(60))?;
+    m.check(check.contains("integrity: unharmed: 4 of 4 items equal (2 new)"), || format!("`integrity check` after the race:\n{check}"))?;
+    m.command("integrity snap", Duration::from_secs(60))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let check = m.command("integrity check", Duration::from_secs(60))?;
+    m.check(check.contains("integrity: unharmed: 6 of 6 items equal"), || format!("`integrity check` of the ended race L1:\n{check}"))?;
+    crate::common::poweroff(&mut m, t)
+}
+
+#[test]
+fn bochs_race_haswell_2cpu() -> Result<()> {
+    race("bochs_race_haswell_2cpu", "corei7_haswell_4770")
+}
+
+#[test]
+fn bochs_race_ivy_2cpu() -> Result<()> {
+    race("bochs_race_ivy_2cpu", "corei7_ivy_bridge_3770k")
+}
