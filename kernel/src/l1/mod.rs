@@ -285,11 +285,16 @@ impl Vcpu {
                 let _ = insn::vmptrld(running);
             }
         }
-        let mut items = alloc::vec![Item {
-            name: alloc::format!("cpu {cpu} VMCS0-1 host state"),
-            hash: h.finish(),
-            detail: alloc::format!("{n} fields, read on cpu {cpu}"),
-        }];
+        // A VMCS0-1 never entered (vCPU 1 of a two-vCPU L1 parked for SIPI)
+        // has no HOST_RSP yet (the entry stub writes it): nothing to compare.
+        let mut items = alloc::vec::Vec::new();
+        if self.launched {
+            items.push(Item {
+                name: alloc::format!("cpu {cpu} VMCS0-1 host state"),
+                hash: h.finish(),
+                detail: alloc::format!("{n} fields, read on cpu {cpu}"),
+            });
+        }
         if L1S[cpu].state.lock().is_quiescent() {
             // SAFETY: the L1's own RAM chunk, identity mapped and owned by this
             // vCPU; the L1 is quiescent, so nothing writes it while it is read.
@@ -941,6 +946,7 @@ impl Vcpu {
         if let (Some(vector), true, true) = (arrived.sipi, self.wait_sipi, self.got_init) {
             self.start_at_sipi(vector);
         }
+        smp::inbox(me).parked.store(self.wait_sipi, Ordering::Relaxed);
     }
 
     /// The state a start-up IPI gives an AP (SDM 10.4.4.1, 11.6.1; reset

@@ -456,17 +456,6 @@ impl Vcpu {
             if self.platform.halted { "in HLT (waiting for an interrupt)" } else { "active" },
         );
         let _ = writeln!(s, "cpu {}: devices: {}", self.cpu, pc.summary());
-        if let Some(i) = self.vcpu_index {
-            let _ = writeln!(
-                s,
-                "cpu {}: vCPU {i} of {} of cpu 0's L1, APIC ID {}; {}; {} IPIs received from the other vCPU",
-                self.cpu,
-                super::smp::vcpus(),
-                self.platform.pc.lapic.id(),
-                if self.wait_sipi { "waiting for SIPI" } else { "started" },
-                super::smp::inbox(i).received.load(core::sync::atomic::Ordering::Relaxed),
-            );
-        }
         s
     }
 }

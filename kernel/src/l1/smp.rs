@@ -108,6 +108,8 @@ pub struct Inbox {
     sipi: AtomicU32,
     /// IPIs delivered to this vCPU (`l1 <cpu>`).
     pub received: AtomicU64,
+    /// The vCPU waits for SIPI (`l1 <cpu>`).
+    pub parked: AtomicBool,
 }
 
 impl Inbox {
@@ -118,6 +120,7 @@ impl Inbox {
             init: AtomicBool::new(false),
             sipi: AtomicU32::new(0),
             received: AtomicU64::new(0),
+            parked: AtomicBool::new(false),
         }
     }
     fn clear(&self) {
@@ -210,4 +213,16 @@ pub fn drain(vcpu: usize, pc: &mut nvmx_devices::Platform) -> Arrived {
     let init = inbox.init.swap(false, Ordering::AcqRel);
     let sipi = inbox.sipi.swap(0, Ordering::AcqRel);
     Arrived { init, sipi: (sipi & 0x100 != 0).then_some(sipi as u8) }
+}
+
+/// The `l1 <cpu>` line of a vCPU of the two-vCPU L1, readable from any core.
+pub fn describe(cpu: usize) -> Option<alloc::string::String> {
+    let i = vcpu_index(cpu)?;
+    let inbox = &INBOX[i];
+    Some(alloc::format!(
+        "cpu {cpu}: vCPU {i} of {} of cpu 0's L1, APIC ID {i}; {}; {} IPIs received from the other vCPU",
+        vcpus(),
+        if inbox.parked.load(Ordering::Relaxed) { "waiting for SIPI" } else { "started" },
+        inbox.received.load(Ordering::Relaxed),
+    ))
 }
