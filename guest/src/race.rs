@@ -4,13 +4,17 @@
 //! a tight loop, what the BSP's next entry reads — the value of the VM-entry
 //! MSR-load list's one entry (IA32_SYSENTER_EIP: a canonical value, or a
 //! non-canonical one an entry must refuse, SDM 27.4), the MSR bitmap's read
-//! bit for that MSR, and the EPT1-2 leaf of L2's code page (valid, or
+//! bit for that MSR, the I/O bitmap's bit for port 0x80, the revision
+//! identifier of the region the VMCS link pointer names (right, or wrong:
+//! SDM 27.3.1.5) and the EPT1-2 leaf of L2's code page (valid, or
 //! write-only = misconfigured, SDM 29.3.3.1) — while the BSP runs VMCLEAR,
-//! VMPTRLD, INVEPT, VMLAUNCH and VMRESUME in a loop. L2 reads the MSR and
-//! executes VMCALL.
+//! VMPTRLD, INVEPT, VMLAUNCH and VMRESUME in a loop. L2 writes port 0x80,
+//! reads the MSR and executes VMCALL.
 //!
 //! Every outcome is classified; the allowed ones are what the SDM gives for
 //! one of the values the AP wrote at the time:
+//! - entry failure 33 with qualification 4 (the link region's revision was wrong),
+//! - exit 30 (OUT to port 0x80; its I/O bitmap bit was set),
 //! - entry failure 34 (MSR loading) with qualification 1 (the bad value),
 //! - exit 31 (RDMSR of 0x176; the bitmap bit was set), guest SYSENTER_EIP good,
 //! - exit 18 (VMCALL; the bit was clear) with L2 having read the good value,
@@ -106,10 +110,13 @@ race_tramp_rsp: .quad 0
 race_tramp_entry: .quad 0
 race_tramp_end:
 
-    /* L2: read the MSR the list loaded, report with VMCALL; alone on its page. */
+    /* L2: write POST port 0x80, read the MSR the list loaded, report with
+       VMCALL; alone on its page. */
     .balign 4096
     .global race_l2_entry
 race_l2_entry:
+    xor %eax, %eax
+    outb %al, $0x80
     mov $0x176, %ecx
     rdmsr
     vmcall
@@ -133,12 +140,19 @@ struct Page([u8; 4096]);
 static mut AP_STACK: [Page; 4] = [const { Page([0; 4096]) }; 4];
 static mut MSR_LIST: Page = Page([0; 4096]);
 static mut MSR_BITMAP: Page = Page([0; 4096]);
+static mut IO_BITMAP_A: Page = Page([0; 4096]);
+static mut IO_BITMAP_B: Page = Page([0; 4096]);
+/// The VMCS link pointer's target: its revision identifier raced.
+static mut LINK: Page = Page([0; 4096]);
 
 /// What the AP races on: host-physical = L1-physical addresses (identity).
 static T_LIST_VALUE: AtomicU64 = AtomicU64::new(0);
 static T_BITMAP_BYTE: AtomicU64 = AtomicU64::new(0);
 static T_EPT_LEAF: AtomicU64 = AtomicU64::new(0);
 static T_LEAF_GOOD: AtomicU64 = AtomicU64::new(0);
+static T_IO_BYTE: AtomicU64 = AtomicU64::new(0);
+static T_LINK_REV: AtomicU64 = AtomicU64::new(0);
+static REVISION: AtomicU64 = AtomicU64::new(0);
 /// The AP's writes (set when it stops).
 static AP_WRITES: AtomicU64 = AtomicU64::new(0);
 
@@ -189,6 +203,9 @@ extern "C" fn race_ap_main() -> ! {
     let byte = T_BITMAP_BYTE.load(Ordering::Relaxed) as *mut u8;
     let leaf = T_EPT_LEAF.load(Ordering::Relaxed) as *mut u64;
     let good = T_LEAF_GOOD.load(Ordering::Relaxed);
+    let io = T_IO_BYTE.load(Ordering::Relaxed) as *mut u8;
+    let link = T_LINK_REV.load(Ordering::Relaxed) as *mut u32;
+    let revision = REVISION.load(Ordering::Relaxed) as u32;
     // Write-only (R=0, W=1): an EPT misconfiguration (SDM 29.3.3.1).
     let bad = (good & !7) | 2;
     let mut writes = 0u64;
@@ -202,8 +219,11 @@ extern "C" fn race_ap_main() -> ! {
                 list.write_volatile(if i >> 63 != 0 { BAD } else { GOOD });
                 byte.write_volatile(if i >> 62 & 1 != 0 { 0x40 } else { 0 });
                 leaf.write_volatile(if i >> 61 & 1 != 0 { bad } else { good });
+                io.write_volatile(if i >> 60 & 1 != 0 { 1 } else { 0 });
+                // A wrong revision identifier 1 in 8 times (the others would hide the rest).
+                link.write_volatile(if i >> 57 & 7 == 0 { revision ^ 1 } else { revision });
             }
-            writes += 3;
+            writes += 5;
         }
         if irr(V_STOP) {
             break;
@@ -214,6 +234,8 @@ extern "C" fn race_ap_main() -> ! {
         list.write_volatile(GOOD);
         byte.write_volatile(0);
         leaf.write_volatile(good);
+        io.write_volatile(0);
+        link.write_volatile(revision);
     }
     AP_WRITES.store(writes, Ordering::Release);
     ipi(0, u32::from(V_STOPPED));
@@ -249,6 +271,8 @@ fn start_ap() -> bool {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Outcome {
+    LinkRefused,
+    IoExit,
     MsrLoadRefused,
     RdmsrExit,
     L2ReadGood,
@@ -256,7 +280,7 @@ enum Outcome {
     Disallowed,
 }
 
-const NAMES: [&str; 5] = ["entry-failure-34-q1", "exit-31-rdmsr", "exit-18-l2-read-good", "exit-49-ept-misconfig", "disallowed"];
+const NAMES: [&str; 7] = ["entry-failure-33-q4-link", "exit-30-io", "entry-failure-34-q1", "exit-31-rdmsr", "exit-18-l2-read-good", "exit-49-ept-misconfig", "disallowed"];
 
 /// One entry and what came of it; `launched` tells VMRESUME from VMLAUNCH.
 fn enter(regs: &mut nvmx_vmx::entry::GuestRegs, launch: bool, shown: &mut u32) -> (Outcome, bool) {
@@ -278,6 +302,11 @@ fn enter(regs: &mut nvmx_vmx::entry::GuestRegs, launch: bool, shown: &mut u32) -
     let qual = vmx::vmread(F::EXIT_QUALIFICATION);
     let sysenter = vmx::vmread(F::GUEST_SYSENTER_EIP);
     match reason {
+        // The link pointer's region had a wrong revision (SDM 27.3.1.5, 27.8).
+        r if r == (1 << 31) | 33 && qual == 4 => (Outcome::LinkRefused, false),
+        // OUT imm8 to port 0x80 (size 1, immediate operand: SDM table 28-5)
+        // while its I/O bitmap bit was set.
+        30 if qual == 0x80_0040 => (Outcome::IoExit, false),
         r if r == (1 << 31) | 34 && qual == 1 => (Outcome::MsrLoadRefused, false),
         31 if regs.gpr[1] as u32 == MSR && sysenter == GOOD => (Outcome::RdmsrExit, false),
         18 => {
@@ -316,14 +345,14 @@ pub fn run(caps: &VmxCaps, iterations: u64) {
     let vmcs = VMCS.load(Ordering::Relaxed);
     let eptp = EPTP.load(Ordering::Relaxed);
     ipi(1, u32::from(V_START));
-    let mut counts = [0u64; 5];
+    let mut counts = [0u64; 7];
     let mut shown = 0;
     let mut regs = nvmx_vmx::entry::GuestRegs::default();
     for _ in 0..iterations {
         let ok = vmx::vmclear(vmcs).and_then(|()| vmx::vmptrld(vmcs)).and_then(|()| vmx::invept_single(eptp));
         if let Err(e) = ok {
             let _ = writeln!(out, "l1: race disallowed: VMCLEAR/VMPTRLD/INVEPT failed: {e:?}");
-            counts[4] += 1;
+            counts[Outcome::Disallowed as usize] += 1;
             continue;
         }
         vmx::vmwrite(F::GUEST_RIP, &raw const race_l2_entry as u64);
@@ -347,7 +376,7 @@ pub fn run(caps: &VmxCaps, iterations: u64) {
             }
         }
     }
-    let _ = writeln!(out, "l1: race summary rounds={iterations} classes={classes} disallowed={}", counts[4]);
+    let _ = writeln!(out, "l1: race summary rounds={iterations} classes={classes} disallowed={}", counts[Outcome::Disallowed as usize]);
 }
 
 static VMCS: AtomicU64 = AtomicU64::new(0);
@@ -377,7 +406,21 @@ fn vmx_setup(caps: &VmxCaps) -> Result<(), ()> {
         let _ = writeln!(Console, "l1: race: no MSR bitmaps");
         return Err(());
     }
-    vmx::vmwrite(F::CPU_BASED_VM_EXEC_CONTROL, u64::from(proc | proc1::USE_MSR_BITMAPS));
+    if caps.procbased().1 & proc1::USE_IO_BITMAPS == 0 {
+        let _ = writeln!(Console, "l1: race: no I/O bitmaps");
+        return Err(());
+    }
+    let proc = (proc & !proc1::UNCONDITIONAL_IO_EXITING) | proc1::USE_MSR_BITMAPS | proc1::USE_IO_BITMAPS;
+    vmx::vmwrite(F::CPU_BASED_VM_EXEC_CONTROL, u64::from(proc));
+    let (io_a, io_b, link) = (&raw mut IO_BITMAP_A as u64, &raw mut IO_BITMAP_B as u64, &raw mut LINK as u64);
+    vmx::vmwrite(F::IO_BITMAP_A, io_a);
+    vmx::vmwrite(F::IO_BITMAP_B, io_b);
+    REVISION.store(u64::from(caps.revision_id()), Ordering::Relaxed);
+    // SAFETY: this module's page: a region with the right revision to start.
+    unsafe { (link as *mut u32).write_volatile(caps.revision_id()) };
+    vmx::vmwrite(F::VMCS_LINK_POINTER, link);
+    T_IO_BYTE.store(io_a + 0x80 / 8, Ordering::Relaxed);
+    T_LINK_REV.store(link, Ordering::Relaxed);
     let (list, bitmap) = (&raw mut MSR_LIST as u64, &raw mut MSR_BITMAP as u64);
     // SAFETY: this module's pages; one list entry: index, reserved, value.
     unsafe {
