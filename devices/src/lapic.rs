@@ -167,6 +167,34 @@ pub struct Ipi {
     pub shorthand: u8,
 }
 
+impl Ipi {
+    /// Whether this IPI, sent by the APIC with ID `from`, reaches the
+    /// *other* APIC with ID `to` (SDM 11.6.2): the all-shorthands, the
+    /// broadcast ID, a physical ID, or a logical flat destination with one
+    /// bit per APIC ID (LDR = 1 << ID, as Linux and the built-in L1 set it;
+    /// x2APIC: cluster 0, bit ID). Clusters in xAPIC mode are not modelled.
+    pub fn reaches(&self, from: u8, to: u8, x2apic: bool) -> bool {
+        if from == to || to >= 16 {
+            return false;
+        }
+        match self.shorthand {
+            2 | 3 => true,
+            0 => {
+                let broadcast = if x2apic { self.dest == u32::MAX } else { self.dest & 0xFF == 0xFF };
+                if broadcast {
+                    true
+                } else if self.logical {
+                    let bits = if x2apic { self.dest >> 16 == 0 && self.dest & (1 << to) != 0 } else { self.dest & 0xFF & (1 << to) != 0 };
+                    bits && !(to >= 8 && !x2apic)
+                } else {
+                    self.dest == u32::from(to)
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
 const LVT_TIMER: usize = 1;
 const LVT_LINT0: usize = 4;
 const LVT_LINT1: usize = 5;
@@ -1146,6 +1174,21 @@ mod tests {
         assert_eq!(a.rdmsr(0x802, 0), Ok(1));
         assert_eq!(a.rdmsr(0x80D, 0), Ok(2));
         assert!(a.matches_destination(1, false) && !a.matches_destination(0, false));
+    }
+
+    #[test]
+    fn ipi_destinations_between_two_cpus() {
+        let ipi = |dest, logical, shorthand| Ipi { mode: 0, vector: 0x40, dest, logical, deassert: false, shorthand };
+        assert!(ipi(1, false, 0).reaches(0, 1, false), "physical ID 1");
+        assert!(!ipi(1, false, 0).reaches(1, 0, false), "physical ID 1 is not CPU 0");
+        assert!(!ipi(0, false, 0).reaches(0, 0, false), "never to the sender itself");
+        assert!(ipi(0xFF, false, 0).reaches(0, 1, false), "xAPIC broadcast");
+        assert!(!ipi(0xFF, false, 0).reaches(0, 1, true), "0xFF is an ID in x2APIC mode");
+        assert!(ipi(u32::MAX, false, 0).reaches(0, 1, true), "x2APIC broadcast");
+        assert!(ipi(0b10, true, 0).reaches(0, 1, false) && !ipi(0b01, true, 0).reaches(0, 1, false), "logical flat: bit per ID");
+        assert!(ipi(0b10, true, 0).reaches(0, 1, true) && !ipi(0x1_0002, true, 0).reaches(0, 1, true), "x2APIC logical: cluster 0");
+        assert!(ipi(0, false, 3).reaches(0, 1, false) && ipi(0, false, 2).reaches(1, 0, false), "all-excluding and all-including self");
+        assert!(!ipi(1, false, 1).reaches(0, 1, false), "self shorthand");
     }
 
     #[test]
