@@ -152,6 +152,8 @@ static T_EPT_LEAF: AtomicU64 = AtomicU64::new(0);
 static T_LEAF_GOOD: AtomicU64 = AtomicU64::new(0);
 static T_IO_BYTE: AtomicU64 = AtomicU64::new(0);
 static T_LINK_REV: AtomicU64 = AtomicU64::new(0);
+/// `scribble`: the current VMCS region too (0: not).
+static T_REGION: AtomicU64 = AtomicU64::new(0);
 static REVISION: AtomicU64 = AtomicU64::new(0);
 /// The AP's writes (set when it stops).
 static AP_WRITES: AtomicU64 = AtomicU64::new(0);
@@ -206,6 +208,7 @@ extern "C" fn race_ap_main() -> ! {
     let io = T_IO_BYTE.load(Ordering::Relaxed) as *mut u8;
     let link = T_LINK_REV.load(Ordering::Relaxed) as *mut u32;
     let revision = REVISION.load(Ordering::Relaxed) as u32;
+    let region = T_REGION.load(Ordering::Relaxed) as *mut u64;
     // Write-only (R=0, W=1): an EPT misconfiguration (SDM 29.3.3.1).
     let bad = (good & !7) | 2;
     let mut writes = 0u64;
@@ -222,6 +225,12 @@ extern "C" fn race_ap_main() -> ! {
                 io.write_volatile(if i >> 60 & 1 != 0 { 1 } else { 0 });
                 // A wrong revision identifier 1 in 8 times (the others would hide the rest).
                 link.write_volatile(if i >> 57 & 7 == 0 { revision ^ 1 } else { revision });
+                if !region.is_null() {
+                    // Any quadword of the current VMCS region but the first
+                    // (revision identifier and abort indicator), any value.
+                    region.add(1 + ((i >> 20) % 511) as usize).write_volatile(i);
+                    writes += 1;
+                }
             }
             writes += 5;
         }
@@ -327,10 +336,18 @@ fn enter(regs: &mut nvmx_vmx::entry::GuestRegs, launch: bool, shown: &mut u32) -
 
 /// Runs the workload: `iterations` rounds of VMCLEAR, VMPTRLD, INVEPT,
 /// VMLAUNCH (and VMRESUME after an L2 that ran).
-pub fn run(caps: &VmxCaps, iterations: u64) {
+///
+/// With `scribble` the AP also writes random quadwords all over the current
+/// VMCS region, which stays current the whole run (one VMPTRLD; VMLAUNCH
+/// until an entry succeeds, then VMRESUME). The SDM leaves the result
+/// undefined (25.11.1: software must not touch an active VMCS's region), so
+/// this runs only nested, where nvmx acts on its copy from VMPTRLD: the
+/// outcomes must still be the allowed ones above.
+pub fn run(caps: &VmxCaps, iterations: u64, scribble: bool) {
     let mut out = Console;
     let iterations = if iterations == 0 { 2000 } else { iterations };
-    let _ = writeln!(out, "l1: race workload, {iterations} rounds, 2 cpus");
+    let what = if scribble { ", the current VMCS region scribbled" } else { "" };
+    let _ = writeln!(out, "l1: race workload, {iterations} rounds, 2 cpus{what}");
     crate::platform::map_mmio();
     lapic_write(SVR, 0x1FF);
     if !start_ap() {
@@ -344,24 +361,34 @@ pub fn run(caps: &VmxCaps, iterations: u64) {
     }
     let vmcs = VMCS.load(Ordering::Relaxed);
     let eptp = EPTP.load(Ordering::Relaxed);
+    if scribble {
+        T_REGION.store(vmcs, Ordering::Relaxed);
+    }
     ipi(1, u32::from(V_START));
     let mut counts = [0u64; 7];
     let mut shown = 0;
     let mut regs = nvmx_vmx::entry::GuestRegs::default();
+    let mut launched = false;
     for _ in 0..iterations {
-        let ok = vmx::vmclear(vmcs).and_then(|()| vmx::vmptrld(vmcs)).and_then(|()| vmx::invept_single(eptp));
-        if let Err(e) = ok {
+        let switch = if scribble { Ok(()) } else { vmx::vmclear(vmcs).and_then(|()| vmx::vmptrld(vmcs)) };
+        if let Err(e) = switch.and_then(|()| vmx::invept_single(eptp)) {
             let _ = writeln!(out, "l1: race disallowed: VMCLEAR/VMPTRLD/INVEPT failed: {e:?}");
             counts[Outcome::Disallowed as usize] += 1;
             continue;
         }
         vmx::vmwrite(F::GUEST_RIP, &raw const race_l2_entry as u64);
-        let (o, ran) = enter(&mut regs, true, &mut shown);
+        let (o, ran) = enter(&mut regs, !(scribble && launched), &mut shown);
         counts[o as usize] += 1;
+        // A VM exit (not an entry failure) leaves the VMCS launched (SDM 26.1).
+        launched |= matches!(o, Outcome::IoExit | Outcome::RdmsrExit | Outcome::L2ReadGood | Outcome::EptMisconfig);
         if ran {
             let (o, _) = enter(&mut regs, false, &mut shown);
             counts[o as usize] += 1;
         }
+    }
+    if scribble {
+        // Back to memory from nvmx's copy: the region is whole again.
+        let _ = vmx::vmclear(vmcs);
     }
     ipi(1, u32::from(V_STOP));
     let stopped = wait_irr(V_STOPPED, 1_000_000);
