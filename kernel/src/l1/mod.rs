@@ -727,7 +727,7 @@ impl Vcpu {
             (0, 0) => {
                 let forced = vmread(F::CR0_GUEST_HOST_MASK);
                 vmwrite(F::CR0_READ_SHADOW, value);
-                vmwrite(F::GUEST_CR0, value | forced);
+                vmwrite(F::GUEST_CR0, run::l1_cr0_to_cpu(value, forced));
                 // Entering/leaving long mode: EFER.LMA follows CR0.PG with EFER.LME,
                 // and the VM-entry "IA-32e mode guest" control must match.
                 let efer = vmread(F::GUEST_IA32_EFER);
@@ -958,7 +958,7 @@ impl Vcpu {
         let (cr4_f0, _) = caps.cr4_fixed();
         let cr0 = 0x6000_0010; // CD | NW | ET
         vmwrite(F::CR0_READ_SHADOW, cr0);
-        vmwrite(F::GUEST_CR0, cr0 | (cr0_f0 & !(1 | (1 << 31))));
+        vmwrite(F::GUEST_CR0, run::l1_cr0_to_cpu(cr0, cr0_f0 & !(1 | (1 << 31))));
         vmwrite(F::CR4_READ_SHADOW, 0);
         vmwrite(F::GUEST_CR4, cr4_f0);
         vmwrite(F::GUEST_CR3, 0);

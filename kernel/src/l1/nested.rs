@@ -1863,7 +1863,7 @@ impl Vcpu {
         for (f, v) in vals {
             vmwrite(f, v);
         }
-        vmwrite(F::GUEST_CR0, cr0 | vmread(F::CR0_GUEST_HOST_MASK));
+        vmwrite(F::GUEST_CR0, crate::vmx::run::l1_cr0_to_cpu(cr0, vmread(F::CR0_GUEST_HOST_MASK)));
         vmwrite(F::GUEST_CR4, cr4 | vmread(F::CR4_GUEST_HOST_MASK));
         vmwrite(F::GUEST_RFLAGS, 0x2);
         vmwrite(F::GUEST_DR7, 0x400);
