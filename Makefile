@@ -17,6 +17,8 @@ KERNEL_ELF  := $(PROFILE_DIR)/nvmx
 L1_ELF      := $(PROFILE_DIR)/nvmx-l1
 L1_ISO      := build/l1-bare.iso
 L1_ARGS     ?= workload=forum
+# Rounds of the race workload in the bare ISO build/l1-race.iso (the system tests run the same count nested).
+RACE_ROUNDS ?= 300
 # An external L1 for build/nvmx.iso: any Multiboot2 ELF64 kernel (a hypervisor
 # of your own); empty = nvmx's built-in L1.
 L1_MODULE      ?=
@@ -78,8 +80,9 @@ help:
 	@echo "variables:"
 	@echo "  PROFILE=$(PROFILE)  (release|dev)   CPUS=$(CPUS)   MEM=$(MEM) (MiB)"
 	@echo "  MODEL=$(MODEL)  (Bochs: corei7_ivy_bridge_3770k has no VMCS shadowing)"
-	@echo "  CMDLINE='$(CMDLINE)'  (nvmx command line: log=…, l1mem=<MiB>, l1args=a,b,…)"
+	@echo "  CMDLINE='$(CMDLINE)'  (nvmx command line: log=…, l1mem=<MiB>, l1args=a,b,…, l1vcpus=2)"
 	@echo "  L1_ARGS='$(L1_ARGS)'  (command line of the bare L1 ISO)"
+	@echo "  RACE_ROUNDS=$(RACE_ROUNDS)  (rounds of build/l1-race.iso; nvmx-race.iso boots l1vcpus=2)"
 	@echo "  RUN_DIR=$(RUN_DIR)  (make run-bochs: bochsrc, Bochs' messages and log)"
 	@echo "  L1_MODULE=<elf> L1_MODULE_ARGS='…'  (run that Multiboot2 kernel as every core's L1"
 	@echo "                     instead of the built-in one; build/nvmx-module-l1.iso is the test copy)"
@@ -121,6 +124,8 @@ iso: deps kernel
 	@grub/mkiso.sh $(L1_ELF) build/l1-selftest.iso workload=selftest
 	@grub/mkiso.sh $(L1_ELF) build/l1-fuzz.iso workload=fuzz seed=1 exits=6000
 	@grub/mkiso.sh $(L1_ELF) build/l1-platform.iso workload=platform
+	@grub/mkiso.sh $(L1_ELF) build/l1-race.iso workload=race exits=$(RACE_ROUNDS)
+	@grub/mkiso.sh $(KERNEL_ELF) build/nvmx-race.iso $(CMDLINE) l1vcpus=2 l1args0=workload=echo
 	@L1_MODULE=$(KERNEL_ELF) L1_MODULE_ARGS="$(TURTLES_INNER)" L1_MODULE_1=$(L1_ELF) \
 	  L1_MODULE_1_ARGS="$(TURTLES_L2_ARGS)" grub/mkiso.sh $(KERNEL_ELF) $(TURTLES_ISO) $(TURTLES_CMDLINE)
 

@@ -34,11 +34,13 @@ pub struct AcpiConfig {
     pub ioapic: bool,
     /// Its ID in the MADT (the IOAPIC's ID register says the same).
     pub ioapic_id: u8,
+    /// Processors: one Processor Local APIC entry each, APIC IDs 0..cpus.
+    pub cpus: u8,
 }
 
 impl Default for AcpiConfig {
     fn default() -> Self {
-        AcpiConfig { ioapic: true, ioapic_id: 1 }
+        AcpiConfig { ioapic: true, ioapic_id: 1, cpus: 1 }
     }
 }
 
@@ -152,9 +154,11 @@ fn madt(cfg: &AcpiConfig) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(&(crate::LAPIC_BASE as u32).to_le_bytes());
     b.extend_from_slice(&1u32.to_le_bytes()); // PCAT_COMPAT: dual 8259 present
-    // Processor Local APIC (5.2.12.2): UID 0, APIC ID 0, enabled.
-    b.extend_from_slice(&[0, 8, 0, 0]);
-    b.extend_from_slice(&1u32.to_le_bytes());
+    // Processor Local APIC (5.2.12.2): UID n, APIC ID n, enabled.
+    for n in 0..cfg.cpus.max(1) {
+        b.extend_from_slice(&[0, 8, n, n]);
+        b.extend_from_slice(&1u32.to_le_bytes());
+    }
     if cfg.ioapic {
         // I/O APIC (5.2.12.3).
         b.extend_from_slice(&[1, 12, cfg.ioapic_id, 0]);

@@ -17,8 +17,10 @@
 //! write-only ones and set reserved bits. xAPIC MMIO that is not a 32-bit
 //! store to a 16-byte aligned register is dropped (11.4.1: "should be
 //! accessed using 128-bit aligned 32-bit loads or stores"); narrower loads
-//! read the bytes of the register. Not modelled: INIT/SIPI/SMI (one CPU; they
-//! are accepted and dropped), EOI-broadcast suppression, remote read,
+//! read the bytes of the register. IPIs to other CPUs (fixed, lowest
+//! priority as fixed, NMI, INIT, SIPI) leave through `take_ipi` for the glue
+//! that knows the other CPUs (a two-vCPU L1). Not modelled: SMI, arbitration,
+//! delivery status (always idle), EOI-broadcast suppression, remote read,
 //! thermal/performance/CMCI sources (nothing raises them).
 //!
 //! Reset state (11.4.7.1 plus what a BIOS leaves for a boot loader, as KVM
@@ -143,6 +145,54 @@ pub struct LocalApic {
     nmi: bool,
     /// The TSC as of the last `advance`.
     now: u64,
+    /// An IPI the ICR sent to other CPUs, for the glue to deliver
+    /// (multi-CPU L1s; taken by [`LocalApic::take_ipi`]).
+    outgoing: Option<Ipi>,
+}
+
+/// An interprocessor message to other local APICs (SDM 11.6.1): what the
+/// ICR said, for the glue that knows the other CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipi {
+    /// Delivery mode: 0 fixed, 1 lowest priority, 4 NMI, 5 INIT, 6 start-up.
+    pub mode: u8,
+    pub vector: u8,
+    /// Destination field (8 bits in xAPIC, 32 in x2APIC mode).
+    pub dest: u32,
+    pub logical: bool,
+    /// INIT level de-assert (mode 5, level 0, trigger level): no effect on
+    /// the targets' state in P6 and later (11.6.1).
+    pub deassert: bool,
+    /// 0 the destination field, 2 all including self, 3 all excluding self.
+    pub shorthand: u8,
+}
+
+impl Ipi {
+    /// Whether this IPI, sent by the APIC with ID `from`, reaches the
+    /// *other* APIC with ID `to` (SDM 11.6.2): the all-shorthands, the
+    /// broadcast ID, a physical ID, or a logical flat destination with one
+    /// bit per APIC ID (LDR = 1 << ID, as Linux and the built-in L1 set it;
+    /// x2APIC: cluster 0, bit ID). Clusters in xAPIC mode are not modelled.
+    pub fn reaches(&self, from: u8, to: u8, x2apic: bool) -> bool {
+        if from == to || to >= 16 {
+            return false;
+        }
+        match self.shorthand {
+            2 | 3 => true,
+            0 => {
+                let broadcast = if x2apic { self.dest == u32::MAX } else { self.dest & 0xFF == 0xFF };
+                if broadcast {
+                    true
+                } else if self.logical {
+                    let bits = if x2apic { self.dest >> 16 == 0 && self.dest & (1 << to) != 0 } else { self.dest & 0xFF & (1 << to) != 0 };
+                    bits && !(to >= 8 && !x2apic)
+                } else {
+                    self.dest == u32::from(to)
+                }
+            }
+            _ => false,
+        }
+    }
 }
 
 const LVT_TIMER: usize = 1;
@@ -204,6 +254,7 @@ impl LocalApic {
             tsc_deadline: 0,
             nmi: false,
             now: 0,
+            outgoing: None,
         };
         a.reset_registers();
         a.lvt[LVT_LINT0] = 0x700; // ExtINT
@@ -215,6 +266,32 @@ impl LocalApic {
     /// (CPUID.80000008H:EAX bits 7:0); 36 unless told.
     pub fn set_phys_addr_bits(&mut self, bits: u8) {
         self.base_mask = ((1u64 << bits.clamp(32, 52)) - 1) & !0xFFF;
+    }
+
+    /// This APIC's initial ID, and whether it is the bootstrap processor's
+    /// (IA32_APIC_BASE bit 8): a second CPU of a multi-CPU L1.
+    pub fn set_id(&mut self, id: u8, bsp: bool) {
+        self.xapic_id = id;
+        self.apic_base = (self.apic_base & !BASE_BSP) | if bsp { BASE_BSP } else { 0 };
+    }
+
+    /// This APIC's ID (the initial one; xAPIC writes to it are ignored).
+    pub fn id(&self) -> u8 {
+        self.xapic_id
+    }
+
+    /// INIT received (11.4.7.3): the registers go back to their power-up
+    /// state, IA32_APIC_BASE and the ID stay.
+    pub fn init_received(&mut self) {
+        self.reset_registers();
+        self.nmi = false;
+        self.lvt[LVT_LINT0] = 0x700;
+        self.lvt[LVT_LINT1] = 0x400;
+    }
+
+    /// The IPI to other CPUs the last ICR write sent, if any.
+    pub fn take_ipi(&mut self) -> Option<Ipi> {
+        self.outgoing.take()
     }
 
     /// Power-up register state (11.4.7.1), IA32_APIC_BASE untouched.
@@ -386,7 +463,7 @@ impl LocalApic {
                 return true;
             }
             if !logical {
-                return dest == 0;
+                return dest == self.xapic_id as u32;
             }
             let ldr = self.x2apic_ldr();
             return dest >> 16 == ldr >> 16 && dest & ldr & 0xFFFF != 0;
@@ -409,7 +486,8 @@ impl LocalApic {
 
     fn x2apic_ldr(&self) -> u32 {
         // 11.12.10.2: cluster ID = x2APIC ID[19:4], bit (x2APIC ID[3:0]).
-        1
+        let id = self.xapic_id as u32;
+        ((id >> 4) << 16) | (1 << (id & 0xF))
     }
 
     // ---- timer (11.5.4) ----
@@ -508,7 +586,7 @@ impl LocalApic {
         let x2 = self.mode() == ApicMode::X2Apic;
         Some(match reg {
             REG_ID => {
-                if x2 { 0 } else { (self.xapic_id as u32) << 24 }
+                if x2 { self.xapic_id as u32 } else { (self.xapic_id as u32) << 24 }
             }
             REG_VERSION => VERSION,
             REG_TPR => self.tpr as u32,
@@ -633,14 +711,16 @@ impl LocalApic {
         Self::bit(&self.tmr, v).then_some(v)
     }
 
-    /// Send the IPI the ICR describes (11.6.1). Only this CPU exists.
+    /// Send the IPI the ICR describes (11.6.1): to this CPU directly, to
+    /// the others through [`LocalApic::take_ipi`] (the glue knows them).
     fn send_ipi(&mut self) {
         let lo = self.icr as u32;
         let vector = lo as u8;
-        let mode = (lo >> 8) & 7;
+        let mode = ((lo >> 8) & 7) as u8;
         let logical = lo & (1 << 11) != 0;
         let level_assert = lo & (1 << 14) != 0;
-        let shorthand = (lo >> 18) & 3;
+        let trigger_level = lo & (1 << 15) != 0;
+        let shorthand = ((lo >> 18) & 3) as u8;
         let dest = if self.mode() == ApicMode::X2Apic {
             (self.icr >> 32) as u32
         } else {
@@ -651,21 +731,30 @@ impl LocalApic {
             1 | 2 => true,
             _ => false,
         };
+        // Others: a destination that is not only this APIC, or a shorthand
+        // naming all (11.6.1); self-only (1) never leaves.
+        let broadcast = if self.mode() == ApicMode::X2Apic { dest == 0xFFFF_FFFF } else { dest & 0xFF == 0xFF };
+        let to_others = match shorthand {
+            0 => logical || broadcast || !to_self,
+            2 | 3 => true,
+            _ => false,
+        };
+        if matches!(mode, 0 | 1) && vector < 16 {
+            self.error(ESR_SEND_ILLEGAL_VECTOR);
+            return;
+        }
         match mode {
             // Fixed and lowest priority.
-            0 | 1 => {
-                if vector < 16 {
-                    self.error(ESR_SEND_ILLEGAL_VECTOR);
-                } else if to_self {
-                    self.accept_fixed(vector, false);
-                }
-            }
+            0 | 1 if to_self => self.accept_fixed(vector, false),
             // NMI.
             4 if to_self => self.accept_nmi(),
-            // SMI, INIT, SIPI, reserved: no other CPU, nothing to do.
+            // SMI, reserved: not modelled; INIT/SIPI to self do nothing here.
             _ => {}
         }
-        let _ = level_assert;
+        if to_others && matches!(mode, 0 | 1 | 4 | 5 | 6) {
+            let deassert = mode == 5 && !level_assert && trigger_level;
+            self.outgoing = Some(Ipi { mode, vector, dest, logical, deassert, shorthand });
+        }
     }
 
     /// The value of register `reg` (its xAPIC page offset, e.g. 0x320 for
@@ -1032,6 +1121,74 @@ mod tests {
         assert!(a.xapic_page_contains(0xFED0_0020) && !a.xapic_page_contains(0xFEE0_0020));
         let mut no_x2 = LocalApic::new(HZ, HZ, false);
         assert_eq!(no_x2.wrmsr(MSR_APIC_BASE, 0xFEE0_0000 | BASE_EN | BASE_EXTD, 0), Err(Gp));
+    }
+
+    #[test]
+    fn ipis_to_other_cpus_leave_through_take_ipi() {
+        let mut a = apic();
+        a.set_id(1, false);
+        assert_eq!(a.mmio_read(0x20, 4), 1 << 24, "xAPIC ID");
+        assert_eq!(a.apic_base() & BASE_BSP, 0, "not the BSP");
+        a.mmio_write(0xF0, 4, 0x1FF);
+        // Physical destination 0, fixed vector 0x40: another CPU's.
+        a.mmio_write(0x310, 4, 0);
+        a.mmio_write(0x300, 4, 0x40);
+        assert_eq!(a.take_ipi(), Some(Ipi { mode: 0, vector: 0x40, dest: 0, logical: false, deassert: false, shorthand: 0 }));
+        assert_eq!(a.highest_irr(), None, "not for this CPU");
+        assert_eq!(a.take_ipi(), None, "taken once");
+        // To itself by its own ID: stays here.
+        a.mmio_write(0x310, 4, 1 << 24);
+        a.mmio_write(0x300, 4, 0x41);
+        assert_eq!(a.take_ipi(), None);
+        assert_eq!(a.highest_irr(), Some(0x41));
+        // INIT assert, INIT de-assert (level, trigger level) and SIPI 0x08 to CPU 0.
+        a.mmio_write(0x310, 4, 0);
+        a.mmio_write(0x300, 4, 0xC500);
+        assert_eq!(a.take_ipi().map(|i| (i.mode, i.deassert)), Some((5, false)));
+        a.mmio_write(0x300, 4, 0x8500);
+        assert_eq!(a.take_ipi().map(|i| (i.mode, i.deassert)), Some((5, true)));
+        a.mmio_write(0x300, 4, 0x608);
+        assert_eq!(a.take_ipi().map(|i| (i.mode, i.vector)), Some((6, 8)));
+        // All excluding self: leaves, not accepted here; all including self: both.
+        a.mmio_write(0x300, 4, (3 << 18) | 0x50);
+        assert_eq!(a.take_ipi().map(|i| i.shorthand), Some(3));
+        assert_eq!(a.highest_irr(), Some(0x41));
+        a.mmio_write(0x300, 4, (2 << 18) | 0x60);
+        assert_eq!(a.take_ipi().map(|i| i.shorthand), Some(2));
+        assert_eq!(a.highest_irr(), Some(0x60));
+        // Self shorthand never leaves; an illegal vector is not sent.
+        a.mmio_write(0x300, 4, (1 << 18) | 0x70);
+        a.mmio_write(0x300, 4, 0x05);
+        assert_eq!(a.take_ipi(), None);
+        // NMI to another CPU.
+        a.mmio_write(0x300, 4, 0x400);
+        assert_eq!(a.take_ipi().map(|i| i.mode), Some(4));
+        assert!(!a.nmi_pending());
+        // INIT received: registers back to power-up, ID kept.
+        a.init_received();
+        assert_eq!(a.highest_irr(), None);
+        assert_eq!(a.mmio_read(0xF0, 4), 0xFF);
+        assert_eq!(a.id(), 1);
+        // x2APIC: the ID and the derived LDR (11.12.10.2).
+        a.wrmsr(MSR_APIC_BASE, 0xFEE0_0000 | BASE_EN | BASE_EXTD, 0).unwrap();
+        assert_eq!(a.rdmsr(0x802, 0), Ok(1));
+        assert_eq!(a.rdmsr(0x80D, 0), Ok(2));
+        assert!(a.matches_destination(1, false) && !a.matches_destination(0, false));
+    }
+
+    #[test]
+    fn ipi_destinations_between_two_cpus() {
+        let ipi = |dest, logical, shorthand| Ipi { mode: 0, vector: 0x40, dest, logical, deassert: false, shorthand };
+        assert!(ipi(1, false, 0).reaches(0, 1, false), "physical ID 1");
+        assert!(!ipi(1, false, 0).reaches(1, 0, false), "physical ID 1 is not CPU 0");
+        assert!(!ipi(0, false, 0).reaches(0, 0, false), "never to the sender itself");
+        assert!(ipi(0xFF, false, 0).reaches(0, 1, false), "xAPIC broadcast");
+        assert!(!ipi(0xFF, false, 0).reaches(0, 1, true), "0xFF is an ID in x2APIC mode");
+        assert!(ipi(u32::MAX, false, 0).reaches(0, 1, true), "x2APIC broadcast");
+        assert!(ipi(0b10, true, 0).reaches(0, 1, false) && !ipi(0b01, true, 0).reaches(0, 1, false), "logical flat: bit per ID");
+        assert!(ipi(0b10, true, 0).reaches(0, 1, true) && !ipi(0x1_0002, true, 0).reaches(0, 1, true), "x2APIC logical: cluster 0");
+        assert!(ipi(0, false, 3).reaches(0, 1, false) && ipi(0, false, 2).reaches(1, 0, false), "all-excluding and all-including self");
+        assert!(!ipi(1, false, 1).reaches(0, 1, false), "self shorthand");
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! | ACPI PM block ([`pm`]) | PM1a_EVT 0x600, PM1a_CNT 0x604, PM timer 0x608, reset 0xCF9 | SCI 9 (level, high) | 32-bit PM timer, PM1 status/enable (timer overflow, power button), SCI_EN, S5 via SLP_TYP/SLP_EN, reset register | S1-S4, GPE blocks, SMI_CMD (ACPI is always on) |
 //! | ACPI tables ([`acpi`]) | built for any guest-physical base | - | RSDP v2, XSDT, RSDT, FADT (rev. 6), FACS, DSDT (`\_S5`), MADT (LAPIC, IOAPIC, IRQ0->GSI2 and SCI overrides, LINT1 NMI) | HPET, SSDT, MCFG, PCI root bridge in the DSDT |
 //! | IOAPIC ([`ioapic`]) | 0xFEC00000 | GSI 0-23 | IOREGSEL/IOWIN, ID, version 0x11 (82093AA, as Bochs), 24 redirection entries, edge/level, polarity, remote IRR cleared by the LAPIC EOI broadcast or an edge/level switch, physical/logical destinations | delivery to other CPUs (one CPU), arbitration ID |
-//! | local APIC ([`lapic`]) | 0xFEE00000 (xAPIC), MSRs 0x800-0x83F (x2APIC), IA32_APIC_BASE, IA32_TSC_DEADLINE | vectors 16-255 | IA32_APIC_BASE mode transitions, ID/version/TPR/PPR/EOI/LDR/DFR/SVR, ISR/TMR/IRR, ESR with its errors, ICR (self, all-incl-self, fixed/lowest/NMI), SELF IPI, LVT timer/LINT0/LINT1/error/thermal/perf/CMCI, timer one-shot, periodic and TSC-deadline | INIT/SIPI (one CPU), SMI, directed EOI, arbitration |
+//! | local APIC ([`lapic`]) | 0xFEE00000 (xAPIC), MSRs 0x800-0x83F (x2APIC), IA32_APIC_BASE, IA32_TSC_DEADLINE | vectors 16-255 | IA32_APIC_BASE mode transitions, ID/version/TPR/PPR/EOI/LDR/DFR/SVR, ISR/TMR/IRR, ESR with its errors, ICR (self, all-incl-self, fixed/lowest/NMI; to other CPUs through `take_ipi`, also INIT/SIPI), SELF IPI, LVT timer/LINT0/LINT1/error/thermal/perf/CMCI, timer one-shot, periodic and TSC-deadline | SMI, directed EOI, arbitration, delivery status |
 //! | i8042 ([`misc`]) | 0x60/0x64 | IRQ1 (keyboard timeouts only) | controller present with self-test, command byte, output port, pulse-reset 0xFE and output-port reset; bytes for the keyboard time out (status TIMEOUT, IRQ1) | keyboard and mouse (none attached; no aux port) |
 //! | misc ([`misc`]) | 0x80 POST, 0x92 port A, PCI 0xCF8/0xCFC, QEMU exit 0xF4, Bochs 0x8900 | - | POST code, fast reset, PCI mechanism #1 with one host bridge (i440FX 8086:1237, as Bochs) and nothing else (all-ones), exit conventions | other PCI devices, MMCONFIG |
 //!
@@ -122,6 +122,9 @@ pub struct Config {
     /// MAXPHYADDR as the L1's CPUID.80000008H reports it: IA32_APIC_BASE
     /// bits at and above it are reserved (#GP).
     pub phys_addr_bits: u8,
+    /// Processors of the L1 (local APIC IDs 0..cpus in the MADT); 1 unless
+    /// the L1 spans cores (`l1vcpus=2`).
+    pub cpus: u8,
 }
 
 impl Config {
@@ -139,6 +142,7 @@ impl Config {
             x2apic: true,
             pci_host_bridge: true,
             phys_addr_bits: 36,
+            cpus: 1,
         }
     }
 }
@@ -654,6 +658,47 @@ impl Platform {
         }
     }
 
+    /// This CPU's local APIC ID and whether it is the BSP (a multi-CPU L1).
+    pub fn set_apic_id(&mut self, id: u8, bsp: bool) {
+        self.lapic.set_id(id, bsp);
+    }
+
+    /// The local APIC's mode (`None`: no LAPIC).
+    pub fn apic_mode(&self) -> Option<lapic::ApicMode> {
+        self.cfg.lapic.then(|| self.lapic.mode())
+    }
+
+    /// An IPI the L1 sent to other CPUs through its ICR, if any.
+    pub fn take_ipi(&mut self) -> Option<lapic::Ipi> {
+        self.lapic.take_ipi()
+    }
+
+    /// Whether an IPI with this destination reaches this CPU's local APIC
+    /// (SDM 11.6.2; shorthands are the sender's to resolve).
+    pub fn ipi_reaches(&self, dest: u32, logical: bool) -> bool {
+        self.cfg.lapic && self.lapic.matches_destination(dest, logical)
+    }
+
+    /// A fixed IPI from another CPU arrives (edge triggered).
+    pub fn accept_ipi(&mut self, vector: u8) {
+        if self.cfg.lapic {
+            self.lapic.accept_fixed(vector, false);
+        }
+    }
+
+    /// An NMI IPI from another CPU arrives.
+    pub fn accept_nmi_ipi(&mut self) {
+        if self.cfg.lapic {
+            self.lapic.accept_nmi();
+        }
+    }
+
+    /// INIT from another CPU: the local APIC's registers reset (the CPU
+    /// itself waits for SIPI, the glue's part).
+    pub fn init_received(&mut self) {
+        self.lapic.init_received();
+    }
+
     /// CR8 as the L1 reads it (TPR bits 7:4, SDM 11.8.6.1).
     pub fn cr8(&self) -> u64 {
         (self.lapic.tpr() >> 4) as u64
@@ -689,7 +734,7 @@ impl Platform {
     /// (64-byte aligned, below 4 GiB; the BIOS area 0xE0000-0xFFFFF makes
     /// the RSDP findable by the standard scan).
     pub fn acpi_tables(&self, base_gpa: u64) -> acpi::AcpiTables {
-        acpi::build(base_gpa, &acpi::AcpiConfig { ioapic: self.cfg.ioapic, ..Default::default() })
+        acpi::build(base_gpa, &acpi::AcpiConfig { ioapic: self.cfg.ioapic, cpus: self.cfg.cpus, ..Default::default() })
     }
 }
 

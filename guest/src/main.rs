@@ -6,8 +6,8 @@
 //! nvmx's nested VMX is checked. Its console is COM1, driven by raw port I/O
 //! (under nvmx that COM1 is a virtual 16550).
 //!
-//! Arguments (the Multiboot command line): `workload=forum|selftest|platform|echo|fuzz|plain`,
-//! `exits=N` (0 = run forever; fuzz: operations), `seed=N` (fuzz),
+//! Arguments (the Multiboot command line): `workload=forum|selftest|platform|echo|fuzz|race|plain`,
+//! `exits=N` (0 = run forever; fuzz: operations; race: rounds), `seed=N` (fuzz),
 //! `crash=triple|memory`, `novmx`.
 
 #![no_std]
@@ -24,6 +24,7 @@ mod irqtest;
 mod paging_check;
 mod platform;
 mod ptimer;
+mod race;
 mod selftest;
 mod shadow12;
 mod vmx;
@@ -50,10 +51,13 @@ pub struct Args {
     /// `reset=cf9|kbd|92`: reset the machine at once through the PCI reset
     /// control register, the keyboard controller or port 0x92's fast reset.
     pub reset: Option<&'static str>,
+    /// `scribble`: the race workload's AP also writes over the current
+    /// VMCS region (nested only: the SDM leaves it undefined).
+    pub scribble: bool,
 }
 
 fn parse_args(cmdline: &'static str) -> Args {
-    let mut a = Args { workload: "forum", exits: 20_000, crash: None, novmx: false, seed: 1, show: None, time: false, reset: None };
+    let mut a = Args { workload: "forum", exits: 20_000, crash: None, novmx: false, seed: 1, show: None, time: false, reset: None, scribble: false };
     for w in cmdline.split_ascii_whitespace() {
         match w.split_once('=') {
             Some(("workload", v)) => a.workload = v,
@@ -64,6 +68,7 @@ fn parse_args(cmdline: &'static str) -> Args {
             Some(("reset", v @ ("cf9" | "kbd" | "92"))) => a.reset = Some(v),
             None if w == "novmx" => a.novmx = true,
             None if w == "time" => a.time = true,
+            None if w == "scribble" => a.scribble = true,
             _ => {}
         }
     }
@@ -167,6 +172,7 @@ extern "C" fn l1_main(magic: u32, mbi: u32) -> ! {
         ("forum", Ok(caps)) => forum::run(&caps, &args),
         ("selftest", Ok(caps)) => selftest::run(&caps),
         ("fuzz", Ok(caps)) => fuzz::run(&caps, args.seed, args.exits, args.show),
+        ("race", Ok(caps)) => race::run(&caps, args.exits, args.scribble),
         (_, Err(reason)) => {
             let _ = writeln!(out, "l1: no VMX: {reason}");
             plain(&args);

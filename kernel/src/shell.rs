@@ -278,6 +278,9 @@ fn l1_status(sel: Option<usize>, out: &mut String) -> core::fmt::Result {
             for (check, n) in s.checks.entries() {
                 writeln!(out, "cpu {cpu}: failed VM-entry check x{n}: {check}")?;
             }
+            if let Some(line) = l1::smp::describe(cpu) {
+                writeln!(out, "{line}")?;
+            }
         }
         // One core asked by number: its platform too, read on that core.
         if sel.is_some() && *s.state.lock() == L1State::Running {

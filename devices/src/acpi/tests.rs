@@ -178,10 +178,23 @@ fn s5_from_the_dsdt_powers_the_platform_off() {
 
 #[test]
 fn without_ioapic_the_madt_says_so() {
-    let t = build(BASE, &AcpiConfig { ioapic: false, ioapic_id: 1 });
+    let t = build(BASE, &AcpiConfig { ioapic: false, ioapic_id: 1, cpus: 1 });
     let text = &t.bytes;
     let madt = text.windows(4).position(|w| w == b"APIC").unwrap();
     let len = u32_at(text, madt + 4) as usize;
     assert_eq!(len, 44 + 8 + 6, "LAPIC and LINT1 NMI only");
     assert_eq!(sum(&text[madt..madt + len]), 0);
+}
+
+#[test]
+fn a_two_cpu_madt_lists_both_local_apics() {
+    let t = build(BASE, &AcpiConfig { ioapic: false, ioapic_id: 1, cpus: 2 });
+    let text = &t.bytes;
+    let madt = text.windows(4).position(|w| w == b"APIC").unwrap();
+    let len = u32_at(text, madt + 4) as usize;
+    assert_eq!(len, 44 + 2 * 8 + 6, "two LAPICs and LINT1 NMI");
+    assert_eq!(sum(&text[madt..madt + len]), 0);
+    // Processor Local APIC entries: type 0, length 8, UID, APIC ID, enabled.
+    assert_eq!(&text[madt + 44..madt + 52], &[0, 8, 0, 0, 1, 0, 0, 0]);
+    assert_eq!(&text[madt + 52..madt + 60], &[0, 8, 1, 1, 1, 0, 0, 0]);
 }

@@ -84,7 +84,10 @@ pub fn load(cpu: usize, mem: &mut [u8], cmdline: &str) -> Result<Loaded, String>
     let modules = l1_modules(cpu);
     // The L1 PC's ACPI tables (nvmx-devices), built for the BIOS area where
     // the loader puts them; the boot information points at their RSDP too.
-    let tables = nvmx_devices::acpi::build(nvmx_loader::space::BIOS_AREA, &nvmx_devices::acpi::AcpiConfig::default());
+    // A two-vCPU L1 (`l1vcpus=2`) lists both processors in its MADT.
+    let cpus = if super::smp::vcpu_index(cpu).is_some() { super::smp::vcpus() as u8 } else { 1 };
+    let cfg = nvmx_devices::acpi::AcpiConfig { cpus, ..Default::default() };
+    let tables = nvmx_devices::acpi::build(nvmx_loader::space::BIOS_AREA, &cfg);
     let acpi = Some(Acpi { bytes: &tables.bytes, rsdp_offset: tables.rsdp_offset });
     let boot = Boot { image: l1_image(cpu).0, cmdline, modules: &modules, acpi, prefer: prefer()? };
     nvmx_loader::load(mem, &space, &boot).map_err(|e| alloc::format!("{e}"))

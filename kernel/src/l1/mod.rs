@@ -8,6 +8,7 @@ mod mmio;
 mod nested;
 pub mod platform;
 mod shadow;
+pub mod smp;
 pub mod uart;
 
 use alloc::string::String;
@@ -290,11 +291,16 @@ impl Vcpu {
                 let _ = insn::vmptrld(running);
             }
         }
-        let mut items = alloc::vec![Item {
-            name: alloc::format!("cpu {cpu} VMCS0-1 host state"),
-            hash: h.finish(),
-            detail: alloc::format!("{n} fields, read on cpu {cpu}"),
-        }];
+        // A VMCS0-1 never entered (vCPU 1 of a two-vCPU L1 parked for SIPI)
+        // has no HOST_RSP yet (the entry stub writes it): nothing to compare.
+        let mut items = alloc::vec::Vec::new();
+        if self.launched {
+            items.push(Item {
+                name: alloc::format!("cpu {cpu} VMCS0-1 host state"),
+                hash: h.finish(),
+                detail: alloc::format!("{n} fields, read on cpu {cpu}"),
+            });
+        }
         if L1S[cpu].state.lock().is_quiescent() {
             // SAFETY: the L1's own RAM chunk, identity mapped and owned by this
             // vCPU; the L1 is quiescent, so nothing writes it while it is read.
@@ -362,6 +368,14 @@ struct Vcpu {
     prof: Profiler,
     /// TSC when the last exit's handling was counted (0: none yet).
     handled_tsc: u64,
+    /// Index in a two-vCPU L1 (`l1vcpus=2`; `smp.rs`), else `None`.
+    vcpu_index: Option<usize>,
+    /// An AP parked in wait-for-SIPI: L0 does not enter it.
+    wait_sipi: bool,
+    /// INIT came since the last SIPI (a SIPI counts only after one).
+    got_init: bool,
+    /// vCPU 0's start this AP belongs to (`smp::generation`).
+    generation: u64,
     /// Every frame built for this L1, freed when it is dropped (last field:
     /// dropped after the VMCSs were cleared in `drop`).
     _owned: crate::mm::frames::Owned,
@@ -675,8 +689,10 @@ impl Vcpu {
                 if !self.nested.enabled {
                     c &= !(1 << 5); // VMX hidden from L1 (nested=off), as on a CPU without VT-x
                 }
-                // EBX[31:24] initial APIC ID 0, [23:16] one logical processor.
-                b = (b & 0xFFFF) | (1 << 16);
+                // EBX[31:24] initial APIC ID, [23:16] logical processors:
+                // 0 and 1 alone, or this vCPU's of a two-vCPU L1 (smp.rs).
+                let (id, n) = self.vcpu_index.map_or((0, 1), |i| (i as u32, smp::vcpus() as u32));
+                b = (b & 0xFFFF) | (n << 16) | (id << 24);
                 // x2APIC (21) and TSC-deadline (24) are emulated; no
                 // hypervisor bit (31); OSXSAVE (27) follows L1's CR4.
                 let x2apic = self.platform.pc.config().x2apic;
@@ -696,12 +712,13 @@ impl Vcpu {
             }
             // Deterministic cache parameters: one core, one thread per cache.
             4 => a &= 0x3FFF,
-            // x2APIC topology: one thread, one core, x2APIC ID 0.
+            // x2APIC topology: one thread, one core, x2APIC ID (0, or this
+            // vCPU's of a two-vCPU L1).
             0xB | 0x1F => {
                 if c & 0xFF00 != 0 {
                     b = 1;
                 }
-                d = 0;
+                d = self.vcpu_index.unwrap_or(0) as u32;
             }
             _ => {}
         }
@@ -716,7 +733,7 @@ impl Vcpu {
             (0, 0) => {
                 let forced = vmread(F::CR0_GUEST_HOST_MASK);
                 vmwrite(F::CR0_READ_SHADOW, value);
-                vmwrite(F::GUEST_CR0, value | forced);
+                vmwrite(F::GUEST_CR0, run::l1_cr0_to_cpu(value, forced));
                 // Entering/leaving long mode: EFER.LMA follows CR0.PG with EFER.LME,
                 // and the VM-entry "IA-32e mode guest" control must match.
                 let efer = vmread(F::GUEST_IA32_EFER);
@@ -757,17 +774,35 @@ impl Vcpu {
 
 /// Sets up and starts this core's L1; returns it ready to enter.
 fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
-    let cfg = L1Config::for_cpu(cpu);
+    let vcpu_index = smp::vcpu_index(cpu);
+    if vcpu_index.is_some_and(|i| i > 0) {
+        return create_ap(cpu, caps);
+    }
+    let mut cfg = L1Config::for_cpu(cpu);
     let mut owned = crate::mm::frames::Owned::default();
-    let mem_base = owned
-        .alloc(cfg.mem_size / 4096, 512)
-        .ok_or_else(|| alloc::format!("no {} MiB of contiguous memory for the L1", cfg.mem_size >> 20))?;
+    let (mem_base, shared_eptp) = if vcpu_index.is_some() {
+        // vCPU 0 of a two-vCPU L1: the machine's RAM and EPT0-1 outlive
+        // this start (smp.rs); a restart loads into the same RAM, zeroed.
+        let m = smp::machine_for_bsp(cfg.mem_size)?;
+        cfg.mem_size = m.mem_size;
+        // SAFETY: the machine's RAM, identity mapped, this L1's alone.
+        unsafe { core::ptr::write_bytes(m.mem_base as *mut u8, 0, m.mem_size as usize) };
+        (m.mem_base, Some(m.eptp))
+    } else {
+        let base = owned
+            .alloc(cfg.mem_size / 4096, 512)
+            .ok_or_else(|| alloc::format!("no {} MiB of contiguous memory for the L1", cfg.mem_size >> 20))?;
+        (base, None)
+    };
     // SAFETY: the chunk was just allocated for this L1 and is identity mapped.
     let mem = unsafe { core::slice::from_raw_parts_mut(mem_base as *mut u8, cfg.mem_size as usize) };
     let loaded = image::load(cpu, mem, &cfg.args)?;
     let entry = u64::from(loaded.entry.eip);
 
-    let eptp = run::build_ept01(&mut owned, mem_base, cfg.mem_size).ok_or("no memory for EPT0-1")?;
+    let eptp = match shared_eptp {
+        Some(e) => e,
+        None => run::build_ept01(&mut owned, mem_base, cfg.mem_size).ok_or("no memory for EPT0-1")?,
+    };
     let maps = run::build_bitmaps(&mut owned).ok_or("no memory for the bitmaps")?;
     let vmcs = owned.alloc(1, 1).ok_or("no memory for VMCS0-1")?;
     // A restarted L1 reuses this core's VPID and possibly frames of its
@@ -821,10 +856,15 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
         loaded.protocol.name(),
         cfg.args
     );
+    let mut platform = L1Platform::new(cfg.mem_size, caps);
+    if vcpu_index.is_some() {
+        smp::bsp_started();
+    }
+    platform.pc.set_apic_id(0, true);
     Ok(Vcpu {
         regs,
         launched: false,
-        platform: L1Platform::new(cfg.mem_size, caps),
+        platform,
         l1_exit_pending: false,
         cpu,
         mem_base,
@@ -833,8 +873,142 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
         msrs: hashbrown::HashMap::new(),
         prof: Profiler::new(&L1S[cpu].stats),
         handled_tsc: 0,
+        vcpu_index,
+        wait_sipi: false,
+        got_init: false,
+        generation: smp::generation(),
         _owned: owned,
     })
+}
+
+/// vCPU 1 of a two-vCPU L1 on core `cpu`: its own VMCS0-1, bitmaps and local
+/// APIC (ID 1, not the BSP) on the machine vCPU 0 made; parked in
+/// wait-for-SIPI (smp.rs).
+fn create_ap(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
+    let m = smp::machine().ok_or("vCPU 0 has not started the L1 yet")?;
+    let cfg = L1Config::for_cpu(cpu);
+    let mut owned = crate::mm::frames::Owned::default();
+    let maps = run::build_bitmaps(&mut owned).ok_or("no memory for the bitmaps")?;
+    let vmcs = owned.alloc(1, 1).ok_or("no memory for VMCS0-1")?;
+    let _ = insn::invept(2, 0);
+    let _ = insn::invvpid(2, 0, 0);
+    // SAFETY: fresh frame; the revision id goes in its first dword (SDM 25.2).
+    unsafe { (vmcs as *mut u32).write_volatile(caps.revision_id()) };
+    // SAFETY: the VMCS region is ours and initialised.
+    unsafe { insn::vmclear(vmcs).and_then(|()| insn::vmptrld(vmcs)) }.map_err(|e| alloc::format!("VMCS0-1: {e}"))?;
+    run::setup_vmcs01(caps, m.eptp, &maps, 0, (cpu + 1) as u16)?;
+    *L1S[cpu].console.lock() = Some(ConsoleRing::new());
+    L1S[cpu].stats.reset();
+    L1S[cpu].started_tsc.store(cpu::rdtsc(), Ordering::Relaxed);
+    *L1S[cpu].last_check.lock() = None;
+    L1S[cpu].checks.clear();
+    L1S[cpu].fallbacks.store(0, Ordering::Relaxed);
+    L1S[cpu].vmx_errors.store(0, Ordering::Relaxed);
+    let nested = nested::Nested::new(cfg.nested, vmcs, caps, &mut owned);
+    publish_shadow(cpu, &nested.shadow);
+    L1S[cpu].shadow_on.store(false, Ordering::Relaxed);
+    *L1S[cpu].state.lock() = L1State::Running;
+    info!("l1: cpu {cpu}: vCPU 1 of cpu 0's L1 (APIC ID 1), waiting for SIPI");
+    let mut platform = L1Platform::new(m.mem_size, caps);
+    platform.pc.set_apic_id(1, false);
+    Ok(Vcpu {
+        regs: GuestRegs::default(),
+        launched: false,
+        platform,
+        l1_exit_pending: false,
+        cpu,
+        mem_base: m.mem_base,
+        mem_size: m.mem_size,
+        nested,
+        msrs: hashbrown::HashMap::new(),
+        prof: Profiler::new(&L1S[cpu].stats),
+        handled_tsc: 0,
+        vcpu_index: Some(1),
+        wait_sipi: true,
+        got_init: false,
+        generation: smp::generation(),
+        _owned: owned,
+    })
+}
+
+impl Vcpu {
+    /// Moves IPIs both ways between this vCPU and the other of a two-vCPU
+    /// L1 (before every entry, and while parked): what its ICR sent goes to
+    /// the other's inbox, what came goes into its local APIC; INIT parks an
+    /// AP in wait-for-SIPI, a SIPI after it starts the AP.
+    fn smp_exchange(&mut self) {
+        let Some(me) = self.vcpu_index else { return };
+        let x2 = self.platform.pc.apic_mode() == Some(nvmx_devices::lapic::ApicMode::X2Apic);
+        while let Some(ipi) = self.platform.pc.take_ipi() {
+            smp::route(me, ipi, x2);
+        }
+        let arrived = smp::drain(me, &mut self.platform.pc);
+        // INIT is blocked in VMX root operation (SDM 24.8) and the BSP is
+        // not reset by it here (not modelled).
+        if arrived.init && me > 0 && !self.nested.in_vmx_operation() {
+            self.platform.pc.init_received();
+            self.wait_sipi = true;
+            self.got_init = true;
+        }
+        if let (Some(vector), true, true) = (arrived.sipi, self.wait_sipi, self.got_init) {
+            self.start_at_sipi(vector);
+        }
+        smp::inbox(me).parked.store(self.wait_sipi, Ordering::Relaxed);
+    }
+
+    /// The state a start-up IPI gives an AP (SDM 10.4.4.1, 11.6.1; reset
+    /// values of table 10-1): real mode, CS = vector << 8 with base vector <<
+    /// 12, IP 0, flags 2, no paging, segments with limit 0xFFFF.
+    fn start_at_sipi(&mut self, vector: u8) {
+        let caps = vmx::probe().expect("an L1 runs on VMX");
+        let (cr0_f0, _) = caps.cr0_fixed();
+        let (cr4_f0, _) = caps.cr4_fixed();
+        let cr0 = 0x6000_0010; // CD | NW | ET
+        vmwrite(F::CR0_READ_SHADOW, cr0);
+        vmwrite(F::GUEST_CR0, run::l1_cr0_to_cpu(cr0, cr0_f0 & !(1 | (1 << 31))));
+        vmwrite(F::CR4_READ_SHADOW, 0);
+        vmwrite(F::GUEST_CR4, cr4_f0);
+        vmwrite(F::GUEST_CR3, 0);
+        vmwrite(F::GUEST_IA32_EFER, 0);
+        let entry = vmread(F::VM_ENTRY_CONTROLS) & !u64::from(nvmx_vmx::controls::entry::IA32E_MODE_GUEST);
+        vmwrite(F::VM_ENTRY_CONTROLS, entry);
+        for (sel, base, limit, ar) in [
+            (F::GUEST_CS_SELECTOR, F::GUEST_CS_BASE, F::GUEST_CS_LIMIT, F::GUEST_CS_AR_BYTES),
+            (F::GUEST_DS_SELECTOR, F::GUEST_DS_BASE, F::GUEST_DS_LIMIT, F::GUEST_DS_AR_BYTES),
+            (F::GUEST_ES_SELECTOR, F::GUEST_ES_BASE, F::GUEST_ES_LIMIT, F::GUEST_ES_AR_BYTES),
+            (F::GUEST_FS_SELECTOR, F::GUEST_FS_BASE, F::GUEST_FS_LIMIT, F::GUEST_FS_AR_BYTES),
+            (F::GUEST_GS_SELECTOR, F::GUEST_GS_BASE, F::GUEST_GS_LIMIT, F::GUEST_GS_AR_BYTES),
+            (F::GUEST_SS_SELECTOR, F::GUEST_SS_BASE, F::GUEST_SS_LIMIT, F::GUEST_SS_AR_BYTES),
+        ] {
+            let cs = sel == F::GUEST_CS_SELECTOR;
+            vmwrite(sel, if cs { u64::from(vector) << 8 } else { 0 });
+            vmwrite(base, if cs { u64::from(vector) << 12 } else { 0 });
+            vmwrite(limit, 0xFFFF);
+            vmwrite(ar, if cs { 0x9B } else { 0x93 });
+        }
+        vmwrite(F::GUEST_TR_SELECTOR, 0);
+        vmwrite(F::GUEST_TR_BASE, 0);
+        vmwrite(F::GUEST_TR_LIMIT, 0xFFFF);
+        vmwrite(F::GUEST_TR_AR_BYTES, 0x8B);
+        vmwrite(F::GUEST_GDTR_BASE, 0);
+        vmwrite(F::GUEST_GDTR_LIMIT, 0xFFFF);
+        vmwrite(F::GUEST_IDTR_BASE, 0);
+        vmwrite(F::GUEST_IDTR_LIMIT, 0xFFFF);
+        vmwrite(F::GUEST_RIP, 0);
+        vmwrite(F::GUEST_RSP, 0);
+        vmwrite(F::GUEST_RFLAGS, 2);
+        vmwrite(F::GUEST_DR7, 0x400);
+        vmwrite(F::GUEST_ACTIVITY_STATE, 0);
+        vmwrite(F::GUEST_INTERRUPTIBILITY_INFO, 0);
+        vmwrite(F::VM_ENTRY_INTR_INFO_FIELD, 0);
+        self.regs = GuestRegs::default();
+        // EDX after reset holds the processor signature (table 10-1).
+        self.regs.gpr[2] = u64::from(cpu::cpuid(1, 0).0);
+        self.platform.halted = false;
+        self.wait_sipi = false;
+        self.got_init = false;
+        info!("l1: cpu {}: vCPU {} started by SIPI at {:#x}", self.cpu, self.vcpu_index.unwrap_or(0), u64::from(vector) << 12);
+    }
 }
 
 /// Runs this core's L1 forever (also handling shell requests); `idle` is
@@ -859,6 +1033,7 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
     // and `vmcs 01`) until it is stopped or started again.
     let mut halted = false;
     let mut want_running = vmx::enabled();
+    let mut ap_generation = 0;
     loop {
         VCPUS[cpu].store(vcpu.as_mut().map_or(core::ptr::null_mut(), |v| v as *mut Vcpu), Ordering::Release);
         idle();
@@ -877,6 +1052,32 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
                 want_running = vmx::enabled();
             }
             Control::None => {}
+        }
+        let ap = smp::vcpu_index(cpu).is_some_and(|i| i > 0);
+        if ap {
+            // vCPU 1 of a two-vCPU L1 follows vCPU 0's machine: parked until
+            // it exists, back to wait-for-SIPI when it starts again, and
+            // ended with it when it ends (halted, powered off, stopped).
+            if smp::machine().is_none() {
+                wait(cpu);
+                continue;
+            }
+            let generation = smp::generation();
+            if vcpu.as_ref().is_some_and(|v| v.generation != generation) || (vcpu.is_none() && generation != ap_generation) {
+                ap_generation = generation;
+                vcpu = None;
+                halted = false;
+                want_running = vmx::enabled();
+            }
+            let bsp = L1S[0].state.lock().clone();
+            if let (Some(_), false, false) = (vcpu.as_ref(), halted, bsp == L1State::Running) {
+                halted = true;
+                *shared.state.lock() = match bsp {
+                    s if s.is_quiescent() => s,
+                    L1State::Stopped(why) => L1State::Stopped(alloc::format!("with vCPU 0: {why}")),
+                    other => other,
+                };
+            }
         }
         if want_running && vcpu.is_none() {
             want_running = false;
@@ -898,7 +1099,14 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
             wait(cpu);
             continue;
         }
-        match step(v) {
+        v.smp_exchange();
+        if v.wait_sipi {
+            wait(cpu);
+            continue;
+        }
+        let result = step(v);
+        v.smp_exchange();
+        match result {
             None => {}
             Some(end) if end.is_quiescent() => {
                 *shared.state.lock() = end;

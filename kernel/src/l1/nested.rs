@@ -265,6 +265,23 @@ impl L1Mem {
         unsafe { ((self.base + gpa) as *mut u64).write_unaligned(v) };
         true
     }
+    /// Four bytes exactly: another vCPU may write the bytes next to them
+    /// at the same time (a two-vCPU L1), so no 8-byte read-modify-write.
+    fn write_u32(&self, gpa: u64, v: u32) -> bool {
+        if gpa.checked_add(4).is_none_or(|e| e > self.size) {
+            return false;
+        }
+        // SAFETY: as `read_u64`.
+        unsafe { ((self.base + gpa) as *mut u32).write_unaligned(v) };
+        true
+    }
+    fn read_u32(&self, gpa: u64) -> Option<u32> {
+        if gpa.checked_add(4)? > self.size {
+            return None;
+        }
+        // SAFETY: as `read_u64`.
+        Some(unsafe { ((self.base + gpa) as *const u32).read_unaligned() })
+    }
 }
 
 impl walk::GuestMemoryAtomic for L1Mem {
@@ -409,6 +426,11 @@ impl Nested {
     /// VMCS0-2's region, 0 before L1's first VMLAUNCH.
     pub fn vmcs02(&self) -> u64 {
         self.vmcs02
+    }
+
+    /// L1 is in VMX operation (after VMXON, before VMXOFF).
+    pub fn in_vmx_operation(&self) -> bool {
+        self.vmxon.is_some()
     }
 }
 
@@ -561,15 +583,12 @@ impl Vcpu {
     fn write_operand(&self, info: &InstructionInfo, size: u64, v: u64) -> Result<(), (u8, Option<u32>)> {
         let gpa = self.operand_gpa(info, size, true)?;
         let mem = self.l1mem();
+        // Exactly `size` bytes: an 8-byte read-modify-write for a 4-byte
+        // store would write back bytes another vCPU may have changed since.
         if size == 8 {
             mem.write_u64(gpa, v);
-        } else if let Some(old) = mem.read_u64(gpa) {
-            mem.write_u64(gpa, (old & !0xFFFF_FFFF) | (v & 0xFFFF_FFFF));
-        } else if gpa >= 4 {
-            // The last 4 bytes of RAM: merge with the 4 before them.
-            if let Some(old) = mem.read_u64(gpa - 4) {
-                mem.write_u64(gpa - 4, (old & 0xFFFF_FFFF) | (v << 32));
-            }
+        } else {
+            mem.write_u32(gpa, v as u32);
         }
         Ok(())
     }
@@ -1028,10 +1047,9 @@ impl Vcpu {
         } else {
             let size = if self.l1_long64() { 8 } else { 4 };
             match self.operand_gpa(info, size, false) {
-                Ok(gpa) => {
-                    let v = self.l1mem().read_u64(gpa).unwrap_or(u64::MAX);
-                    if size == 8 { v } else { v & 0xFFFF_FFFF }
-                }
+                Ok(gpa) if size == 8 => self.l1mem().read_u64(gpa).unwrap_or(u64::MAX),
+                // The last 4 bytes of RAM read as they are (not all-ones).
+                Ok(gpa) => self.l1mem().read_u32(gpa).map_or(0xFFFF_FFFF, u64::from),
                 Err((v, e)) => return Emulated::Fault(v, e),
             }
         };
@@ -1986,7 +2004,7 @@ impl Vcpu {
         for (f, v) in vals {
             vmwrite(f, v);
         }
-        vmwrite(F::GUEST_CR0, cr0 | vmread(F::CR0_GUEST_HOST_MASK));
+        vmwrite(F::GUEST_CR0, crate::vmx::run::l1_cr0_to_cpu(cr0, vmread(F::CR0_GUEST_HOST_MASK)));
         vmwrite(F::GUEST_CR4, cr4 | vmread(F::CR4_GUEST_HOST_MASK));
         vmwrite(F::GUEST_RFLAGS, 0x2);
         vmwrite(F::GUEST_DR7, 0x400);

@@ -131,6 +131,15 @@ pub fn build_bitmaps(owned: &mut crate::mm::frames::Owned) -> Option<Bitmaps> {
 }
 
 /// Access-rights values (SDM 25.4.1, table 25-2).
+/// CR0 bits L0 never lets into the CPU's CR0 while an L1 runs: CD (30)
+/// and NW (29), which a VM exit does not restore (SDM 28.5.1).
+pub const CR0_ALWAYS_OFF: u64 = (1 << 30) | (1 << 29);
+
+/// The CPU's CR0 for L1's `value`: the VMX-fixed bits set, CD and NW clear.
+pub fn l1_cr0_to_cpu(value: u64, forced: u64) -> u64 {
+    (value | (forced & !CR0_ALWAYS_OFF)) & !CR0_ALWAYS_OFF
+}
+
 const AR_CODE32: u64 = 0xC09B; // present, code exec/read accessed, D=1, G=1
 const AR_DATA32: u64 = 0xC093; // present, data read/write accessed, D=1, G=1
 const AR_TSS_BUSY32: u64 = 0x8B;
@@ -201,12 +210,16 @@ pub fn setup_vmcs01(caps: &VmxCaps, eptp01: u64, maps: &Bitmaps, entry: u64, vpi
     // clear) — SDM 25.6.6.
     let (cr0_f0, _) = caps.cr0_fixed();
     let (cr4_f0, _) = caps.cr4_fixed();
-    // With unrestricted guest PE and PG may be 0 (SDM 26.3.1.1).
+    // With unrestricted guest PE and PG may be 0 (SDM 26.3.1.1). CD and NW
+    // are L0's too, and always 0 in the CPU's CR0 while L1 runs: a VM exit
+    // does not load them from HOST_CR0 (SDM 28.5.1), so an L1's CR0.CD
+    // would stay set in L0 (KVM's KVM_VM_CR0_ALWAYS_OFF). L1 reads its own
+    // value from the read shadow.
     let cr0_forced = cr0_f0 & !(1 | (1 << 31));
     let cr0_l1 = 0x11; // PE | ET, as GRUB leaves it
-    vmwrite(F::CR0_GUEST_HOST_MASK, cr0_forced);
+    vmwrite(F::CR0_GUEST_HOST_MASK, cr0_forced | CR0_ALWAYS_OFF);
     vmwrite(F::CR0_READ_SHADOW, cr0_l1);
-    vmwrite(F::GUEST_CR0, cr0_l1 | cr0_forced);
+    vmwrite(F::GUEST_CR0, l1_cr0_to_cpu(cr0_l1, cr0_forced));
     vmwrite(F::CR4_GUEST_HOST_MASK, cr4_f0);
     vmwrite(F::CR4_READ_SHADOW, 0);
     vmwrite(F::GUEST_CR4, cr4_f0);

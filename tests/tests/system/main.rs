@@ -12,5 +12,6 @@ mod linux;
 mod loaders;
 mod platform;
 mod qemu;
+mod race;
 mod term;
 mod turtles;
