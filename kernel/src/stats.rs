@@ -64,16 +64,22 @@ pub enum Phase {
     VmcsSwitch,
     /// Counting the exit (these counters, the trace ring).
     Record,
+    /// The L1's PC before an entry: time advanced, console bytes moved,
+    /// power events polled, interrupts and NMIs injected into L1.
+    Platform,
+    /// The L2 event check before an entry of VMCS0-2 (L1's interrupts and
+    /// NMIs while L2 runs: into L2, or an exit to L1).
+    Events,
     /// Between the end of one exit's handling and the next VM entry: the
     /// vCPU loop, the shell's poll on the boot core, mailbox, entry set-up.
     Loop,
 }
 
 /// Number of [`Phase`]s.
-pub const PHASES: usize = 9;
+pub const PHASES: usize = 11;
 /// The phases' names in `bench`, by their number.
 pub const PHASE_NAMES: [&str; PHASES] =
-    ["decode+emulate", "checks", "prepare_vmcs02", "shadow sync", "sync to vmcs12", "host-state load", "VMCS switches", "counting", "loop+entry"];
+    ["decode+emulate", "checks", "prepare_vmcs02", "shadow sync", "sync to vmcs12", "host-state load", "VMCS switches", "counting", "platform", "L2 event check", "loop+entry"];
 
 /// Slow paths L0 takes on nested entries and exits, counted for `bench`
 /// (how often the fast paths were left, and why the figures are what they are).

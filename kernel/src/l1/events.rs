@@ -50,9 +50,11 @@ pub(super) enum L2Next {
 impl Vcpu {
     /// Before every entry of VMCS0-2 (VMCS0-2 current).
     pub(super) fn l2_before_entry(&mut self) -> L2Next {
+        let p = self.prof.enter(crate::stats::Phase::Platform);
         if let Some(end) = self.platform_advance() {
             return L2Next::End(end);
         }
+        self.prof.leave(p);
         let pin12 = self.nested.field12(F::PIN_BASED_VM_EXEC_CONTROL) as u32;
         let proc12 = self.nested.field12(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
         let exit12 = self.nested.field12(F::VM_EXIT_CONTROLS) as u32;

@@ -948,13 +948,18 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
         vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, run::PREEMPT_TICKS);
         // Time, console, power events, interrupts for L1 (VMCS0-1 current).
         let after_exit = core::mem::take(&mut v.l1_exit_pending);
+        let p = v.prof.enter(Phase::Platform);
         if let Some(end) = v.platform_before_entry(after_exit) {
             return Some(end);
         }
+        v.prof.leave(p);
     } else {
         // L1's PC while L2 runs: its interrupts and NMIs go to L2 or exit
         // to L1 (VMCS0-2 current).
-        match v.l2_before_entry() {
+        let p = v.prof.enter(Phase::Events);
+        let next = v.l2_before_entry();
+        v.prof.leave(p);
+        match next {
             events::L2Next::Enter => {}
             events::L2Next::Exited { reason } => {
                 let start = cpu::rdtsc();
