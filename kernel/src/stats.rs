@@ -94,12 +94,14 @@ pub enum Slow {
     RareSync,
     /// The shadow VMCS was loaded to copy fields into or out of it.
     ShadowLoad,
+    /// A full pass over the L1's PC before an entry (not quiet).
+    PlatformPass,
 }
 
 /// Number of [`Slow`] paths.
-pub const SLOWS: usize = 4;
+pub const SLOWS: usize = 5;
 /// Their names in `bench`.
-pub const SLOW_NAMES: [&str; SLOWS] = ["entries with every check", "prepare_vmcs02_rare", "rare guest-field syncs", "shadow VMCS loads"];
+pub const SLOW_NAMES: [&str; SLOWS] = ["entries with every check", "prepare_vmcs02_rare", "rare guest-field syncs", "shadow VMCS loads", "full platform passes"];
 
 /// Slots of [`FieldCounts`]: one per field of the field table, in its order,
 /// and a last one for operands that name no field.
@@ -197,7 +199,12 @@ impl CpuStats {
     /// Counts one run of a slow path.
     #[inline]
     pub fn slow(&self, which: Slow) {
-        self.slow[which as usize].fetch_add(1, Relaxed);
+        // Inside the window only, as the exits (the L1's final printing
+        // after it takes slow paths of its own).
+        if self.window_end.load(Relaxed) != 0 {
+            return;
+        }
+        bump(&self.slow[which as usize]);
     }
 
     /// Counts one exit of `reason` that took `cycles` in L0.
