@@ -997,6 +997,16 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
     let start = cpu::rdtsc();
     v.prof.exited(start);
     let reason = vmread(F::VM_EXIT_REASON) as u32;
+    if !in_l2 && matches!(reason, 23 | 25) {
+        // RIP before the fast path moves it, for the trace.
+        let rip = vmread(F::GUEST_RIP);
+        if v.vmrw_fast(reason == 25) {
+            v.launched = true;
+            v.l1_exit_pending = true;
+            record(v, Level::L1, reason, 0, rip, true, start);
+            return None;
+        }
+    }
     let qualification = vmread(F::EXIT_QUALIFICATION);
     let rip = vmread(F::GUEST_RIP);
     if in_l2 {
