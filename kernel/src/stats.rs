@@ -64,16 +64,22 @@ pub enum Phase {
     VmcsSwitch,
     /// Counting the exit (these counters, the trace ring).
     Record,
+    /// The L1's PC before an entry: time advanced, console bytes moved,
+    /// power events polled, interrupts and NMIs injected into L1.
+    Platform,
+    /// The L2 event check before an entry of VMCS0-2 (L1's interrupts and
+    /// NMIs while L2 runs: into L2, or an exit to L1).
+    Events,
     /// Between the end of one exit's handling and the next VM entry: the
     /// vCPU loop, the shell's poll on the boot core, mailbox, entry set-up.
     Loop,
 }
 
 /// Number of [`Phase`]s.
-pub const PHASES: usize = 9;
+pub const PHASES: usize = 11;
 /// The phases' names in `bench`, by their number.
 pub const PHASE_NAMES: [&str; PHASES] =
-    ["decode+emulate", "checks", "prepare_vmcs02", "shadow sync", "sync to vmcs12", "host-state load", "VMCS switches", "counting", "loop+entry"];
+    ["decode+emulate", "checks", "prepare_vmcs02", "shadow sync", "sync to vmcs12", "host-state load", "VMCS switches", "counting", "platform", "L2 event check", "loop+entry"];
 
 /// Slow paths L0 takes on nested entries and exits, counted for `bench`
 /// (how often the fast paths were left, and why the figures are what they are).
@@ -88,12 +94,14 @@ pub enum Slow {
     RareSync,
     /// The shadow VMCS was loaded to copy fields into or out of it.
     ShadowLoad,
+    /// A full pass over the L1's PC before an entry (not quiet).
+    PlatformPass,
 }
 
 /// Number of [`Slow`] paths.
-pub const SLOWS: usize = 4;
+pub const SLOWS: usize = 5;
 /// Their names in `bench`.
-pub const SLOW_NAMES: [&str; SLOWS] = ["entries with every check", "prepare_vmcs02_rare", "rare guest-field syncs", "shadow VMCS loads"];
+pub const SLOW_NAMES: [&str; SLOWS] = ["entries with every check", "prepare_vmcs02_rare", "rare guest-field syncs", "shadow VMCS loads", "full platform passes"];
 
 /// Slots of [`FieldCounts`]: one per field of the field table, in its order,
 /// and a last one for operands that name no field.
@@ -191,7 +199,12 @@ impl CpuStats {
     /// Counts one run of a slow path.
     #[inline]
     pub fn slow(&self, which: Slow) {
-        self.slow[which as usize].fetch_add(1, Relaxed);
+        // Inside the window only, as the exits (the L1's final printing
+        // after it takes slow paths of its own).
+        if self.window_end.load(Relaxed) != 0 {
+            return;
+        }
+        bump(&self.slow[which as usize]);
     }
 
     /// Counts one exit of `reason` that took `cycles` in L0.

@@ -348,6 +348,22 @@ pub fn decode(enc: u32) -> Result<(Field, Access), EncodingError> {
     }
 }
 
+/// The slot ([`Field::index`]) of the field a VMREAD/VMWRITE operand names,
+/// with one lookup in the table built at compile time and no [`Field`]
+/// made: `Some` exactly where [`decode`] answers `Ok` (L0's fast path for
+/// emulated VMREAD/VMWRITE; width, type and "high" access are encoding bits).
+#[inline(always)]
+pub fn slot_of(enc: u32) -> Option<usize> {
+    // "High" access (bit 0) exists only for 64-bit fields (bits 14:13 = 1).
+    if enc & !0x6FFF != 0 || (enc & 1 != 0 && (enc >> 13) & 3 != 1) {
+        return None;
+    }
+    match BY_ENCODING[lookup_key(enc & !1)] {
+        u8::MAX => None,
+        i => Some(usize::from(i)),
+    }
+}
+
 /// The highest index (encoding bits 9:1) of any field, as IA32_VMX_VMCS_ENUM reports it.
 pub fn highest_index() -> u32 {
     ALL.iter().map(|f| (f.encoding() >> 1) & 0x1FF).max().unwrap_or(0)
@@ -489,6 +505,18 @@ mod tests {
         }
         // TSC_MULTIPLIER (0x2032) has index 0x19, the largest in the table.
         assert_eq!(highest_index(), 0x19);
+    }
+
+    #[test]
+    fn slot_of_agrees_with_decode() {
+        // Every encoding with bits 31:15 clear and a few beyond: `slot_of`
+        // finds the field `decode` finds, and fails where it fails.
+        for enc in (0..0x8000u32).chain([0x8000, 0x1_0000, 0x8000_0000, u32::MAX]) {
+            match decode(enc) {
+                Ok((f, _)) => assert_eq!(slot_of(enc), Some(f.index()), "{enc:#x}"),
+                Err(_) => assert_eq!(slot_of(enc), None, "{enc:#x}"),
+            }
+        }
     }
 
     #[test]

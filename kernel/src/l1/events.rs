@@ -50,8 +50,15 @@ pub(super) enum L2Next {
 impl Vcpu {
     /// Before every entry of VMCS0-2 (VMCS0-2 current).
     pub(super) fn l2_before_entry(&mut self) -> L2Next {
-        if let Some(end) = self.platform_advance() {
-            return L2Next::End(end);
+        // The PC needs no pass while quiet (see `L1Platform::quiet_until`):
+        // then nothing is pending for L1.
+        let quiet = self.platform_quiet(cpu::rdtsc());
+        if quiet.is_none() {
+            let p = self.prof.enter(crate::stats::Phase::Platform);
+            if let Some(end) = self.platform_advance() {
+                return L2Next::End(end);
+            }
+            self.prof.leave(p);
         }
         let pin12 = self.nested.field12(F::PIN_BASED_VM_EXEC_CONTROL) as u32;
         let proc12 = self.nested.field12(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
@@ -64,8 +71,8 @@ impl Vcpu {
             rflags_if: vmread(F::GUEST_RFLAGS) & (1 << 9) != 0,
             interruptibility: vmread(F::GUEST_INTERRUPTIBILITY_INFO) as u32,
             vnmi02: vmread(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & pin::VIRTUAL_NMIS != 0,
-            nmi: pc.pending_nmi(),
-            irq: pc.pending_interrupt(),
+            nmi: quiet.is_none() && pc.pending_nmi(),
+            irq: if quiet.is_none() { pc.pending_interrupt() } else { None },
         };
         let plan = events::plan(&s);
         match plan.action {
@@ -108,7 +115,16 @@ impl Vcpu {
             vmwrite(F::CPU_BASED_VM_EXEC_CONTROL, ((ctl & !mask) | want).into());
         }
         // L0's need (0: exit at once) composed with vmcs12's own timer.
-        let ticks = if plan.immediate_exit { 0 } else { self.l2_timer_ticks() };
+        let ticks = match quiet {
+            _ if plan.immediate_exit => 0,
+            Some(ticks) => ticks,
+            None => {
+                let (ticks, now, deadline) = self.l2_timer_ticks();
+                let pending = s.nmi || s.irq.is_some();
+                self.platform.quiet_until = if pending { 0 } else { self.quiet_bound(now, deadline) };
+                ticks
+            }
+        };
         self.arm_vmcs02_preemption_timer(ticks);
         L2Next::Enter
     }
@@ -117,12 +133,16 @@ impl Vcpu {
     /// bound, or less, so L1's next device deadline (its LAPIC timer, the
     /// PIT…) is acted on when it falls due while L2 runs (rounded up: an
     /// exit before the deadline finds nothing due and costs a second one).
-    pub(super) fn l2_timer_ticks(&self) -> u64 {
+    /// Also returns the TSC it was computed at and the deadline.
+    pub(super) fn l2_timer_ticks(&self) -> (u64, u64, Option<u64>) {
         let cap = run::PREEMPT_TICKS;
-        match self.platform.pc.next_deadline_tsc() {
-            Some(d) => d.saturating_sub(cpu::rdtsc()).div_ceil(1 << self.platform.timer_rate).clamp(1, cap),
+        let deadline = self.platform.pc.next_deadline_tsc();
+        let now = cpu::rdtsc();
+        let ticks = match deadline {
+            Some(d) => d.saturating_sub(now).div_ceil(1 << self.platform.timer_rate).clamp(1, cap),
             None => cap,
-        }
+        };
+        (ticks, now, deadline)
     }
 
     /// After an L2 exit L0 handled itself (L2 resumes): an event whose

@@ -608,6 +608,7 @@ impl Vcpu {
     pub(super) fn l1_rdmsr(&mut self, msr: u32) -> Option<u64> {
         // IA32_APIC_BASE, x2APIC, TSC_DEADLINE: the L1's own local APIC,
         // never the host's (issue 9).
+        self.platform.quiet_until = 0;
         self.platform.pc.advance(cpu::rdtsc());
         if let Some(r) = self.platform.pc.rdmsr(msr) {
             return r.ok();
@@ -633,6 +634,7 @@ impl Vcpu {
     /// one faults, as on the CPU). The CPU's checks of the value itself
     /// (reserved bits) are not repeated.
     pub(super) fn l1_wrmsr(&mut self, msr: u32, value: u64) -> bool {
+        self.platform.quiet_until = 0;
         self.platform.pc.advance(cpu::rdtsc());
         if let Some(r) = self.platform.pc.wrmsr(msr, value) {
             return r.is_ok();
@@ -1163,13 +1165,24 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
         vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, run::PREEMPT_TICKS);
         // Time, console, power events, interrupts for L1 (VMCS0-1 current).
         let after_exit = core::mem::take(&mut v.l1_exit_pending);
-        if let Some(end) = v.platform_before_entry(after_exit) {
-            return Some(end);
+        if let Some(ticks) = v.platform_quiet(cpu::rdtsc()) {
+            // Nothing pending, nothing due, and the last exit touched no
+            // device: only the timer bound is renewed.
+            vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, ticks);
+        } else {
+            let p = v.prof.enter(Phase::Platform);
+            if let Some(end) = v.platform_before_entry(after_exit) {
+                return Some(end);
+            }
+            v.prof.leave(p);
         }
     } else {
         // L1's PC while L2 runs: its interrupts and NMIs go to L2 or exit
         // to L1 (VMCS0-2 current).
-        match v.l2_before_entry() {
+        let p = v.prof.enter(Phase::Events);
+        let next = v.l2_before_entry();
+        v.prof.leave(p);
+        match next {
             events::L2Next::Enter => {}
             events::L2Next::Exited { reason } => {
                 let start = cpu::rdtsc();
@@ -1199,6 +1212,16 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
     let start = cpu::rdtsc();
     v.prof.exited(start);
     let reason = vmread(F::VM_EXIT_REASON) as u32;
+    if !in_l2 && matches!(reason, 23 | 25) {
+        // RIP before the fast path moves it, for the trace.
+        let rip = vmread(F::GUEST_RIP);
+        if v.vmrw_fast(reason == 25) {
+            v.launched = true;
+            v.l1_exit_pending = true;
+            record(v, Level::L1, reason, 0, rip, true, start);
+            return None;
+        }
+    }
     let qualification = vmread(F::EXIT_QUALIFICATION);
     let rip = vmread(F::GUEST_RIP);
     if in_l2 {
@@ -1207,6 +1230,8 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
         }
         let (level, result) = match v.l2_exit(reason, qualification) {
             Ok(true) => {
+                // Handled in L0 (L2's MMIO to L1's devices among them).
+                v.platform.quiet_until = 0;
                 v.l2_reinject();
                 (Level::L2InL0, None)
             }
@@ -1221,6 +1246,11 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
     }
     v.launched = true;
     v.l1_exit_pending = true;
+    // Only these exits leave the L1's PC untouched (RDMSR/WRMSR of L1's MSRs
+    // from VM-entry/exit MSR lists clear it themselves).
+    if !matches!(reason, 10 | 18..=27 | 50 | 53) {
+        v.platform.quiet_until = 0;
+    }
     let handled = v.handle(decode(reason, qualification));
     let (result, completed) = match handled {
         Handled::Resume => (None, true),

@@ -993,6 +993,85 @@ impl Vcpu {
         }
     }
 
+    /// The common case of an emulated VMREAD (`write` false) or VMWRITE,
+    /// complete: register operands (instruction information bit 10, SDM
+    /// 28.2.5), CPL 0, in VMX operation with a current vmcs12, a field of
+    /// the table (one lookup, `field::decode`) that is not read-only for
+    /// VMWRITE, no sync pending for it (shadow VMCS, lazy guest fields),
+    /// shadowing off or the fixed set without this field. The value moves
+    /// in the cache as `vmread12_inner`/`vmwrite12_inner` move it, then
+    /// VMsucceed, the field counted, RIP past the instruction (KVM's
+    /// handle_vmread/handle_vmwrite without kvm_skip_emulated_instruction's
+    /// event checks). `false`: nothing was changed, and the general path
+    /// (`emulate_vmx`) handles the exit from its start.
+    #[inline(always)]
+    pub(super) fn vmrw_fast(&mut self, write: bool) -> bool {
+        let n = &self.nested;
+        if !n.enabled || n.vmxon.is_none() || n.current.is_none() {
+            return false;
+        }
+        // Instruction information (SDM 28.2.5): bit 10 register operand,
+        // bits 6:3 reg1 (VMREAD destination, VMWRITE source), 31:28 reg2
+        // (the encoding).
+        let info = vmread(F::VMX_INSTRUCTION_INFO);
+        if info & (1 << 10) == 0 {
+            return false;
+        }
+        let (reg1, reg2) = (((info >> 3) & 0xF) as usize, ((info >> 28) & 0xF) as usize);
+        let cs_ar = vmread(F::GUEST_CS_AR_BYTES);
+        if (cs_ar >> 5) & 3 != 0 || reg1 == 4 || reg2 == 4 {
+            return false;
+        }
+        // 64-bit mode: EFER.LMA and CS.L (`l1_long64`); else 32-bit operands.
+        let width = if cs_ar & (1 << 13) != 0 && vmread(F::GUEST_IA32_EFER) & (1 << 10) != 0 { u64::MAX } else { 0xFFFF_FFFF };
+        let enc = self.regs.gpr[reg2] & width;
+        let Some(slot) = u32::try_from(enc).ok().and_then(field::slot_of) else {
+            return false;
+        };
+        let enc = enc as u32;
+        let sh = &n.shadow;
+        let f = ALL[slot];
+        if sh.on && (sh.policy != Policy::Fixed || sh.fields().contains(f)) {
+            return false;
+        }
+        if n.rare_pending && n.exit_sync.is_some_and(|(_, _, s)| s.lazy.contains(f)) {
+            return false;
+        }
+        let Some(cur) = self.nested.current.as_mut() else { return false };
+        // Width from encoding bits 14:13 (0 16-bit, 1 64-bit, 2 32-bit,
+        // 3 natural); bit 0 the "high" half of a 64-bit field.
+        let mask = match (enc >> 13) & 3 {
+            0 => 0xFFFF,
+            2 => 0xFFFF_FFFF,
+            _ => u64::MAX,
+        };
+        if write {
+            // Type 1 (bits 11:10): read-only; the general path decides.
+            if (enc >> 10) & 3 == 1 {
+                return false;
+            }
+            let value = self.regs.gpr[reg1] & width;
+            let new = if enc & 1 != 0 { (cur.fields[slot] & 0xFFFF_FFFF) | (value << 32) } else { value & mask };
+            cur.set(f, new);
+        } else {
+            let raw = cur.fields[slot];
+            let value = if enc & 1 != 0 { raw >> 32 } else { raw & mask };
+            self.regs.gpr[reg1] = value & width;
+        }
+        self.nested.note = None;
+        super::shared(self.cpu).stats.field(slot, 0, write, true);
+        self.nested.shadow.link(true);
+        // VMsucceed (arithmetic flags clear), RIP past the instruction, an
+        // STI/MOV-SS shadow over.
+        vmwrite(F::GUEST_RFLAGS, vmread(F::GUEST_RFLAGS) & !RFLAGS_ARITH);
+        vmwrite(F::GUEST_RIP, vmread(F::GUEST_RIP) + vmread(F::VM_EXIT_INSTRUCTION_LEN));
+        let intr = vmread(F::GUEST_INTERRUPTIBILITY_INFO);
+        if intr & 3 != 0 {
+            vmwrite(F::GUEST_INTERRUPTIBILITY_INFO, intr & !3);
+        }
+        true
+    }
+
     /// VMREAD (SDM 32.3): VMfailInvalid without a current VMCS, error 12
     /// for unsupported fields; widths and "high" accesses as the SDM says.
     fn vmread12(&mut self, info: &InstructionInfo) -> Emulated {

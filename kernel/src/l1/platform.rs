@@ -69,7 +69,23 @@ pub struct L1Platform {
     /// exits 1 and 0 (NMI) made for L1 (kernel/src/l1/events.rs).
     pub l2_injected: u64,
     pub l2_exits: u64,
+    /// TSC before which an entry needs no pass over the PC (0: the next
+    /// entry makes one): the last pass found no interrupt or NMI pending
+    /// for L1, the PC's next deadline is later, and no exit since may have
+    /// touched it (`step` clears it after any exit but an emulated VMX
+    /// instruction, CPUID or a reflection; RDMSR/WRMSR clear it). Also at
+    /// most [`QUIET_MAX_US`] after the pass, so bytes the shell types at an
+    /// attached L1 wait no longer than that.
+    pub quiet_until: u64,
+    /// [`QUIET_MAX_US`] in TSC ticks.
+    quiet_max: u64,
 }
+
+/// The longest quiet stretch: 10 ms, so bytes typed at an attached L1 (kept
+/// in its `rx` queue meanwhile) reach its UART at least that often. (The
+/// shell's requests and `l1` controls are looked at between all exits
+/// anyway, in `run_forever`.)
+pub const QUIET_MAX_US: u64 = 10_000;
 
 impl L1Platform {
     pub fn new(mem_size: u64, caps: &nvmx_vmx::caps::VmxCaps) -> Self {
@@ -92,6 +108,8 @@ impl L1Platform {
             injected_nmis: 0,
             l2_injected: 0,
             l2_exits: 0,
+            quiet_until: 0,
+            quiet_max: hz / 1_000_000 * QUIET_MAX_US,
         }
     }
 
@@ -279,6 +297,7 @@ impl Vcpu {
     /// before any entry (of VMCS0-1 or, while L2 runs, VMCS0-2).
     pub(super) fn platform_advance(&mut self) -> Option<L1State> {
         let shared = &L1S[self.cpu];
+        shared.stats.slow(crate::stats::Slow::PlatformPass);
         // Bytes the shell typed at an attached L1.
         {
             let mut rx = shared.rx.lock();
@@ -335,7 +354,7 @@ impl Vcpu {
                 want |= proc1::INTERRUPT_WINDOW_EXITING;
             }
             self.platform.set_windows(want);
-            self.prepare_sleep();
+            self.prepare_sleep(nmi || irq.is_some());
             return;
         }
         let intr = vmread(F::GUEST_INTERRUPTIBILITY_INFO);
@@ -353,7 +372,7 @@ impl Vcpu {
                     want |= proc1::INTERRUPT_WINDOW_EXITING;
                 }
                 self.platform.set_windows(want);
-                self.prepare_sleep();
+                self.prepare_sleep(true);
                 return;
             }
             want |= if self.platform.vnmi && intr & BLOCK_NMI != 0 {
@@ -374,7 +393,7 @@ impl Vcpu {
             }
         }
         self.platform.set_windows(want);
-        self.prepare_sleep();
+        self.prepare_sleep(nmi || irq.is_some());
     }
 
     /// An interrupt ends HLT (SDM 25.4.2: the injected event is delivered
@@ -394,7 +413,11 @@ impl Vcpu {
     /// A running L1 gets the same bound, so a device deadline (its LAPIC
     /// timer, the PIT) is acted on when it falls due, not only at L1's next
     /// exit of its own.
-    fn prepare_sleep(&mut self) {
+    ///
+    /// With nothing `pending` for a running L1, the entries until the
+    /// deadline (or `PREEMPT_TICKS`) after pure exits skip the pass
+    /// ([`Vcpu::platform_quiet`]).
+    fn prepare_sleep(&mut self, pending: bool) {
         if self.platform.halted && vmread(F::VM_ENTRY_INTR_INFO_FIELD) & (1 << 31) != 0 {
             self.wake();
         }
@@ -402,17 +425,38 @@ impl Vcpu {
         if self.platform.halted {
             vmwrite(F::GUEST_ACTIVITY_STATE, HLT);
         }
-        let ticks = match self.platform.pc.next_deadline_tsc() {
+        let deadline = self.platform.pc.next_deadline_tsc();
+        let now = cpu::rdtsc();
+        let ticks = match deadline {
             // Rounded up: an exit before the deadline would find nothing due
             // and cost a second one.
-            Some(d) => d.saturating_sub(cpu::rdtsc()).div_ceil(1 << self.platform.timer_rate).clamp(1, cap),
+            Some(d) => d.saturating_sub(now).div_ceil(1 << self.platform.timer_rate).clamp(1, cap),
             None => cap,
         };
         vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, ticks);
+        self.platform.quiet_until = if pending || self.platform.halted { 0 } else { self.quiet_bound(now, deadline) };
+    }
+
+    /// The end of a quiet stretch that starts at `now`: the PC's next
+    /// `deadline`, at most [`QUIET_MAX_US`] away.
+    pub(super) fn quiet_bound(&self, now: u64, deadline: Option<u64>) -> u64 {
+        let cap = now.saturating_add(self.platform.quiet_max);
+        deadline.map_or(cap, |d| d.min(cap))
+    }
+
+    /// Before an entry after a pure exit: `Some(timer ticks)` to the end of
+    /// the quiet stretch when the PC needs no pass now (nothing pending,
+    /// nothing due: KVM enters without KVM_REQ_EVENT in the same case).
+    #[inline(always)]
+    pub(super) fn platform_quiet(&self, now: u64) -> Option<u64> {
+        let until = self.platform.quiet_until;
+        // The timer stays bounded by PREEMPT_TICKS (the boot core's shell).
+        (now < until).then(|| (until - now).div_ceil(1 << self.platform.timer_rate).clamp(1, crate::vmx::run::PREEMPT_TICKS))
     }
 
     /// The `l1 <cpu>` view of this L1's PC (answered on its core).
     pub(super) fn platform_view(&mut self) -> String {
+        self.platform.quiet_until = 0;
         let pc = &mut self.platform.pc;
         pc.advance(cpu::rdtsc());
         let base = pc.lapic.apic_base();
