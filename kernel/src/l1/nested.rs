@@ -1860,8 +1860,12 @@ impl Vcpu {
         unsafe { insn::vmptrld(self.nested.vmcs01) }.expect("VMPTRLD of VMCS0-1");
         self.prof.leave(phase);
         self.nested.in_l2 = false;
+        // SDM 28.5.1: CR0.CD and NW are not loaded from HOST_CR0; L1 keeps
+        // its own (L0 holds them in the read shadow, never in the CPU).
+        let off = crate::vmx::run::CR0_ALWAYS_OFF;
+        let keep = vmread(F::CR0_READ_SHADOW) & off;
         for (f, v) in vals {
-            vmwrite(f, v);
+            vmwrite(f, if f == F::CR0_READ_SHADOW { (v & !off) | keep } else { v });
         }
         vmwrite(F::GUEST_CR0, crate::vmx::run::l1_cr0_to_cpu(cr0, vmread(F::CR0_GUEST_HOST_MASK)));
         vmwrite(F::GUEST_CR4, cr4 | vmread(F::CR4_GUEST_HOST_MASK));
