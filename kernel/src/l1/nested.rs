@@ -1195,6 +1195,8 @@ impl Vcpu {
     fn load_msr_list(&mut self, (addr, count): (u64, u64)) -> Result<(), u64> {
         let mem = self.l1mem();
         for n in 0..count.min(MAX_MSR_LIST) {
+            // Read once: checked and loaded from these copies (another vCPU
+            // may rewrite the list meanwhile; `bochs_race_*` pin it).
             let (Some(head), Some(value)) = (mem.read_u64(addr + 16 * n), mem.read_u64(addr + 16 * n + 8)) else {
                 return Err(n + 1);
             };
