@@ -1337,6 +1337,8 @@ impl Vcpu {
     fn load_msr_list(&mut self, (addr, count): (u64, u64)) -> Result<(), u64> {
         let mem = self.l1mem();
         for n in 0..count.min(MAX_MSR_LIST) {
+            // Read once: checked and loaded from these copies (another vCPU
+            // may rewrite the list meanwhile; `bochs_race_*` pin it).
             let (Some(head), Some(value)) = (mem.read_u64(addr + 16 * n), mem.read_u64(addr + 16 * n + 8)) else {
                 return Err(n + 1);
             };
@@ -2080,8 +2082,12 @@ impl Vcpu {
         unsafe { insn::vmptrld(self.nested.vmcs01) }.expect("VMPTRLD of VMCS0-1");
         self.prof.leave(phase);
         self.nested.in_l2 = false;
+        // SDM 28.5.1: CR0.CD and NW are not loaded from HOST_CR0; L1 keeps
+        // its own (L0 holds them in the read shadow, never in the CPU).
+        let off = crate::vmx::run::CR0_ALWAYS_OFF;
+        let keep = vmread(F::CR0_READ_SHADOW) & off;
         for (f, v) in vals {
-            vmwrite(f, v);
+            vmwrite(f, if f == F::CR0_READ_SHADOW { (v & !off) | keep } else { v });
         }
         vmwrite(F::GUEST_CR0, crate::vmx::run::l1_cr0_to_cpu(cr0, vmread(F::CR0_GUEST_HOST_MASK)));
         vmwrite(F::GUEST_CR4, cr4 | vmread(F::CR4_GUEST_HOST_MASK));

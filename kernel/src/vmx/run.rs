@@ -216,7 +216,9 @@ pub fn setup_vmcs01(caps: &VmxCaps, eptp01: u64, maps: &Bitmaps, entry: u64, vpi
     // would stay set in L0 (KVM's KVM_VM_CR0_ALWAYS_OFF). L1 reads its own
     // value from the read shadow.
     let cr0_forced = cr0_f0 & !(1 | (1 << 31));
-    let cr0_l1 = 0x11; // PE | ET, as GRUB leaves it
+    // PE | ET as GRUB leaves it, CD and NW as the firmware left them on this
+    // core (GRUB does not touch them; Bochs' BIOS leaves both set).
+    let cr0_l1 = 0x11 | (cpu::read_cr0() & CR0_ALWAYS_OFF);
     vmwrite(F::CR0_GUEST_HOST_MASK, cr0_forced | CR0_ALWAYS_OFF);
     vmwrite(F::CR0_READ_SHADOW, cr0_l1);
     vmwrite(F::GUEST_CR0, l1_cr0_to_cpu(cr0_l1, cr0_forced));
