@@ -945,6 +945,11 @@ impl Vcpu {
             smp::route(me, ipi, x2);
         }
         let arrived = smp::drain(me, &mut self.platform.pc);
+        if arrived.interrupt {
+            // Ends a quiet stretch (`platform_quiet`): the IPI is delivered
+            // at this entry, not when the stretch would have ended.
+            self.platform.quiet_until = 0;
+        }
         // INIT is blocked in VMX root operation (SDM 24.8) and the BSP is
         // not reset by it here (not modelled).
         if arrived.init && me > 0 && !self.nested.in_vmx_operation() {

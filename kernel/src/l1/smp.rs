@@ -167,12 +167,16 @@ pub struct Arrived {
     pub init: bool,
     /// The SIPI's vector, if one came.
     pub sipi: Option<u8>,
+    /// A fixed IPI or an NMI went into the local APIC: the PC needs a pass
+    /// before the next entry (it may have an interrupt to deliver now).
+    pub interrupt: bool,
 }
 
 /// Moves `vcpu`'s fixed IPIs and NMI into its local APIC; returns INIT and
 /// SIPI for the vCPU loop.
 pub fn drain(vcpu: usize, pc: &mut nvmx_devices::Platform) -> Arrived {
     let inbox = &INBOX[vcpu];
+    let mut interrupt = false;
     for (i, w) in inbox.fixed.iter().enumerate() {
         if w.load(Ordering::Relaxed) == 0 {
             continue;
@@ -182,14 +186,16 @@ pub fn drain(vcpu: usize, pc: &mut nvmx_devices::Platform) -> Arrived {
             let b = bits.trailing_zeros();
             bits &= bits - 1;
             pc.accept_ipi((i as u32 * 32 + b) as u8);
+            interrupt = true;
         }
     }
     if inbox.nmi.swap(false, Ordering::AcqRel) {
         pc.accept_nmi_ipi();
+        interrupt = true;
     }
     let init = inbox.init.swap(false, Ordering::AcqRel);
     let sipi = inbox.sipi.swap(0, Ordering::AcqRel);
-    Arrived { init, sipi: (sipi & 0x100 != 0).then_some(sipi as u8) }
+    Arrived { init, sipi: (sipi & 0x100 != 0).then_some(sipi as u8), interrupt }
 }
 
 /// The `l1 <cpu>` line of a vCPU of the two-vCPU L1, readable from any core.
