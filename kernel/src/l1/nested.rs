@@ -2009,9 +2009,22 @@ impl Vcpu {
             F::IDT_VECTORING_ERROR_CODE,
             F::VM_EXIT_INSTRUCTION_LEN,
             F::VMX_INSTRUCTION_INFO,
-            F::GUEST_LINEAR_ADDRESS,
         ] {
             cur.set_from_vmcs02(f, vmread(f));
+        }
+        // The guest-linear address likewise is written only by the exits
+        // that report one (SDM 28.2.1): string I/O, LMSW with a memory
+        // operand, EPT violations with a valid linear address (qualification
+        // bit 7); after any other exit VMCS0-2's may be that of an L0-handled
+        // EPT fill (a second fuzz on one core read it bare ≠ nested).
+        let linear = match reason & 0xFFFF {
+            30 => qualification & (1 << 4) != 0,
+            28 => qualification & 0x70 == 0x70,
+            48 => qualification & (1 << 7) != 0,
+            _ => false,
+        };
+        if linear {
+            cur.set_from_vmcs02(F::GUEST_LINEAR_ADDRESS, vmread(F::GUEST_LINEAR_ADDRESS));
         }
         // The guest-physical address is written only by EPT violations and
         // misconfigurations (SDM 28.2.1; undefined otherwise, and the CPU
