@@ -66,6 +66,12 @@ cf_cr8_load:   xor eax, eax
                vmcall
 cf_cr8_store:  mov rax, cr8
                vmcall
+    .global cf_pause_loop
+cf_pause_loop: mov ecx, 1000000     /* far longer than any PLE window used */
+1:             pause
+               dec ecx
+               jnz 1b
+               vmcall
     .global cf_cr8_write
 cf_cr8_write:  mov cr8, rcx
                vmcall
@@ -109,6 +115,7 @@ unsafe extern "C" {
     static cf_cr8_load: u8;
     static cf_cr8_store: u8;
     static cf_cr8_write: u8;
+    static cf_pause_loop: u8;
 }
 
 extern "C" fn vmxon_at(a: u64) {
@@ -384,6 +391,29 @@ pub fn with_l2(t: &mut Tally, caps: &VmxCaps, l2: &mut L2) {
             }
         }
         t.expect(name, "", ok);
+    }
+
+    // PAUSE-loop exiting (kvm_intel's ple_gap/ple_window; SDM 26.1.3,
+    // 25.6.13): PAUSEs at CPL 0 less than PLE_GAP apart for longer than
+    // PLE_WINDOW make exit 40 (qualification 0) before the loop ends.
+    let name = "l2 PAUSE loop with PAUSE-loop exiting (gap 128, window 4096): exit 40";
+    if caps.procbased2().1 & proc2::PAUSE_LOOP_EXITING != 0 {
+        let proc2_old = vmx::vmread(F::SECONDARY_VM_EXEC_CONTROL);
+        vmx::vmwrite(F::CPU_BASED_VM_EXEC_CONTROL, proc | u64::from(proc1::SECONDARY_CONTROLS));
+        vmx::vmwrite(F::SECONDARY_VM_EXEC_CONTROL, proc2_old | u64::from(proc2::PAUSE_LOOP_EXITING));
+        vmx::vmwrite(F::PLE_GAP, 128);
+        vmx::vmwrite(F::PLE_WINDOW, 4096);
+        // SAFETY: as above.
+        let e = l2.run(unsafe { rip(&cf_pause_loop) }, 0, 0);
+        vmx::vmwrite(F::SECONDARY_VM_EXEC_CONTROL, proc2_old);
+        vmx::vmwrite(F::CPU_BASED_VM_EXEC_CONTROL, proc);
+        let ok = e.as_ref().is_some_and(|e| e.reason == 40 && e.qualification == 0);
+        if let (false, Some(e)) = (ok, e) {
+            let _ = writeln!(Console, "l1: selftest {name}: exit {:#x} qualification {:#x}", e.reason, e.qualification);
+        }
+        t.expect(name, "", ok);
+    } else {
+        t.expect(name, "not offered", true);
     }
 
     // Without TPR shadow or CR8 exiting L2's MOV to CR8 sets the CPU's

@@ -30,7 +30,10 @@ pub const L1_PROC2: u32 = proc2::ENABLE_EPT | proc2::ENABLE_VPID | proc2::ENABLE
     | proc2::VIRTUALIZE_APIC_ACCESSES
     // VMCS shadowing for L1's own L2 (`crate::shadow12`): L0 serves L2's
     // VMREAD/VMWRITE from the shadow vmcs12, offered where the CPU has it.
-    | proc2::VMCS_SHADOWING;
+    | proc2::VMCS_SHADOWING
+    // PAUSE-loop exiting (kvm_intel's ple_gap): run by the CPU on VMCS0-2
+    // with vmcs12's gap and window; every exit 40 of L2 is L1's.
+    | proc2::PAUSE_LOOP_EXITING;
 // KVM (6.1 setup_vmcs_config) requires CR8 load/store exiting, save and
 // load debug controls: without them kvm_intel refuses to load (EIO).
 pub const L1_EXIT: u32 = exitc::SAVE_DEBUG_CONTROLS | exitc::HOST_ADDRESS_SPACE_SIZE | exitc::ACK_INTERRUPT_ON_EXIT

@@ -1520,7 +1520,7 @@ impl Vcpu {
         let proc02 = adj((proc12 & pass1) | cr8 | proc1::UNCONDITIONAL_IO_EXITING | proc1::SECONDARY_CONTROLS, caps.procbased());
         let proc2_02 = adj(
             (proc2_12 & (proc2::ENABLE_VPID | proc2::ENABLE_RDTSCP | proc2::UNRESTRICTED_GUEST | proc2::ENABLE_INVPCID))
-                | (proc2_12 & proc2::VIRTUALIZE_APIC_ACCESSES)
+                | (proc2_12 & (proc2::VIRTUALIZE_APIC_ACCESSES | proc2::PAUSE_LOOP_EXITING))
                 | proc2::ENABLE_EPT,
             caps.procbased2(),
         );
@@ -1548,6 +1548,12 @@ impl Vcpu {
         vmwrite(F::VM_EXIT_CONTROLS, exit02.into());
         vmwrite(F::VM_ENTRY_CONTROLS, entry02.into());
         vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, crate::vmx::run::PREEMPT_TICKS);
+        // PAUSE-loop exiting (SDM 25.6.13): vmcs12's gap and window as they
+        // are; L0 has no PAUSE exiting of its own for L2.
+        if proc2_02 & proc2::PAUSE_LOOP_EXITING != 0 {
+            vmwrite(F::PLE_GAP, cur.get(F::PLE_GAP));
+            vmwrite(F::PLE_WINDOW, cur.get(F::PLE_WINDOW));
+        }
         // TPR shadow (SDM 30.1.1): L1's virtual-APIC page is an L1-physical
         // address; VMCS0-2 gets the host page behind it (in L1's RAM, else
         // the entry fails as refused controls), and L1's threshold.

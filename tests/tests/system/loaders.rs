@@ -66,6 +66,10 @@ fn kvm_intel_expected(model: &str) -> Vec<(&'static str, &'static str)> {
     let haswell = if model.contains("haswell") { "Y" } else { "N" };
     want.push(("eptad", haswell));
     want.push(("enable_shadow_vmcs", haswell));
+    // PAUSE-loop exiting, with kvm_intel's default gap (Bochs haswell has it).
+    if model.contains("haswell") {
+        want.push(("ple_gap", "128"));
+    }
     want
 }
 
@@ -189,6 +193,8 @@ fn linux_nested(name: &str, iso: &str, shadow: &str, cpu: usize) -> Result<()> {
         ("flexpriority", bare_value("flexpriority")),
         // VMCS shadowing is offered to L1 where the CPU has it: as bare.
         ("enable_shadow_vmcs", bare_value("enable_shadow_vmcs")),
+        // PAUSE-loop exiting offered to L1: kvm_intel keeps its gap, as bare.
+        ("ple_gap", bare_value("ple_gap")),
     ] {
         let want = format!("init: kvm_intel {k}={v}");
         m.check(console.contains(&want), || format!("nested: no `{want}`:\n{console}"))?;
