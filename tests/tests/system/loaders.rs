@@ -255,7 +255,7 @@ fn linux_nested(name: &str, iso: &str, shadow: &str, cpu: usize) -> Result<()> {
 }
 
 #[test]
-#[ignore = "slow (10-20 min of Bochs): make test-linux-nested"]
+#[ignore = "slow (about 5.5 min of two-core Bochs alone): make test-linux-nested"]
 fn bochs_linux_nested_smallpc_haswell() -> Result<()> {
     linux_nested("bochs_linux_nested_smallpc_haswell", "linux/nested-smallpc.iso", "on", 1)
 }
