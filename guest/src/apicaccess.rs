@@ -10,14 +10,14 @@
 //! offered each line says so.
 
 use core::arch::global_asm;
-use core::fmt::Write;
 
 use nvmx_vmx::caps::VmxCaps;
 use nvmx_vmx::controls::{proc1, proc2};
 use nvmx_vmx::field::Field as F;
 
-use crate::forum::{alloc_page, setup_vmcs, Ept};
-use crate::selftest::{L2, L2Exit, Tally, Want};
+use crate::console::Text;
+use crate::forum::alloc_page;
+use crate::selftest::{fresh_l2_vmcs, L2, L2Exit, Tally, Want};
 use crate::vmx;
 
 global_asm!(
@@ -48,36 +48,12 @@ const CHECKS: [&str; 6] = [
     "apic access: vmresume with a misaligned APIC-access address: VMfailValid(7)",
 ];
 
-/// A line's value in a fixed buffer (the L1 has no allocator).
-struct Buf {
-    b: [u8; 64],
-    n: usize,
-}
-
-impl Write for Buf {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        for c in s.bytes() {
-            if self.n < self.b.len() {
-                self.b[self.n] = c;
-                self.n += 1;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Buf {
-    fn of(e: &Option<L2Exit>, extra: u64) -> Self {
-        let mut b = Buf { b: [0; 64], n: 0 };
-        let _ = match e {
-            Some(e) if e.reason == 44 => write!(b, "exit 44 qualification {:#x}", e.qualification),
-            Some(e) => write!(b, "exit {} value {:#x}", e.reason, extra),
-            None => write!(b, "VMfail"),
-        };
-        b
-    }
-    fn as_str(&self) -> &str {
-        core::str::from_utf8(&self.b[..self.n]).unwrap_or("?")
+/// What an L2 run ended with, as the check lines print it.
+fn outcome(e: &Option<L2Exit>, extra: u64) -> Text<64> {
+    match e {
+        Some(e) if e.reason == 44 => Text::of(format_args!("exit 44 qualification {:#x}", e.qualification)),
+        Some(e) => Text::of(format_args!("exit {} value {:#x}", e.reason, extra)),
+        None => Text::of(format_args!("VMfail")),
     }
 }
 
@@ -89,16 +65,7 @@ pub fn run(t: &mut Tally, caps: &VmxCaps, vmcs: u64) {
         }
         return;
     }
-    let _ = vmx::try_op("vmclear", vmcs);
-    let _ = vmx::try_op("vmptrld", vmcs);
-    let ept = Ept { pml4: alloc_page() };
-    let stack = alloc_page() + 4096;
-    if setup_vmcs(caps, &ept, VPID, stack, 0).is_err() {
-        for name in CHECKS {
-            t.value(name, "controls", "unsupported controls", false);
-        }
-        return;
-    }
+    let Some(ept) = fresh_l2_vmcs(t, caps, vmcs, VPID, &CHECKS) else { return };
     // The APIC-access page: an L1 page the L2's EPT maps at its own
     // address (the L2 runs on L1's identity page tables).
     let page = alloc_page();
@@ -113,13 +80,13 @@ pub fn run(t: &mut Tally, caps: &VmxCaps, vmcs: u64) {
         unsafe { (rip(&crate::selftest::st_load), rip(&crate::selftest::st_store), rip(&aa_load32), rip(&aa_store32)) };
 
     let e = l2.run(load, 0, page + 0x20);
-    let got = Buf::of(&e, 0);
+    let got = outcome(&e, 0);
     t.value(CHECKS[0], "exit 44 qualification 0x20", got.as_str(), got.as_str() == "exit 44 qualification 0x20");
     let e = l2.run(store, 0, page + 0x300);
-    let got = Buf::of(&e, 0);
+    let got = outcome(&e, 0);
     t.value(CHECKS[1], "exit 44 qualification 0x1300", got.as_str(), got.as_str() == "exit 44 qualification 0x1300");
     let e = l2.run(load32, 0, page + 0x80);
-    let got = Buf::of(&e, 0);
+    let got = outcome(&e, 0);
     t.value(CHECKS[2], "exit 44 qualification 0x80", got.as_str(), got.as_str() == "exit 44 qualification 0x80");
 
     if caps.procbased().1 & proc1::USE_TPR_SHADOW == 0 {
@@ -136,12 +103,12 @@ pub fn run(t: &mut Tally, caps: &VmxCaps, vmcs: u64) {
         vmx::vmwrite(F::VIRTUAL_APIC_PAGE_ADDR, vapic);
         vmx::vmwrite(F::TPR_THRESHOLD, 0);
         let e = l2.run(load32, 0, page + 0x80);
-        let got = Buf::of(&e, e.as_ref().map_or(0, |e| e.rax & 0xFFFF_FFFF));
+        let got = outcome(&e, e.as_ref().map_or(0, |e| e.rax & 0xFFFF_FFFF));
         t.value(CHECKS[3], "exit 18 value 0x50", got.as_str(), got.as_str() == "exit 18 value 0x50");
         let e = l2.run(store32, 0x30, page + 0x80);
         // SAFETY: VTPR of the page above, written by the L2 through the CPU.
         let now = u64::from(unsafe { vtpr.read_volatile() });
-        let got = Buf::of(&e, now);
+        let got = outcome(&e, now);
         t.value(CHECKS[4], "exit 18 value 0x30", got.as_str(), got.as_str() == "exit 18 value 0x30");
         vmx::vmwrite(F::CPU_BASED_VM_EXEC_CONTROL, proc);
     }

@@ -15,7 +15,7 @@ use nvmx_vmx::field::Field as F;
 use nvmx_vmx::nested::{ENTRY_DEFAULT1, EXIT_DEFAULT1, PIN_DEFAULT1, PROC_DEFAULT1};
 
 use crate::boot;
-use crate::console::Console;
+use crate::console::{Console, Text};
 use crate::forum::alloc_page;
 use crate::selftest::{L2, Tally, Want, alloc_free_name};
 use crate::vmx;
@@ -196,8 +196,7 @@ pub fn outside_vmx(t: &mut Tally, caps: &VmxCaps) {
             let _ = writeln!(Console, "l1: selftest {name}: plain {p:#x} true {tr:#x}");
         }
         let line = alloc_free_name(name, "plain capability MSR: default-1 bits must-be-1, true MSR within it, same allowed-1");
-        let mut buf = [0u8; 24];
-        t.value(line, "", hex(&mut buf, u64::from(p as u32 & d1)), ok);
+        t.value(line, "", hex(u64::from(p as u32 & d1)).as_str(), ok);
     }
 
     // Class 5: CPUID.1 as L1 sees it. OSXSAVE (ECX 27) follows CR4.OSXSAVE
@@ -261,8 +260,7 @@ pub fn outside_vmx(t: &mut Tally, caps: &VmxCaps) {
     // SAFETY: VMRESUME of a clear VMCS cannot enter a guest; it fails.
     let rflags = unsafe { cf_movss_vmresume() };
     let error = if rflags & 0x40 != 0 { vmx::try_vmread(F::VM_INSTRUCTION_ERROR.encoding()).unwrap_or(0) } else { 0 };
-    let mut buf = [0u8; 24];
-    t.value("vmresume of a clear VMCS right after MOV SS: VMfailValid(26) before (5)", "26", dec(&mut buf, error), error == 26);
+    t.value("vmresume of a clear VMCS right after MOV SS: VMfailValid(26) before (5)", "26", dec(error).as_str(), error == 26);
     fault_line(t, "vmread to a non-canonical memory operand: #GP(0)", boot::probe(vmread_at, 1 << 47), 13);
     fault_line(t, "invept with a non-canonical descriptor: #GP(0)", boot::probe(invept_at, 1 << 47), 13);
     // Revision bit 31 marks a shadow VMCS: VMPTRLD takes it only where
@@ -488,17 +486,16 @@ pub fn tpr_shadow(t: &mut Tally, caps: &VmxCaps, l2: &mut L2) {
     t.expect("l2 mov to cr8 (3) below TPR threshold 4: exit 43 after the write, VTPR 0x30", "exit 43", ok);
     let e = l2.run(write, 3, 0);
     let error = if e.is_none() { vmx::try_vmread(F::VM_INSTRUCTION_ERROR.encoding()).unwrap_or(0) } else { 0 };
-    let mut buf = [0u8; 24];
-    t.value("vmresume with TPR threshold 4 above VTPR[7:4] = 3: VMfailValid(7)", "7", dec(&mut buf, error), error == 7);
+    t.value("vmresume with TPR threshold 4 above VTPR[7:4] = 3: VMfailValid(7)", "7", dec(error).as_str(), error == 7);
     vmx::vmwrite(F::TPR_THRESHOLD, 0x13);
     let e = l2.run(write, 3, 0);
     let error = if e.is_none() { vmx::try_vmread(F::VM_INSTRUCTION_ERROR.encoding()).unwrap_or(0) } else { 0 };
-    t.value("vmresume with TPR threshold bits 31:4 set: VMfailValid(7)", "7", dec(&mut buf, error), error == 7);
+    t.value("vmresume with TPR threshold bits 31:4 set: VMfailValid(7)", "7", dec(error).as_str(), error == 7);
     vmx::vmwrite(F::TPR_THRESHOLD, 0);
     vmx::vmwrite(F::VIRTUAL_APIC_PAGE_ADDR, vapic | 0x800);
     let e = l2.run(write, 3, 0);
     let error = if e.is_none() { vmx::try_vmread(F::VM_INSTRUCTION_ERROR.encoding()).unwrap_or(0) } else { 0 };
-    t.value("vmresume with a misaligned virtual-APIC page: VMfailValid(7)", "7", dec(&mut buf, error), error == 7);
+    t.value("vmresume with a misaligned virtual-APIC page: VMfailValid(7)", "7", dec(error).as_str(), error == 7);
     vmx::vmwrite(F::VIRTUAL_APIC_PAGE_ADDR, vapic);
     vmx::vmwrite(F::CPU_BASED_VM_EXEC_CONTROL, proc);
 }
@@ -510,35 +507,12 @@ fn read_cr8() -> u64 {
     v
 }
 
-/// `v` in hexadecimal into `buf`.
-pub(crate) fn hex(buf: &mut [u8; 24], v: u64) -> &str {
-    let mut w = Buf { buf, n: 0 };
-    let _ = write!(w, "{v:#x}");
-    let n = w.n;
-    core::str::from_utf8(&buf[..n]).unwrap_or("?")
+/// `v` in hexadecimal, for a check line.
+pub(crate) fn hex(v: u64) -> Text<24> {
+    Text::of(format_args!("{v:#x}"))
 }
 
-/// `v` in decimal into `buf`.
-pub(crate) fn dec(buf: &mut [u8; 24], v: u64) -> &str {
-    let mut w = Buf { buf, n: 0 };
-    let _ = write!(w, "{v}");
-    let n = w.n;
-    core::str::from_utf8(&buf[..n]).unwrap_or("?")
-}
-
-struct Buf<'a> {
-    buf: &'a mut [u8; 24],
-    n: usize,
-}
-
-impl Write for Buf<'_> {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        for b in s.bytes() {
-            if self.n < self.buf.len() {
-                self.buf[self.n] = b;
-                self.n += 1;
-            }
-        }
-        Ok(())
-    }
+/// `v` in decimal, for a check line.
+pub(crate) fn dec(v: u64) -> Text<24> {
+    Text::of(format_args!("{v}"))
 }

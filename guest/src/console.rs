@@ -49,6 +49,39 @@ impl fmt::Write for Console {
     }
 }
 
+/// Text built with `write!` in a fixed buffer (the L1 has no allocator);
+/// what does not fit is cut off.
+pub struct Text<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Text<N> {
+    pub const fn new() -> Self {
+        Text { buf: [0; N], len: 0 }
+    }
+
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?")
+    }
+
+    /// `args` formatted into a new text.
+    pub fn of(args: fmt::Arguments<'_>) -> Self {
+        let mut t = Self::new();
+        let _ = fmt::Write::write_fmt(&mut t, args);
+        t
+    }
+}
+
+impl<const N: usize> fmt::Write for Text<N> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let n = s.len().min(N - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
 /// `workload=echo`: reads lines from COM1's receiver (LSR bit 0, data
 /// ready) and answers each with `l1: echo got '<line>'`; the line `exit`
 /// ends it. Under nvmx the bytes come from the shell's `attach`.

@@ -11,8 +11,9 @@ use core::fmt::Write;
 use nvmx_vmx::caps::VmxCaps;
 use nvmx_vmx::field::Field as F;
 
-use crate::forum::{alloc_page, setup_vmcs, Ept};
-use crate::selftest::{L2, Tally, Want};
+use crate::console::Text;
+use crate::forum::{alloc_page, Ept};
+use crate::selftest::{fresh_l2_vmcs, L2, Tally, Want};
 use crate::vmx;
 
 const A: u64 = 1 << 8;
@@ -40,32 +41,8 @@ const NOT_OFFERED: [&str; 5] = [
     "ept a/d: flags cleared, invept: not offered",
 ];
 
-/// A line's value in a fixed buffer (the L1 has no allocator).
-struct Buf {
-    b: [u8; 96],
-    n: usize,
-}
-
-impl Write for Buf {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        for c in s.bytes() {
-            if self.n < self.b.len() {
-                self.b[self.n] = c;
-                self.n += 1;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Buf {
-    fn new() -> Self {
-        Buf { b: [0; 96], n: 0 }
-    }
-    fn as_str(&self) -> &str {
-        core::str::from_utf8(&self.b[..self.n]).unwrap_or("?")
-    }
-}
+/// A check line's value.
+type Buf = Text<96>;
 
 /// "-", "A", "D" or "AD" for an entry's flags.
 fn flags(e: u64) -> &'static str {
@@ -119,16 +96,7 @@ fn clear_flags(ept: &Ept, gpa: u64) {
 
 /// Runs the checks on the fresh VMCS `vmcs` (a page with the revision id).
 pub fn run(t: &mut Tally, caps: &VmxCaps, vmcs: u64) {
-    let _ = vmx::try_op("vmclear", vmcs);
-    let _ = vmx::try_op("vmptrld", vmcs);
-    let ept = Ept { pml4: alloc_page() };
-    let stack = alloc_page() + 4096;
-    if setup_vmcs(caps, &ept, VPID, stack, 0).is_err() {
-        for name in CHECKS {
-            t.value(name, "controls", "unsupported controls", false);
-        }
-        return;
-    }
+    let Some(ept) = fresh_l2_vmcs(t, caps, vmcs, VPID, &CHECKS) else { return };
     let eptp = ept.eptp() | EPTP_AD;
     if !caps.ept_ad() {
         for name in NOT_OFFERED {

@@ -7,16 +7,16 @@
 //! the nested run compare them; nothing here depends on timing.
 
 use core::arch::global_asm;
-use core::fmt::Write;
 
 use nvmx_vmx::caps::VmxCaps;
 use nvmx_vmx::controls::{adjust_controls, exit, pin, proc1};
 use nvmx_vmx::entry::GuestRegs as L2Regs;
 use nvmx_vmx::field::Field as F;
 
-use crate::forum::{alloc_page, setup_vmcs, Ept};
+use crate::console::Text;
+use crate::forum::Ept;
 use crate::platform as pf;
-use crate::selftest::Tally;
+use crate::selftest::{fresh_l2_vmcs, Tally};
 use crate::vmx;
 
 /// L1's timer vector, and the vector L1 injects.
@@ -151,34 +151,8 @@ fn l2_idt() -> u64 {
     }
 }
 
-/// A line's printed values without allocating.
-struct Line {
-    buf: [u8; 120],
-    len: usize,
-}
-
-impl Line {
-    fn new() -> Line {
-        Line { buf: [0; 120], len: 0 }
-    }
-    fn as_str(&self) -> &str {
-        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("?")
-    }
-}
-
-impl Write for Line {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        let n = s.len().min(self.buf.len() - self.len);
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
-        Ok(())
-    }
-}
-
 fn check(t: &mut Tally, name: &str, ok: bool, values: core::fmt::Arguments<'_>) {
-    let mut l = Line::new();
-    let _ = l.write_fmt(values);
-    t.value(name, "the values named", l.as_str(), ok);
+    t.value(name, "the values named", Text::<120>::of(values).as_str(), ok);
 }
 
 /// What one L2 run ended with.
@@ -307,14 +281,8 @@ fn reason_name(e: &Option<Exit>) -> (u64, u64, u64) {
 
 /// The interrupt checks on the fresh VMCS `vmcs` (selftest registration).
 pub fn run(t: &mut Tally, caps: &VmxCaps, vmcs: u64) {
-    let _ = vmx::try_op("vmclear", vmcs);
-    let _ = vmx::try_op("vmptrld", vmcs);
-    let mut l2 = L2 { ept: Ept { pml4: alloc_page() }, launched: false, reinjected: 0 };
-    let stack = alloc_page() + 4096;
-    if setup_vmcs(caps, &l2.ept, 6, stack, 0).is_err() {
-        t.value("irq: l2 vmcs setup", "controls", "unsupported controls", false);
-        return;
-    }
+    let Some(ept) = fresh_l2_vmcs(t, caps, vmcs, 6, &["irq: l2 vmcs setup"]) else { return };
+    let mut l2 = L2 { ept, launched: false, reinjected: 0 };
     vmx::vmwrite(F::GUEST_IDTR_BASE, l2_idt());
     vmx::vmwrite(F::GUEST_IDTR_LIMIT, 256 * 16 - 1);
     pf::map_mmio();

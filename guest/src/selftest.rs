@@ -311,19 +311,31 @@ fn page_with(value: u64) -> u64 {
     p
 }
 
+/// Makes the fresh VMCS `vmcs` current and fills it for an L2 with VPID
+/// `vpid` on a new, empty EPT and its own stack page, which it returns;
+/// where the controls cannot be set (the L1 says which bits), each check of
+/// `names` fails and None.
+pub fn fresh_l2_vmcs(t: &mut Tally, caps: &VmxCaps, vmcs: u64, vpid: u16, names: &[&str]) -> Option<Ept> {
+    let _ = vmx::try_op("vmclear", vmcs);
+    let _ = vmx::try_op("vmptrld", vmcs);
+    let ept = Ept { pml4: alloc_page() };
+    let stack = alloc_page() + 4096;
+    if setup_vmcs(caps, &ept, vpid, stack, 0).is_err() {
+        for name in names {
+            t.value(name, "controls", "unsupported controls", false);
+        }
+        return None;
+    }
+    Some(ept)
+}
+
 /// Checks with an L2 running (SDM 26.1-26.2 exits, 27.3 guest-state
 /// checks, 27.4/28.4/28.6 MSR lists, 29.4.3 INVEPT, 29.4.1 INVVPID), on the
 /// fresh VMCS `vmcs`.
 fn l2_checks(t: &mut Tally, caps: &VmxCaps, vmcs: u64) {
-    let _ = vmx::try_op("vmclear", vmcs);
-    let _ = vmx::try_op("vmptrld", vmcs);
+    let Some(ept) = fresh_l2_vmcs(t, caps, vmcs, 5, &["l2 vmcs setup"]) else { return };
     let hole = alloc_page();
-    let mut l2 = L2 { ept: Ept { pml4: alloc_page() }, launched: false, hole };
-    let stack = alloc_page() + 4096;
-    if setup_vmcs(caps, &l2.ept, 5, stack, 0).is_err() {
-        t.value("l2 vmcs setup", "controls", "unsupported controls", false);
-        return;
-    }
+    let mut l2 = L2 { ept, launched: false, hole };
     // HLT and I/O exit by the forum's controls; every MSR access exits
     // without MSR bitmaps; #UD exits through the exception bitmap.
     vmx::vmwrite(F::EXCEPTION_BITMAP, 1 << 6);

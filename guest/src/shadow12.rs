@@ -85,7 +85,6 @@ pub fn checks(t: &mut Tally, caps: &VmxCaps, l2: &mut L2) {
     let (read, write) = unsafe { (rip(&sh_vmread), rip(&sh_vmwrite)) };
     let ordinary = vmx::vmptrst();
     let rev = caps.revision_id();
-    let mut buf = [0u8; 24];
 
     // L1 prepares the shadow VMCS: revision | bit 31, VMCLEAR, VMPTRLD,
     // VMWRITEs, VMPTRLD back (SDM 25.10, 25.11.3).
@@ -138,7 +137,7 @@ pub fn checks(t: &mut Tally, caps: &VmxCaps, l2: &mut L2) {
             Some(e) if e.reason == 18 => (e.rax, l2_outcome(vmx::vmread(F::GUEST_RFLAGS))),
             _ => (u64::MAX, Want::FailValid(0xFFFF)),
         };
-        t.value(name, "", hex(&mut buf, value), value == want && outcome == Want::Succeed);
+        t.value(name, "", hex(value).as_str(), value == want && outcome == Want::Succeed);
     }
     // An L2 VMWRITE to the shadow, read back by L2, later by L1.
     let e = l2.run(write, u64::from(F::EXCEPTION_BITMAP.encoding()), 0x5A5A);
@@ -149,11 +148,11 @@ pub fn checks(t: &mut Tally, caps: &VmxCaps, l2: &mut L2) {
     let info = vmx::vmread(F::VMX_INSTRUCTION_INFO);
     // (The exit qualification of a register operand is undefined, SDM 28.2.1.)
     let ok = e.is_some_and(|e| e.reason == 23) && vmx::vmread(F::GUEST_RIP) == read;
-    t.value("l2 vmread guest RSP (VMREAD bitmap bit set): exit 23, instruction information", "", hex(&mut buf, info), ok);
+    t.value("l2 vmread guest RSP (VMREAD bitmap bit set): exit 23, instruction information", "", hex(info).as_str(), ok);
     let e = l2.run(write, u64::from(F::GUEST_CS_SELECTOR.encoding()), 0x18);
     let info = vmx::vmread(F::VMX_INSTRUCTION_INFO);
     let ok = e.is_some_and(|e| e.reason == 25) && vmx::vmread(F::GUEST_RIP) == write;
-    t.value("l2 vmwrite guest CS selector (VMWRITE bitmap bit set): exit 25, instruction information", "", hex(&mut buf, info), ok);
+    t.value("l2 vmwrite guest CS selector (VMWRITE bitmap bit set): exit 25, instruction information", "", hex(info).as_str(), ok);
     // An encoding beyond bit 14 always exits (the bitmaps name 15 bits).
     let e = l2.run(read, 1 << 32 | u64::from(F::GUEST_RIP.encoding()), 0);
     t.expect("l2 vmread with operand bit 32 set: exit 23", "exit 23", e.is_some_and(|e| e.reason == 23));
@@ -183,7 +182,7 @@ pub fn checks(t: &mut Tally, caps: &VmxCaps, l2: &mut L2) {
     vmx::vmwrite(F::VMREAD_BITMAP, read_map | 0x800);
     let e = l2.run(read, 0, 0);
     let error = if e.is_none() { vmx::try_vmread(F::VM_INSTRUCTION_ERROR.encoding()).unwrap_or(0) } else { 0 };
-    t.value("vmresume with a misaligned VMREAD bitmap: VMfailValid(7)", "7", hex(&mut buf, error), error == 7);
+    t.value("vmresume with a misaligned VMREAD bitmap: VMfailValid(7)", "7", hex(error).as_str(), error == 7);
     vmx::vmwrite(F::VMREAD_BITMAP, read_map);
     vmx::vmwrite(F::SECONDARY_VM_EXEC_CONTROL, proc2_old);
     let e = l2.run(read, 0, 0);
@@ -198,8 +197,8 @@ pub fn checks(t: &mut Tally, caps: &VmxCaps, l2: &mut L2) {
     let sel = vmx::try_vmread(F::GUEST_CS_SELECTOR.encoding()).unwrap_or(u64::MAX);
     let reason = vmx::try_vmread(F::VM_EXIT_REASON.encoding()).unwrap_or(u64::MAX);
     let _ = vmx::try_op("vmptrld", ordinary);
-    t.value("l1 vmreads the shadow: exception bitmap as L2 wrote it", "", hex(&mut buf, exc), exc == 0x5A5A);
-    t.value("l1 vmreads the shadow: guest CS selector unchanged (L2's write exited)", "", hex(&mut buf, sel), sel == 0x10);
+    t.value("l1 vmreads the shadow: exception bitmap as L2 wrote it", "", hex(exc).as_str(), exc == 0x5A5A);
+    t.value("l1 vmreads the shadow: guest CS selector unchanged (L2's write exited)", "", hex(sel).as_str(), sel == 0x10);
     let want = if any { 0x33 } else { 0 };
-    t.value("l1 vmreads the shadow: exit reason as L2's vmwrite left it", "", hex(&mut buf, reason), reason == want);
+    t.value("l1 vmreads the shadow: exit reason as L2's vmwrite left it", "", hex(reason).as_str(), reason == want);
 }
