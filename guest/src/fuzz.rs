@@ -48,7 +48,7 @@ unsafe extern "C" {
 
 /// Text kept for later (what runs out of room is dropped).
 struct Later {
-    buf: [u8; 8192],
+    buf: [u8; 16384],
     len: usize,
 }
 
@@ -247,9 +247,11 @@ impl Tally {
 }
 
 /// What is hashed after every VM exit (SDM 28.2-28.3): the guest state an
-/// exit saves that the L1 reads most, the IDT-vectoring information and
-/// whether the entry-interruption field is still valid.
-const AFTER_EXIT: [F; 7] = [
+/// exit saves that the L1 reads most, every other exit-information field
+/// (also those the exit did not write: they must still hold what the last
+/// exit that wrote them gave, as on the CPU) and whether the
+/// entry-interruption field is still valid.
+const AFTER_EXIT: [F; 12] = [
     F::GUEST_RIP,
     F::GUEST_RSP,
     F::GUEST_RFLAGS,
@@ -257,6 +259,11 @@ const AFTER_EXIT: [F; 7] = [
     F::IDT_VECTORING_INFO_FIELD,
     F::IDT_VECTORING_ERROR_CODE,
     F::VM_EXIT_INTR_INFO,
+    F::VM_EXIT_INTR_ERROR_CODE,
+    F::VM_EXIT_INSTRUCTION_LEN,
+    F::VMX_INSTRUCTION_INFO,
+    F::GUEST_LINEAR_ADDRESS,
+    F::GUEST_PHYSICAL_ADDRESS,
 ];
 
 /// Leaves for a page of the L2's EPT that each break it a different way
@@ -379,7 +386,7 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
     let mut current: Option<usize> = Some(0);
     // What `show` asks for is kept here and printed after the run: printing
     // while it runs would change its timing (the console is an I/O exit).
-    let mut later = Later { buf: [0; 8192], len: 0 };
+    let mut later = Later { buf: [0; 16384], len: 0 };
     let mut hashes = [(0u64, 0u64); 44];
     let mut hashes_len = 0;
     for op in 0..ops {
@@ -503,6 +510,14 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
                     let reason = t.read(F::VM_EXIT_REASON.encoding()).unwrap_or(u64::MAX);
                     t.read(F::EXIT_QUALIFICATION.encoding());
                     for f in AFTER_EXIT {
+                        // Bochs 2.7 writes the instruction length (of the
+                        // VMLAUNCH/VMRESUME) on a VM-entry failure too, where
+                        // the SDM leaves every exit-information field but
+                        // the reason and qualification unmodified (27.8).
+                        if f == F::VM_EXIT_INSTRUCTION_LEN && reason & (1 << 31) != 0 {
+                            t.outcome(0x5C1D);
+                            continue;
+                        }
                         t.read(f.encoding());
                     }
                     let valid = t.read(F::VM_ENTRY_INTR_INFO_FIELD.encoding()).map(|v| v >> 31 & 1);
@@ -518,12 +533,22 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
                         let r = |f: F| vmx::try_vmread(f.encoding()).unwrap_or(0);
                         let _ = writeln!(
                             later,
-                            "l1: fuzz op {op} exit gpa {:#x} linear {:#x} rip {:#x} idt-vectoring {:#x} intr-info {:#x}",
+                            "l1: fuzz op {op} exit reason {:#x} qualification {:#x} gpa {:#x} linear {:#x} rip {:#x} rsp {:#x} rflags {:#x} interruptibility {:#x} idt-vectoring {:#x} {:#x} intr-info {:#x} {:#x} length {:#x} instruction-info {:#x}",
+                            r(F::VM_EXIT_REASON),
+                            r(F::EXIT_QUALIFICATION),
                             r(F::GUEST_PHYSICAL_ADDRESS),
                             r(F::GUEST_LINEAR_ADDRESS),
                             r(F::GUEST_RIP),
+                            r(F::GUEST_RSP),
+                            r(F::GUEST_RFLAGS),
+                            r(F::GUEST_INTERRUPTIBILITY_INFO),
                             r(F::IDT_VECTORING_INFO_FIELD),
-                            r(F::VM_EXIT_INTR_INFO)
+                            r(F::IDT_VECTORING_ERROR_CODE),
+                            r(F::VM_EXIT_INTR_INFO),
+                            r(F::VM_EXIT_INTR_ERROR_CODE),
+                            // (Not after an entry failure: Bochs departs, above.)
+                            if reason & (1 << 31) == 0 { r(F::VM_EXIT_INSTRUCTION_LEN) } else { 0 },
+                            r(F::VMX_INSTRUCTION_INFO)
                         );
                     }
                     if reason & (1 << 31) != 0 {
@@ -599,7 +624,7 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
             }
         }
         if show.is_some_and(|s| (s..s + 40).contains(&op)) {
-            let _ = writeln!(later, "l1: fuzz op {op} kind {kind} {what:#x} -> {:#x}", t.last);
+            let _ = writeln!(later, "l1: fuzz op {op} kind {kind} {what:#x} -> {:#x} hash {:#x}", t.last, t.hash);
         }
         // Hashes before the window: numbers only (formatting takes time).
         let near_show = show.is_some_and(|s| op + 400 >= s && op < s + 40);

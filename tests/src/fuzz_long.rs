@@ -36,8 +36,11 @@ pub fn compare(bare: &[String], nested: &[String]) -> Outcome {
     }
 }
 
-/// One finished run, a line of the state file:
-/// `model seed ops outcome parted_at bare_secs nested_secs`.
+/// One finished run, a line of the state file and of the committed record
+/// (`tools/fuzz-long-record.txt`):
+/// `model seed ops outcome parted_at bare_secs nested_secs version`, where
+/// `version` is `nvmx=<git describe>,l1=<hash of the fuzz L1's ELF>` (`-` in
+/// lines written before it was recorded).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Run {
     pub model: String,
@@ -46,6 +49,7 @@ pub struct Run {
     pub outcome: Outcome,
     pub bare_secs: f64,
     pub nested_secs: f64,
+    pub version: String,
 }
 
 impl Run {
@@ -55,11 +59,15 @@ impl Run {
             Outcome::PartedAt(n) => (String::from("parted"), *n),
             Outcome::Incomplete(why) => (format!("incomplete:{}", why.replace(char::is_whitespace, "_")), 0),
         };
-        format!("{} {} {} {kind} {at} {:.1} {:.1}", self.model, self.seed, self.ops, self.bare_secs, self.nested_secs)
+        format!("{} {} {} {kind} {at} {:.1} {:.1} {}", self.model, self.seed, self.ops, self.bare_secs, self.nested_secs, self.version)
     }
     pub fn from_line(line: &str) -> Option<Run> {
         let w: Vec<&str> = line.split_whitespace().collect();
-        let [model, seed, ops, kind, at, bare, nested] = w[..] else { return None };
+        let (model, seed, ops, kind, at, bare, nested, version) = match w[..] {
+            [model, seed, ops, kind, at, bare, nested] => (model, seed, ops, kind, at, bare, nested, "-"),
+            [model, seed, ops, kind, at, bare, nested, version] => (model, seed, ops, kind, at, bare, nested, version),
+            _ => return None,
+        };
         let outcome = match kind {
             "identical" => Outcome::Identical,
             "parted" => Outcome::PartedAt(at.parse().ok()?),
@@ -72,6 +80,7 @@ impl Run {
             outcome,
             bare_secs: bare.parse().ok()?,
             nested_secs: nested.parse().ok()?,
+            version: version.into(),
         })
     }
 }
@@ -209,10 +218,13 @@ mod tests {
     #[test]
     fn state_lines_round_trip() {
         for outcome in [Outcome::Identical, Outcome::PartedAt(15000), Outcome::Incomplete(String::from("nvmx stopped the L1"))] {
-            let r = Run { model: "corei7_haswell_4770".into(), seed: 103, ops: 100000, outcome, bare_secs: 12.5, nested_secs: 80.0 };
+            let r = Run { model: "corei7_haswell_4770".into(), seed: 103, ops: 100000, outcome, bare_secs: 12.5, nested_secs: 80.0, version: "nvmx=c75310c,l1=0123abcd".into() };
             assert_eq!(Run::from_line(&r.to_line()), Some(r));
         }
         assert_eq!(Run::from_line("garbage"), None);
+        // Lines from before the version was recorded.
+        let old = Run::from_line("corei7_ivy_bridge_3770k 102 20000 identical 0 17.0 171.0").expect("an old line parses");
+        assert_eq!((old.seed, old.version.as_str()), (102, "-"));
     }
 
     #[test]
@@ -228,7 +240,7 @@ mod tests {
 
     #[test]
     fn the_verdict_counts_identical_operations_and_unexplained_divergences() {
-        let run = |seed, outcome| Run { model: "m".into(), seed, ops: 1000, outcome, bare_secs: 1.0, nested_secs: 4.0 };
+        let run = |seed, outcome| Run { model: "m".into(), seed, ops: 1000, outcome, bare_secs: 1.0, nested_secs: 4.0, version: "-".into() };
         let runs = vec![run(1, Outcome::Identical), run(2, Outcome::PartedAt(500)), run(3, Outcome::PartedAt(0))];
         let e = parse_explained("m 2 a Bochs departure");
         let s = summary(&runs, &e);

@@ -3,6 +3,7 @@
 //! trace) lives in [`L1Shared`], readable from any core.
 
 mod events;
+mod fresh;
 pub mod image;
 mod mmio;
 mod nested;
@@ -780,6 +781,9 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
     if vcpu_index.is_some_and(|i| i > 0) {
         return create_ap(cpu, caps);
     }
+    // The core's L1-owned registers as a fresh boot has them (not what the
+    // previous L1 left).
+    fresh::reset_core(cpu);
     let mut cfg = L1Config::for_cpu(cpu);
     let mut owned = crate::mm::frames::Owned::default();
     let (mem_base, shared_eptp) = if vcpu_index.is_some() {
@@ -888,6 +892,7 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
 /// wait-for-SIPI (smp.rs).
 fn create_ap(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
     let m = smp::machine().ok_or("vCPU 0 has not started the L1 yet")?;
+    fresh::reset_core(cpu);
     let cfg = L1Config::for_cpu(cpu);
     let mut owned = crate::mm::frames::Owned::default();
     let maps = run::build_bitmaps(&mut owned).ok_or("no memory for the bitmaps")?;

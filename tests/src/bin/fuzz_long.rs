@@ -7,6 +7,14 @@
 //! summary table and a verdict, divergences marked explained from
 //! `tools/fuzz-explained.txt`. Figures and a verdict, not a test.
 //!
+//! The bare reference of a (model, seed, ops, fuzz L1) is kept in
+//! `build/fuzz-long/bare/` and reused: after a change to nvmx only the
+//! nested runs are repeated. Otherwise the bare and the nested run go at
+//! the same time (two emulators; `FUZZ_LONG_SERIAL=1` for one at a time).
+//! Every finished run is also appended to `tools/fuzz-long-record.txt`
+//! (committed, so the totals accumulate across sessions) with the nvmx
+//! commit and the fuzz L1's hash.
+//!
 //! Usage: fuzz_long <l1 elf> <seeds e.g. 1-200> <ops> <models, comma-separated> [<state file>]
 
 use std::io::Write as _;
@@ -74,6 +82,34 @@ fn nested(model: &str, args: &str, limit: Duration) -> (Vec<String>, f64, Option
     (lines, t.elapsed().as_secs_f64(), why)
 }
 
+/// 64-bit FNV-1a of the fuzz L1's ELF: names its ISOs and bare references.
+fn l1_hash(elf: &[u8]) -> String {
+    let h = elf.iter().fold(0xCBF2_9CE4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3));
+    format!("{:08x}", h >> 32)
+}
+
+/// `git describe --always --dirty` of the workspace ("unknown" without git).
+fn nvmx_version(root: &std::path::Path) -> String {
+    Command::new("git")
+        .args(["describe", "--always", "--dirty", "--abbrev=12"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| String::from("unknown"))
+}
+
+/// A finished bare run kept for reuse: `secs <s>` then its fuzz lines.
+fn cached_bare(path: &std::path::Path) -> Option<(Vec<String>, f64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut lines = text.lines();
+    let secs = lines.next()?.strip_prefix("secs ")?.parse().ok()?;
+    let fuzz: Vec<String> = lines.map(String::from).collect();
+    (fuzz.last().map(String::as_str) == Some("l1: fuzz done")).then_some((fuzz, secs))
+}
+
 fn hms(secs: f64) -> String {
     let s = secs.max(0.0) as u64;
     format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
@@ -99,14 +135,21 @@ fn main() -> Result<()> {
     let root = paths::workspace();
     let state_path = a.get(4).map_or_else(|| root.join("build/fuzz-long/state.txt"), PathBuf::from);
     std::fs::create_dir_all(root.join("build/fuzz-long"))?;
+    std::fs::create_dir_all(root.join("build/fuzz-long/bare"))?;
     let explained = parse_explained(&std::fs::read_to_string(root.join("tools/fuzz-explained.txt")).unwrap_or_default());
+    let l1 = l1_hash(&std::fs::read(&l1_elf)?);
+    let version = format!("nvmx={},l1={l1}", nvmx_version(&root));
+    let record_path = std::env::var("FUZZ_LONG_RECORD").map_or_else(|_| root.join("tools/fuzz-long-record.txt"), PathBuf::from);
+    let serial = std::env::var("FUZZ_LONG_SERIAL").is_ok_and(|v| v == "1");
     let mut done: Vec<Run> =
         std::fs::read_to_string(&state_path).unwrap_or_default().lines().filter_map(Run::from_line).collect();
+    // Runs of another nvmx or fuzz L1 measured something else: run again.
     let jobs: Vec<(String, u64)> = models
         .iter()
         .flat_map(|m| seeds.iter().map(move |s| (m.clone(), *s)))
-        .filter(|(m, s)| !done.iter().any(|r| r.model == *m && r.seed == *s && r.ops == ops))
+        .filter(|(m, s)| !done.iter().any(|r| r.model == *m && r.seed == *s && r.ops == ops && r.version == version))
         .collect();
+    println!("fuzz-long: {version}");
     let total = jobs.len();
     println!(
         "fuzz-long: {} seeds × {ops} operations × {} models; {} runs already in {}, {total} to go",
@@ -122,7 +165,7 @@ fn main() -> Result<()> {
     let started = Instant::now();
     for (k, (model, seed)) in jobs.iter().enumerate() {
         let args = format!("workload=fuzz seed={seed} exits={ops}");
-        let iso = format!("fuzz-long/seed{seed}-ops{ops}.iso");
+        let iso = format!("fuzz-long/seed{seed}-ops{ops}-{l1}.iso");
         if !root.join("build").join(&iso).exists() {
             let st = Command::new(root.join("grub/mkiso.sh"))
                 .arg(&l1_elf)
@@ -135,16 +178,30 @@ fn main() -> Result<()> {
                 std::process::exit(1);
             }
         }
-        let (b, bare_secs, bare_err) = bare(model, &iso, limit);
-        let (n, nested_secs, nested_err) = nested(model, &args, limit);
+        let cache = root.join(format!("build/fuzz-long/bare/{model}-seed{seed}-ops{ops}-{l1}.txt"));
+        let ((b, bare_secs, bare_err), (n, nested_secs, nested_err), reused) = match cached_bare(&cache) {
+            Some((b, secs)) => ((b, secs, None), nested(model, &args, limit), true),
+            None if serial => (bare(model, &iso, limit), nested(model, &args, limit), false),
+            None => std::thread::scope(|s| {
+                let bare_run = s.spawn(|| bare(model, &iso, limit));
+                let n = nested(model, &args, limit);
+                (bare_run.join().unwrap_or_else(|_| (Vec::new(), 0.0, Some(String::from("bare thread panicked")))), n, false)
+            }),
+        };
+        if !reused && bare_err.is_none() {
+            let text = format!("secs {bare_secs:.1}\n{}\n", b.join("\n"));
+            std::fs::write(&cache, text)?;
+        }
         let outcome = match (bare_err, nested_err) {
             (Some(e), _) => Outcome::Incomplete(format!("bare: {e}")),
             (None, Some(e)) => Outcome::Incomplete(format!("nested: {e}")),
             (None, None) => compare(&b, &n),
         };
-        let run = Run { model: model.clone(), seed: *seed, ops, outcome, bare_secs, nested_secs };
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&state_path)?;
-        writeln!(f, "{}", run.to_line())?;
+        let run = Run { model: model.clone(), seed: *seed, ops, outcome, bare_secs, nested_secs, version: version.clone() };
+        for path in [&state_path, &record_path] {
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+            writeln!(f, "{}", run.to_line())?;
+        }
         let elapsed = started.elapsed().as_secs_f64();
         let eta = elapsed / (k + 1) as f64 * (total - k - 1) as f64;
         let what = match &run.outcome {
@@ -154,9 +211,10 @@ fn main() -> Result<()> {
             Outcome::Incomplete(why) => format!("INCOMPLETE: {why}"),
         };
         println!(
-            "[{}/{total}] {model} seed {seed}: {what}; bare {:.0} op/s, nested {:.0} op/s; elapsed {}, ETA {}",
+            "[{}/{total}] {model} seed {seed}: {what}; bare {:.0} op/s{}, nested {:.0} op/s; elapsed {}, ETA {}",
             k + 1,
             ops as f64 / bare_secs.max(0.001),
+            if reused { " (reused)" } else { "" },
             ops as f64 / nested_secs.max(0.001),
             hms(elapsed),
             hms(eta)
@@ -165,7 +223,7 @@ fn main() -> Result<()> {
     }
     let wanted: Vec<Run> = done
         .into_iter()
-        .filter(|r| r.ops == ops && models.contains(&r.model) && seeds.contains(&r.seed))
+        .filter(|r| r.ops == ops && r.version == version && models.contains(&r.model) && seeds.contains(&r.seed))
         .collect();
     print!("{}", summary(&wanted, &explained));
     Ok(())
