@@ -368,6 +368,8 @@ struct Vcpu {
     prof: Profiler,
     /// TSC when the last exit's handling was counted (0: none yet).
     handled_tsc: u64,
+    /// The exit stub's fast path for emulated VMREAD/VMWRITE (`nested::vmrw_exit`).
+    fast: nested::FastCtx,
     /// Index in a two-vCPU L1 (`l1vcpus=2`; `smp.rs`), else `None`.
     vcpu_index: Option<usize>,
     /// An AP parked in wait-for-SIPI: L0 does not enter it.
@@ -875,6 +877,7 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
         msrs: hashbrown::HashMap::new(),
         prof: Profiler::new(&L1S[cpu].stats),
         handled_tsc: 0,
+        fast: nested::FastCtx::new(cpu, caps.preemption_timer_rate()),
         vcpu_index,
         wait_sipi: false,
         got_init: false,
@@ -925,6 +928,7 @@ fn create_ap(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String>
         msrs: hashbrown::HashMap::new(),
         prof: Profiler::new(&L1S[cpu].stats),
         handled_tsc: 0,
+        fast: nested::FastCtx::new(cpu, caps.preemption_timer_rate()),
         vcpu_index: Some(1),
         wait_sipi: true,
         got_init: false,
@@ -1166,14 +1170,18 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
         vmwrite(F::GUEST_INTERRUPTIBILITY_INFO, intr & !4);
     }
     let in_l2 = v.nested.in_l2;
+    let mut fast = core::ptr::null_mut();
     if !in_l2 {
         vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, run::PREEMPT_TICKS);
         // Time, console, power events, interrupts for L1 (VMCS0-1 current).
         let after_exit = core::mem::take(&mut v.l1_exit_pending);
-        if let Some(ticks) = v.platform_quiet(cpu::rdtsc()) {
+        let now = cpu::rdtsc();
+        if let Some(ticks) = v.platform_quiet(now) {
             // Nothing pending, nothing due, and the last exit touched no
-            // device: only the timer bound is renewed.
+            // device: only the timer bound is renewed, and until it runs
+            // out the exit stub may serve L1's VMREAD/VMWRITEs itself.
             vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, ticks);
+            fast = v.fast_exit(v.platform.quiet_until.min(now + (ticks << v.platform.timer_rate)));
         } else {
             let p = v.prof.enter(Phase::Platform);
             if let Some(end) = v.platform_before_entry(after_exit) {
@@ -1204,7 +1212,10 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
     if v.handled_tsc != 0 && stats.window_end.load(Ordering::Relaxed) == 0 {
         stats.loop_cycles.fetch_add(cpu::rdtsc() - v.handled_tsc, Ordering::Relaxed);
     }
-    if let Err(e) = run::enter(&mut v.regs, launched) {
+    // SAFETY: `fast` is null or points into `v` (its FastCtx, set up just
+    // now for this entry with pointers into the current vmcs12), which
+    // nothing else touches until `enter` returns.
+    if let Err(e) = unsafe { run::enter(&mut v.regs, launched, fast) } {
         if let (true, nvmx_vmx::error::VmFail::Valid(n)) = (in_l2, e) {
             // A VMCS0-2 the CPU refuses although vmcs12 passed nvmx's checks:
             // L1's VMLAUNCH/VMRESUME fails the same way, L1 goes on.

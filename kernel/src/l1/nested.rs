@@ -1072,6 +1072,36 @@ impl Vcpu {
         true
     }
 
+    /// The exit stub's fast path for the next entry of VMCS0-1 (`step`,
+    /// after a quiet platform check, until TSC `deadline`): `vmrw_fast`'s
+    /// conditions that depend on L0's state only, decided here once per
+    /// entry — in VMX operation with a current vmcs12, its shadow link
+    /// set, and the fields that need a sync first (shadowed, or lazy guest
+    /// fields of the last reflection) left to the general path; null when
+    /// no VMREAD/VMWRITE may be served so.
+    pub(super) fn fast_exit(&mut self, deadline: u64) -> *mut nvmx_vmx::entry::FastExit {
+        let n = &mut self.nested;
+        let sh = &n.shadow;
+        if !n.enabled || n.vmxon.is_none() || n.in_l2 || (sh.on && (sh.policy != Policy::Fixed || !sh.linked_current())) {
+            return core::ptr::null_mut();
+        }
+        let mut deny = if sh.on { sh.fields() } else { FieldSet::EMPTY };
+        if n.rare_pending
+            && let Some((_, _, s)) = n.exit_sync
+        {
+            deny = deny.union(s.lazy);
+        }
+        let Some(cur) = n.current.as_mut() else { return core::ptr::null_mut() };
+        let f = &mut self.fast;
+        f.fields = cur.fields.as_mut_ptr();
+        f.stale02 = &raw mut cur.stale02;
+        f.unchecked = &raw mut cur.unchecked;
+        f.unshadowed = &raw mut cur.unshadowed;
+        f.deny = deny;
+        f.deadline = deadline;
+        &raw mut self.fast.head
+    }
+
     /// VMREAD (SDM 32.3): VMfailInvalid without a current VMCS, error 12
     /// for unsupported fields; widths and "high" accesses as the SDM says.
     fn vmread12(&mut self, info: &InstructionInfo) -> Emulated {
@@ -2266,4 +2296,175 @@ impl Vcpu {
             text
         }
     }
+}
+
+/// The context of the exit stub's fast path (`nvmx_vmx::entry::enter_fast`)
+/// for one entry of VMCS0-1: set by [`Vcpu::fast_exit`] before the entry,
+/// read by [`vmrw_exit`] after each exit of it.
+#[repr(C)]
+pub(super) struct FastCtx {
+    head: nvmx_vmx::entry::FastExit,
+    /// The current vmcs12's cache and its three dirty sets (`Vmcs12::set`).
+    fields: *mut u64,
+    stale02: *mut FieldSet,
+    unchecked: *mut FieldSet,
+    unshadowed: *mut FieldSet,
+    /// Fields left to the general path (a sync pending for them).
+    deny: FieldSet,
+    /// TSC by which the general path runs again: the quiet stretch's end,
+    /// at most PREEMPT_TICKS of the timer after the entry (the shell, the
+    /// mailbox and the L1's PC are looked at as often as without exits).
+    deadline: u64,
+    timer_rate: u32,
+    stats: &'static crate::stats::CpuStats,
+    last_reason: &'static core::sync::atomic::AtomicU64,
+}
+
+impl FastCtx {
+    pub(super) fn new(cpu: usize, timer_rate: u32) -> FastCtx {
+        let shared = super::shared(cpu);
+        FastCtx {
+            head: nvmx_vmx::entry::FastExit { handler: vmrw_exit },
+            fields: core::ptr::null_mut(),
+            stale02: core::ptr::null_mut(),
+            unchecked: core::ptr::null_mut(),
+            unshadowed: core::ptr::null_mut(),
+            deny: FieldSet::EMPTY,
+            deadline: 0,
+            timer_rate,
+            stats: &shared.stats,
+            last_reason: &shared.last_reason,
+        }
+    }
+}
+
+/// An emulated VMREAD/VMWRITE of L1 served in the exit stub (the fast
+/// path of [`Vcpu::vmrw_fast`], same conditions and effects, with what
+/// depends only on L0's state decided before the entry by
+/// [`Vcpu::fast_exit`]): exits 23/25 with register operands (SDM 28.2.5),
+/// CPL 0, a field of the table found by one lookup (`field::slot_of`) that
+/// needs no sync and, for VMWRITE, is not read-only; the value moved in the
+/// vmcs12 cache (dirty sets as `Vmcs12::set`), VMsucceed (SDM 32.2), RIP
+/// past the instruction, an STI/MOV-SS shadow over, the exit counted as
+/// `step`'s `record` counts it (not put in the trace ring), the preemption
+/// timer renewed to the deadline. 0: nothing was changed, the exit goes
+/// the general way (from `step`'s start, `vmrw_fast` included).
+///
+/// # Safety
+/// Called by the exit stub only, on the core of the L1 whose VMCS0-1 is
+/// current, with `ctx` from [`Vcpu::fast_exit`] for this entry: its
+/// pointers are the current vmcs12's, which nothing else touches while
+/// the stub runs (the vCPU's owner waits in `run::enter`).
+unsafe extern "C" fn vmrw_exit(regs: *mut super::GuestRegs, ctx: *mut nvmx_vmx::entry::FastExit) -> u64 {
+    let start = crate::arch::cpu::rdtsc();
+    // SAFETY: `ctx` is the head of the FastCtx `fast_exit` returned
+    // (repr(C), first field), valid for this entry.
+    let c = unsafe { &*(ctx as *const FastCtx) };
+    if start >= c.deadline {
+        return 0;
+    }
+    let reason = rd(F::VM_EXIT_REASON);
+    let write = match reason {
+        23 => false,
+        25 => true,
+        _ => return 0,
+    };
+    // Instruction information (SDM 28.2.5): bit 10 register operand,
+    // bits 6:3 reg1 (VMREAD destination, VMWRITE source), 31:28 reg2 (the
+    // encoding).
+    let info = rd(F::VMX_INSTRUCTION_INFO);
+    let (reg1, reg2) = (((info >> 3) & 0xF) as usize, ((info >> 28) & 0xF) as usize);
+    let cs_ar = rd(F::GUEST_CS_AR_BYTES);
+    // RSP lives in VMCS0-1, not in `regs`: as VMWRITE's source (the
+    // L1's own entry stub writes HOST_RSP so) it is read from there; as
+    // VMREAD's destination or as the encoding the general path serves it.
+    if info & (1 << 10) == 0 || (cs_ar >> 5) & 3 != 0 || (reg1 == 4 && !write) || reg2 == 4 {
+        return 0;
+    }
+    // SAFETY: the GuestRegs the stub just filled; nothing else holds it.
+    let regs = unsafe { &mut (*regs).gpr };
+    // 64-bit mode: EFER.LMA and CS.L (`l1_long64`); else 32-bit operands.
+    let width = if cs_ar & (1 << 13) != 0 && rd(F::GUEST_IA32_EFER) & (1 << 10) != 0 { u64::MAX } else { 0xFFFF_FFFF };
+    let enc = regs[reg2] & width;
+    let Some(slot) = u32::try_from(enc).ok().and_then(field::slot_of) else {
+        return 0;
+    };
+    let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+    if c.deny.0[word] & bit != 0 {
+        return 0;
+    }
+    let enc = enc as u32;
+    // Width from encoding bits 14:13 (0 16-bit, 1 64-bit, 2 32-bit,
+    // 3 natural); bit 0 the "high" half of a 64-bit field.
+    let mask = match (enc >> 13) & 3 {
+        0 => 0xFFFF,
+        2 => 0xFFFF_FFFF,
+        _ => u64::MAX,
+    };
+    // SAFETY: `fields` is the current vmcs12's cache (one u64 per field of
+    // the table, `slot` < its length) and the sets its own, valid for this
+    // entry (`fast_exit`), touched by nothing else meanwhile.
+    unsafe {
+        let cached = c.fields.add(slot);
+        if write {
+            // Type 1 (bits 11:10): read-only; the general path decides.
+            if (enc >> 10) & 3 == 1 {
+                return 0;
+            }
+            let value = if reg1 == 4 { rd(F::GUEST_RSP) } else { regs[reg1] } & width;
+            let new = if enc & 1 != 0 { (*cached & 0xFFFF_FFFF) | (value << 32) } else { value & mask };
+            if *cached != new {
+                *cached = new;
+                (*c.stale02).0[word] |= bit;
+                (*c.unchecked).0[word] |= bit;
+                (*c.unshadowed).0[word] |= bit;
+            }
+        } else {
+            let raw = *cached;
+            regs[reg1] = if enc & 1 != 0 { raw >> 32 } else { raw & mask } & width;
+        }
+    }
+    if c.stats.window_end.load(core::sync::atomic::Ordering::Relaxed) == 0 {
+        let counts = if write { &c.stats.fields.writes } else { &c.stats.fields.reads };
+        let n = &counts[slot];
+        n.store(n.load(core::sync::atomic::Ordering::Relaxed) + 1, core::sync::atomic::Ordering::Relaxed);
+    }
+    // VMsucceed (arithmetic flags clear), RIP past the instruction, an
+    // STI/MOV-SS shadow over (and Bochs' "blocking by SMI", which `step`
+    // clears before every entry).
+    wr(F::GUEST_RFLAGS, rd(F::GUEST_RFLAGS) & !RFLAGS_ARITH);
+    wr(F::GUEST_RIP, rd(F::GUEST_RIP) + rd(F::VM_EXIT_INSTRUCTION_LEN));
+    let intr = rd(F::GUEST_INTERRUPTIBILITY_INFO);
+    if intr & 7 != 0 {
+        wr(F::GUEST_INTERRUPTIBILITY_INFO, intr & !7);
+    }
+    // The timer bound `step` set, renewed to what is left of it.
+    let now = crate::arch::cpu::rdtsc();
+    wr(F::VMX_PREEMPTION_TIMER_VALUE, (c.deadline.saturating_sub(now) >> c.timer_rate) + 1);
+    c.stats.record(crate::stats::Level::L1, reason as u16, true, now - start);
+    c.last_reason.store(reason, core::sync::atomic::Ordering::Relaxed);
+    1
+}
+
+/// VMREAD of a field VMCS0-1 has while it is current, with no failure
+/// test: inside [`vmrw_exit`] (entered from VMCS0-1's exit) it holds every
+/// field read there, so VMREAD cannot fail (SDM 32.3's VMfail cases: no
+/// current VMCS, an unsupported field). The failure test is 3 of the ~5
+/// instructions of a checked VMREAD (`run::vmread`).
+#[inline(always)]
+fn rd(f: F) -> u64 {
+    let v: u64;
+    // SAFETY: VMX root operation with VMCS0-1 current; VMREAD writes only
+    // the output register and the flags.
+    unsafe { core::arch::asm!("vmread {}, {}", lateout(reg) v, in(reg) u64::from(f.encoding()), options(nostack)) };
+    v
+}
+
+/// VMWRITE of a guest-state or control field VMCS0-1 has while it is
+/// current (as [`rd`]: VMWRITE checks no value, only the field, so it
+/// cannot fail).
+#[inline(always)]
+fn wr(f: F, v: u64) {
+    // SAFETY: as `rd`; VMWRITE changes only the current VMCS and the flags.
+    unsafe { core::arch::asm!("vmwrite {}, {}", in(reg) u64::from(f.encoding()), in(reg) v, options(nostack)) };
 }

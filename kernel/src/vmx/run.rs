@@ -41,10 +41,17 @@ fn vmx_bug(what: &str, field: F, value: u64, e: insn::VmFail) -> ! {
 }
 
 /// Enters the guest of the current VMCS with `regs`; `Ok` after a VM exit.
-pub fn enter(regs: &mut GuestRegs, launched: bool) -> Result<(), VmFail> {
-    // SAFETY: the current VMCS was set up by L0 with HOST_RIP = exit_rip()
-    // and a host state equal to this core's (setup_host_state).
-    let rflags = unsafe { nvmx_vmx::entry::enter(regs, launched) };
+/// `fast`: null, or the exit stub's fast path for this entry (the exits it
+/// handles resume the guest without returning here).
+///
+/// # Safety
+/// `fast` is null or valid, with every pointer it holds, until this returns
+/// (`nvmx_vmx::entry::enter_fast`).
+pub unsafe fn enter(regs: &mut GuestRegs, launched: bool, fast: *mut nvmx_vmx::entry::FastExit) -> Result<(), VmFail> {
+    // SAFETY: the current VMCS was set up by L0 with HOST_RIP =
+    // exit_rip_fast() and a host state equal to this core's
+    // (setup_host_state); `fast` as the caller promised.
+    let rflags = unsafe { nvmx_vmx::entry::enter_fast(regs, launched, fast) };
     if rflags == 0 {
         Ok(())
     } else if rflags & 1 != 0 {
@@ -296,5 +303,5 @@ pub fn setup_host_state() {
     vmwrite(F::HOST_IA32_SYSENTER_EIP, 0);
     vmwrite(F::HOST_IA32_EFER, cpu::rdmsr(0xC000_0080));
     vmwrite(F::HOST_IA32_PAT, cpu::rdmsr(0x277));
-    vmwrite(F::HOST_RIP, nvmx_vmx::entry::exit_rip());
+    vmwrite(F::HOST_RIP, nvmx_vmx::entry::exit_rip_fast());
 }
