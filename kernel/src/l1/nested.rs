@@ -2119,7 +2119,6 @@ impl Vcpu {
             (F::GUEST_SYSENTER_CS, h(F::HOST_IA32_SYSENTER_CS)),
             (F::GUEST_SYSENTER_ESP, h(F::HOST_IA32_SYSENTER_ESP)),
             (F::GUEST_SYSENTER_EIP, h(F::HOST_IA32_SYSENTER_EIP)),
-            (F::CR0_READ_SHADOW, h(F::HOST_CR0)),
             (F::CR4_READ_SHADOW, h(F::HOST_CR4)),
         ];
         let (cr0, cr4) = (h(F::HOST_CR0), h(F::HOST_CR4));
@@ -2131,22 +2130,25 @@ impl Vcpu {
         unsafe { insn::vmptrld(self.nested.vmcs01) }.expect("VMPTRLD of VMCS0-1");
         self.prof.leave(phase);
         self.nested.in_l2 = false;
+        // VMCS0-1 is current and has every field written here (setup_vmcs01
+        // wrote each, checked): `wr`/`rd` cannot fail.
         // SDM 28.5.1: CR0.CD and NW are not loaded from HOST_CR0; L1 keeps
         // its own (L0 holds them in the read shadow, never in the CPU).
         let off = crate::vmx::run::CR0_ALWAYS_OFF;
-        let keep = vmread(F::CR0_READ_SHADOW) & off;
+        let keep = rd(F::CR0_READ_SHADOW) & off;
         for (f, v) in vals {
-            vmwrite(f, if f == F::CR0_READ_SHADOW { (v & !off) | keep } else { v });
+            wr(f, v);
         }
-        vmwrite(F::GUEST_CR0, crate::vmx::run::l1_cr0_to_cpu(cr0, vmread(F::CR0_GUEST_HOST_MASK)));
-        vmwrite(F::GUEST_CR4, cr4 | vmread(F::CR4_GUEST_HOST_MASK));
-        vmwrite(F::GUEST_RFLAGS, 0x2);
-        vmwrite(F::GUEST_DR7, 0x400);
-        vmwrite(F::GUEST_IA32_DEBUGCTL, 0);
-        vmwrite(F::GUEST_INTERRUPTIBILITY_INFO, 0);
-        vmwrite(F::GUEST_CS_AR_BYTES, if host64 { 0xA09B } else { 0xC09B });
-        vmwrite(F::GUEST_CS_BASE, 0);
-        vmwrite(F::GUEST_CS_LIMIT, 0xFFFF_FFFF);
+        wr(F::CR0_READ_SHADOW, (cr0 & !off) | keep);
+        wr(F::GUEST_CR0, crate::vmx::run::l1_cr0_to_cpu(cr0, rd(F::CR0_GUEST_HOST_MASK)));
+        wr(F::GUEST_CR4, cr4 | rd(F::CR4_GUEST_HOST_MASK));
+        wr(F::GUEST_RFLAGS, 0x2);
+        wr(F::GUEST_DR7, 0x400);
+        wr(F::GUEST_IA32_DEBUGCTL, 0);
+        wr(F::GUEST_INTERRUPTIBILITY_INFO, 0);
+        wr(F::GUEST_CS_AR_BYTES, if host64 { 0xA09B } else { 0xC09B });
+        wr(F::GUEST_CS_BASE, 0);
+        wr(F::GUEST_CS_LIMIT, 0xFFFF_FFFF);
         for (sel, base, limit, ar) in [
             (F::GUEST_SS_SELECTOR, F::GUEST_SS_BASE, F::GUEST_SS_LIMIT, F::GUEST_SS_AR_BYTES),
             (F::GUEST_DS_SELECTOR, F::GUEST_DS_BASE, F::GUEST_DS_LIMIT, F::GUEST_DS_AR_BYTES),
@@ -2154,27 +2156,27 @@ impl Vcpu {
             (F::GUEST_FS_SELECTOR, F::GUEST_FS_BASE, F::GUEST_FS_LIMIT, F::GUEST_FS_AR_BYTES),
             (F::GUEST_GS_SELECTOR, F::GUEST_GS_BASE, F::GUEST_GS_LIMIT, F::GUEST_GS_AR_BYTES),
         ] {
-            let unusable = vmread(sel) == 0 && sel != F::GUEST_SS_SELECTOR;
-            vmwrite(ar, if unusable { 1 << 16 } else { 0xC093 });
-            vmwrite(limit, 0xFFFF_FFFF);
+            let unusable = rd(sel) == 0 && sel != F::GUEST_SS_SELECTOR;
+            wr(ar, if unusable { 1 << 16 } else { 0xC093 });
+            wr(limit, 0xFFFF_FFFF);
             if !matches!(base, F::GUEST_FS_BASE | F::GUEST_GS_BASE) {
-                vmwrite(base, 0);
+                wr(base, 0);
             }
         }
-        vmwrite(F::GUEST_TR_LIMIT, 0x67);
-        vmwrite(F::GUEST_TR_AR_BYTES, 0x8B);
-        vmwrite(F::GUEST_GDTR_LIMIT, 0xFFFF);
-        vmwrite(F::GUEST_IDTR_LIMIT, 0xFFFF);
-        vmwrite(F::GUEST_LDTR_SELECTOR, 0);
-        vmwrite(F::GUEST_LDTR_AR_BYTES, 1 << 16);
-        let efer = vmread(F::GUEST_IA32_EFER);
+        wr(F::GUEST_TR_LIMIT, 0x67);
+        wr(F::GUEST_TR_AR_BYTES, 0x8B);
+        wr(F::GUEST_GDTR_LIMIT, 0xFFFF);
+        wr(F::GUEST_IDTR_LIMIT, 0xFFFF);
+        wr(F::GUEST_LDTR_SELECTOR, 0);
+        wr(F::GUEST_LDTR_AR_BYTES, 1 << 16);
+        let efer = rd(F::GUEST_IA32_EFER);
         let efer = efer_l1.unwrap_or(if host64 { efer | (1 << 8) | (1 << 10) } else { efer & !((1 << 8) | (1 << 10)) });
-        vmwrite(F::GUEST_IA32_EFER, efer);
+        wr(F::GUEST_IA32_EFER, efer);
         if let Some(pat) = pat_l1 {
-            vmwrite(F::GUEST_IA32_PAT, pat);
+            wr(F::GUEST_IA32_PAT, pat);
         }
-        let e01 = vmread(F::VM_ENTRY_CONTROLS) & !u64::from(entry::IA32E_MODE_GUEST);
-        vmwrite(F::VM_ENTRY_CONTROLS, e01 | if host64 { u64::from(entry::IA32E_MODE_GUEST) } else { 0 });
+        let e01 = rd(F::VM_ENTRY_CONTROLS) & !u64::from(entry::IA32E_MODE_GUEST);
+        wr(F::VM_ENTRY_CONTROLS, e01 | if host64 { u64::from(entry::IA32E_MODE_GUEST) } else { 0 });
         let list = (h(F::VM_EXIT_MSR_LOAD_ADDR), h(F::VM_EXIT_MSR_LOAD_COUNT));
         if let Err(n) = self.load_msr_list(list) {
             return Err(alloc::format!("VMX abort: VM-exit MSR-load list entry {n} refused (SDM 28.7)"));
@@ -2447,10 +2449,11 @@ unsafe extern "C" fn vmrw_exit(regs: *mut super::GuestRegs, ctx: *mut nvmx_vmx::
 }
 
 /// VMREAD of a field VMCS0-1 has while it is current, with no failure
-/// test: inside [`vmrw_exit`] (entered from VMCS0-1's exit) it holds every
-/// field read there, so VMREAD cannot fail (SDM 32.3's VMfail cases: no
-/// current VMCS, an unsupported field). The failure test is 3 of the ~5
-/// instructions of a checked VMREAD (`run::vmread`).
+/// test: inside [`vmrw_exit`] (entered from VMCS0-1's exit) and in
+/// `load_vmcs12_host_state` (after its VMPTRLD) it holds every field read
+/// there, so VMREAD cannot fail (SDM 32.3's VMfail cases: no current VMCS,
+/// an unsupported field). The failure test is 3 of the ~5 instructions of
+/// a checked VMREAD (`run::vmread`).
 #[inline(always)]
 fn rd(f: F) -> u64 {
     let v: u64;
