@@ -1045,9 +1045,20 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
     let mut halted = false;
     let mut want_running = vmx::enabled();
     let mut ap_generation = 0;
+    // `idle` (the boot core's shell poll) runs after every wait, and between
+    // exits once per PREEMPT_TICKS of the VMX-preemption timer: as often as
+    // an L1 that makes no exits is interrupted for it, not on every exit.
+    let poll_every = run::PREEMPT_TICKS << caps.preemption_timer_rate();
+    let mut next_poll = 0;
+    let mut waited = true;
     loop {
         VCPUS[cpu].store(vcpu.as_mut().map_or(core::ptr::null_mut(), |v| v as *mut Vcpu), Ordering::Release);
-        idle();
+        let now = cpu::rdtsc();
+        if waited || now >= next_poll {
+            idle();
+            next_poll = now + poll_every;
+        }
+        waited = true;
         crate::mailbox::poll();
         match shared.take_request() {
             Control::Stop => {
@@ -1115,6 +1126,7 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
             wait(cpu);
             continue;
         }
+        waited = false;
         let result = step(v);
         v.smp_exchange();
         match result {
