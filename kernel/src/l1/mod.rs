@@ -21,7 +21,7 @@ use spin::Mutex;
 use crate::arch::cpu;
 use crate::percpu::{self, MAX_CPUS};
 use crate::stats::{CpuStats, Level, Phase, Profiler};
-use crate::vmx::run::{self, GuestRegs, vmread, vmwrite};
+use crate::vmx::run::{self, GuestRegs, vmread, vmread_known, vmwrite, vmwrite_known};
 use crate::vmx::{self, insn};
 use platform::L1Platform;
 use uart::ConsoleRing;
@@ -1177,14 +1177,16 @@ fn wait(cpu: usize) {
 fn step(v: &mut Vcpu) -> Option<L1State> {
     // Bochs 2.7 may save "blocking by SMI" on exit, which then fails the next
     // entry; L0 never runs a guest in SMM, so the bit is always clear (PLATFORM.md).
-    let intr = vmread(F::GUEST_INTERRUPTIBILITY_INFO);
+    // The fields read and written below without a failure test exist in
+    // every VMCS0-1 and VMCS0-2 (run::vmread_known).
+    let intr = vmread_known(F::GUEST_INTERRUPTIBILITY_INFO);
     if intr & 4 != 0 {
-        vmwrite(F::GUEST_INTERRUPTIBILITY_INFO, intr & !4);
+        vmwrite_known(F::GUEST_INTERRUPTIBILITY_INFO, intr & !4);
     }
     let in_l2 = v.nested.in_l2;
     let mut fast = core::ptr::null_mut();
     if !in_l2 {
-        vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, run::PREEMPT_TICKS);
+        vmwrite_known(F::VMX_PREEMPTION_TIMER_VALUE, run::PREEMPT_TICKS);
         // Time, console, power events, interrupts for L1 (VMCS0-1 current).
         let after_exit = core::mem::take(&mut v.l1_exit_pending);
         let now = cpu::rdtsc();
@@ -1192,7 +1194,7 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
             // Nothing pending, nothing due, and the last exit touched no
             // device: only the timer bound is renewed, and until it runs
             // out the exit stub may serve L1's VMREAD/VMWRITEs itself.
-            vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, ticks);
+            vmwrite_known(F::VMX_PREEMPTION_TIMER_VALUE, ticks);
             fast = v.fast_exit(v.platform.quiet_until.min(now + (ticks << v.platform.timer_rate)));
         } else {
             let p = v.prof.enter(Phase::Platform);
@@ -1211,7 +1213,7 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
             events::L2Next::Enter => {}
             events::L2Next::Exited { reason } => {
                 let start = cpu::rdtsc();
-                let rip = vmread(F::GUEST_RIP);
+                let rip = vmread_known(F::GUEST_RIP);
                 record(v, Level::L2Reflected, reason, 0, rip, true, start);
                 return None;
             }
@@ -1239,10 +1241,10 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
     }
     let start = cpu::rdtsc();
     v.prof.exited(start);
-    let reason = vmread(F::VM_EXIT_REASON) as u32;
+    let reason = vmread_known(F::VM_EXIT_REASON) as u32;
     if !in_l2 && matches!(reason, 23 | 25) {
         // RIP before the fast path moves it, for the trace.
-        let rip = vmread(F::GUEST_RIP);
+        let rip = vmread_known(F::GUEST_RIP);
         if v.vmrw_fast(reason == 25) {
             v.launched = true;
             v.l1_exit_pending = true;
@@ -1250,8 +1252,8 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
             return None;
         }
     }
-    let qualification = vmread(F::EXIT_QUALIFICATION);
-    let rip = vmread(F::GUEST_RIP);
+    let qualification = vmread_known(F::EXIT_QUALIFICATION);
+    let rip = vmread_known(F::GUEST_RIP);
     if in_l2 {
         if reason & (1 << 31) == 0 {
             v.l2_entered();
@@ -1284,12 +1286,12 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
         Handled::Resume => (None, true),
         Handled::EntryFailed => (None, false),
         Handled::Skip | Handled::SkipFailed => {
-            vmwrite(F::GUEST_RIP, rip + vmread(F::VM_EXIT_INSTRUCTION_LEN));
+            vmwrite_known(F::GUEST_RIP, rip + vmread_known(F::VM_EXIT_INSTRUCTION_LEN));
             // The instruction completed, so an STI or MOV-SS shadow it sat in
             // is over (SDM 26.3.1.5 forbids HLT activity with one pending).
-            let intr = vmread(F::GUEST_INTERRUPTIBILITY_INFO);
+            let intr = vmread_known(F::GUEST_INTERRUPTIBILITY_INFO);
             if intr & 3 != 0 {
-                vmwrite(F::GUEST_INTERRUPTIBILITY_INFO, intr & !3);
+                vmwrite_known(F::GUEST_INTERRUPTIBILITY_INFO, intr & !3);
             }
             (None, matches!(handled, Handled::Skip))
         }

@@ -24,7 +24,7 @@ use super::shadow::Policy;
 use super::{Handled, Vcpu};
 use crate::stats::{Phase, Slow};
 use crate::vmx::insn;
-use crate::vmx::run::{vmread, vmwrite};
+use crate::vmx::run::{vmread, vmread_known as rd, vmwrite, vmwrite_known as wr};
 
 use nvmx_vmx::nested::VMCS12_REVISION;
 /// Offset of field `f` in a vmcs12 region.
@@ -2446,28 +2446,4 @@ unsafe extern "C" fn vmrw_exit(regs: *mut super::GuestRegs, ctx: *mut nvmx_vmx::
     c.stats.record(crate::stats::Level::L1, reason as u16, true, now - start);
     c.last_reason.store(reason, core::sync::atomic::Ordering::Relaxed);
     1
-}
-
-/// VMREAD of a field VMCS0-1 has while it is current, with no failure
-/// test: inside [`vmrw_exit`] (entered from VMCS0-1's exit) and in
-/// `load_vmcs12_host_state` (after its VMPTRLD) it holds every field read
-/// there, so VMREAD cannot fail (SDM 32.3's VMfail cases: no current VMCS,
-/// an unsupported field). The failure test is 3 of the ~5 instructions of
-/// a checked VMREAD (`run::vmread`).
-#[inline(always)]
-fn rd(f: F) -> u64 {
-    let v: u64;
-    // SAFETY: VMX root operation with VMCS0-1 current; VMREAD writes only
-    // the output register and the flags.
-    unsafe { core::arch::asm!("vmread {}, {}", lateout(reg) v, in(reg) u64::from(f.encoding()), options(nostack)) };
-    v
-}
-
-/// VMWRITE of a guest-state or control field VMCS0-1 has while it is
-/// current (as [`rd`]: VMWRITE checks no value, only the field, so it
-/// cannot fail).
-#[inline(always)]
-fn wr(f: F, v: u64) {
-    // SAFETY: as `rd`; VMWRITE changes only the current VMCS and the flags.
-    unsafe { core::arch::asm!("vmwrite {}, {}", in(reg) u64::from(f.encoding()), in(reg) v, options(nostack)) };
 }
