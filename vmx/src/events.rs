@@ -161,6 +161,25 @@ mod tests {
     }
 
     #[test]
+    fn nothing_pending_plans_nothing_whatever_l2_state() {
+        // L0 skips reading L2's state when nothing is pending for L1
+        // (l1/events.rs, quiet entries): the plan must not depend on it.
+        for bits in 0..64u32 {
+            let s = L2Events {
+                pin12: if bits & 1 != 0 { pin::EXTERNAL_INTERRUPT_EXITING | pin::NMI_EXITING } else { 0 },
+                ack_on_exit: bits & 2 != 0,
+                injecting: bits & 4 != 0,
+                rflags_if: bits & 8 != 0,
+                interruptibility: if bits & 16 != 0 { BLOCK_STI | BLOCK_MOVSS | BLOCK_NMI } else { 0 },
+                vnmi02: bits & 32 != 0,
+                nmi: false,
+                irq: None,
+            };
+            assert_eq!(plan(&s), Plan::default(), "{bits:#b}");
+        }
+    }
+
+    #[test]
     fn interrupt_exits_to_l1_with_external_interrupt_exiting() {
         let mut s = base();
         s.pin12 = pin::EXTERNAL_INTERRUPT_EXITING;

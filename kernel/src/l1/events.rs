@@ -60,21 +60,30 @@ impl Vcpu {
             }
             self.prof.leave(p);
         }
-        let pin12 = self.nested.field12(F::PIN_BASED_VM_EXEC_CONTROL) as u32;
         let proc12 = self.nested.field12(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-        let exit12 = self.nested.field12(F::VM_EXIT_CONTROLS) as u32;
-        let pc = &self.platform.pc;
-        let s = L2Events {
-            pin12,
-            ack_on_exit: exit12 & exitc::ACK_INTERRUPT_ON_EXIT != 0,
-            injecting: vmread(F::VM_ENTRY_INTR_INFO_FIELD) as u32 & events::VALID != 0,
-            rflags_if: vmread(F::GUEST_RFLAGS) & (1 << 9) != 0,
-            interruptibility: vmread(F::GUEST_INTERRUPTIBILITY_INFO) as u32,
-            vnmi02: vmread(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & pin::VIRTUAL_NMIS != 0,
-            nmi: quiet.is_none() && pc.pending_nmi(),
-            irq: if quiet.is_none() { pc.pending_interrupt() } else { None },
+        // Quiet: no NMI and no interrupt pending for L1, and `events::plan`
+        // without either is empty whatever L2's state (host-tested), so
+        // that state is not read.
+        let mut pending = false;
+        let plan = if quiet.is_some() {
+            events::Plan::default()
+        } else {
+            let pin12 = self.nested.field12(F::PIN_BASED_VM_EXEC_CONTROL) as u32;
+            let exit12 = self.nested.field12(F::VM_EXIT_CONTROLS) as u32;
+            let pc = &self.platform.pc;
+            let s = L2Events {
+                pin12,
+                ack_on_exit: exit12 & exitc::ACK_INTERRUPT_ON_EXIT != 0,
+                injecting: vmread(F::VM_ENTRY_INTR_INFO_FIELD) as u32 & events::VALID != 0,
+                rflags_if: vmread(F::GUEST_RFLAGS) & (1 << 9) != 0,
+                interruptibility: vmread(F::GUEST_INTERRUPTIBILITY_INFO) as u32,
+                vnmi02: vmread(F::PIN_BASED_VM_EXEC_CONTROL) as u32 & pin::VIRTUAL_NMIS != 0,
+                nmi: pc.pending_nmi(),
+                irq: pc.pending_interrupt(),
+            };
+            pending = s.nmi || s.irq.is_some();
+            events::plan(&s)
         };
-        let plan = events::plan(&s);
         match plan.action {
             Action::None => {}
             Action::ExitNmi => {
@@ -120,7 +129,6 @@ impl Vcpu {
             Some(ticks) => ticks,
             None => {
                 let (ticks, now, deadline) = self.l2_timer_ticks();
-                let pending = s.nmi || s.irq.is_some();
                 self.platform.quiet_until = if pending { 0 } else { self.quiet_bound(now, deadline) };
                 ticks
             }

@@ -22,7 +22,7 @@ use spin::Mutex;
 use crate::arch::cpu;
 use crate::percpu::{self, MAX_CPUS};
 use crate::stats::{CpuStats, Level, Phase, Profiler};
-use crate::vmx::run::{self, GuestRegs, vmread, vmwrite};
+use crate::vmx::run::{self, GuestRegs, vmread, vmread_known, vmwrite, vmwrite_known};
 use crate::vmx::{self, insn};
 use platform::L1Platform;
 use uart::ConsoleRing;
@@ -369,6 +369,8 @@ struct Vcpu {
     prof: Profiler,
     /// TSC when the last exit's handling was counted (0: none yet).
     handled_tsc: u64,
+    /// The exit stub's fast path for emulated VMREAD/VMWRITE (`nested::vmrw_exit`).
+    fast: nested::FastCtx,
     /// Index in a two-vCPU L1 (`l1vcpus=2`; `smp.rs`), else `None`.
     vcpu_index: Option<usize>,
     /// An AP parked in wait-for-SIPI: L0 does not enter it.
@@ -879,6 +881,7 @@ fn create(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String> {
         msrs: hashbrown::HashMap::new(),
         prof: Profiler::new(&L1S[cpu].stats),
         handled_tsc: 0,
+        fast: nested::FastCtx::new(cpu, caps.preemption_timer_rate()),
         vcpu_index,
         wait_sipi: false,
         got_init: false,
@@ -930,6 +933,7 @@ fn create_ap(cpu: usize, caps: &nvmx_vmx::caps::VmxCaps) -> Result<Vcpu, String>
         msrs: hashbrown::HashMap::new(),
         prof: Profiler::new(&L1S[cpu].stats),
         handled_tsc: 0,
+        fast: nested::FastCtx::new(cpu, caps.preemption_timer_rate()),
         vcpu_index: Some(1),
         wait_sipi: true,
         got_init: false,
@@ -1046,9 +1050,20 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
     let mut halted = false;
     let mut want_running = vmx::enabled();
     let mut ap_generation = 0;
+    // `idle` (the boot core's shell poll) runs after every wait, and between
+    // exits once per PREEMPT_TICKS of the VMX-preemption timer: as often as
+    // an L1 that makes no exits is interrupted for it, not on every exit.
+    let poll_every = run::PREEMPT_TICKS << caps.preemption_timer_rate();
+    let mut next_poll = 0;
+    let mut waited = true;
     loop {
         VCPUS[cpu].store(vcpu.as_mut().map_or(core::ptr::null_mut(), |v| v as *mut Vcpu), Ordering::Release);
-        idle();
+        let now = cpu::rdtsc();
+        if waited || now >= next_poll {
+            idle();
+            next_poll = now + poll_every;
+        }
+        waited = true;
         crate::mailbox::poll();
         match shared.take_request() {
             Control::Stop => {
@@ -1116,6 +1131,7 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
             wait(cpu);
             continue;
         }
+        waited = false;
         let result = step(v);
         v.smp_exchange();
         match result {
@@ -1166,19 +1182,25 @@ fn wait(cpu: usize) {
 fn step(v: &mut Vcpu) -> Option<L1State> {
     // Bochs 2.7 may save "blocking by SMI" on exit, which then fails the next
     // entry; L0 never runs a guest in SMM, so the bit is always clear (PLATFORM.md).
-    let intr = vmread(F::GUEST_INTERRUPTIBILITY_INFO);
+    // The fields read and written below without a failure test exist in
+    // every VMCS0-1 and VMCS0-2 (run::vmread_known).
+    let intr = vmread_known(F::GUEST_INTERRUPTIBILITY_INFO);
     if intr & 4 != 0 {
-        vmwrite(F::GUEST_INTERRUPTIBILITY_INFO, intr & !4);
+        vmwrite_known(F::GUEST_INTERRUPTIBILITY_INFO, intr & !4);
     }
     let in_l2 = v.nested.in_l2;
+    let mut fast = core::ptr::null_mut();
     if !in_l2 {
-        vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, run::PREEMPT_TICKS);
+        vmwrite_known(F::VMX_PREEMPTION_TIMER_VALUE, run::PREEMPT_TICKS);
         // Time, console, power events, interrupts for L1 (VMCS0-1 current).
         let after_exit = core::mem::take(&mut v.l1_exit_pending);
-        if let Some(ticks) = v.platform_quiet(cpu::rdtsc()) {
+        let now = cpu::rdtsc();
+        if let Some(ticks) = v.platform_quiet(now) {
             // Nothing pending, nothing due, and the last exit touched no
-            // device: only the timer bound is renewed.
-            vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, ticks);
+            // device: only the timer bound is renewed, and until it runs
+            // out the exit stub may serve L1's VMREAD/VMWRITEs itself.
+            vmwrite_known(F::VMX_PREEMPTION_TIMER_VALUE, ticks);
+            fast = v.fast_exit(v.platform.quiet_until.min(now + (ticks << v.platform.timer_rate)));
         } else {
             let p = v.prof.enter(Phase::Platform);
             if let Some(end) = v.platform_before_entry(after_exit) {
@@ -1196,7 +1218,7 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
             events::L2Next::Enter => {}
             events::L2Next::Exited { reason } => {
                 let start = cpu::rdtsc();
-                let rip = vmread(F::GUEST_RIP);
+                let rip = vmread_known(F::GUEST_RIP);
                 record(v, Level::L2Reflected, reason, 0, rip, true, start);
                 return None;
             }
@@ -1209,7 +1231,10 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
     if v.handled_tsc != 0 && stats.window_end.load(Ordering::Relaxed) == 0 {
         stats.loop_cycles.fetch_add(cpu::rdtsc() - v.handled_tsc, Ordering::Relaxed);
     }
-    if let Err(e) = run::enter(&mut v.regs, launched) {
+    // SAFETY: `fast` is null or points into `v` (its FastCtx, set up just
+    // now for this entry with pointers into the current vmcs12), which
+    // nothing else touches until `enter` returns.
+    if let Err(e) = unsafe { run::enter(&mut v.regs, launched, fast) } {
         if let (true, nvmx_vmx::error::VmFail::Valid(n)) = (in_l2, e) {
             // A VMCS0-2 the CPU refuses although vmcs12 passed nvmx's checks:
             // L1's VMLAUNCH/VMRESUME fails the same way, L1 goes on.
@@ -1221,10 +1246,10 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
     }
     let start = cpu::rdtsc();
     v.prof.exited(start);
-    let reason = vmread(F::VM_EXIT_REASON) as u32;
+    let reason = vmread_known(F::VM_EXIT_REASON) as u32;
     if !in_l2 && matches!(reason, 23 | 25) {
         // RIP before the fast path moves it, for the trace.
-        let rip = vmread(F::GUEST_RIP);
+        let rip = vmread_known(F::GUEST_RIP);
         if v.vmrw_fast(reason == 25) {
             v.launched = true;
             v.l1_exit_pending = true;
@@ -1232,8 +1257,8 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
             return None;
         }
     }
-    let qualification = vmread(F::EXIT_QUALIFICATION);
-    let rip = vmread(F::GUEST_RIP);
+    let qualification = vmread_known(F::EXIT_QUALIFICATION);
+    let rip = vmread_known(F::GUEST_RIP);
     if in_l2 {
         if reason & (1 << 31) == 0 {
             v.l2_entered();
@@ -1266,12 +1291,12 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
         Handled::Resume => (None, true),
         Handled::EntryFailed => (None, false),
         Handled::Skip | Handled::SkipFailed => {
-            vmwrite(F::GUEST_RIP, rip + vmread(F::VM_EXIT_INSTRUCTION_LEN));
+            vmwrite_known(F::GUEST_RIP, rip + vmread_known(F::VM_EXIT_INSTRUCTION_LEN));
             // The instruction completed, so an STI or MOV-SS shadow it sat in
             // is over (SDM 26.3.1.5 forbids HLT activity with one pending).
-            let intr = vmread(F::GUEST_INTERRUPTIBILITY_INFO);
+            let intr = vmread_known(F::GUEST_INTERRUPTIBILITY_INFO);
             if intr & 3 != 0 {
-                vmwrite(F::GUEST_INTERRUPTIBILITY_INFO, intr & !3);
+                vmwrite_known(F::GUEST_INTERRUPTIBILITY_INFO, intr & !3);
             }
             (None, matches!(handled, Handled::Skip))
         }

@@ -24,7 +24,7 @@ use super::shadow::Policy;
 use super::{Handled, Vcpu};
 use crate::stats::{Phase, Slow};
 use crate::vmx::insn;
-use crate::vmx::run::{vmread, vmwrite};
+use crate::vmx::run::{vmread, vmread_known as rd, vmwrite, vmwrite_known as wr};
 
 use nvmx_vmx::nested::VMCS12_REVISION;
 /// Offset of field `f` in a vmcs12 region.
@@ -1072,6 +1072,36 @@ impl Vcpu {
         true
     }
 
+    /// The exit stub's fast path for the next entry of VMCS0-1 (`step`,
+    /// after a quiet platform check, until TSC `deadline`): `vmrw_fast`'s
+    /// conditions that depend on L0's state only, decided here once per
+    /// entry — in VMX operation with a current vmcs12, its shadow link
+    /// set, and the fields that need a sync first (shadowed, or lazy guest
+    /// fields of the last reflection) left to the general path; null when
+    /// no VMREAD/VMWRITE may be served so.
+    pub(super) fn fast_exit(&mut self, deadline: u64) -> *mut nvmx_vmx::entry::FastExit {
+        let n = &mut self.nested;
+        let sh = &n.shadow;
+        if !n.enabled || n.vmxon.is_none() || n.in_l2 || (sh.on && (sh.policy != Policy::Fixed || !sh.linked_current())) {
+            return core::ptr::null_mut();
+        }
+        let mut deny = if sh.on { sh.fields() } else { FieldSet::EMPTY };
+        if n.rare_pending
+            && let Some((_, _, s)) = n.exit_sync
+        {
+            deny = deny.union(s.lazy);
+        }
+        let Some(cur) = n.current.as_mut() else { return core::ptr::null_mut() };
+        let f = &mut self.fast;
+        f.fields = cur.fields.as_mut_ptr();
+        f.stale02 = &raw mut cur.stale02;
+        f.unchecked = &raw mut cur.unchecked;
+        f.unshadowed = &raw mut cur.unshadowed;
+        f.deny = deny;
+        f.deadline = deadline;
+        &raw mut self.fast.head
+    }
+
     /// VMREAD (SDM 32.3): VMfailInvalid without a current VMCS, error 12
     /// for unsupported fields; widths and "high" accesses as the SDM says.
     fn vmread12(&mut self, info: &InstructionInfo) -> Emulated {
@@ -2099,7 +2129,6 @@ impl Vcpu {
             (F::GUEST_SYSENTER_CS, h(F::HOST_IA32_SYSENTER_CS)),
             (F::GUEST_SYSENTER_ESP, h(F::HOST_IA32_SYSENTER_ESP)),
             (F::GUEST_SYSENTER_EIP, h(F::HOST_IA32_SYSENTER_EIP)),
-            (F::CR0_READ_SHADOW, h(F::HOST_CR0)),
             (F::CR4_READ_SHADOW, h(F::HOST_CR4)),
         ];
         let (cr0, cr4) = (h(F::HOST_CR0), h(F::HOST_CR4));
@@ -2111,22 +2140,25 @@ impl Vcpu {
         unsafe { insn::vmptrld(self.nested.vmcs01) }.expect("VMPTRLD of VMCS0-1");
         self.prof.leave(phase);
         self.nested.in_l2 = false;
+        // VMCS0-1 is current and has every field written here (setup_vmcs01
+        // wrote each, checked): `wr`/`rd` cannot fail.
         // SDM 28.5.1: CR0.CD and NW are not loaded from HOST_CR0; L1 keeps
         // its own (L0 holds them in the read shadow, never in the CPU).
         let off = crate::vmx::run::CR0_ALWAYS_OFF;
-        let keep = vmread(F::CR0_READ_SHADOW) & off;
+        let keep = rd(F::CR0_READ_SHADOW) & off;
         for (f, v) in vals {
-            vmwrite(f, if f == F::CR0_READ_SHADOW { (v & !off) | keep } else { v });
+            wr(f, v);
         }
-        vmwrite(F::GUEST_CR0, crate::vmx::run::l1_cr0_to_cpu(cr0, vmread(F::CR0_GUEST_HOST_MASK)));
-        vmwrite(F::GUEST_CR4, cr4 | vmread(F::CR4_GUEST_HOST_MASK));
-        vmwrite(F::GUEST_RFLAGS, 0x2);
-        vmwrite(F::GUEST_DR7, 0x400);
-        vmwrite(F::GUEST_IA32_DEBUGCTL, 0);
-        vmwrite(F::GUEST_INTERRUPTIBILITY_INFO, 0);
-        vmwrite(F::GUEST_CS_AR_BYTES, if host64 { 0xA09B } else { 0xC09B });
-        vmwrite(F::GUEST_CS_BASE, 0);
-        vmwrite(F::GUEST_CS_LIMIT, 0xFFFF_FFFF);
+        wr(F::CR0_READ_SHADOW, (cr0 & !off) | keep);
+        wr(F::GUEST_CR0, crate::vmx::run::l1_cr0_to_cpu(cr0, rd(F::CR0_GUEST_HOST_MASK)));
+        wr(F::GUEST_CR4, cr4 | rd(F::CR4_GUEST_HOST_MASK));
+        wr(F::GUEST_RFLAGS, 0x2);
+        wr(F::GUEST_DR7, 0x400);
+        wr(F::GUEST_IA32_DEBUGCTL, 0);
+        wr(F::GUEST_INTERRUPTIBILITY_INFO, 0);
+        wr(F::GUEST_CS_AR_BYTES, if host64 { 0xA09B } else { 0xC09B });
+        wr(F::GUEST_CS_BASE, 0);
+        wr(F::GUEST_CS_LIMIT, 0xFFFF_FFFF);
         for (sel, base, limit, ar) in [
             (F::GUEST_SS_SELECTOR, F::GUEST_SS_BASE, F::GUEST_SS_LIMIT, F::GUEST_SS_AR_BYTES),
             (F::GUEST_DS_SELECTOR, F::GUEST_DS_BASE, F::GUEST_DS_LIMIT, F::GUEST_DS_AR_BYTES),
@@ -2134,27 +2166,27 @@ impl Vcpu {
             (F::GUEST_FS_SELECTOR, F::GUEST_FS_BASE, F::GUEST_FS_LIMIT, F::GUEST_FS_AR_BYTES),
             (F::GUEST_GS_SELECTOR, F::GUEST_GS_BASE, F::GUEST_GS_LIMIT, F::GUEST_GS_AR_BYTES),
         ] {
-            let unusable = vmread(sel) == 0 && sel != F::GUEST_SS_SELECTOR;
-            vmwrite(ar, if unusable { 1 << 16 } else { 0xC093 });
-            vmwrite(limit, 0xFFFF_FFFF);
+            let unusable = rd(sel) == 0 && sel != F::GUEST_SS_SELECTOR;
+            wr(ar, if unusable { 1 << 16 } else { 0xC093 });
+            wr(limit, 0xFFFF_FFFF);
             if !matches!(base, F::GUEST_FS_BASE | F::GUEST_GS_BASE) {
-                vmwrite(base, 0);
+                wr(base, 0);
             }
         }
-        vmwrite(F::GUEST_TR_LIMIT, 0x67);
-        vmwrite(F::GUEST_TR_AR_BYTES, 0x8B);
-        vmwrite(F::GUEST_GDTR_LIMIT, 0xFFFF);
-        vmwrite(F::GUEST_IDTR_LIMIT, 0xFFFF);
-        vmwrite(F::GUEST_LDTR_SELECTOR, 0);
-        vmwrite(F::GUEST_LDTR_AR_BYTES, 1 << 16);
-        let efer = vmread(F::GUEST_IA32_EFER);
+        wr(F::GUEST_TR_LIMIT, 0x67);
+        wr(F::GUEST_TR_AR_BYTES, 0x8B);
+        wr(F::GUEST_GDTR_LIMIT, 0xFFFF);
+        wr(F::GUEST_IDTR_LIMIT, 0xFFFF);
+        wr(F::GUEST_LDTR_SELECTOR, 0);
+        wr(F::GUEST_LDTR_AR_BYTES, 1 << 16);
+        let efer = rd(F::GUEST_IA32_EFER);
         let efer = efer_l1.unwrap_or(if host64 { efer | (1 << 8) | (1 << 10) } else { efer & !((1 << 8) | (1 << 10)) });
-        vmwrite(F::GUEST_IA32_EFER, efer);
+        wr(F::GUEST_IA32_EFER, efer);
         if let Some(pat) = pat_l1 {
-            vmwrite(F::GUEST_IA32_PAT, pat);
+            wr(F::GUEST_IA32_PAT, pat);
         }
-        let e01 = vmread(F::VM_ENTRY_CONTROLS) & !u64::from(entry::IA32E_MODE_GUEST);
-        vmwrite(F::VM_ENTRY_CONTROLS, e01 | if host64 { u64::from(entry::IA32E_MODE_GUEST) } else { 0 });
+        let e01 = rd(F::VM_ENTRY_CONTROLS) & !u64::from(entry::IA32E_MODE_GUEST);
+        wr(F::VM_ENTRY_CONTROLS, e01 | if host64 { u64::from(entry::IA32E_MODE_GUEST) } else { 0 });
         let list = (h(F::VM_EXIT_MSR_LOAD_ADDR), h(F::VM_EXIT_MSR_LOAD_COUNT));
         if let Err(n) = self.load_msr_list(list) {
             return Err(alloc::format!("VMX abort: VM-exit MSR-load list entry {n} refused (SDM 28.7)"));
@@ -2276,4 +2308,152 @@ impl Vcpu {
             text
         }
     }
+}
+
+/// The context of the exit stub's fast path (`nvmx_vmx::entry::enter_fast`)
+/// for one entry of VMCS0-1: set by [`Vcpu::fast_exit`] before the entry,
+/// read by [`vmrw_exit`] after each exit of it.
+#[repr(C)]
+pub(super) struct FastCtx {
+    head: nvmx_vmx::entry::FastExit,
+    /// The current vmcs12's cache and its three dirty sets (`Vmcs12::set`).
+    fields: *mut u64,
+    stale02: *mut FieldSet,
+    unchecked: *mut FieldSet,
+    unshadowed: *mut FieldSet,
+    /// Fields left to the general path (a sync pending for them).
+    deny: FieldSet,
+    /// TSC by which the general path runs again: the quiet stretch's end,
+    /// at most PREEMPT_TICKS of the timer after the entry (the shell, the
+    /// mailbox and the L1's PC are looked at as often as without exits).
+    deadline: u64,
+    timer_rate: u32,
+    stats: &'static crate::stats::CpuStats,
+    last_reason: &'static core::sync::atomic::AtomicU64,
+}
+
+impl FastCtx {
+    pub(super) fn new(cpu: usize, timer_rate: u32) -> FastCtx {
+        let shared = super::shared(cpu);
+        FastCtx {
+            head: nvmx_vmx::entry::FastExit { handler: vmrw_exit },
+            fields: core::ptr::null_mut(),
+            stale02: core::ptr::null_mut(),
+            unchecked: core::ptr::null_mut(),
+            unshadowed: core::ptr::null_mut(),
+            deny: FieldSet::EMPTY,
+            deadline: 0,
+            timer_rate,
+            stats: &shared.stats,
+            last_reason: &shared.last_reason,
+        }
+    }
+}
+
+/// An emulated VMREAD/VMWRITE of L1 served in the exit stub (the fast
+/// path of [`Vcpu::vmrw_fast`], same conditions and effects, with what
+/// depends only on L0's state decided before the entry by
+/// [`Vcpu::fast_exit`]): exits 23/25 with register operands (SDM 28.2.5),
+/// CPL 0, a field of the table found by one lookup (`field::slot_of`) that
+/// needs no sync and, for VMWRITE, is not read-only; the value moved in the
+/// vmcs12 cache (dirty sets as `Vmcs12::set`), VMsucceed (SDM 32.2), RIP
+/// past the instruction, an STI/MOV-SS shadow over, the exit counted as
+/// `step`'s `record` counts it (not put in the trace ring), the preemption
+/// timer renewed to the deadline. 0: nothing was changed, the exit goes
+/// the general way (from `step`'s start, `vmrw_fast` included).
+///
+/// # Safety
+/// Called by the exit stub only, on the core of the L1 whose VMCS0-1 is
+/// current, with `ctx` from [`Vcpu::fast_exit`] for this entry: its
+/// pointers are the current vmcs12's, which nothing else touches while
+/// the stub runs (the vCPU's owner waits in `run::enter`).
+unsafe extern "C" fn vmrw_exit(regs: *mut super::GuestRegs, ctx: *mut nvmx_vmx::entry::FastExit) -> u64 {
+    let start = crate::arch::cpu::rdtsc();
+    // SAFETY: `ctx` is the head of the FastCtx `fast_exit` returned
+    // (repr(C), first field), valid for this entry.
+    let c = unsafe { &*(ctx as *const FastCtx) };
+    if start >= c.deadline {
+        return 0;
+    }
+    let reason = rd(F::VM_EXIT_REASON);
+    let write = match reason {
+        23 => false,
+        25 => true,
+        _ => return 0,
+    };
+    // Instruction information (SDM 28.2.5): bit 10 register operand,
+    // bits 6:3 reg1 (VMREAD destination, VMWRITE source), 31:28 reg2 (the
+    // encoding).
+    let info = rd(F::VMX_INSTRUCTION_INFO);
+    let (reg1, reg2) = (((info >> 3) & 0xF) as usize, ((info >> 28) & 0xF) as usize);
+    let cs_ar = rd(F::GUEST_CS_AR_BYTES);
+    // RSP lives in VMCS0-1, not in `regs`: as VMWRITE's source (the
+    // L1's own entry stub writes HOST_RSP so) it is read from there; as
+    // VMREAD's destination or as the encoding the general path serves it.
+    if info & (1 << 10) == 0 || (cs_ar >> 5) & 3 != 0 || (reg1 == 4 && !write) || reg2 == 4 {
+        return 0;
+    }
+    // SAFETY: the GuestRegs the stub just filled; nothing else holds it.
+    let regs = unsafe { &mut (*regs).gpr };
+    // 64-bit mode: EFER.LMA and CS.L (`l1_long64`); else 32-bit operands.
+    let width = if cs_ar & (1 << 13) != 0 && rd(F::GUEST_IA32_EFER) & (1 << 10) != 0 { u64::MAX } else { 0xFFFF_FFFF };
+    let enc = regs[reg2] & width;
+    let Some(slot) = u32::try_from(enc).ok().and_then(field::slot_of) else {
+        return 0;
+    };
+    let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+    if c.deny.0[word] & bit != 0 {
+        return 0;
+    }
+    let enc = enc as u32;
+    // Width from encoding bits 14:13 (0 16-bit, 1 64-bit, 2 32-bit,
+    // 3 natural); bit 0 the "high" half of a 64-bit field.
+    let mask = match (enc >> 13) & 3 {
+        0 => 0xFFFF,
+        2 => 0xFFFF_FFFF,
+        _ => u64::MAX,
+    };
+    // SAFETY: `fields` is the current vmcs12's cache (one u64 per field of
+    // the table, `slot` < its length) and the sets its own, valid for this
+    // entry (`fast_exit`), touched by nothing else meanwhile.
+    unsafe {
+        let cached = c.fields.add(slot);
+        if write {
+            // Type 1 (bits 11:10): read-only; the general path decides.
+            if (enc >> 10) & 3 == 1 {
+                return 0;
+            }
+            let value = if reg1 == 4 { rd(F::GUEST_RSP) } else { regs[reg1] } & width;
+            let new = if enc & 1 != 0 { (*cached & 0xFFFF_FFFF) | (value << 32) } else { value & mask };
+            if *cached != new {
+                *cached = new;
+                (*c.stale02).0[word] |= bit;
+                (*c.unchecked).0[word] |= bit;
+                (*c.unshadowed).0[word] |= bit;
+            }
+        } else {
+            let raw = *cached;
+            regs[reg1] = if enc & 1 != 0 { raw >> 32 } else { raw & mask } & width;
+        }
+    }
+    if c.stats.window_end.load(core::sync::atomic::Ordering::Relaxed) == 0 {
+        let counts = if write { &c.stats.fields.writes } else { &c.stats.fields.reads };
+        let n = &counts[slot];
+        n.store(n.load(core::sync::atomic::Ordering::Relaxed) + 1, core::sync::atomic::Ordering::Relaxed);
+    }
+    // VMsucceed (arithmetic flags clear), RIP past the instruction, an
+    // STI/MOV-SS shadow over (and Bochs' "blocking by SMI", which `step`
+    // clears before every entry).
+    wr(F::GUEST_RFLAGS, rd(F::GUEST_RFLAGS) & !RFLAGS_ARITH);
+    wr(F::GUEST_RIP, rd(F::GUEST_RIP) + rd(F::VM_EXIT_INSTRUCTION_LEN));
+    let intr = rd(F::GUEST_INTERRUPTIBILITY_INFO);
+    if intr & 7 != 0 {
+        wr(F::GUEST_INTERRUPTIBILITY_INFO, intr & !7);
+    }
+    // The timer bound `step` set, renewed to what is left of it.
+    let now = crate::arch::cpu::rdtsc();
+    wr(F::VMX_PREEMPTION_TIMER_VALUE, (c.deadline.saturating_sub(now) >> c.timer_rate) + 1);
+    c.stats.record(crate::stats::Level::L1, reason as u16, true, now - start);
+    c.last_reason.store(reason, core::sync::atomic::Ordering::Relaxed);
+    1
 }

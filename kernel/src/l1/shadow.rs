@@ -240,6 +240,11 @@ impl Shadow {
         }
     }
 
+    /// VMCS0-1's link pointer is the shadow VMCS (L1 has a current vmcs12).
+    pub fn linked_current(&self) -> bool {
+        self.linked.get() == Some(true)
+    }
+
     /// Copies the fields L1 can write out of the shadow VMCS; `running` is
     /// made current again afterwards.
     pub fn to_vmcs12(&self, running: u64, mut set: impl FnMut(F, u64)) {

@@ -34,6 +34,31 @@ pub fn vmwrite(field: F, value: u64) {
     }
 }
 
+/// VMREAD with no failure test, for a field the caller knows the current
+/// VMCS has (VMREAD's only VMfail cases are no current VMCS and an
+/// unsupported field, SDM 32.3): every basic exit-information and
+/// guest-state field of VMCS0-1 and VMCS0-2, which setup_vmcs01 and
+/// prepare_vmcs02 wrote with checks. The test is 3 instructions of the 5 of
+/// [`vmread`], on paths that do dozens (the exit stub's VMREAD/VMWRITE,
+/// the load of L1's host state, the exit loop).
+#[inline(always)]
+pub fn vmread_known(field: F) -> u64 {
+    let v: u64;
+    // SAFETY: VMX root operation with a current VMCS (callers); VMREAD
+    // writes only the output register and the flags.
+    unsafe { core::arch::asm!("vmread {}, {}", lateout(reg) v, in(reg) u64::from(field.encoding()), options(nostack)) };
+    v
+}
+
+/// VMWRITE with no failure test, as [`vmread_known`]: a field the current
+/// VMCS has and that is not read-only (VMWRITE checks no value).
+#[inline(always)]
+pub fn vmwrite_known(field: F, value: u64) {
+    // SAFETY: as `vmread_known`; VMWRITE changes only the current VMCS and
+    // the flags.
+    unsafe { core::arch::asm!("vmwrite {}, {}", in(reg) u64::from(field.encoding()), in(reg) value, options(nostack)) };
+}
+
 #[cold]
 #[inline(never)]
 fn vmx_bug(what: &str, field: F, value: u64, e: insn::VmFail) -> ! {
@@ -41,10 +66,17 @@ fn vmx_bug(what: &str, field: F, value: u64, e: insn::VmFail) -> ! {
 }
 
 /// Enters the guest of the current VMCS with `regs`; `Ok` after a VM exit.
-pub fn enter(regs: &mut GuestRegs, launched: bool) -> Result<(), VmFail> {
-    // SAFETY: the current VMCS was set up by L0 with HOST_RIP = exit_rip()
-    // and a host state equal to this core's (setup_host_state).
-    let rflags = unsafe { nvmx_vmx::entry::enter(regs, launched) };
+/// `fast`: null, or the exit stub's fast path for this entry (the exits it
+/// handles resume the guest without returning here).
+///
+/// # Safety
+/// `fast` is null or valid, with every pointer it holds, until this returns
+/// (`nvmx_vmx::entry::enter_fast`).
+pub unsafe fn enter(regs: &mut GuestRegs, launched: bool, fast: *mut nvmx_vmx::entry::FastExit) -> Result<(), VmFail> {
+    // SAFETY: the current VMCS was set up by L0 with HOST_RIP =
+    // exit_rip_fast() and a host state equal to this core's
+    // (setup_host_state); `fast` as the caller promised.
+    let rflags = unsafe { nvmx_vmx::entry::enter_fast(regs, launched, fast) };
     if rflags == 0 {
         Ok(())
     } else if rflags & 1 != 0 {
@@ -296,5 +328,5 @@ pub fn setup_host_state() {
     vmwrite(F::HOST_IA32_SYSENTER_EIP, 0);
     vmwrite(F::HOST_IA32_EFER, cpu::rdmsr(0xC000_0080));
     vmwrite(F::HOST_IA32_PAT, cpu::rdmsr(0x277));
-    vmwrite(F::HOST_RIP, nvmx_vmx::entry::exit_rip());
+    vmwrite(F::HOST_RIP, nvmx_vmx::entry::exit_rip_fast());
 }
