@@ -68,8 +68,15 @@ fn pit_expect_msb(val: u8) -> (bool, u64, u64) {
 }
 
 /// Linux's `quick_pit_calibrate`: Ok(kHz, MSB steps) or why it gave up
-/// (`silent`: Linux's early return, which prints nothing).
-fn quick_pit_calibrate() -> Result<(u64, u64), (&'static str, u64)> {
+/// (`silent`: Linux's early return, which prints nothing); with d1 + d2 of
+/// the first step and the bound Linux holds it to there.
+fn quick_pit_calibrate() -> (Result<(u64, u64), (&'static str, u64)>, u64, u64) {
+    let mut first = (0, 0);
+    let r = quick_pit_calibrate_inner(&mut first);
+    (r, first.0, first.1)
+}
+
+fn quick_pit_calibrate_inner(first: &mut (u64, u64)) -> Result<(u64, u64), (&'static str, u64)> {
     const MAX_QUICK_PIT_ITERATIONS: u64 = 50 * PIT_TICK_RATE / 1000 / 256;
     start_counter2(0xFFFF);
     pit_verify_msb(0);
@@ -83,6 +90,9 @@ fn quick_pit_calibrate() -> Result<(u64, u64), (&'static str, u64)> {
             return Err(("an MSB seen fewer than 6 times: Fast TSC calibration failed", i));
         }
         let delta = t - tsc;
+        if i == 1 {
+            *first = (d1 + d2, (delta * MAX_QUICK_PIT_ITERATIONS) >> 11);
+        }
         if i == 1 && d1 + d2 >= (delta * MAX_QUICK_PIT_ITERATIONS) >> 11 {
             return Err(("error above 500 ppm at the first step (silent)", i));
         }
@@ -146,12 +156,13 @@ pub fn run() {
         let (min, avg, max) = if wide { time(|| inl(port)) } else { time(|| u32::from(inb(port))) };
         let _ = writeln!(out, "l1: pio read {name} port {port:#x}: {min} / {avg} / {max} ticks");
     }
-    match quick_pit_calibrate() {
+    let (r, d, bound) = quick_pit_calibrate();
+    match r {
         Ok((khz, steps)) => {
-            let _ = writeln!(out, "l1: pio linux quick_pit_calibrate: ok, {khz} kHz after {steps} MSB steps");
+            let _ = writeln!(out, "l1: pio linux quick_pit_calibrate: ok, {khz} kHz after {steps} MSB steps (step 1: d1+d2 {d}, bound {bound})");
         }
         Err((why, steps)) => {
-            let _ = writeln!(out, "l1: pio linux quick_pit_calibrate: failed at MSB step {steps}: {why}");
+            let _ = writeln!(out, "l1: pio linux quick_pit_calibrate: failed at MSB step {steps}: {why} (step 1: d1+d2 {d}, bound {bound})");
         }
     }
     // CAL_LATCH, CAL_MS, CAL_PIT_LOOPS: three tries, the lowest result.

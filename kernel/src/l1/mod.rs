@@ -1111,7 +1111,16 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
             wait(cpu);
             continue;
         }
-        let result = step(v);
+        let mut result = step(v);
+        // KVM's EXIT_FASTPATH_REENTER_GUEST: after a pure port read
+        // (`pio_fast`) the vCPU enters again at once unless something asks
+        // for this loop — a shell request, a control, a shadowing switch;
+        // never on the boot core (its shell poll is `idle`) or for a vCPU
+        // of a two-vCPU L1 (IPIs come by `smp_exchange`). Linux's PIT
+        // calibration spins on such reads.
+        while result.is_none() && v.platform.skip_pass && cpu != 0 && v.vcpu_index.is_none() && !exit_requested(cpu) {
+            result = step(v);
+        }
         v.smp_exchange();
         match result {
             None => {}
@@ -1130,6 +1139,14 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
             }
         }
     }
+}
+
+/// Something asks for the vCPU loop of core `cpu` (KVM's
+/// kvm_vcpu_exit_request): a shell request in its mailbox, `l1
+/// stop|start|restart`, a shadowing switch.
+fn exit_requested(cpu: usize) -> bool {
+    let shared = &L1S[cpu];
+    crate::mailbox::pending(cpu) || shared.control.load(Ordering::Relaxed) != 0 || shared.shadow_want.load(Ordering::Relaxed) != 0
 }
 
 /// LAPIC timer ticks the idle boot core sleeps between two polls of the
@@ -1230,7 +1247,7 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
     if !in_l2 && reason == 30 {
         // A pure port read (the PIT, port 0x61, the PM timer): no pass.
         let rip = vmread(F::GUEST_RIP);
-        if v.pio_fast() {
+        if v.pio_fast(rip) {
             v.launched = true;
             v.l1_exit_pending = true;
             record(v, Level::L1, reason, 0, rip, true, start);

@@ -469,7 +469,7 @@ impl Vcpu {
     /// calibration spins on port 0x61 with ~2000 instructions per read at
     /// Bochs' 200M a second; a full pass before each entry costs ~1000 of
     /// them. `false`: nothing was changed, the exit goes the general way.
-    pub(super) fn pio_fast(&mut self) -> bool {
+    pub(super) fn pio_fast(&mut self, rip: u64) -> bool {
         let q = vmread(F::EXIT_QUALIFICATION);
         // IN (bit 3), not a string instruction (bit 4): SDM table 28-5.
         if q & 0x18 != 0x08 {
@@ -483,7 +483,7 @@ impl Vcpu {
         let Some(v) = self.platform.pc.io_in_pure((q >> 16) as u16, size, now) else { return false };
         let mask = mmio::mask(size);
         self.regs.gpr[0] = (self.regs.gpr[0] & !mask) | (u64::from(v) & mask);
-        vmwrite(F::GUEST_RIP, vmread(F::GUEST_RIP) + vmread(F::VM_EXIT_INSTRUCTION_LEN));
+        vmwrite(F::GUEST_RIP, rip + vmread(F::VM_EXIT_INSTRUCTION_LEN));
         // The IN completed: an STI/MOV-SS shadow it sat in is over.
         let intr = vmread(F::GUEST_INTERRUPTIBILITY_INFO);
         if intr & 3 != 0 {
