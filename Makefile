@@ -40,7 +40,7 @@ PLOT_PYTHON := /usr/bin/python3
 RUN_DIR     ?= build
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all help deps toolchain guest kernel iso bench fuzz fuzz-long plot run run-qemu run-qemu-uefi run-bochs turtles \
+.PHONY: all help deps toolchain guest kernel iso bench bench-pio bench-turtles fuzz fuzz-long plot run run-qemu run-qemu-uefi run-bochs turtles \
         run-bochs-only test test-host test-system clean
 
 all: iso
@@ -65,6 +65,10 @@ help:
 	@echo "                     and on: L0 path lengths in instructions, modelled nested/bare"
 	@echo "                     (BENCH_EXITS, CPUS, BENCH_PAIR = cycles per VM exit/entry pair)"
 	@echo "  make bench-linux   Bochs haswell: Debian's KVM as L1, kvmtest; the seed thread's table, shadowing off / fixed / adaptive / full"
+	@echo "  make bench-pio     Bochs haswell at BENCH_PIO_IPS: L0 instructions per port read by device,"
+	@echo "                     bare vs nested, and Linux's PIT-only TSC calibrations (build/bench-pio.csv)"
+	@echo "  make bench-turtles nvmx as its own L1: L0 instructions, transitions and modelled cost per"
+	@echo "                     L3 exit, outer/inner shadowing on/on, on/off, off/on (build/bench-turtles.csv)"
 	@echo "  make plot          charts of build/bench.csv and build/stats.csv (from make bench) as"
 	@echo "                     PNG and SVG under build/ (BENCH_CSV, STATS_CSV, PLOT_DIR)"
 	@echo "  make fuzz          the differential VMX fuzzer: the L1's workload=fuzz bare on Bochs"
@@ -124,6 +128,7 @@ iso: deps kernel
 	@grub/mkiso.sh $(L1_ELF) build/l1-selftest.iso workload=selftest
 	@grub/mkiso.sh $(L1_ELF) build/l1-fuzz.iso workload=fuzz seed=1 exits=6000
 	@grub/mkiso.sh $(L1_ELF) build/l1-platform.iso workload=platform
+	@grub/mkiso.sh $(L1_ELF) build/l1-pio.iso workload=pio
 	@grub/mkiso.sh $(L1_ELF) build/l1-race.iso workload=race exits=$(RACE_ROUNDS)
 	@grub/mkiso.sh $(KERNEL_ELF) build/nvmx-race.iso $(CMDLINE) l1vcpus=2 l1args0=workload=echo
 	@L1_MODULE=$(KERNEL_ELF) L1_MODULE_ARGS="$(TURTLES_INNER)" L1_MODULE_1=$(L1_ELF) \
@@ -202,6 +207,21 @@ bench: iso
 	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) run -q -p nvmx-tests --bin bench -- $(BENCH_EXITS) $(CPUS) $(BENCH_PAIR)
 
 # The seed thread's table with Debian's KVM as L1 (issue 11): shadowing off,
+# Issue 13: L0's port-I/O path per device, the built-in L1's workload=pio
+# bare and nested on Bochs haswell at BENCH_PIO_IPS (Linux's PIT-only TSC
+# calibration runs in it); ~2 min; CSV in build/bench-pio.csv.
+BENCH_PIO_IPS ?= 200000000
+bench-pio: iso
+	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) run -q -p nvmx-tests --bin bench_pio -- $(BENCH_PIO_IPS)
+
+# Issue 13 item 4: bench's figures per L3 exit for nvmx as its own L1
+# (build/turtles.iso), outer/inner shadowing on/on, on/off, off/on, against
+# the forum L1 bare; ~8 min; CSV in build/bench-turtles.csv.
+BENCH_TURTLES_WINDOW ?= 20
+bench-turtles: iso
+	grub/mkiso.sh $(L1_ELF) build/l1-bench.iso workload=forum exits=$(BENCH_EXITS) time
+	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) run -q -p nvmx-tests --bin bench_turtles -- $(BENCH_TURTLES_WINDOW) $(BENCH_PAIR)
+
 # fixed set, adaptive, full; ~15 min of Bochs; CSV in build/bench-linux.csv.
 bench-linux: iso linux
 	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) run -q -p nvmx-tests --bin bench_linux

@@ -532,6 +532,25 @@ impl Platform {
         v
     }
 
+    /// An `IN` that can change no interrupt line, no deadline and no event
+    /// (`None` for any other access): a byte of a PIT counter (0x40-0x42; a
+    /// read moves only that counter's read flip-flop, latch or status),
+    /// port 0x61 and the 32-bit PM timer — the reads OSes spin on to
+    /// calibrate their clocks. Only valid while `now_tsc` is before
+    /// [`Platform::next_deadline_tsc`] as of the last [`Platform::advance`]:
+    /// then advancing would fire nothing, so only the clock is set. The
+    /// glue uses it to answer these reads without a pass over the PC.
+    pub fn io_in_pure(&mut self, port: u16, size: u8, now_tsc: u64) -> Option<u32> {
+        let now = now_tsc.max(self.now);
+        let v = match (port, size) {
+            (0x40..=0x42 | 0x61, 1) => u32::from(self.pit.read(port, now)),
+            (pm::PM_TMR, 4) if self.cfg.acpi => self.pm.read(port, 4, now),
+            _ => return None,
+        };
+        self.now = now;
+        Some(v)
+    }
+
     fn in8(&mut self, port: u16) -> u8 {
         match port {
             _ if pic::PicPair::claims(port) => self.pic.read(port),

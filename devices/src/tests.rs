@@ -406,3 +406,43 @@ fn a_pc_without_apics() {
     p.advance(p.next_deadline_tsc().unwrap());
     assert_eq!(p.pending_interrupt(), Some(0x20), "the 8259 drives INTR directly");
 }
+
+/// `io_in_pure` answers exactly what `io_in` answers for the reads it
+/// takes (two identical PCs, one read each way, at the same times), takes
+/// nothing else, and changes no interrupt line or deadline.
+#[test]
+fn pure_reads_equal_io_in_and_change_nothing() {
+    let setup = |p: &mut Platform| {
+        init_pic(p, 0xFE, 0xFF);
+        pit_periodic(p, 1000);
+        // Counter 2 in mode 0 with the gate high, as Linux calibrates.
+        p.io_out(0x61, 1, 0x01);
+        p.io_out(0x43, 1, 0xB0);
+        p.io_out(0x42, 1, 0xFF);
+        p.io_out(0x42, 1, 0xFF);
+    };
+    let (mut a, mut b) = (pc(), pc());
+    setup(&mut a);
+    setup(&mut b);
+    let deadline = a.next_deadline_tsc().unwrap();
+    assert_eq!(deadline, b.next_deadline_tsc().unwrap());
+    let mut t = a.now();
+    let step = (deadline - t) / 64;
+    for (port, size) in [(0x61u16, 1u8), (0x42, 1), (0x42, 1), (0x40, 1), (pm::PM_TMR, 4)].iter().cycle().take(60) {
+        t += step;
+        a.advance(t);
+        let want = a.io_in(*port, *size);
+        assert_eq!(b.io_in_pure(*port, *size, t), Some(want), "port {port:#x} at {t}");
+        assert_eq!(b.pending_interrupt(), None);
+        assert_eq!(b.next_deadline_tsc(), Some(deadline));
+    }
+    // Past the deadline the full advance sees IRQ0's edge, as it would have.
+    b.advance(deadline);
+    assert_eq!(b.pending_interrupt(), Some(0x20));
+    // Reads with side effects or other widths go the general way.
+    for (port, size) in [(0x20u16, 1u8), (0x3FD, 1), (0x71, 1), (0x61, 2), (0x42, 4), (pm::PM_TMR, 1), (0x600, 2)] {
+        assert_eq!(b.io_in_pure(port, size, deadline), None, "port {port:#x} size {size}");
+    }
+    let mut no_acpi = Platform::new(Config { acpi: false, ..Config::new(50_000_000, 256 << 20, 0) });
+    assert_eq!(no_acpi.io_in_pure(pm::PM_TMR, 4, 1), None);
+}

@@ -43,7 +43,7 @@ pub(crate) fn outb(port: u16, v: u8) {
     // SAFETY: the platform ports this test drives; the L1 owns its PC.
     unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack)) };
 }
-fn inb(port: u16) -> u8 {
+pub(crate) fn inb(port: u16) -> u8 {
     let v: u8;
     // SAFETY: as `outb`.
     unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack)) };
@@ -53,7 +53,7 @@ fn outw(port: u16, v: u16) {
     // SAFETY: as `outb`.
     unsafe { core::arch::asm!("out dx, ax", in("dx") port, in("ax") v, options(nomem, nostack)) };
 }
-fn inl(port: u16) -> u32 {
+pub(crate) fn inl(port: u16) -> u32 {
     let v: u32;
     // SAFETY: as `outb`.
     unsafe { core::arch::asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack)) };
@@ -117,7 +117,7 @@ pub(crate) fn map_mmio() {
     }
 }
 
-fn phys<T: Copy>(addr: u64) -> T {
+pub(crate) fn phys<T: Copy>(addr: u64) -> T {
     // SAFETY: callers read firmware tables in the identity-mapped first GiB.
     unsafe { (addr as *const T).read_unaligned() }
 }
@@ -344,7 +344,7 @@ fn checksum_ok(addr: u64, len: usize) -> bool {
 
 /// The RSDP by the standard scan of 0xE0000-0xFFFFF (16-byte steps, ACPI
 /// 6.5 5.2.5.1; the EBDA is not searched: neither PC puts it there).
-fn rsdp_scan() -> Option<u64> {
+pub(crate) fn rsdp_scan() -> Option<u64> {
     (0xE_0000u64..0x10_0000).step_by(16).find(|&a| phys::<[u8; 8]>(a) == *b"RSD PTR " && checksum_ok(a, 20))
 }
 
@@ -369,7 +369,7 @@ fn rsdp_boot_info(mbi: u64) -> Option<u64> {
 }
 
 /// Tables of the RSDT (32-bit entries; ACPI 5.2.7), by signature.
-fn find_table(rsdp: u64, sig: &[u8; 4]) -> Option<u64> {
+pub(crate) fn find_table(rsdp: u64, sig: &[u8; 4]) -> Option<u64> {
     let rsdt = u64::from(phys::<u32>(rsdp + 16));
     let len = u64::from(phys::<u32>(rsdt + 4));
     (0..(len.saturating_sub(36)) / 4)

@@ -67,6 +67,12 @@ pub fn kick(cpu: usize) {
     crate::apic::send_ipi(apic_id, crate::apic::Ipi::Fixed(IPI_VECTOR));
 }
 
+/// A request waits for core `cpu` (its next [`poll`] answers it).
+#[inline]
+pub fn pending(cpu: usize) -> bool {
+    SLOTS[cpu].pending.load(Ordering::Acquire)
+}
+
 /// Answers a pending request for the running core, if any.
 pub fn poll() {
     let me = percpu::current().index;

@@ -50,6 +50,9 @@ pub(super) enum L2Next {
 impl Vcpu {
     /// Before every entry of VMCS0-2 (VMCS0-2 current).
     pub(super) fn l2_before_entry(&mut self) -> L2Next {
+        // What the last pass before an entry of VMCS0-1 decided is not
+        // L2's (`pio_fast` is for L1's exits): L1's next needs a pass.
+        self.platform.pass_until = 0;
         // The PC needs no pass while quiet (see `L1Platform::quiet_until`):
         // then nothing is pending for L1.
         let quiet = self.platform_quiet(cpu::rdtsc());

@@ -611,7 +611,7 @@ impl Vcpu {
     pub(super) fn l1_rdmsr(&mut self, msr: u32) -> Option<u64> {
         // IA32_APIC_BASE, x2APIC, TSC_DEADLINE: the L1's own local APIC,
         // never the host's (issue 9).
-        self.platform.quiet_until = 0;
+        self.platform_touched();
         self.platform.pc.advance(cpu::rdtsc());
         if let Some(r) = self.platform.pc.rdmsr(msr) {
             return r.ok();
@@ -637,7 +637,7 @@ impl Vcpu {
     /// one faults, as on the CPU). The CPU's checks of the value itself
     /// (reserved bits) are not repeated.
     pub(super) fn l1_wrmsr(&mut self, msr: u32, value: u64) -> bool {
-        self.platform.quiet_until = 0;
+        self.platform_touched();
         self.platform.pc.advance(cpu::rdtsc());
         if let Some(r) = self.platform.pc.wrmsr(msr, value) {
             return r.is_ok();
@@ -957,7 +957,7 @@ impl Vcpu {
         if arrived.interrupt {
             // Ends a quiet stretch (`platform_quiet`): the IPI is delivered
             // at this entry, not when the stretch would have ended.
-            self.platform.quiet_until = 0;
+            self.platform_touched();
         }
         // INIT is blocked in VMX root operation (SDM 24.8) and the BSP is
         // not reset by it here (not modelled).
@@ -1132,7 +1132,16 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
             continue;
         }
         waited = false;
-        let result = step(v);
+        let mut result = step(v);
+        // KVM's EXIT_FASTPATH_REENTER_GUEST: after a pure port read
+        // (`pio_fast`) the vCPU enters again at once unless something asks
+        // for this loop — a shell request, a control, a shadowing switch;
+        // never on the boot core (its shell poll is `idle`) or for a vCPU
+        // of a two-vCPU L1 (IPIs come by `smp_exchange`). Linux's PIT
+        // calibration spins on such reads.
+        while result.is_none() && v.platform.skip_pass && cpu != 0 && v.vcpu_index.is_none() && !exit_requested(cpu) {
+            result = step(v);
+        }
         v.smp_exchange();
         match result {
             None => {}
@@ -1151,6 +1160,14 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
             }
         }
     }
+}
+
+/// Something asks for the vCPU loop of core `cpu` (KVM's
+/// kvm_vcpu_exit_request): a shell request in its mailbox, `l1
+/// stop|start|restart`, a shadowing switch.
+fn exit_requested(cpu: usize) -> bool {
+    let shared = &L1S[cpu];
+    crate::mailbox::pending(cpu) || shared.control.load(Ordering::Relaxed) != 0 || shared.shadow_want.load(Ordering::Relaxed) != 0
 }
 
 /// LAPIC timer ticks the idle boot core sleeps between two polls of the
@@ -1257,6 +1274,16 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
             return None;
         }
     }
+    if !in_l2 && reason == 30 {
+        // A pure port read (the PIT, port 0x61, the PM timer): no pass.
+        let rip = vmread_known(F::GUEST_RIP);
+        if v.pio_fast(rip) {
+            v.launched = true;
+            v.l1_exit_pending = true;
+            record(v, Level::L1, reason, 0, rip, true, start);
+            return None;
+        }
+    }
     let qualification = vmread_known(F::EXIT_QUALIFICATION);
     let rip = vmread_known(F::GUEST_RIP);
     if in_l2 {
@@ -1266,7 +1293,7 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
         let (level, result) = match v.l2_exit(reason, qualification) {
             Ok(true) => {
                 // Handled in L0 (L2's MMIO to L1's devices among them).
-                v.platform.quiet_until = 0;
+                v.platform_touched();
                 v.l2_reinject();
                 (Level::L2InL0, None)
             }
@@ -1284,7 +1311,7 @@ fn step(v: &mut Vcpu) -> Option<L1State> {
     // Only these exits leave the L1's PC untouched (RDMSR/WRMSR of L1's MSRs
     // from VM-entry/exit MSR lists clear it themselves).
     if !matches!(reason, 10 | 18..=27 | 50 | 53) {
-        v.platform.quiet_until = 0;
+        v.platform_touched();
     }
     let handled = v.handle(decode(reason, qualification));
     let (result, completed) = match handled {

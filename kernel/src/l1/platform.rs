@@ -77,6 +77,18 @@ pub struct L1Platform {
     /// most [`QUIET_MAX_US`] after the pass, so bytes the shell types at an
     /// attached L1 wait no longer than that.
     pub quiet_until: u64,
+    /// TSC before which the last full pass's decisions hold for an exit
+    /// that changes nothing on the PC (0: none do): the pass injected
+    /// nothing (an injection needs the next exit's pass, for what waits
+    /// behind it), L1 is not in HLT, the PC's next deadline is later, and
+    /// no exit since may have touched it (cleared with `quiet_until`, by
+    /// [`Vcpu::platform_touched`]). Unlike `quiet_until` it holds with an
+    /// event pending: the pass asked for the window exit that will bring
+    /// it, and nothing but an exit or a deadline changes that.
+    pub pass_until: u64,
+    /// The exit just handled was a pure port read ([`Vcpu::pio_fast`]):
+    /// the next entry needs no pass before `pass_until`.
+    pub skip_pass: bool,
     /// [`QUIET_MAX_US`] in TSC ticks.
     quiet_max: u64,
 }
@@ -109,6 +121,8 @@ impl L1Platform {
             l2_injected: 0,
             l2_exits: 0,
             quiet_until: 0,
+            pass_until: 0,
+            skip_pass: false,
             quiet_max: hz / 1_000_000 * QUIET_MAX_US,
         }
     }
@@ -434,7 +448,49 @@ impl Vcpu {
             None => cap,
         };
         vmwrite(F::VMX_PREEMPTION_TIMER_VALUE, ticks);
-        self.platform.quiet_until = if pending || self.platform.halted { 0 } else { self.quiet_bound(now, deadline) };
+        let bound = self.quiet_bound(now, deadline);
+        self.platform.quiet_until = if pending || self.platform.halted { 0 } else { bound };
+        let injecting = vmread(F::VM_ENTRY_INTR_INFO_FIELD) & (1 << 31) != 0;
+        self.platform.pass_until = if injecting || self.platform.halted { 0 } else { bound };
+    }
+
+    /// An exit that may have changed the L1's PC (a device access, an MSR,
+    /// an IPI, the shell's view): the next entry makes a full pass.
+    pub(super) fn platform_touched(&mut self) {
+        self.platform.quiet_until = 0;
+        self.platform.pass_until = 0;
+    }
+
+    /// Exit 30 of L1 answered without a pass over its PC, when it is a
+    /// read that changes nothing there ([`nvmx_devices::Platform::io_in_pure`]:
+    /// the PIT's counters, port 0x61, the PM timer) and the last pass still
+    /// holds (`pass_until`): the value, RIP past the instruction, and the
+    /// next entry renews only the timer bound. Linux's PIT-only TSC
+    /// calibration spins on port 0x61 with ~2000 instructions per read at
+    /// Bochs' 200M a second; a full pass before each entry costs ~1000 of
+    /// them. `false`: nothing was changed, the exit goes the general way.
+    pub(super) fn pio_fast(&mut self, rip: u64) -> bool {
+        let q = vmread(F::EXIT_QUALIFICATION);
+        // IN (bit 3), not a string instruction (bit 4): SDM table 28-5.
+        if q & 0x18 != 0x08 {
+            return false;
+        }
+        let now = cpu::rdtsc();
+        if now >= self.platform.pass_until {
+            return false;
+        }
+        let size = (q & 7) as u8 + 1;
+        let Some(v) = self.platform.pc.io_in_pure((q >> 16) as u16, size, now) else { return false };
+        let mask = mmio::mask(size);
+        self.regs.gpr[0] = (self.regs.gpr[0] & !mask) | (u64::from(v) & mask);
+        vmwrite(F::GUEST_RIP, rip + vmread(F::VM_EXIT_INSTRUCTION_LEN));
+        // The IN completed: an STI/MOV-SS shadow it sat in is over.
+        let intr = vmread(F::GUEST_INTERRUPTIBILITY_INFO);
+        if intr & 3 != 0 {
+            vmwrite(F::GUEST_INTERRUPTIBILITY_INFO, intr & !3);
+        }
+        self.platform.skip_pass = true;
+        true
     }
 
     /// The end of a quiet stretch that starts at `now`: the PC's next
@@ -447,16 +503,18 @@ impl Vcpu {
     /// Before an entry after a pure exit: `Some(timer ticks)` to the end of
     /// the quiet stretch when the PC needs no pass now (nothing pending,
     /// nothing due: KVM enters without KVM_REQ_EVENT in the same case).
+    /// After a pure port read ([`Vcpu::pio_fast`]) the last pass's own
+    /// bound (`pass_until`) applies instead.
     #[inline(always)]
-    pub(super) fn platform_quiet(&self, now: u64) -> Option<u64> {
-        let until = self.platform.quiet_until;
+    pub(super) fn platform_quiet(&mut self, now: u64) -> Option<u64> {
+        let until = if core::mem::take(&mut self.platform.skip_pass) { self.platform.pass_until } else { self.platform.quiet_until };
         // The timer stays bounded by PREEMPT_TICKS (the boot core's shell).
         (now < until).then(|| (until - now).div_ceil(1 << self.platform.timer_rate).clamp(1, crate::vmx::run::PREEMPT_TICKS))
     }
 
     /// The `l1 <cpu>` view of this L1's PC (answered on its core).
     pub(super) fn platform_view(&mut self) -> String {
-        self.platform.quiet_until = 0;
+        self.platform_touched();
         let pc = &mut self.platform.pc;
         pc.advance(cpu::rdtsc());
         let base = pc.lapic.apic_base();
