@@ -17,7 +17,7 @@
 
 use nvmx_vmx::caps::VmxCaps;
 use nvmx_vmx::controls::proc2;
-use nvmx_vmx::field::{Field as F, FieldSet};
+use nvmx_vmx::field::{ALL, Field as F, FieldSet};
 
 use crate::vmx::insn;
 use crate::vmx::run::{vmread, vmwrite};
@@ -271,10 +271,18 @@ impl Shadow {
         // SAFETY: as in `to_vmcs12`.
         unsafe { insn::vmptrld(self.vmcs) }.expect("VMPTRLD of the shadow VMCS");
         let mut failed = 0;
-        for &f in self.field_list.iter().filter(|&&f| which.contains(f)) {
-            if let Err(e) = insn::vmwrite(f.encoding(), get(f)) {
-                log::warn!("VMWRITE of {} to the shadow VMCS failed: {e}", f.name());
-                failed += 1;
+        // The set bits of `which` (already cut to the shadowed fields), word
+        // by word, not a filter over every shadowed field: a push after a
+        // reflection writes the few exit fields that changed.
+        for (w, &word) in which.0.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let f = ALL[w * 64 + bits.trailing_zeros() as usize];
+                bits &= bits - 1;
+                if let Err(e) = insn::vmwrite(f.encoding(), get(f)) {
+                    log::warn!("VMWRITE of {} to the shadow VMCS failed: {e}", f.name());
+                    failed += 1;
+                }
             }
         }
         // SAFETY: as above.
