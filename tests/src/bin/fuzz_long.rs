@@ -197,6 +197,12 @@ fn main() -> Result<()> {
             (None, Some(e)) => Outcome::Incomplete(format!("nested: {e}")),
             (None, None) => compare(&b, &n),
         };
+        if !matches!(outcome, Outcome::Identical) {
+            // Both runs' lines, for triage (`make fuzz SHOW=` reruns them).
+            let keep = root.join(format!("build/fuzz-long/parted/{model}-seed{seed}-ops{ops}.txt"));
+            std::fs::create_dir_all(root.join("build/fuzz-long/parted"))?;
+            std::fs::write(&keep, format!("{version}\n== bare\n{}\n== nested\n{}\n", b.join("\n"), n.join("\n")))?;
+        }
         let run = Run { model: model.clone(), seed: *seed, ops, outcome, bare_secs, nested_secs, version: version.clone() };
         for path in [&state_path, &record_path] {
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
