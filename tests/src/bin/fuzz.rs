@@ -45,39 +45,38 @@ fn nested(model: &str, l1_args: &str, limit: Duration) -> Result<Nested> {
     let started = Instant::now();
     let deadline = started + limit;
     let mut lines: Vec<String> = Vec::new();
-    let gather = |m: &mut nvmx_tests::Machine, lines: &mut Vec<String>| -> Result<()> {
-        // Each fuzz line is unique (hash lines carry their operation count);
-        // the console ring keeps the newest 16 KiB, so a long run is read
-        // every half minute as well.
-        for l in fuzz_lines(&m.command("console 0", Duration::from_secs(30))?) {
-            if !lines.contains(&l) {
-                lines.push(l);
-            }
-        }
+    // The console ring keeps the newest 16 KiB, so a long run is read every
+    // half minute as well (a half-printed last line waits for the next read).
+    let gather = |m: &mut nvmx_tests::Machine, lines: &mut Vec<String>, ended: bool| -> Result<()> {
+        nvmx_tests::fuzz_long::merge_console(lines, &m.command("console 0", Duration::from_secs(30))?, ended);
         Ok(())
     };
     // Short waits first (a short run ends in seconds), then every 2 s; the
     // console read while the L1 runs only every ~30 s (reading it takes the
     // shell's time on the L1's core).
-    let mut wait = Duration::from_millis(250);
+    // FUZZ_POKE_MS=n: ask every n ms instead, so that L0's serial
+    // interrupts land at many more points of the nested run (a hunt for
+    // timing-dependent differences).
+    let poke = std::env::var("FUZZ_POKE_MS").ok().and_then(|v| v.parse().ok()).map(Duration::from_millis);
+    let mut wait = poke.unwrap_or(Duration::from_millis(250));
     let mut last_read = Instant::now();
     while Instant::now() < deadline {
         std::thread::sleep(wait);
-        wait = (wait * 2).min(Duration::from_secs(2));
+        wait = poke.unwrap_or((wait * 2).min(Duration::from_secs(2)));
         let state = m.command("l1 0", Duration::from_secs(30))?;
         if state.contains("stopped") {
             println!("nvmx stopped the L1 — a bug in nvmx:\n{state}");
-            gather(&mut m, &mut lines)?;
+            gather(&mut m, &mut lines, true)?;
             break;
         }
         if state.contains("cpu 0: halted") || state.contains("cpu 0: exited") {
-            gather(&mut m, &mut lines)?;
+            gather(&mut m, &mut lines, true)?;
             if lines.last().map(String::as_str) == Some("l1: fuzz done") {
                 break;
             }
         }
         if last_read.elapsed() > Duration::from_secs(30) {
-            gather(&mut m, &mut lines)?;
+            gather(&mut m, &mut lines, false)?;
             last_read = Instant::now();
         }
     }

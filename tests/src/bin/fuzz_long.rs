@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nvmx_tests::fuzz_long::{Outcome, Run, compare, parse_explained, parse_seeds, summary};
+use nvmx_tests::fuzz_long::{Outcome, Run, compare, merge_console, parse_explained, parse_seeds, summary};
 use nvmx_tests::{Bochs, Result, paths};
 
 fn fuzz_lines(text: &str) -> Vec<String> {
@@ -59,16 +59,13 @@ fn nested(model: &str, args: &str, limit: Duration) -> (Vec<String>, f64, Option
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             std::thread::sleep(Duration::from_secs(5));
+            let state = m.command("l1 0", Duration::from_secs(60))?;
+            let ended = state.contains("cpu 0: halted") || state.contains("cpu 0: exited");
             let console = m.command("console 0", Duration::from_secs(60))?;
-            for l in fuzz_lines(&console) {
-                if !lines.contains(&l) {
-                    lines.push(l);
-                }
-            }
+            merge_console(&mut lines, &console, ended);
             if lines.last().map(String::as_str) == Some("l1: fuzz done") {
                 return Ok(None);
             }
-            let state = m.command("l1 0", Duration::from_secs(60))?;
             if let Some(l) = state.lines().find(|l| l.contains("stopped")) {
                 return Ok(Some(format!("nvmx stopped the L1 ({})", l.trim())));
             }
