@@ -85,17 +85,23 @@ fn l1_hash(elf: &[u8]) -> String {
     format!("{:08x}", h >> 32)
 }
 
-/// `git describe --always --dirty` of the workspace ("unknown" without git).
+/// The workspace's commit, `-dirty` with uncommitted changes to anything but
+/// the record itself ("unknown" without git).
 fn nvmx_version(root: &std::path::Path) -> String {
-    Command::new("git")
-        .args(["describe", "--always", "--dirty", "--abbrev=12"])
-        .current_dir(root)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| String::from("unknown"))
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]).filter(|c| !c.is_empty()) else {
+        return String::from("unknown");
+    };
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no", "--", ".", ":!tools/fuzz-long-record.txt"]).is_some_and(|s| !s.is_empty());
+    format!("{commit}{}", if dirty { "-dirty" } else { "" })
 }
 
 /// A finished bare run kept for reuse: `secs <s>` then its fuzz lines.
