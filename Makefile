@@ -127,6 +127,7 @@ iso: deps kernel
 	@grub/mkiso.sh $(L1_ELF) $(L1_ISO) $(L1_ARGS)
 	@grub/mkiso.sh $(L1_ELF) build/l1-selftest.iso workload=selftest
 	@grub/mkiso.sh $(L1_ELF) build/l1-fuzz.iso workload=fuzz seed=1 exits=6000
+	@grub/mkiso.sh $(L1_ELF) build/l1-fuzz-seed107.iso workload=fuzz seed=107 exits=19000
 	@grub/mkiso.sh $(L1_ELF) build/l1-platform.iso workload=platform
 	@grub/mkiso.sh $(L1_ELF) build/l1-pio.iso workload=pio
 	@grub/mkiso.sh $(L1_ELF) build/l1-race.iso workload=race exits=$(RACE_ROUNDS)

@@ -492,6 +492,23 @@ pub fn run(caps: &VmxCaps, seed: u64, ops: u64, show: Option<u64>) {
                 let i = current.unwrap_or(0);
                 // Mostly the right instruction for the launch state, sometimes not.
                 let launch = launched[i] == (rng.below(8) == 0);
+                if show.is_some_and(|s| (s..s + 40).contains(&op)) {
+                    let r = |f: F| vmx::try_vmread(f.encoding()).unwrap_or(0);
+                    let _ = writeln!(
+                        later,
+                        "l1: fuzz op {op} entry pin {:#x} proc {:#x} entry-intr-info {:#x} interruptibility {:#x} activity {:#x} rflags {:#x} rip {:#x} rsp {:#x} idt {:#x}/{:#x}",
+                        r(F::PIN_BASED_VM_EXEC_CONTROL),
+                        r(F::CPU_BASED_VM_EXEC_CONTROL),
+                        r(F::VM_ENTRY_INTR_INFO_FIELD),
+                        r(F::GUEST_INTERRUPTIBILITY_INFO),
+                        r(F::GUEST_ACTIVITY_STATE),
+                        r(F::GUEST_RFLAGS),
+                        r(F::GUEST_RIP),
+                        r(F::GUEST_RSP),
+                        r(F::GUEST_IDTR_BASE),
+                        r(F::GUEST_IDTR_LIMIT)
+                    );
+                }
                 let mut regs = GuestRegs::default();
                 vmx::count_entry_counted(launch);
                 // SAFETY: HOST_RIP is the exit stub and the host state the

@@ -36,6 +36,23 @@ pub fn compare(bare: &[String], nested: &[String]) -> Outcome {
     }
 }
 
+/// Adds the `l1: fuzz…` lines of one `console <cpu>` read that `seen` does
+/// not hold yet (each is unique: hash lines carry their operation count).
+/// While the L1 still runs (`ended` false) the last line is left for the
+/// next read: it may be half printed — a read in the middle of `l1: fuzz
+/// hash after 9500 ops 0x52af…` made a run look parted at operation 9500.
+pub fn merge_console(seen: &mut Vec<String>, console: &str, ended: bool) {
+    let mut lines: Vec<String> = console.lines().map(|l| l.trim().to_string()).filter(|l| l.starts_with("l1: fuzz")).collect();
+    if !ended && lines.last().is_some_and(|l| l != "l1: fuzz done") {
+        lines.pop();
+    }
+    for l in lines {
+        if !seen.contains(&l) {
+            seen.push(l);
+        }
+    }
+}
+
 /// One finished run, a line of the state file and of the committed record
 /// (`tools/fuzz-long-record.txt`):
 /// `model seed ops outcome parted_at bare_secs nested_secs version`, where
@@ -213,6 +230,19 @@ mod tests {
         assert_eq!(compare(&bare, &n), Outcome::PartedAt(0));
         assert!(matches!(compare(&bare, &bare[..3]), Outcome::Incomplete(_)));
         assert!(matches!(compare(&bare[..3], &bare), Outcome::Incomplete(_)));
+    }
+
+    #[test]
+    fn a_half_printed_last_line_waits_for_the_next_read() {
+        let mut seen = Vec::new();
+        merge_console(&mut seen, "l1: fuzz workload, seed 1, 1000 operations\nl1: fuzz hash after 500 ops 0x12\nl1: fuzz hash after 1000 ops 0x3", false);
+        assert_eq!(seen, lines(&["l1: fuzz workload, seed 1, 1000 operations", "l1: fuzz hash after 500 ops 0x12"]));
+        merge_console(&mut seen, "l1: fuzz hash after 500 ops 0x12\nl1: fuzz hash after 1000 ops 0x3456\nl1: fuzz done", false);
+        assert_eq!(seen[2..], lines(&["l1: fuzz hash after 1000 ops 0x3456", "l1: fuzz done"]));
+        // Once the L1 has ended every line is whole.
+        let mut seen = Vec::new();
+        merge_console(&mut seen, "l1: fuzz hash after 500 ops 0x12\nl1: fuzz entries=3", true);
+        assert_eq!(seen.len(), 2);
     }
 
     #[test]

@@ -2039,20 +2039,33 @@ impl Vcpu {
             cur.stale02 = cur.stale02.union(sets.unsaved.intersect(MOVED_IN_VMCS02));
         }
         let basic = reason & 0xFFFF;
-        // (The instruction information and the error codes are copied after
-        // every exit although the CPU writes them only for some (SDM
-        // 28.2.2-28.2.5): the fuzz's L2 makes no exit L0 handles that writes
-        // them, so nothing shows yet whether L1 could read an L0-handled
-        // exit's value there; the fuzz hashes them after every exit.)
-        for f in [
-            F::VM_EXIT_INTR_INFO,
-            F::VM_EXIT_INTR_ERROR_CODE,
-            F::IDT_VECTORING_INFO_FIELD,
-            F::IDT_VECTORING_ERROR_CODE,
-            F::VM_EXIT_INSTRUCTION_LEN,
-            F::VMX_INSTRUCTION_INFO,
-        ] {
+        for f in [F::VM_EXIT_INTR_INFO, F::IDT_VECTORING_INFO_FIELD, F::VM_EXIT_INSTRUCTION_LEN] {
             cur.set_from_vmcs02(f, vmread(f));
+        }
+        // The other exit-information fields are written only by the exits
+        // that report them (SDM 28.2.2-28.2.5; undefined after the others,
+        // where the CPU leaves what it had): VMCS0-2's value after any other
+        // exit may be that of an exit L0 handled itself or of another
+        // vmcs12's exit (VMCS0-2 serves them all), which L1 never saw there —
+        // fuzz seed 107 read a #PF's error code 9 after an EPT violation
+        // (bare 0). The interruption error code: exits caused by events.
+        if matches!(basic, 0 | 1) {
+            cur.set_from_vmcs02(F::VM_EXIT_INTR_ERROR_CODE, vmread(F::VM_EXIT_INTR_ERROR_CODE));
+        }
+        // The IDT-vectoring error code: exits during event delivery (28.2.4).
+        if cur.get(F::IDT_VECTORING_INFO_FIELD) & (1 << 31) != 0 {
+            cur.set_from_vmcs02(F::IDT_VECTORING_ERROR_CODE, vmread(F::IDT_VECTORING_ERROR_CODE));
+        }
+        // The instruction information (28.2.5): INS/OUTS, descriptor-table
+        // and VMX instructions, INVEPT/INVVPID/INVPCID, RDRAND/RDSEED,
+        // XSAVES/XRSTORS, UMWAIT/TPAUSE.
+        let instruction_info = match basic {
+            30 => qualification & (1 << 4) != 0,
+            19 | 21..=23 | 25 | 27 | 46 | 47 | 50 | 53 | 57 | 58 | 61 | 63 | 64 | 67 | 68 => true,
+            _ => false,
+        };
+        if instruction_info {
+            cur.set_from_vmcs02(F::VMX_INSTRUCTION_INFO, vmread(F::VMX_INSTRUCTION_INFO));
         }
         // The guest-linear address (SDM 28.2.1): string I/O, LMSW with a
         // memory operand and EPT violations — every EPT violation (the field

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nvmx_tests::fuzz_long::{Outcome, Run, compare, parse_explained, parse_seeds, summary};
+use nvmx_tests::fuzz_long::{Outcome, Run, compare, merge_console, parse_explained, parse_seeds, summary};
 use nvmx_tests::{Bochs, Result, paths};
 
 fn fuzz_lines(text: &str) -> Vec<String> {
@@ -59,16 +59,13 @@ fn nested(model: &str, args: &str, limit: Duration) -> (Vec<String>, f64, Option
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             std::thread::sleep(Duration::from_secs(5));
+            let state = m.command("l1 0", Duration::from_secs(60))?;
+            let ended = state.contains("cpu 0: halted") || state.contains("cpu 0: exited");
             let console = m.command("console 0", Duration::from_secs(60))?;
-            for l in fuzz_lines(&console) {
-                if !lines.contains(&l) {
-                    lines.push(l);
-                }
-            }
+            merge_console(&mut lines, &console, ended);
             if lines.last().map(String::as_str) == Some("l1: fuzz done") {
                 return Ok(None);
             }
-            let state = m.command("l1 0", Duration::from_secs(60))?;
             if let Some(l) = state.lines().find(|l| l.contains("stopped")) {
                 return Ok(Some(format!("nvmx stopped the L1 ({})", l.trim())));
             }
@@ -88,17 +85,23 @@ fn l1_hash(elf: &[u8]) -> String {
     format!("{:08x}", h >> 32)
 }
 
-/// `git describe --always --dirty` of the workspace ("unknown" without git).
+/// The workspace's commit, `-dirty` with uncommitted changes to anything but
+/// the record itself ("unknown" without git).
 fn nvmx_version(root: &std::path::Path) -> String {
-    Command::new("git")
-        .args(["describe", "--always", "--dirty", "--abbrev=12"])
-        .current_dir(root)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| String::from("unknown"))
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]).filter(|c| !c.is_empty()) else {
+        return String::from("unknown");
+    };
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no", "--", ".", ":!tools/fuzz-long-record.txt"]).is_some_and(|s| !s.is_empty());
+    format!("{commit}{}", if dirty { "-dirty" } else { "" })
 }
 
 /// A finished bare run kept for reuse: `secs <s>` then its fuzz lines.
@@ -197,6 +200,12 @@ fn main() -> Result<()> {
             (None, Some(e)) => Outcome::Incomplete(format!("nested: {e}")),
             (None, None) => compare(&b, &n),
         };
+        if !matches!(outcome, Outcome::Identical) {
+            // Both runs' lines, for triage (`make fuzz SHOW=` reruns them).
+            let keep = root.join(format!("build/fuzz-long/parted/{model}-seed{seed}-ops{ops}.txt"));
+            std::fs::create_dir_all(root.join("build/fuzz-long/parted"))?;
+            std::fs::write(&keep, format!("{version}\n== bare\n{}\n== nested\n{}\n", b.join("\n"), n.join("\n")))?;
+        }
         let run = Run { model: model.clone(), seed: *seed, ops, outcome, bare_secs, nested_secs, version: version.clone() };
         for path in [&state_path, &record_path] {
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
