@@ -428,7 +428,7 @@ fn pure_reads_equal_io_in_and_change_nothing() {
     assert_eq!(deadline, b.next_deadline_tsc().unwrap());
     let mut t = a.now();
     let step = (deadline - t) / 64;
-    for (port, size) in [(0x61u16, 1u8), (0x42, 1), (0x42, 1), (0x40, 1), (pm::PM_TMR, 4), (0x3FD, 1)].iter().cycle().take(60) {
+    for (port, size) in [(0x61u16, 1u8), (0x42, 1), (0x42, 1), (0x40, 1), (pm::PM_TMR, 4), (0x3FD, 1), (0x64, 1)].iter().cycle().take(70) {
         t += step;
         a.advance(t);
         let want = a.io_in(*port, *size);
@@ -447,7 +447,7 @@ fn pure_reads_equal_io_in_and_change_nothing() {
     assert_eq!(b.io_in(0x3FD, 1) & 0x02, 0x02);
     assert_eq!(b.io_in_pure(0x3FD, 1, deadline), Some(0x61));
     // Reads with side effects or other widths go the general way.
-    for (port, size) in [(0x20u16, 1u8), (0x3FE, 1), (0x3F8, 1), (0x71, 1), (0x61, 2), (0x42, 4), (pm::PM_TMR, 1), (0x600, 2)] {
+    for (port, size) in [(0x20u16, 1u8), (0x3FE, 1), (0x3F8, 1), (0x60, 1), (0x71, 1), (0x61, 2), (0x42, 4), (pm::PM_TMR, 1), (0x600, 2)] {
         assert_eq!(b.io_in_pure(port, size, deadline), None, "port {port:#x} size {size}");
     }
     let mut no_acpi = Platform::new(Config { acpi: false, ..Config::new(50_000_000, 256 << 20, 0) });
