@@ -427,7 +427,7 @@ fn pure_reads_equal_io_in_and_change_nothing() {
     let deadline = a.next_deadline_tsc().unwrap();
     assert_eq!(deadline, b.next_deadline_tsc().unwrap());
     let mut t = a.now();
-    let step = (deadline - t) / 64;
+    let step = (deadline - t) / 80;
     for (port, size) in [(0x61u16, 1u8), (0x42, 1), (0x42, 1), (0x40, 1), (pm::PM_TMR, 4), (0x3FD, 1), (0x64, 1)].iter().cycle().take(70) {
         t += step;
         a.advance(t);
