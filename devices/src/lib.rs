@@ -536,7 +536,9 @@ impl Platform {
     /// (`None` for any other access): a byte of a PIT counter (0x40-0x42; a
     /// read moves only that counter's read flip-flop, latch or status),
     /// port 0x61 and the 32-bit PM timer — the reads OSes spin on to
-    /// calibrate their clocks. Only valid while `now_tsc` is before
+    /// calibrate their clocks —, COM1's LSR while it has no error bit to
+    /// clear (what a serial console polls before each byte) and the i8042's
+    /// status register. Only valid while `now_tsc` is before
     /// [`Platform::next_deadline_tsc`] as of the last [`Platform::advance`]:
     /// then advancing would fire nothing, so only the clock is set. The
     /// glue uses it to answer these reads without a pass over the PC.
@@ -545,6 +547,8 @@ impl Platform {
         let v = match (port, size) {
             (0x40..=0x42 | 0x61, 1) => u32::from(self.pit.read(port, now)),
             (pm::PM_TMR, 4) if self.cfg.acpi => self.pm.read(port, 4, now),
+            (0x3FD, 1) if self.uart.lsr_read_is_pure() => u32::from(self.uart.read(5)),
+            (0x64, 1) => u32::from(self.misc.kbc_status()),
             _ => return None,
         };
         self.now = now;

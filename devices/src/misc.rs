@@ -157,7 +157,8 @@ impl Misc {
         false
     }
 
-    fn kbc_status(&self) -> u8 {
+    /// The i8042's status register (port 0x64); reading it changes nothing.
+    pub fn kbc_status(&self) -> u8 {
         let obf = !self.kbc_out.is_empty() as u8;
         // SYS flag (bit 2) from the command byte; bit 4: keyboard not inhibited.
         obf | (self.kbc_ccb & 0x04)

@@ -110,6 +110,12 @@ impl Uart16550 {
 
     /// The IRQ4 level as a PC wires it: INTRPT gated by MCR.OUT2 (which
     /// loopback disconnects from the pin).
+    /// A read of LSR changes nothing now: no error bit for it to clear
+    /// (and so no receiver-line-status interrupt to end).
+    pub fn lsr_read_is_pure(&self) -> bool {
+        self.lsr_errors == 0
+    }
+
     pub fn irq_line(&self) -> bool {
         self.mcr & MCR_OUT2 != 0 && self.mcr & MCR_LOOP == 0 && self.interrupt_id() != 0x01
     }
