@@ -353,6 +353,14 @@ fn l2_checks(t: &mut Tally, caps: &VmxCaps, vmcs: u64) {
     // SAFETY (all `rip(&st_…)`): addresses of the L2 snippets above, only taken.
     unsafe {
         exit_is(t, "l2 cpuid exits (reason 10, length 2)", l2.run(rip(&st_cpuid), 0, 0), 10, &|e| e.len == 2);
+        // RIP alone changed since the last entry (a VMRESUME after an exit:
+        // nvmx's narrowed checks run check_rip only): in compatibility mode
+        // (IA-32e guest, CS.L=0) bits 63:32 must be 0 (SDM 27.3.1.4).
+        let cs_ar = vmx::vmread(F::GUEST_CS_AR_BYTES);
+        vmx::vmwrite(F::GUEST_CS_AR_BYTES, 0xC09B);
+        exit_is(t, "l2 cpuid in compatibility mode exits (10)", l2.run(rip(&st_cpuid), 0, 0), 10, &|e| e.len == 2);
+        exit_is(t, "vmresume with only RIP changed, bits 63:32 set in compatibility mode: entry fails (33)", l2.run(rip(&st_cpuid) | (1 << 32), 0, 0), 0x8000_0021, &|e| e.qualification == 0);
+        vmx::vmwrite(F::GUEST_CS_AR_BYTES, cs_ar);
         t.check("vmlaunch of a launched VMCS", Want::FailValid(4), crate::forum::try_enter(true));
         exit_is(t, "l2 hlt exits (12)", l2.run(rip(&st_hlt), 0, 0), 12, &|e| e.len == 1);
         exit_is(t, "l2 out 0x80 exits (30, port/size/immediate)", l2.run(rip(&st_out), 0, 0), 30, &|e| e.qualification == 0x0080_0040);

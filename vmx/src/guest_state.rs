@@ -213,6 +213,46 @@ pub fn check_guest_state_volatile(
     check_non_register(&g, &get, l1_misc, link_region_ok)
 }
 
+/// [`check_guest_state_volatile`] narrowed to what changed: for a guest
+/// state that passed the whole check (or this one) and of which only the
+/// fields in `changed` — a subset of [`VOLATILE`], RFLAGS.VM unchanged —
+/// differ since. Nothing changed that a check reads: it passes; only RIP
+/// (and RSP, which no check reads): only [`check_rip`] can fail, and it is
+/// then the first failure, the checks before it reading nothing of RIP;
+/// anything else: the volatile checks. A VMRESUME after an L2 exit whose
+/// handler only advanced RIP (the common case) runs one check.
+pub fn check_guest_state_changed(
+    get: impl Fn(F) -> u64,
+    changed: crate::field::FieldSet,
+    l1_misc: u64,
+    link_region_ok: impl Fn(u64) -> bool,
+) -> Result<(), GuestStateError> {
+    const UNREAD: crate::field::FieldSet = crate::field::FieldSet::of(&[F::GUEST_RSP]);
+    const RIP: crate::field::FieldSet = crate::field::FieldSet::of(&[F::GUEST_RIP]);
+    let read = changed.minus(UNREAD);
+    if read.is_empty() {
+        return Ok(());
+    }
+    if read.minus(RIP).is_empty() {
+        let entry = get(F::VM_ENTRY_CONTROLS) as u32;
+        let ia32e = entry & entry::IA32E_MODE_GUEST != 0;
+        let rip = get(F::GUEST_RIP);
+        // check_rip without the Guest: CS matters only in IA-32e mode.
+        let long = ia32e && Seg { sel: 0, base: 0, limit: 0, ar: get(F::GUEST_CS_AR_BYTES) }.long();
+        let fails = if long { !canonical(rip) } else { rip >> 32 != 0 };
+        if fails {
+            let check = if long {
+                "guest RIP: must be canonical in 64-bit mode (SDM 27.3.1.4)"
+            } else {
+                "guest RIP: bits 63:32 must be 0 outside 64-bit mode (SDM 27.3.1.4)"
+            };
+            return Err(GuestStateError { check, qualification: 0 });
+        }
+        return Ok(());
+    }
+    check_guest_state_volatile(get, l1_misc, link_region_ok)
+}
+
 /// SDM 27.3.1.4, RFLAGS (first in Bochs). IF for external-interrupt
 /// injection is checked with the other injection rules below.
 fn check_rflags(g: &Guest) -> Result<(), &'static str> {
@@ -842,6 +882,41 @@ mod tests {
             let whole = check_guest_state(get, CR0_FIXED, CR4_FIXED, 40, 0x1C0, |p| p == 0x30_0000);
             let volatile = check_guest_state_volatile(get, 0x1C0, |p| p == 0x30_0000);
             assert_eq!(whole, volatile, "{changes:?}");
+            let mut changed = crate::field::FieldSet::EMPTY;
+            changes.iter().for_each(|(f, _)| changed.insert(*f));
+            let narrowed = check_guest_state_changed(get, changed, 0x1C0, |p| p == 0x30_0000);
+            assert_eq!(whole, narrowed, "{changes:?}");
+        }
+    }
+
+    #[test]
+    fn the_changed_check_runs_the_rip_check_alone() {
+        // 64-bit, 32-bit (IA-32e mode guest with a 32-bit CS: compatibility
+        // mode) and legacy guests, RIP alone changed (and RSP).
+        let rips = [0x10_2000u64, 0x8000_0000_0000, 0xFFFF_8000_0000_0000, 1 << 32, 0xFFFF_FFFF];
+        for rip in rips {
+            for (cs_ar, ia32e) in [(0xA09Bu64, true), (0xC09B, true), (0xC09B, false)] {
+                let mut v = good_64bit();
+                v.insert(F::GUEST_CS_AR_BYTES, cs_ar);
+                if !ia32e {
+                    let e = v[&F::VM_ENTRY_CONTROLS] & !u64::from(entry::IA32E_MODE_GUEST);
+                    v.insert(F::VM_ENTRY_CONTROLS, e);
+                }
+                let get = |f: F| v.get(&f).copied().unwrap_or(0);
+                // The state before RIP changed must pass.
+                if check_guest_state(get, CR0_FIXED, CR4_FIXED, 40, 0x1C0, |p| p == 0x30_0000).is_err() {
+                    continue;
+                }
+                let mut after = v.clone();
+                after.insert(F::GUEST_RIP, rip);
+                after.insert(F::GUEST_RSP, rip ^ 0x55);
+                let get = |f: F| after.get(&f).copied().unwrap_or(0);
+                let whole = check_guest_state(get, CR0_FIXED, CR4_FIXED, 40, 0x1C0, |p| p == 0x30_0000);
+                let changed = crate::field::FieldSet::of(&[F::GUEST_RIP, F::GUEST_RSP]);
+                assert_eq!(whole, check_guest_state_changed(get, changed, 0x1C0, |p| p == 0x30_0000), "{rip:#x} {cs_ar:#x} {ia32e}");
+                let rsp_only = crate::field::FieldSet::of(&[F::GUEST_RSP]);
+                assert_eq!(Ok(()), check_guest_state_changed(get, rsp_only, 0x1C0, |p| p == 0x30_0000));
+            }
         }
     }
 }

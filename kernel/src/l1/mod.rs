@@ -1133,13 +1133,17 @@ pub fn run_forever(cpu: usize, idle: fn()) -> ! {
         }
         waited = false;
         let mut result = step(v);
-        // KVM's EXIT_FASTPATH_REENTER_GUEST: after a pure port read
-        // (`pio_fast`) the vCPU enters again at once unless something asks
-        // for this loop — a shell request, a control, a shadowing switch;
-        // never on the boot core (its shell poll is `idle`) or for a vCPU
-        // of a two-vCPU L1 (IPIs come by `smp_exchange`). Linux's PIT
-        // calibration spins on such reads.
-        while result.is_none() && v.platform.skip_pass && cpu != 0 && v.vcpu_index.is_none() && !exit_requested(cpu) {
+        // KVM's EXIT_FASTPATH_REENTER_GUEST: after an exit that ends
+        // nothing (a pure port read, a nested VM entry or reflection, any
+        // handled exit) the vCPU enters again at once unless something asks
+        // for this loop — a shell request, a control, a shadowing switch,
+        // on the boot core its shell poll (`idle`, due every `poll_every`
+        // as above) — and never for a vCPU of a two-vCPU L1 (IPIs come by
+        // `smp_exchange`). The loop above does nothing else for a running
+        // one-vCPU L1 (`idle` of the other cores does nothing). Linux's PIT
+        // calibration spins on port reads; a nested L1 makes two L0 exits
+        // per L2 exit.
+        while result.is_none() && v.vcpu_index.is_none() && !exit_requested(cpu) && (cpu != 0 || cpu::rdtsc() < next_poll) {
             result = step(v);
         }
         v.smp_exchange();

@@ -88,6 +88,8 @@ pub struct Nested {
     spare: Option<Box<[u64]>>,
     /// The EPT pointer VMCS0-2 holds.
     eptp02: u64,
+    /// IA32_VMX_MISC as L1 reads it (the activity-state check), computed once.
+    l1_misc: u64,
     /// L0's APIC-access page for VMCS0-2 (0 until L1 first asks for
     /// "virtualize APIC accesses"): EPT0-2 maps there what EPT1-2 maps to
     /// vmcs12's APIC-access address, so the CPU sees L2's accesses as APIC
@@ -406,6 +408,7 @@ impl Nested {
             exit_sync: None,
             spare: None,
             eptp02: 0,
+            l1_misc: nvmx_vmx::nested::l1_vmx_msr(caps, nvmx_vmx::caps::IA32_VMX_MISC).unwrap_or(0),
             apic02: 0,
             sets: Sets::new(),
             synthetic: false,
@@ -817,7 +820,6 @@ impl Vcpu {
     }
 
     fn emulate_vmx_inner(&mut self, reason: u16) -> Emulated {
-        let info = InstructionInfo::decode(vmread(F::VMX_INSTRUCTION_INFO) as u32);
         // Faults before anything else, in each instruction's "Operation"
         // order (SDM 32.3). Real mode, virtual-8086 and compatibility mode
         // are #UD the CPU raises itself, before any VM exit (SDM 26.1.1).
@@ -832,29 +834,32 @@ impl Vcpu {
         if (vmread(F::GUEST_CS_AR_BYTES) >> 5) & 3 != 0 {
             return Emulated::Fault(13, Some(0));
         }
+        // VMLAUNCH/VMRESUME (and VMCALL, VMXOFF) have no operand: the
+        // instruction information is read only for the others.
+        let info = || InstructionInfo::decode(vmread(F::VMX_INSTRUCTION_INFO) as u32);
         match reason {
             // VMCALL in VMX root operation without the dual-monitor treatment
             // of SMM: VMfail(1) (SDM 32.3 "VMCALL").
             18 => self.fail(1),
-            27 => self.vmxon(&info),
+            27 => self.vmxon(&info()),
             26 => {
                 self.flush_current();
                 self.nested.vmxon = None;
                 self.succeed()
             }
-            19 => self.vmclear(&info),
-            21 => self.vmptrld(&info),
+            19 => self.vmclear(&info()),
+            21 => self.vmptrld(&info()),
             22 => {
                 let ptr = self.nested.current.as_ref().map_or(u64::MAX, |c| c.gpa);
-                match self.write_operand(&info, 8, ptr) {
+                match self.write_operand(&info(), 8, ptr) {
                     Ok(()) => self.succeed(),
                     Err((v, e)) => Emulated::Fault(v, e),
                 }
             }
-            23 => self.vmread12(&info),
-            25 => self.vmwrite12(&info),
+            23 => self.vmread12(&info()),
+            25 => self.vmwrite12(&info()),
             20 | 24 => self.vmlaunch12(reason == 20),
-            50 | 53 => self.invalidate(reason, &info),
+            50 | 53 => self.invalidate(reason, &info()),
             _ => Emulated::Fault(6, None),
         }
     }
@@ -1236,26 +1241,35 @@ impl Vcpu {
             return self.fail(5);
         }
         let phase = self.prof.enter(Phase::Checks);
-        let host = crate::vmx::probe().expect("nested VMX runs on VMX");
-        let l1_caps = |msr| nvmx_vmx::nested::l1_vmx_msr(host, msr).unwrap_or(0);
-        let env = nvmx_vmx::nested::Env { phys_bits: self.nested.phys_bits, l1_long_mode: vmread(F::GUEST_IA32_EFER) & (1 << 10) != 0 };
-        let now = Checked { l1_long_mode: env.l1_long_mode, rflags_vm: cur.get(F::GUEST_RFLAGS) & (1 << 17) != 0 };
+        let l1_long_mode = rd(F::GUEST_IA32_EFER) & (1 << 10) != 0;
+        let now = Checked { l1_long_mode, rflags_vm: cur.get(F::GUEST_RFLAGS) & (1 << 17) != 0 };
         // The checks passed on this vmcs12 before, and since then only
         // fields of the guest state's volatile part changed (an L2 exit and
         // L1's handling of it): the checks that read nothing of those would
         // pass again, so only the others run (same order, same first failure).
-        let volatile_only = cur.checked == Some(now)
-            && cur.unchecked.intersect(self.nested.sets.checked).minus(nvmx_vmx::guest_state::VOLATILE).is_empty();
+        let changed = cur.unchecked.intersect(self.nested.sets.checked);
+        let volatile_only = cur.checked == Some(now) && changed.minus(nvmx_vmx::guest_state::VOLATILE).is_empty();
         let mem = self.l1mem();
         let vmxon = self.nested.vmxon;
         // SDM 27.3.1.5: the link pointer's region holds the revision, with
-        // bit 31 set exactly when vmcs12 has "VMCS shadowing" on.
-        let link_rev = nvmx_vmx::shadow12::link_revision(VMCS12_REVISION, nvmx_vmx::shadow12::shadowing12(|f| cur.get(f)));
-        let link_ok = |p: u64| Some(p) != vmxon && mem.read_u64(p).is_some_and(|v| v as u32 == link_rev);
-        let l1_misc = l1_caps(nvmx_vmx::caps::IA32_VMX_MISC);
+        // bit 31 set exactly when vmcs12 has "VMCS shadowing" on (read only
+        // when the check gets that far: a link pointer other than all ones).
+        let shadowing12 = nvmx_vmx::shadow12::shadowing12(|f| cur.get(f));
+        let mem = &mem;
+        let link_ok = move |p: u64| {
+            let link_rev = nvmx_vmx::shadow12::link_revision(VMCS12_REVISION, shadowing12);
+            Some(p) != vmxon && mem.read_u64(p).is_some_and(|v| v as u32 == link_rev)
+        };
+        let l1_misc = self.nested.l1_misc;
         // VTPR lives in L1's memory, where L2 changes it without a VMWRITE:
-        // this control check runs on every entry (outside RAM: all-ones).
-        let vtpr = mem.read_u64(cur.get(F::VIRTUAL_APIC_PAGE_ADDR).wrapping_add(0x80)).map_or(0xFF, |v| v as u8);
+        // this control check runs on every entry with "use TPR shadow"
+        // (outside RAM: all-ones); without it the check reads no VTPR.
+        let tpr_shadow = cur.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32 & proc1::USE_TPR_SHADOW != 0;
+        let vtpr = if tpr_shadow {
+            mem.read_u64(cur.get(F::VIRTUAL_APIC_PAGE_ADDR).wrapping_add(0x80)).map_or(0xFF, |v| v as u8)
+        } else {
+            0xFF
+        };
         let tpr = nvmx_vmx::nested::check_tpr_threshold(|f| cur.get(f), vtpr);
         if volatile_only {
             if let Err(what) = tpr {
@@ -1265,10 +1279,15 @@ impl Vcpu {
             }
         }
         let guest_ok = if volatile_only {
-            nvmx_vmx::guest_state::check_guest_state_volatile(|f| cur.get(f), l1_misc, link_ok)
+            // Narrowed further to the volatile fields that changed (mostly
+            // RIP alone: one check).
+            nvmx_vmx::guest_state::check_guest_state_changed(|f| cur.get(f), changed, l1_misc, link_ok)
         } else {
             // Every check reads vmcs12's whole guest state.
             super::shared(self.cpu).stats.slow(Slow::FullChecks);
+            let host = crate::vmx::probe().expect("nested VMX runs on VMX");
+            let l1_caps = |msr| nvmx_vmx::nested::l1_vmx_msr(host, msr).unwrap_or(0);
+            let env = nvmx_vmx::nested::Env { phys_bits: self.nested.phys_bits, l1_long_mode };
             self.sync_rare();
             let cur = self.nested.current.as_mut().expect("checked above");
             cur.checked = None;
@@ -1404,12 +1423,16 @@ impl Vcpu {
     /// Builds VMCS0-2: guest state from vmcs12, host state L0's, controls
     /// = what L1 asked merged with what L0 needs, and makes it current.
     fn prepare_vmcs02(&mut self) -> Result<(), &'static str> {
-        let caps = crate::vmx::probe().ok_or("no VMX")?;
-        // Values of L1's own state that vmcs02 may inherit.
-        let l1_efer = vmread(F::GUEST_IA32_EFER);
-        let l1_pat = vmread(F::GUEST_IA32_PAT);
-        let eptp01 = vmread(F::EPT_POINTER);
         let cur = self.nested.current.as_ref().expect("checked by the caller");
+        let entry12 = cur.get(F::VM_ENTRY_CONTROLS) as u32;
+        // Values of L1's own state (VMCS0-1 is current) that vmcs02 may
+        // inherit, read only where vmcs12 does not give them.
+        let l1_efer = if entry12 & entry::LOAD_EFER == 0 { rd(F::GUEST_IA32_EFER) } else { 0 };
+        let l1_pat = if entry12 & entry::LOAD_PAT == 0 { rd(F::GUEST_IA32_PAT) } else { 0 };
+        let proc12 = cur.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
+        let proc2_12 = if proc12 & proc1::SECONDARY_CONTROLS != 0 { cur.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 } else { 0 };
+        let l1_ept = proc2_12 & proc2::ENABLE_EPT != 0;
+        let eptp01 = if l1_ept { 0 } else { rd(F::EPT_POINTER) };
         let holds = self.nested.vmcs02_holds == Some(cur.gpa);
         // KVM's prepare_vmcs02_rare: VMCS0-2's controls, CR0/CR4 and the
         // whole guest state only when VMCS0-2 holds another vmcs12 or L1
@@ -1421,6 +1444,7 @@ impl Vcpu {
         }
         let fresh = self.nested.vmcs02 == 0;
         if fresh {
+            let caps = crate::vmx::probe().ok_or("no VMX")?;
             let page = self.nested.owned.alloc(1, 1).ok_or("no memory for VMCS0-2")?;
             // SAFETY: fresh frame, revision id first (SDM 25.2).
             unsafe { (page as *mut u32).write_volatile(caps.revision_id()) };
@@ -1454,13 +1478,21 @@ impl Vcpu {
                 l0_vmx_failed(cpu, absent, *f, e);
             }
         };
-        if holds {
-            stale.intersect(self.nested.sets.guest).iter().for_each(|f| write(&f));
-        } else {
-            self.nested.sets.guest.iter().for_each(|f| write(&f));
+        // By the set bits, word by word (no iterator adaptors: this runs
+        // on every VMRESUME, mostly for RIP alone).
+        let guest = if holds { stale.intersect(self.nested.sets.guest) } else { self.nested.sets.guest };
+        for (w, &word) in guest.0.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                write(&ALL[w * 64 + bits.trailing_zeros() as usize]);
+                bits &= bits - 1;
+            }
         }
-        vmwrite(F::VMCS_LINK_POINTER, u64::MAX);
-        let entry12 = cur.get(F::VM_ENTRY_CONTROLS) as u32;
+        // VMCS0-2's link pointer stays all ones once written (L0 never
+        // shadows through VMCS0-2; an exit does not change it).
+        if !holds {
+            vmwrite(F::VMCS_LINK_POINTER, u64::MAX);
+        }
         let ia32e = entry12 & entry::IA32E_MODE_GUEST != 0;
         let efer = if entry12 & entry::LOAD_EFER != 0 {
             cur.get(F::GUEST_IA32_EFER)
@@ -1472,10 +1504,9 @@ impl Vcpu {
         vmwrite(F::GUEST_IA32_EFER, efer);
         vmwrite(F::GUEST_IA32_PAT, if entry12 & entry::LOAD_PAT != 0 { cur.get(F::GUEST_IA32_PAT) } else { l1_pat });
 
-        let proc12 = cur.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32;
-        let proc2_12 = if proc12 & proc1::SECONDARY_CONTROLS != 0 { cur.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 } else { 0 };
         if rebuild {
             super::shared(self.cpu).stats.slow(Slow::Rebuild);
+            let caps = crate::vmx::probe().ok_or("no VMX")?;
             self.prepare_vmcs02_rare(caps)?;
         }
         let cur = self.nested.current.as_ref().expect("checked by the caller");
@@ -1500,7 +1531,6 @@ impl Vcpu {
         }
         // EPT0-2: the shadow of EPT1-2 when L1 uses EPT, else L1's own EPT0-1
         // (its root changes when INVEPT drops it).
-        let l1_ept = proc2_12 & proc2::ENABLE_EPT != 0;
         if l1_ept {
             self.nested.ept02.set_ad(cur.get(F::EPT_POINTER) & walk::EPTP_AD != 0);
             let apic12 = (proc2_12 & proc2::VIRTUALIZE_APIC_ACCESSES != 0).then(|| cur.get(F::APIC_ACCESS_ADDR) & !0xFFF);
