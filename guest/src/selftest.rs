@@ -9,6 +9,7 @@ use core::fmt::Write;
 
 use nvmx_vmx::caps::VmxCaps;
 use nvmx_vmx::field::Field as F;
+use nvmx_vmx::controls::{entry, proc2};
 
 use crate::boot;
 use crate::console::Console;
@@ -500,6 +501,23 @@ fn l2_checks(t: &mut Tally, caps: &VmxCaps, vmcs: u64) {
         failure(t, name, &mut l2, 33, 0);
         vmx::vmwrite(f, old);
     }
+    // A PAE L2 (CR0.PG = CR4.PAE = 1, "IA-32e mode guest" 0) whose present
+    // PDPTE has reserved bit 1 set (SDM 27.3.1.6; fuzz seed 110): with EPT
+    // the VMCS's PDPTE field, without EPT the entry at CR3 in L1 memory.
+    let (entry12, proc2_12, cr3) = (vmx::vmread(F::VM_ENTRY_CONTROLS), vmx::vmread(F::SECONDARY_VM_EXEC_CONTROL), vmx::vmread(F::GUEST_CR3));
+    vmx::vmwrite(F::VM_ENTRY_CONTROLS, entry12 & !u64::from(entry::IA32E_MODE_GUEST));
+    vmx::vmwrite(F::GUEST_PDPTR2, 0x3003);
+    failure(t, "entry of a PAE L2 with EPT, PDPTE 2 with reserved bit 1 fails (33, qualification 2)", &mut l2, 33, 2);
+    vmx::vmwrite(F::GUEST_PDPTR2, 0);
+    let pdpt = alloc_page();
+    // SAFETY: a fresh pool page: PDPTE 3 present with reserved bit 1.
+    unsafe { *((pdpt + 24) as *mut u64) = 0x3003 };
+    vmx::vmwrite(F::SECONDARY_VM_EXEC_CONTROL, proc2_12 & !u64::from(proc2::ENABLE_EPT));
+    vmx::vmwrite(F::GUEST_CR3, pdpt);
+    failure(t, "entry of a PAE L2 without EPT, PDPTE 3 at CR3 with reserved bit 1 fails (33, qualification 2)", &mut l2, 33, 2);
+    vmx::vmwrite(F::GUEST_CR3, cr3);
+    vmx::vmwrite(F::SECONDARY_VM_EXEC_CONTROL, proc2_12);
+    vmx::vmwrite(F::VM_ENTRY_CONTROLS, entry12);
 
     // MSR lists (SDM 27.4, 28.4, 28.6): entry MSR-load, exit MSR-store and
     // exit MSR-load of IA32_KERNEL_GS_BASE, then two refused entries.

@@ -12,10 +12,9 @@
 //! changes the text; what L1 sees depends on where the non-zero ones (link
 //! pointer 4, NMI into STI blocking 3) sit, and they sit where Bochs has them.
 //!
-//! Not checked: the PDPTEs (qualification 2, SDM 27.3.1.6). They matter only
-//! for a PAE guest outside IA-32e mode, and without EPT they are read from
-//! guest memory at CR3, which this pure function cannot reach; the CPU still
-//! checks vmcs02's copies. Also not checked: state for controls nvmx does not
+//! The PDPTEs of a PAE guest (qualification 2, SDM 27.3.1.6) are the last
+//! check, [`check_pdptes`]: without EPT they come from guest memory at CR3,
+//! which the caller reads. Not checked: state for controls nvmx does not
 //! offer L1 (entry to SMM, virtual NMIs, load PERF_GLOBAL_CTRL, CET state,
 //! PKRS or BNDCFGS), which `check_controls` already rejects.
 
@@ -163,6 +162,51 @@ pub fn check_guest_state(
         .and_then(|()| check_rip(&g, &get));
     registers.map_err(|check| GuestStateError { check, qualification: 0 })?;
     check_non_register(&g, &get, l1_misc, link_region_ok)
+}
+
+/// Bits of a present PAE PDPTE that must be 0 (SDM Vol. 3A table 4-8):
+/// 2:1, 8:5, and MAXPHYADDR..63.
+pub fn pdpte_reserved(phys_bits: u32) -> u64 {
+    0x1E6 | !((1u64 << phys_bits.min(63)) - 1)
+}
+
+/// The PDPTEs a VM entry loads (SDM 27.3.1.6, the last guest-state check,
+/// where Bochs has it too): only for a PAE guest — CR0.PG = 1, CR4.PAE = 1
+/// and "IA-32e mode guest" 0. With "enable EPT" they are the four PDPTE
+/// fields of the VMCS; without it, the four entries at guest-physical
+/// CR3[31:5] (`read`; memory that is not there reads as all ones, as on
+/// the bus). A present entry with a reserved bit set fails the entry with
+/// qualification 2 ("PDPTE loading"). `Ok(Some(p))`: the PDPTEs a PAE
+/// guest starts with; `Ok(None)`: not a PAE guest.
+pub fn check_pdptes(
+    get: impl Fn(F) -> u64,
+    read: impl Fn(u64) -> Option<u64>,
+    phys_bits: u32,
+) -> Result<Option<[u64; 4]>, GuestStateError> {
+    let entry = get(F::VM_ENTRY_CONTROLS) as u32;
+    let pae = get(F::GUEST_CR0) & CR0_PG != 0 && get(F::GUEST_CR4) & CR4_PAE != 0 && entry & entry::IA32E_MODE_GUEST == 0;
+    if !pae {
+        return Ok(None);
+    }
+    let proc2 = if get(F::CPU_BASED_VM_EXEC_CONTROL) as u32 & proc1::SECONDARY_CONTROLS != 0 {
+        get(F::SECONDARY_VM_EXEC_CONTROL) as u32
+    } else {
+        0
+    };
+    let pdptes = if proc2 & proc2::ENABLE_EPT != 0 {
+        [F::GUEST_PDPTR0, F::GUEST_PDPTR1, F::GUEST_PDPTR2, F::GUEST_PDPTR3].map(&get)
+    } else {
+        let table = get(F::GUEST_CR3) & 0xFFFF_FFE0;
+        [0, 1, 2, 3].map(|n| read(table + 8 * n).unwrap_or(u64::MAX))
+    };
+    let reserved = pdpte_reserved(phys_bits);
+    if pdptes.iter().any(|&e| e & 1 != 0 && e & reserved != 0) {
+        return Err(GuestStateError {
+            check: "guest PDPTEs: a present PDPTE of a PAE guest has a reserved bit set (SDM 27.3.1.6)",
+            qualification: 2,
+        });
+    }
+    Ok(Some(pdptes))
 }
 
 /// Guest fields that change on nearly every L2 exit and its handling (L2
@@ -639,6 +683,50 @@ mod tests {
 
     const CR0_FIXED: (u64, u64) = (0x8000_0021, 0xFFFF_FFFF);
     const CR4_FIXED: (u64, u64) = (0x2000, 0x3F_FFFF);
+
+    #[test]
+    fn pdptes_of_a_pae_guest() {
+        let mem: HashMap<u64, u64> = HashMap::from([(0x5000, 0x7001), (0x5008, 0), (0x5010, 0x1E6), (0x5018, 0x8001), (0x5020, 0x9005), (0x5028, 0), (0x5030, 0), (0x5038, 0)]);
+        let read = |a: u64| mem.get(&a).copied();
+        let mut v = good_64bit();
+        // A 64-bit guest, a guest without paging or without PAE: nothing loaded.
+        assert_eq!(check_pdptes(|f| *v.get(&f).unwrap_or(&0), read, 39), Ok(None));
+        v.insert(F::VM_ENTRY_CONTROLS, 0);
+        v.insert(F::GUEST_CR3, 0x5000 | 0x18);
+        v.insert(F::GUEST_CR4, 0x2000);
+        assert_eq!(check_pdptes(|f| *v.get(&f).unwrap_or(&0), read, 39), Ok(None));
+        v.insert(F::GUEST_CR4, 0x2020);
+        v.insert(F::GUEST_CR0, 0x31);
+        assert_eq!(check_pdptes(|f| *v.get(&f).unwrap_or(&0), read, 39), Ok(None));
+        v.insert(F::GUEST_CR0, 0x8000_0031);
+        // With EPT: the VMCS fields (not present with reserved bits: fine).
+        v.extend([(F::GUEST_PDPTR0, 0x1001), (F::GUEST_PDPTR1, 0x1E6), (F::GUEST_PDPTR2, 0), (F::GUEST_PDPTR3, 0x2001)]);
+        assert_eq!(check_pdptes(|f| *v.get(&f).unwrap_or(&0), read, 39), Ok(Some([0x1001, 0x1E6, 0, 0x2001])));
+        for bit in [1, 2, 5, 6, 7, 8, 39, 51, 52, 63] {
+            v.insert(F::GUEST_PDPTR3, 0x2001 | 1 << bit);
+            let e = check_pdptes(|f| *v.get(&f).unwrap_or(&0), read, 39).unwrap_err();
+            assert_eq!(e.qualification, 2, "bit {bit}");
+        }
+        // Bits 3, 4 (PWT, PCD), 11:9 and below MAXPHYADDR are allowed.
+        v.insert(F::GUEST_PDPTR3, 0x7F_FFFF_FE19);
+        assert!(check_pdptes(|f| *v.get(&f).unwrap_or(&0), read, 39).is_ok());
+        // Without EPT: the entries at CR3[31:5] (CR3 bits 4:3 ignored), not the fields.
+        v.insert(F::SECONDARY_VM_EXEC_CONTROL, 0);
+        assert_eq!(check_pdptes(|f| *v.get(&f).unwrap_or(&0), read, 39), Ok(Some([0x7001, 0, 0x1E6, 0x8001])));
+        v.insert(F::SECONDARY_VM_EXEC_CONTROL, u64::from(proc2::ENABLE_EPT));
+        v.insert(F::CPU_BASED_VM_EXEC_CONTROL, 0);
+        assert_eq!(check_pdptes(|f| *v.get(&f).unwrap_or(&0), read, 39), Ok(Some([0x7001, 0, 0x1E6, 0x8001])));
+        // A present entry with bit 2 set in memory; memory that is not there.
+        v.insert(F::GUEST_CR3, 0x5020);
+        assert_eq!(check_pdptes(|f| *v.get(&f).unwrap_or(&0), read, 39).unwrap_err().qualification, 2);
+        v.insert(F::GUEST_CR3, 0x5000);
+        let mem2: HashMap<u64, u64> = HashMap::from([(0x5000, 0x7005)]);
+        assert!(check_pdptes(|f| *v.get(&f).unwrap_or(&0), |a| mem2.get(&a).copied(), 39).is_err());
+        assert!(check_pdptes(|f| *v.get(&f).unwrap_or(&0), |a| Some(mem2.get(&a).copied().unwrap_or(0)), 39).is_err());
+        let mem3: HashMap<u64, u64> = HashMap::from([(0x5000, 0x7001)]);
+        assert!(check_pdptes(|f| *v.get(&f).unwrap_or(&0), |a| Some(mem3.get(&a).copied().unwrap_or(0)), 39).is_ok());
+        assert!(check_pdptes(|f| *v.get(&f).unwrap_or(&0), |_| None, 39).is_err());
+    }
 
     /// The 64-bit guest state the built-in L1 gives its L2 (guest/src/forum.rs
     /// `setup_vmcs`), with typical CR values and load IA32_EFER.

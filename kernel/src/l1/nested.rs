@@ -56,6 +56,10 @@ pub struct Nested {
     /// The vmcs12 (guest-physical address) whose guest state VMCS0-2
     /// holds, apart from its `stale02` fields; `None`: rewrite all.
     vmcs02_holds: Option<u64>,
+    /// The PDPTEs the entry being prepared loaded from L1's memory at CR3
+    /// for a PAE L2 of an L1 without EPT (SDM 27.3.1.6): read once,
+    /// checked, and given to VMCS0-2 (which runs L2 with EPT0-1).
+    pdptes02: Option<[u64; 4]>,
     /// L1's VPID for the L2 that last ran on VMCS0-2 (see prepare_vmcs02).
     last_vpid12: Option<u64>,
     /// The physical-address width L1 sees: the CPU's (CPUID passes it
@@ -396,6 +400,7 @@ impl Nested {
             vmcs02: 0,
             launched02: false,
             vmcs02_holds: None,
+            pdptes02: None,
             last_vpid12: None,
             phys_bits: core::arch::x86_64::__cpuid(0x8000_0008).eax & 0xFF,
             ept02: ShadowEpt::new(),
@@ -1314,6 +1319,32 @@ impl Vcpu {
         }
         cur.checked = Some(now);
         cur.unchecked = FieldSet::EMPTY;
+        // SDM 27.3.1.6, the last guest-state check (Bochs' order too): the
+        // PDPTEs of a PAE L2. With EPT they are vmcs12's fields, checked
+        // when L1 changed one (else they passed before or the CPU saved
+        // them at an exit, from PDPTE registers it had checked). Without
+        // EPT they are in L1's memory at CR3, which L1 (or another vCPU)
+        // may rewrite at any time: read on every entry, once — VMCS0-2 gets
+        // the copies checked here (fuzz seed 110: L2 ran on vmcs12's stale
+        // PDPTE fields and triple-faulted where Bochs refuses the entry).
+        let l1_ept = cur.get(F::CPU_BASED_VM_EXEC_CONTROL) as u32 & proc1::SECONDARY_CONTROLS != 0
+            && cur.get(F::SECONDARY_VM_EXEC_CONTROL) as u32 & proc2::ENABLE_EPT != 0;
+        self.nested.pdptes02 = None;
+        if !l1_ept || !volatile_only {
+            if !l1_ept {
+                // CR0/CR3/CR4 as L2 left them (L2 may load CR3 unseen).
+                self.sync_rare();
+            }
+            let cur = self.nested.current.as_ref().expect("checked above");
+            let mem = self.l1mem();
+            match nvmx_vmx::guest_state::check_pdptes(|f| cur.get(f), |a| mem.read_u64(a), env.phys_bits) {
+                Err(e) => {
+                    self.nested.current.as_mut().expect("checked above").checked = None;
+                    return self.entry_failure(EXIT_REASON_INVALID_STATE, e.qualification, e.check);
+                }
+                Ok(p) => self.nested.pdptes02 = p.filter(|_| !l1_ept),
+            }
+        }
         let phase = self.prof.enter(Phase::Prepare);
         let prepared = self.prepare_vmcs02();
         self.prof.leave(phase);
@@ -1493,6 +1524,20 @@ impl Vcpu {
         if !holds {
             vmwrite(F::VMCS_LINK_POINTER, u64::MAX);
         }
+        // A PAE L2 of an L1 without EPT: the PDPTEs the entry checks loaded
+        // from CR3, not vmcs12's fields (which such an entry neither reads
+        // nor, at exits, writes: SDM 28.3.4); the next entry rewrites
+        // vmcs12's where they matter.
+        if let Some(p) = self.nested.pdptes02 {
+            for (f, v) in [F::GUEST_PDPTR0, F::GUEST_PDPTR1, F::GUEST_PDPTR2, F::GUEST_PDPTR3].into_iter().zip(p) {
+                vmwrite(f, v);
+            }
+        }
+        let cur = self.nested.current.as_mut().expect("checked by the caller");
+        if self.nested.pdptes02.is_some() {
+            cur.stale02 = cur.stale02.union(MOVED_IN_VMCS02);
+        }
+        let cur = self.nested.current.as_ref().expect("checked by the caller");
         let ia32e = entry12 & entry::IA32E_MODE_GUEST != 0;
         let efer = if entry12 & entry::LOAD_EFER != 0 {
             cur.get(F::GUEST_IA32_EFER)
