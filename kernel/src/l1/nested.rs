@@ -1337,7 +1337,7 @@ impl Vcpu {
             }
             let cur = self.nested.current.as_ref().expect("checked above");
             let mem = self.l1mem();
-            match nvmx_vmx::guest_state::check_pdptes(|f| cur.get(f), |a| mem.read_u64(a), env.phys_bits) {
+            match nvmx_vmx::guest_state::check_pdptes(|f| cur.get(f), |a| mem.read_u64(a), self.nested.phys_bits) {
                 Err(e) => {
                     self.nested.current.as_mut().expect("checked above").checked = None;
                     return self.entry_failure(EXIT_REASON_INVALID_STATE, e.qualification, e.check);
