@@ -40,7 +40,7 @@ PLOT_PYTHON := /usr/bin/python3
 RUN_DIR     ?= build
 SUDO        := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: all help deps toolchain guest kernel iso bench bench-pio bench-turtles fuzz fuzz-long plot run run-qemu run-qemu-uefi run-bochs turtles \
+.PHONY: all help deps toolchain guest kernel iso bench bench-pio bench-turtles fuzz fuzz-long fuzz-record plot run run-qemu run-qemu-uefi run-bochs turtles \
         run-bochs-only test test-host test-system clean
 
 all: iso
@@ -79,6 +79,7 @@ help:
 	@echo "  make run-linux-nested  nvmx with that Linux as L1 (LINUX_PC=smallpc: acpi=off noapic nolapic)"
 	@echo "  make fuzz-long     the fuzzer for hours: SEEDS=1-200 x FUZZ_LONG_OPS=100000 x MODELS=a,b;"
 	@echo "                     resumable (build/fuzz-long/state.txt), summary and verdict; not in make test"
+	@echo "  make fuzz-record   totals of tools/fuzz-long-record.txt over every session (ops identical, open divergences)"
 	@echo "  make deps          install the Debian packages and the pinned toolchain"
 	@echo "  make clean"
 	@echo "variables:"
@@ -200,6 +201,11 @@ FUZZ_LONG_OPS ?= 100000
 MODELS ?= corei7_haswell_4770,corei7_ivy_bridge_3770k
 fuzz-long: iso
 	NVMX_ISO=$(CURDIR)/$(ISO) $(CARGO) run -q -p nvmx-tests --bin fuzz_long -- $(CURDIR)/$(L1_ELF) $(SEEDS) $(FUZZ_LONG_OPS) $(MODELS)
+
+# The committed record's totals over every session: runs, operations
+# identical, divergences fixed / explained / open.
+fuzz-record:
+	$(CARGO) run -q -p nvmx-tests --bin fuzz_long -- --record
 
 BENCH_EXITS ?= 4000
 BENCH_PAIR  ?= 1000

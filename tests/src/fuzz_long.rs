@@ -210,6 +210,48 @@ pub fn summary(runs: &[Run], explained: &BTreeMap<(String, u64), String>) -> Str
     s
 }
 
+/// The committed record (`tools/fuzz-long-record.txt`) in one screen: every
+/// run of every session and version counts once. A parted run is *resolved*
+/// when a later run of the same model, seed and length is identical (a newer
+/// nvmx with the bug fixed, or a fuzz L1 that steers clear of a Bochs
+/// departure — the commit messages and the record's comments say which),
+/// *explained* when `tools/fuzz-explained.txt` names it, and *open* otherwise.
+pub fn record_totals(record: &str, explained: &BTreeMap<(String, u64), String>) -> String {
+    let runs: Vec<Run> = record.lines().filter(|l| !l.trim_start().starts_with('#')).filter_map(Run::from_line).collect();
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<26} {:>5} {:>9} {:>14} {:>6} {:>6} {:>9} {:>5}", "model", "runs", "identical", "ops identical", "seeds", "parted", "resolved", "open");
+    let mut models: Vec<&str> = runs.iter().map(|r| r.model.as_str()).collect();
+    models.sort_unstable();
+    models.dedup();
+    let (mut all_ops, mut all_open) = (0u64, Vec::new());
+    for model in models {
+        let rs: Vec<(usize, &Run)> = runs.iter().enumerate().filter(|(_, r)| r.model == model).collect();
+        let identical: Vec<&Run> = rs.iter().map(|(_, r)| *r).filter(|r| r.outcome == Outcome::Identical).collect();
+        let ops: u64 = identical.iter().map(|r| r.ops).sum();
+        let mut seeds: Vec<u64> = identical.iter().map(|r| r.seed).collect();
+        seeds.sort_unstable();
+        seeds.dedup();
+        let (mut parted, mut resolved, mut open) = (0, 0, 0);
+        for &(i, r) in rs.iter().filter(|(_, r)| matches!(r.outcome, Outcome::PartedAt(_))) {
+            parted += 1;
+            let later_identical = runs[i + 1..].iter().any(|l| l.model == r.model && l.seed == r.seed && l.ops == r.ops && l.outcome == Outcome::Identical);
+            if later_identical {
+                resolved += 1;
+            } else if explanation(explained, model, r.seed).is_none() {
+                open += 1;
+                all_open.push(format!("{model} seed {} ({})", r.seed, r.version));
+            }
+        }
+        let _ = writeln!(s, "{model:<26} {:>5} {:>9} {ops:>14} {:>6} {parted:>6} {resolved:>9} {open:>5}", rs.len(), identical.len(), seeds.len());
+        all_ops += ops;
+    }
+    for o in &all_open {
+        let _ = writeln!(s, "  open: {o}");
+    }
+    let _ = writeln!(s, "record: {all_ops} operations identical bare vs nested in {} runs; {} open divergences", runs.len(), all_open.len());
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +319,21 @@ mod tests {
         assert!(s.contains("verdict: 3 runs, 1000 operations identical bare vs nested; 2 divergences (1 explained, 1 UNEXPLAINED); 0 incomplete"), "{s}");
         assert!(s.contains("m seed 3 at end counts: UNEXPLAINED"), "{s}");
         assert!(s.contains("m seed 2 at op 500: a Bochs departure"), "{s}");
+    }
+
+    #[test]
+    fn the_record_counts_every_identical_run_and_resolved_divergences() {
+        let rec = "# a comment\n\
+            m 1 1000 parted 500 1.0 4.0 nvmx=a,l1=x\n\
+            m 1 1000 identical 0 1.0 4.0 nvmx=b,l1=x\n\
+            m 2 1000 parted 500 1.0 4.0 nvmx=b,l1=x\n\
+            m 3 500 identical 0 1.0 4.0 nvmx=b,l1=x\n\
+            n 2 1000 parted 0 1.0 4.0 nvmx=b,l1=x\n";
+        let s = record_totals(rec, &parse_explained("n 2 a Bochs departure"));
+        assert!(s.contains("record: 1500 operations identical bare vs nested in 5 runs; 1 open divergences"), "{s}");
+        assert!(s.contains("open: m seed 2 (nvmx=b,l1=x)"), "{s}");
+        // Seed 1's divergence is resolved by the later identical run; n's is explained.
+        assert!(s.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["m", "4", "2", "1500", "2", "2", "1", "1"]), "{s}");
+        assert!(s.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["n", "1", "0", "0", "0", "1", "0", "0"]), "{s}");
     }
 }

@@ -16,13 +16,14 @@
 //! commit and the fuzz L1's hash.
 //!
 //! Usage: fuzz_long <l1 elf> <seeds e.g. 1-200> <ops> <models, comma-separated> [<state file>]
+//!        fuzz_long --record   (the committed record's totals: `make fuzz-record`)
 
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nvmx_tests::fuzz_long::{Outcome, Run, compare, merge_console, parse_explained, parse_seeds, summary};
+use nvmx_tests::fuzz_long::{Outcome, Run, compare, merge_console, parse_explained, parse_seeds, record_totals, summary};
 use nvmx_tests::{Bochs, Result, paths};
 
 fn fuzz_lines(text: &str) -> Vec<String> {
@@ -118,8 +119,20 @@ fn hms(secs: f64) -> String {
     format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
+/// The record's totals over every session (`make fuzz-record`).
+fn print_record(root: &std::path::Path, record: &std::path::Path) -> Result<()> {
+    let explained = parse_explained(&std::fs::read_to_string(root.join("tools/fuzz-explained.txt")).unwrap_or_default());
+    print!("{}", record_totals(&std::fs::read_to_string(record)?, &explained));
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let a: Vec<String> = std::env::args().skip(1).collect();
+    let root = paths::workspace();
+    let record_path = std::env::var("FUZZ_LONG_RECORD").map_or_else(|_| root.join("tools/fuzz-long-record.txt"), PathBuf::from);
+    if a.first().map(String::as_str) == Some("--record") {
+        return print_record(&root, &record_path);
+    }
     let usage = "usage: fuzz_long <l1 elf> <seeds, e.g. 1-200> <ops> <models,…> [<state file>]";
     if a.len() < 4 {
         eprintln!("{usage}");
@@ -135,14 +148,12 @@ fn main() -> Result<()> {
         std::process::exit(2);
     };
     let models: Vec<String> = a[3].split(',').filter(|m| !m.is_empty()).map(String::from).collect();
-    let root = paths::workspace();
     let state_path = a.get(4).map_or_else(|| root.join("build/fuzz-long/state.txt"), PathBuf::from);
     std::fs::create_dir_all(root.join("build/fuzz-long"))?;
     std::fs::create_dir_all(root.join("build/fuzz-long/bare"))?;
     let explained = parse_explained(&std::fs::read_to_string(root.join("tools/fuzz-explained.txt")).unwrap_or_default());
     let l1 = l1_hash(&std::fs::read(&l1_elf)?);
     let version = format!("nvmx={},l1={l1}", nvmx_version(&root));
-    let record_path = std::env::var("FUZZ_LONG_RECORD").map_or_else(|_| root.join("tools/fuzz-long-record.txt"), PathBuf::from);
     let serial = std::env::var("FUZZ_LONG_SERIAL").is_ok_and(|v| v == "1");
     let mut done: Vec<Run> =
         std::fs::read_to_string(&state_path).unwrap_or_default().lines().filter_map(Run::from_line).collect();
@@ -235,5 +246,6 @@ fn main() -> Result<()> {
         .filter(|r| r.ops == ops && r.version == version && models.contains(&r.model) && seeds.contains(&r.seed))
         .collect();
     print!("{}", summary(&wanted, &explained));
-    Ok(())
+    println!("fuzz-long: the record of every session ({}):", record_path.display());
+    print_record(&root, &record_path)
 }
