@@ -9,7 +9,7 @@ use core::fmt::Write;
 
 use nvmx_vmx::caps::VmxCaps;
 use nvmx_vmx::field::Field as F;
-use nvmx_vmx::controls::{entry, proc2};
+use nvmx_vmx::controls::{entry, exit as exitc, proc2};
 
 use crate::boot;
 use crate::console::Console;
@@ -582,6 +582,33 @@ fn l2_checks(t: &mut Tally, caps: &VmxCaps, vmcs: u64) {
     vmx::vmwrite(F::VM_ENTRY_MSR_LOAD_ADDR, entry_list | 8);
     t.check("vmresume with a misaligned MSR-load address", Want::FailValid(7), crate::forum::try_enter(false));
     vmx::vmwrite(F::VM_ENTRY_MSR_LOAD_COUNT, 0);
+    // An exit without "load IA32_PAT" / "load IA32_EFER" leaves those MSRs
+    // as L2 had them, EFER.LME/LMA aside (SDM 28.5.1; fuzz-long seed 114).
+    let (pat, efer) = (rdmsr(0x277), rdmsr(0xC000_0080));
+    let (entry12, exit12) = (vmx::vmread(F::VM_ENTRY_CONTROLS), vmx::vmread(F::VM_EXIT_CONTROLS));
+    let load = entry::LOAD_PAT | entry::LOAD_EFER;
+    let (pat2, efer2) = (0x0006_0606_0006_0406, efer ^ (1 << 11));
+    let names = ["an exit without load IA32_PAT leaves L2's PAT in L1", "an exit without load IA32_EFER leaves L2's EFER.NXE in L1"];
+    if caps.entry().1 & load == load {
+        vmx::vmwrite(F::VM_ENTRY_CONTROLS, entry12 | u64::from(load));
+        vmx::vmwrite(F::VM_EXIT_CONTROLS, exit12 & !u64::from(exitc::LOAD_PAT | exitc::LOAD_EFER));
+        vmx::vmwrite(F::GUEST_IA32_PAT, pat2);
+        vmx::vmwrite(F::GUEST_IA32_EFER, efer2);
+        // SAFETY: as above.
+        let e = l2.run(unsafe { rip(&st_cpuid) }, 0, 0);
+        let (pat_after, efer_after) = (rdmsr(0x277), rdmsr(0xC000_0080));
+        wrmsr(0x277, pat);
+        wrmsr(0xC000_0080, efer);
+        vmx::vmwrite(F::VM_ENTRY_CONTROLS, entry12);
+        vmx::vmwrite(F::VM_EXIT_CONTROLS, exit12);
+        exit_is(t, "l2 runs with its own IA32_PAT and IA32_EFER loaded", e, 10, &|_| true);
+        t.expect(names[0], "0x6060600060406", pat_after == pat2);
+        t.expect(names[1], "EFER with NXE toggled", efer_after == efer2);
+    } else {
+        for name in names {
+            t.value(name, "controls", "load IA32_PAT/IA32_EFER not offered", false);
+        }
+    }
     t.check("vmclear of the L2's VMCS", Want::Succeed, vmx::try_op("vmclear", vmcs));
 }
 

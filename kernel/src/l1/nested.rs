@@ -1405,7 +1405,8 @@ impl Vcpu {
         cur.set(F::EXIT_QUALIFICATION, qualification);
         cur.set(F::VM_EXIT_INTR_INFO, 0);
         cur.set(F::IDT_VECTORING_INFO_FIELD, 0);
-        match self.load_vmcs12_host_state() {
+        // Failed before L2 ran: L1's EFER and PAT stay as they are.
+        match self.load_vmcs12_host_state(L2Msrs::default()) {
             Ok(()) => Emulated::EntryFailed,
             Err(e) => Emulated::Stop(e),
         }
@@ -2051,12 +2052,21 @@ impl Vcpu {
         }
         let cur = self.nested.current.as_ref().expect("L2 runs with a current vmcs12");
         let list = (cur.get(F::VM_EXIT_MSR_STORE_ADDR), cur.get(F::VM_EXIT_MSR_STORE_COUNT));
+        let exit12 = cur.get(F::VM_EXIT_CONTROLS) as u32;
         if let Err(n) = self.store_msr_list(list) {
             self.prof.leave(phase);
             return Err(alloc::format!("VMX abort: VM-exit MSR-store list entry {n} refused (SDM 28.7)"));
         }
         self.prof.enter(Phase::HostLoad);
-        let loaded = self.load_vmcs12_host_state();
+        // SDM 28.5.1: an exit without "load IA32_EFER" / "load IA32_PAT"
+        // leaves those MSRs as L2 had them (EFER.LME/LMA aside): VMCS0-2,
+        // still current, saved L2's (fuzz-long seed 114: L1's PAT came
+        // back instead of the 0 its L2 had loaded).
+        let from_l2 = L2Msrs {
+            efer: (exit12 & exitc::LOAD_EFER == 0).then(|| rd(F::GUEST_IA32_EFER)),
+            pat: (exit12 & exitc::LOAD_PAT == 0).then(|| rd(F::GUEST_IA32_PAT)),
+        };
+        let loaded = self.load_vmcs12_host_state(from_l2);
         self.prof.leave(phase);
         loaded
     }
@@ -2192,8 +2202,9 @@ impl Vcpu {
 
     /// vmcs12's host state → VMCS0-1's guest state, so L1 resumes as after
     /// a VM exit (SDM 28.5), then the VM-exit MSR-load list (28.6). Makes
-    /// VMCS0-1 current. `Err` = a VMX abort (SDM 28.7).
-    fn load_vmcs12_host_state(&mut self) -> Result<(), alloc::string::String> {
+    /// VMCS0-1 current. `from_l2`: L2's IA32_EFER / IA32_PAT where the exit
+    /// does not load them. `Err` = a VMX abort (SDM 28.7).
+    fn load_vmcs12_host_state(&mut self, from_l2: L2Msrs) -> Result<(), alloc::string::String> {
         let cur = self.nested.current.as_ref().expect("exits need a current vmcs12");
         let h = |f: F| cur.get(f);
         let host64 = h(F::VM_EXIT_CONTROLS) as u32 & exitc::HOST_ADDRESS_SPACE_SIZE != 0;
@@ -2267,10 +2278,10 @@ impl Vcpu {
         wr(F::GUEST_IDTR_LIMIT, 0xFFFF);
         wr(F::GUEST_LDTR_SELECTOR, 0);
         wr(F::GUEST_LDTR_AR_BYTES, 1 << 16);
-        let efer = rd(F::GUEST_IA32_EFER);
+        let efer = from_l2.efer.unwrap_or_else(|| rd(F::GUEST_IA32_EFER));
         let efer = efer_l1.unwrap_or(if host64 { efer | (1 << 8) | (1 << 10) } else { efer & !((1 << 8) | (1 << 10)) });
         wr(F::GUEST_IA32_EFER, efer);
-        if let Some(pat) = pat_l1 {
+        if let Some(pat) = pat_l1.or(from_l2.pat) {
             wr(F::GUEST_IA32_PAT, pat);
         }
         let e01 = rd(F::VM_ENTRY_CONTROLS) & !u64::from(entry::IA32E_MODE_GUEST);
@@ -2544,4 +2555,12 @@ unsafe extern "C" fn vmrw_exit(regs: *mut super::GuestRegs, ctx: *mut nvmx_vmx::
     c.stats.record(crate::stats::Level::L1, reason as u16, true, now - start);
     c.last_reason.store(reason, core::sync::atomic::Ordering::Relaxed);
     1
+}
+
+/// L2's IA32_EFER and IA32_PAT at a VM exit that does not load them from
+/// vmcs12's host state (`None`: loaded, or L2 never ran).
+#[derive(Clone, Copy, Default)]
+struct L2Msrs {
+    efer: Option<u64>,
+    pat: Option<u64>,
 }
